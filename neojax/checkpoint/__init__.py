@@ -1,0 +1,84 @@
+"""Everything that touches disk formats: Hugging Face directories, original mesh-tensorflow
+checkpoints, the native neojax format, and (for training) orbax checkpoint managers.
+
+    from neojax import checkpoint
+    model = checkpoint.load("path/to/gpt-neo-125M")   # format detected
+    model.config, model.params, model.tokenizer
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NamedTuple, Optional
+
+from neojax.checkpoint.io import NATIVE_MARKER, atomic_directory, check_params, load_native, save_native
+from neojax.data.tokenizer import Tokenizer
+from neojax.model.config import GPTNeoConfig
+
+FORMATS = ("hf", "neojax", "mesh_tf")
+
+
+class Pretrained(NamedTuple):
+    config: GPTNeoConfig
+    params: Any
+    tokenizer: Optional[Tokenizer]
+
+
+def detect_format(path: str) -> str:
+    """'hf', 'neojax' or 'mesh_tf' for a path; a clear error for anything else."""
+    if not os.path.exists(path) and not os.path.exists(path + ".index"):
+        raise FileNotFoundError(f"{path} does not exist")
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, NATIVE_MARKER)):
+            return "neojax"
+        if os.path.exists(os.path.join(path, "config.json")):
+            with open(os.path.join(path, "config.json")) as f:
+                try:
+                    model_type = json.load(f).get("model_type")
+                except (json.JSONDecodeError, AttributeError):
+                    model_type = None
+            if model_type == "gpt_neo":
+                return "hf"
+            if model_type is not None:
+                raise ValueError(f"{path}/config.json has model_type {model_type!r}; neojax loads GPT-Neo "
+                                 "('gpt_neo') checkpoints only")
+        if os.path.exists(os.path.join(path, "checkpoint")) or any(n.endswith(".index") for n in os.listdir(path)):
+            return "mesh_tf"
+    elif os.path.exists(path + ".index"):
+        return "mesh_tf"
+    raise ValueError(f"cannot tell the checkpoint format of {path}: expected a Hugging Face directory "
+                     f"(config.json + weights), a neojax directory ({NATIVE_MARKER} + params/), or a "
+                     "mesh-tensorflow checkpoint (*.index + *.data-*)")
+
+
+def load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pretrained:
+    """Config, params (host numpy float32) and tokenizer from any supported format.
+
+    `config_overrides` set execution fields such as dtype="bfloat16" or remat="full"."""
+    fmt = detect_format(path)
+    if fmt == "hf":
+        from neojax.checkpoint.hf import load_hf
+        return Pretrained(*load_hf(path, **config_overrides))
+    if fmt == "neojax":
+        config, params, tokenizer = load_native(path)
+        return Pretrained(config.replace(**config_overrides), params, tokenizer)
+    from neojax.checkpoint.mesh_tf import config_from_mtf_json, load_mesh_tf
+    config = None
+    if mtf_config:
+        with open(mtf_config) as f:
+            config = config_from_mtf_json(json.load(f), **config_overrides)
+    config, params, tokenizer = load_mesh_tf(path, config)
+    return Pretrained(config if mtf_config else config.replace(**config_overrides), params, tokenizer)
+
+
+def save(path: str, model: Pretrained, to: str, overwrite: bool = False) -> str:
+    """Write `model` as a Hugging Face ('hf') or neojax ('neojax') directory, atomically."""
+    if to == "hf":
+        from neojax.checkpoint.hf import save_hf
+        return save_hf(path, model.params, model.config, model.tokenizer, overwrite)
+    if to == "neojax":
+        return save_native(path, model.params, model.config, model.tokenizer, overwrite)
+    raise ValueError(f"cannot write format {to!r}; choose 'hf' or 'neojax'")
+
+
+__all__ = ["FORMATS", "Pretrained", "atomic_directory", "check_params", "detect_format", "load", "save"]

@@ -1,0 +1,112 @@
+"""Atomic directory writes, and the native neojax model format (orbax params + neojax.json)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+
+import jax
+import numpy as np
+
+from neojax.model.config import GPTNeoConfig
+
+NATIVE_MARKER = "neojax.json"
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str, overwrite: bool = False):
+    """Yield a temporary sibling directory; it replaces `directory` only once the block succeeds,
+    so a crash never leaves a half-written model where a good one (or nothing) was."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)) and not overwrite:
+        raise FileExistsError(f"{directory} already exists and is not empty; choose another destination "
+                              "or pass overwrite=True (--overwrite)")
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if os.path.exists(directory):
+        old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(directory, old)
+    os.rename(tmp, directory)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def set_path(tree: dict, path: tuple, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def get_path(tree, path: tuple):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def check_params(params, config: GPTNeoConfig, source: str = "params"):
+    """Raise a ValueError naming the first parameter whose presence or shape disagrees with `config`."""
+    from neojax.model.gpt_neo import param_shapes
+    flat_want = {"/".join(map(str, k)): v.shape for k, v in _flatten(param_shapes(config))}
+    flat_have = {"/".join(map(str, k)): np.shape(v) for k, v in _flatten(params)}
+    for name in sorted(set(flat_want) | set(flat_have)):
+        if name not in flat_have:
+            raise ValueError(f"{source}: parameter {name} is missing (config expects shape {flat_want[name]})")
+        if name not in flat_want:
+            raise ValueError(f"{source}: parameter {name} is not part of GPT-Neo with this config")
+        if tuple(flat_have[name]) != tuple(flat_want[name]):
+            raise ValueError(f"{source}: parameter {name} has shape {tuple(flat_have[name])} but the config "
+                             f"expects {tuple(flat_want[name])}; does the config match the weights?")
+
+
+def _flatten(tree):
+    return [(tuple(getattr(k, "key", k) for k in path), v)
+            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def save_native(directory: str, params, config: GPTNeoConfig, tokenizer=None, overwrite: bool = False) -> str:
+    """Write a neojax model directory: neojax.json (config), params/ (orbax), tokenizer file."""
+    import orbax.checkpoint as ocp
+    from neojax import __version__
+    with atomic_directory(directory, overwrite) as tmp:
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(tmp, "params"), params)
+            ckptr.wait_until_finished()
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        with open(os.path.join(tmp, NATIVE_MARKER), "w") as f:
+            json.dump({"format": "neojax", "neojax_version": __version__, "model": config.to_dict()}, f, indent=2)
+    return directory
+
+
+def load_native(directory: str, target=None):
+    """(config, params, tokenizer or None) from a neojax model directory.
+
+    `target` (a pytree of jax.ShapeDtypeStruct, optionally with shardings) restores straight onto
+    devices; by default params come back as host numpy arrays of the config's shapes."""
+    import orbax.checkpoint as ocp
+    from neojax.data.tokenizer import Tokenizer
+    from neojax.model.gpt_neo import param_shapes
+    with open(os.path.join(directory, NATIVE_MARKER)) as f:
+        config = GPTNeoConfig.from_dict(json.load(f)["model"])
+    expected = param_shapes(config)
+    if target is None:
+        target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), expected)
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), target)
+        except ValueError as e:
+            raise ValueError(f"cannot restore params from {directory} onto the shapes its neojax.json implies: {e}") from e
+    try:
+        tokenizer = Tokenizer.from_path(directory)
+    except FileNotFoundError:
+        tokenizer = None
+    return config, params, tokenizer

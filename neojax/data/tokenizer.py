@@ -1,0 +1,124 @@
+"""Tokenizers: GPT-2 byte-level BPE (through `tokenizers`) or a sentencepiece model, one interface.
+
+    tok = Tokenizer.from_path("path/to/hf_dir")        # tokenizer.json or vocab.json + merges.txt
+    ids = tok.encode("Hello world<|endoftext|>")       # <|endoftext|> -> 50256 with GPT-2's vocab
+    tok.decode(ids) == "Hello world<|endoftext|>"      # exact round trip
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Iterable, Sequence
+
+EOT = "<|endoftext|>"
+
+
+class Tokenizer:
+    """Wraps a `tokenizers.Tokenizer` (kind "bpe") or a `sentencepiece` processor (kind "sentencepiece")."""
+
+    def __init__(self, backend, kind: str, source: str | None = None):
+        self.backend, self.kind, self.source = backend, kind, source
+        if kind == "bpe":
+            eos = backend.token_to_id(EOT)
+            if eos is None:
+                raise ValueError(f"BPE vocabulary from {source} has no {EOT} token; GPT-Neo needs it as EOS/separator")
+            self.eos_id = eos
+            self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        elif kind == "sentencepiece":
+            self.eos_id = backend.eos_id()
+            if self.eos_id < 0:
+                raise ValueError(f"sentencepiece model {source} defines no EOS piece; train it with eos_id >= 0")
+            self.vocab_size = backend.get_piece_size()
+        else:
+            raise ValueError(f"unknown tokenizer kind {kind!r}")
+
+    # --- loading -----------------------------------------------------------------------------
+    @classmethod
+    def from_path(cls, path: str) -> "Tokenizer":
+        """A tokenizer.json, a sentencepiece .model, or a directory holding one of them
+        (or GPT-2's vocab.json + merges.txt)."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            for name in ("tokenizer.json", "tokenizer.model", "spiece.model"):
+                if os.path.exists(os.path.join(path, name)):
+                    return cls.from_path(os.path.join(path, name))
+            vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
+            if os.path.exists(vocab) and os.path.exists(merges):
+                return cls._from_vocab_merges(vocab, merges)
+            raise FileNotFoundError(
+                f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt, or a sentencepiece "
+                "tokenizer.model")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"tokenizer file {path} does not exist")
+        if path.endswith(".json"):
+            import tokenizers
+            try:
+                return cls(tokenizers.Tokenizer.from_file(path), "bpe", path)
+            except Exception as e:
+                raise ValueError(f"{path} is not a valid tokenizers JSON file: {e}") from e
+        import sentencepiece as spm
+        try:
+            return cls(spm.SentencePieceProcessor(model_file=path), "sentencepiece", path)
+        except (RuntimeError, OSError) as e:
+            raise ValueError(f"{path} is neither a tokenizer.json nor a valid sentencepiece model: {e}") from e
+
+    @classmethod
+    def _from_vocab_merges(cls, vocab: str, merges: str) -> "Tokenizer":
+        import tokenizers
+        from tokenizers import decoders, models, pre_tokenizers, processors
+        tok = tokenizers.Tokenizer(models.BPE.from_file(vocab, merges))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        tok.add_special_tokens([EOT])
+        return cls(tok, "bpe", os.path.dirname(vocab))
+
+    # --- use ---------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        if self.kind == "bpe":
+            return self.backend.encode(text, add_special_tokens=False).ids
+        return self.backend.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if self.kind == "bpe":
+            return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        return self.backend.encode(list(texts))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        ids = [int(i) for i in ids]
+        if self.kind == "bpe":
+            return self.backend.decode(ids, skip_special_tokens=False)
+        return self.backend.decode(ids)
+
+    def save(self, directory: str) -> str:
+        """Write into `directory` (tokenizer.json or tokenizer.model); returns the file written."""
+        os.makedirs(directory, exist_ok=True)
+        if self.kind == "bpe":
+            out = os.path.join(directory, "tokenizer.json")
+            self.backend.save(out)
+        else:
+            out = os.path.join(directory, "tokenizer.model")
+            with open(out, "wb") as f:
+                f.write(self.backend.serialized_model_proto())
+        return out
+
+    def __repr__(self):
+        return f"Tokenizer({self.kind}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, source={self.source!r})"
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str) -> Tokenizer:
+    """Train a lossless sentencepiece model (identity normalisation, byte fallback) on `texts`.
+
+    Lossless settings make decode(encode(text)) == text, which GPT-style LMs rely on."""
+    import sentencepiece as spm
+    os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
+    prefix = model_path[:-len(".model")] if model_path.endswith(".model") else model_path
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
+        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+        split_digits=True, byte_fallback=True, allow_whitespace_only_pieces=True,
+        max_sentence_length=1 << 16, character_coverage=1.0, train_extremely_large_corpus=False,
+        unk_id=0, bos_id=-1, eos_id=1, pad_id=-1, user_defined_symbols=[], minloglevel=2)
+    if prefix + ".model" != model_path:
+        shutil.move(prefix + ".model", model_path)
+    return Tokenizer.from_path(model_path)

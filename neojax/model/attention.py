@@ -1,0 +1,91 @@
+"""GPT-Neo attention kernels, registered by name for `attention_types`.
+
+Every variant has the signature `fn(q, k, v, key_mask, config, dropout) -> out` with q, k, v of
+shape [batch, time, heads, head_dim] in the compute dtype, `key_mask` a [batch, time] bool array
+(False for padding) or None, and `dropout` a function applied to the attention probabilities.
+
+GPT-Neo facts kept here: logits are NOT scaled by 1/sqrt(head_dim); q and k are upcast so logits
+and softmax are float32; masked logits take float32's minimum (as the released code does), so a
+fully masked row yields a harmless uniform average instead of NaN.
+"""
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import jax
+
+from neojax import registry
+
+MASKED = float(jnp.finfo(jnp.float32).min)
+
+
+def masked_attention(q, k, v, mask, dropout=lambda p: p):
+    """Softmax attention with a boolean mask broadcastable to [..., heads, q_len, k_len].
+
+    Leading dims of q/k/v beyond [time, heads, head_dim] are batch-like (used for blocks)."""
+    scores = jnp.einsum("...qhd,...khd->...hqk", q.astype(jnp.float32), k.astype(jnp.float32))
+    scores = jnp.where(mask, scores, MASKED)
+    probs = dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype))
+    return jnp.einsum("...hqk,...khd->...qhd", probs, v)
+
+
+def window_mask(q_len: int, k_len: int, window: int | None, offset: int = 0):
+    """[q_len, k_len] bool: key j visible to query i iff i - window < j <= i, with i = row + offset."""
+    i = jnp.arange(q_len)[:, None] + offset
+    j = jnp.arange(k_len)[None, :]
+    visible = j <= i
+    if window is not None:
+        visible &= j > i - window
+    return visible
+
+
+def _with_keys(mask, key_mask):
+    """Combine a [q, k] structural mask with a [batch, k] padding mask -> [batch, 1, q, k]."""
+    if key_mask is None:
+        return mask[None, None]
+    return mask[None, None] & key_mask[:, None, None, :]
+
+
+@registry.register("attention", "global")
+def global_attention(q, k, v, key_mask, config, dropout=lambda p: p):
+    """Full causal attention (GPT-Neo's "global" layers)."""
+    t = q.shape[1]
+    return masked_attention(q, k, v, _with_keys(window_mask(t, t, None), key_mask), dropout)
+
+
+@registry.register("attention", "local")
+def local_attention(q, k, v, key_mask, config, dropout=lambda p: p):
+    """Causal sliding-window attention (GPT-Neo's "local" layers): key j visible iff i - W < j <= i.
+
+    Computed in blocks, as the original mesh-tensorflow code did: each query block of `bq`
+    positions attends to its own block plus `halo` blocks to its left, so time and memory are
+    O(T x (bq + W)) rather than the O(T^2) of a masked dense score matrix."""
+    b, t, h, d = q.shape
+    window = config.window_size
+    if t <= window:  # every causal key is inside the window: plain causal attention is already O(T x W)
+        return global_attention(q, k, v, key_mask, config, dropout)
+    bq = min(config.local_block_size, window)
+    halo = math.ceil((window - 1) / bq)
+    nb = math.ceil(t / bq)
+    pad = nb * bq - t
+    if key_mask is None:
+        key_mask = jnp.ones((b, t), bool)
+
+    def blocks(x, fill):  # [b, t, ...] -> [b, nb, bq, ...]
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        return x.reshape(b, nb, bq, *x.shape[2:])
+
+    def with_halo(x, fill):  # [b, nb, bq, ...] -> [b, nb, (halo + 1) * bq, ...]: left blocks + own
+        x = jnp.pad(x, [(0, 0), (halo, 0)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+        return jnp.concatenate([x[:, i:i + nb] for i in range(halo + 1)], axis=2)
+
+    qb = blocks(q, 0)
+    kb, vb = with_halo(blocks(k, 0), 0), with_halo(blocks(v, 0), 0)
+    keys_valid = with_halo(blocks(key_mask, False), False)  # [b, nb, keys]; left of 0 is invalid
+    # Query r of block n sits at n*bq + r, key c at (n - halo)*bq + c: the window test is the same
+    # [bq, keys] matrix for every block.
+    structure = window_mask(bq, (halo + 1) * bq, window, offset=halo * bq)
+    mask = structure[None, None, None] & keys_valid[:, :, None, None, :]  # [b, nb, 1, bq, keys]
+    out = masked_attention(qb, kb, vb, mask, dropout)  # [b, nb, bq, h, d]
+    return out.reshape(b, nb * bq, h, d)[:, :t]

@@ -1,0 +1,179 @@
+"""GPT-Neo as a pure-functional Flax (linen) module.
+
+    model = GPTNeo(config)
+    logits = model.apply({"params": params}, tokens)             # [batch, time, vocab], float32
+    logits = model.apply({"params": params}, tokens, attention_mask=mask)   # left padding
+
+Every parameter declares logical axis names (vocab, embed, heads, mlp, ...); `neojax.sharding`
+maps them to mesh axes. The model knows nothing of meshes, optimizers or files.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neojax import registry
+from neojax.model import attention as _attention  # noqa: F401  (registers global / local)
+from neojax.model.config import GPTNeoConfig
+
+ACTIVATION_AXES = ("act_batch", "act_length", "act_embed")
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _init(std, axes):
+    return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+def _dense(config, features, axes, name, use_bias=True, std=None):
+    return nn.Dense(
+        features, use_bias=use_bias, name=name, dtype=jnp.dtype(config.dtype), param_dtype=jnp.float32,
+        kernel_init=_init(config.initializer_range if std is None else std, axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+
+
+def _layer_norm(config, name):
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_epsilon, dtype=jnp.dtype(config.dtype), param_dtype=jnp.float32,
+        use_fast_variance=False, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+class SelfAttention(nn.Module):
+    config: GPTNeoConfig
+    attention_type: str
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, key_mask):
+        cfg = self.config
+        b, t, _ = x.shape
+        split = lambda y: y.reshape(b, t, cfg.num_heads, cfg.head_dim)
+        q, k, v = (split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), f"{n}_proj", use_bias=False)(x))
+                   for n in "qkv")
+        drop = nn.Dropout(cfg.attention_dropout)
+        attend = registry.get("attention", self.attention_type)
+        y = attend(q, k, v, key_mask, cfg, lambda p: drop(p, deterministic=self.deterministic))
+        y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "out_proj")(y.reshape(b, t, cfg.hidden_size))
+        return nn.Dropout(cfg.resid_dropout)(y, deterministic=self.deterministic)
+
+
+class MLP(nn.Module):
+    config: GPTNeoConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        h = _dense(cfg, cfg.inner_size, ("embed", "mlp"), "c_fc")(x)
+        h = jax.nn.gelu(h, approximate=cfg.activation_function == "gelu_new")
+        # scale_by_depth init of the original code (training from scratch only).
+        std = cfg.initializer_range / math.sqrt(cfg.num_layers)
+        y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "c_proj", std=std)(h)
+        return nn.Dropout(cfg.resid_dropout)(y, deterministic=self.deterministic)
+
+
+class Block(nn.Module):
+    config: GPTNeoConfig
+    attention_type: str
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, key_mask):
+        cfg = self.config
+        x = x + SelfAttention(cfg, self.attention_type, self.deterministic, name="attn")(
+            _layer_norm(cfg, "ln_1")(x), key_mask)
+        x = x + MLP(cfg, self.deterministic, name="mlp")(_layer_norm(cfg, "ln_2")(x))
+        return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
+def position_ids_from_mask(attention_mask):
+    """Positions with left padding: cumsum(mask) - 1; pads get the harmless position 1."""
+    positions = jnp.cumsum(attention_mask, axis=-1) - 1
+    return jnp.where(attention_mask > 0, positions, 1).astype(jnp.int32)
+
+
+def check_tokens(tokens, config: GPTNeoConfig, positions=None):
+    """Raise a clear ValueError for token batches the model cannot take (host-side check)."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
+    if not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+    if tokens.shape[1] > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {tokens.shape[1]} exceeds max_position_embeddings={config.max_position_embeddings}; "
+            "truncate the input (keep the last tokens) or use a config with more positions")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
+        bad = tokens[(tokens < 0) | (tokens >= config.vocab_size)]
+        raise ValueError(f"token ids {sorted(set(bad.tolist()))[:5]} are outside the vocabulary [0, {config.vocab_size}); "
+                         "was the text encoded with a different tokenizer?")
+    if positions is not None:
+        positions = np.asarray(positions)
+        if positions.size and (positions.min() < 0 or positions.max() >= config.max_position_embeddings):
+            raise ValueError(f"position ids must lie in [0, {config.max_position_embeddings})")
+
+
+class GPTNeo(nn.Module):
+    """GPT-Neo decoder with the output head tied to the token embedding."""
+    config: GPTNeoConfig
+
+    @nn.compact
+    def __call__(self, tokens, attention_mask=None, position_ids=None, deterministic: bool = True):
+        cfg = self.config
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
+        if tokens.shape[1] > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {tokens.shape[1]} exceeds max_position_embeddings="
+                             f"{cfg.max_position_embeddings}; truncate the input")
+        if position_ids is None:
+            position_ids = (position_ids_from_mask(attention_mask) if attention_mask is not None
+                            else jnp.arange(tokens.shape[1])[None, :])
+        if not isinstance(tokens, jax.core.Tracer):  # eager call: validate values, not only shapes
+            check_tokens(tokens, cfg, None if isinstance(position_ids, jax.core.Tracer) else position_ids)
+        key_mask = None if attention_mask is None else attention_mask.astype(bool)
+
+        wte = self.param("wte", _init(cfg.initializer_range, ("vocab", "embed")),
+                         (cfg.vocab_size, cfg.hidden_size), jnp.float32)
+        wpe = self.param("wpe", _init(cfg.initializer_range, ("position", "embed")),
+                         (cfg.max_position_embeddings, cfg.hidden_size), jnp.float32)
+        dtype = jnp.dtype(cfg.dtype)
+        x = (jnp.take(wte, tokens, axis=0) + jnp.take(wpe, position_ids, axis=0)).astype(dtype)
+        x = nn.Dropout(cfg.embed_dropout)(x, deterministic=deterministic)
+        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+        block = Block if cfg.remat == "none" else nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat])
+        for i, kind in enumerate(cfg.attention_layers):
+            x = block(cfg, kind, deterministic, name=f"h_{i}")(x, key_mask)
+        x = _layer_norm(cfg, "ln_f")(x)
+        # Tied head; logits (and so the loss) in float32 whatever the compute dtype.
+        return jnp.einsum("btd,vd->btv", x, wte.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def init_params(config: GPTNeoConfig, rng, seq_len: int = 8):
+    """Randomly initialised float32 params (plain arrays, logical-axis boxes removed)."""
+    variables = GPTNeo(config).init(rng, jnp.zeros((1, min(seq_len, config.max_position_embeddings)), jnp.int32))
+    return nn.meta.unbox(variables["params"])
+
+
+def _abstract_params(config: GPTNeoConfig):
+    """Boxed ShapeDtypeStructs of every parameter: no memory is allocated."""
+    init = lambda r: GPTNeo(config).init(r, jnp.zeros((1, 1), jnp.int32))["params"]
+    return jax.eval_shape(init, jax.random.key(0))
+
+
+def param_shapes(config: GPTNeoConfig):
+    """Pytree of jax.ShapeDtypeStruct for every parameter, from shapes only."""
+    return nn.meta.unbox(_abstract_params(config))
+
+
+def logical_axes(config: GPTNeoConfig):
+    """Pytree of logical axis names (a PartitionSpec of names) for every parameter, from shapes only."""
+    return nn.get_partition_spec(_abstract_params(config))

@@ -1,0 +1,39 @@
+"""One small registry: kind -> name -> component. Configs select components by name.
+
+    @registry.register("attention", "local")
+    def local_attention(...): ...
+
+    registry.get("attention", "local")   # unknown names list what exists
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+_REGISTRY: dict[str, dict[str, Any]] = {}
+
+
+def register(kind: str, name: str) -> Callable[[Any], Any]:
+    def wrap(obj):
+        entries = _REGISTRY.setdefault(kind, {})
+        if name in entries and entries[name] is not obj:
+            raise ValueError(f"{kind} {name!r} is already registered; pick another name")
+        entries[name] = obj
+        return obj
+    return wrap
+
+
+def get(kind: str, name: str) -> Any:
+    entries = _REGISTRY.get(kind)
+    if not entries:
+        raise KeyError(f"no components of kind {kind!r} are registered; kinds: {sorted(_REGISTRY)}")
+    if name not in entries:
+        raise KeyError(f"unknown {kind} {name!r}; registered {kind} names: {sorted(entries)}")
+    return entries[name]
+
+
+def names(kind: str) -> list[str]:
+    return sorted(_REGISTRY.get(kind, {}))
+
+
+def kinds() -> list[str]:
+    return sorted(_REGISTRY)
