@@ -63,12 +63,10 @@ def load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pre
         config, params, tokenizer = load_native(path)
         return Pretrained(config.replace(**config_overrides), params, tokenizer)
     from neojax.checkpoint.mesh_tf import config_from_mtf_json, load_mesh_tf
-    config = None
     if mtf_config:
         with open(mtf_config) as f:
-            config = config_from_mtf_json(json.load(f), **config_overrides)
-    config, params, tokenizer = load_mesh_tf(path, config)
-    return Pretrained(config if mtf_config else config.replace(**config_overrides), params, tokenizer)
+            return Pretrained(*load_mesh_tf(path, config_from_mtf_json(json.load(f), **config_overrides)))
+    return Pretrained(*load_mesh_tf(path, **config_overrides))
 
 
 def save(path: str, model: Pretrained, to: str, overwrite: bool = False) -> str:

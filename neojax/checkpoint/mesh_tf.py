@@ -64,7 +64,7 @@ def find_checkpoint(path: str) -> str:
     raise FileNotFoundError(f"no TensorFlow checkpoint at {path}: expected model.ckpt-N.index files")
 
 
-def find_config(path: str) -> GPTNeoConfig:
+def find_config(path: str, **overrides) -> GPTNeoConfig:
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     for candidate in sorted(glob.glob(os.path.join(directory, "*.json"))):
         with open(candidate) as f:
@@ -73,17 +73,23 @@ def find_config(path: str) -> GPTNeoConfig:
             except json.JSONDecodeError:
                 continue
         if isinstance(d, dict) and "n_embd" in d:
-            return config_from_mtf_json(d)
+            return config_from_mtf_json(d, **overrides)
     raise FileNotFoundError(f"no mesh-tensorflow run config (a JSON with n_embd, n_layer, n_head, attention_types) "
                             f"next to {path}; pass it with --mtf_config or config=")
 
 
-def load_mesh_tf(path: str, config: GPTNeoConfig | None = None):
-    """(config, params, None) from an original GPT-Neo checkpoint directory or prefix."""
+def load_mesh_tf(path: str, config: GPTNeoConfig | None = None, **overrides):
+    """(config, params, None) from an original GPT-Neo checkpoint directory or prefix.
+
+    Without `config`, the run config JSON next to the checkpoint is used; the MLP width, which
+    those configs do not state, is read off the weights."""
     import tensorflow as tf
     prefix = find_checkpoint(path)
-    config = config or find_config(path)
     reader = tf.train.load_checkpoint(prefix)
+    config = config or find_config(path, **overrides)
+    c_fc = reader.get_variable_to_shape_map().get("gpt2/h0/mlp/conv1d_main/c_fc/kernel")
+    if c_fc and config.intermediate_size is None and np.prod(c_fc) != 4 * config.hidden_size ** 2:
+        config = config.replace(intermediate_size=int(np.prod(c_fc)) // config.hidden_size)
     names = [n for n in reader.get_variable_to_shape_map() if not any(s in n.lower() for s in _SKIP)]
     d, inner = config.hidden_size, config.inner_size
     dims = {"dd": (d, d), "di": (d, inner), "id": (inner, d)}

@@ -117,7 +117,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str) 
         sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
         normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
         split_digits=True, byte_fallback=True, allow_whitespace_only_pieces=True,
-        max_sentence_length=1 << 16, character_coverage=1.0, train_extremely_large_corpus=False,
+        max_sentence_length=1 << 16, character_coverage=0.9995,
         unk_id=0, bos_id=-1, eos_id=1, pad_id=-1, user_defined_symbols=[], minloglevel=2)
     if prefix + ".model" != model_path:
         shutil.move(prefix + ".model", model_path)

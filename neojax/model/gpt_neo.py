@@ -159,8 +159,8 @@ class GPTNeo(nn.Module):
 
 def init_params(config: GPTNeoConfig, rng, seq_len: int = 8):
     """Randomly initialised float32 params (plain arrays, logical-axis boxes removed)."""
-    variables = GPTNeo(config).init(rng, jnp.zeros((1, min(seq_len, config.max_position_embeddings)), jnp.int32))
-    return nn.meta.unbox(variables["params"])
+    tokens = jnp.zeros((1, min(seq_len, config.max_position_embeddings)), jnp.int32)
+    return jax.jit(lambda r: nn.meta.unbox(GPTNeo(config).init(r, tokens)["params"]))(rng)
 
 
 def _abstract_params(config: GPTNeoConfig):

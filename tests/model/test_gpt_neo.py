@@ -16,7 +16,7 @@ def test_logits_match_transformers(hf_dirs, shape):
     directory, torch_model, seq_len = hf_dirs[shape]
     config, params, _ = load_hf(directory)
     tokens = np.random.default_rng(1).integers(0, config.vocab_size, size=(2, seq_len))
-    ours = np.asarray(GPTNeo(config).apply({"params": params}, tokens))
+    ours = np.asarray(jax.jit(GPTNeo(config).apply)({"params": params}, tokens))
     ref = hf_logits(torch_model, tokens)
     assert ours.shape == ref.shape == (2, seq_len, config.vocab_size)
     diff = np.abs(ours - ref).max()
@@ -39,7 +39,7 @@ def test_left_padding_matches_transformers(hf_dirs, shape):
     assert diff < TOL
     # Padding really is ignored: the unpadded suffix of a padded row equals the row run alone.
     n = int((1 - mask[2]).sum())
-    alone = np.asarray(GPTNeo(config).apply({"params": params}, tokens[2:3, n:]))
+    alone = np.asarray(jax.jit(GPTNeo(config).apply)({"params": params}, tokens[2:3, n:]))
     np.testing.assert_allclose(ours[2, n:], alone[0], atol=TOL)
 
 
@@ -47,8 +47,8 @@ def test_bfloat16_stays_close_to_float32(hf_dirs):
     directory, _, seq_len = hf_dirs["default_window"]
     config, params, _ = load_hf(directory)
     tokens = np.random.default_rng(3).integers(0, config.vocab_size, size=(2, seq_len))
-    f32 = np.asarray(GPTNeo(config).apply({"params": params}, tokens))
-    bf16 = GPTNeo(config.replace(dtype="bfloat16")).apply({"params": params}, tokens)
+    f32 = np.asarray(jax.jit(GPTNeo(config).apply)({"params": params}, tokens))
+    bf16 = jax.jit(GPTNeo(config.replace(dtype="bfloat16")).apply)({"params": params}, tokens)
     assert bf16.dtype == jnp.float32  # logits are float32 whatever the compute dtype
     rel = np.abs(np.asarray(bf16) - f32).max() / np.abs(f32).max()
     assert rel < 0.05, rel
@@ -64,8 +64,9 @@ def test_remat_changes_nothing_numerically(remat):
     def loss(p, cfg):
         return GPTNeo(cfg).apply({"params": p}, tokens).mean()
 
-    g0 = jax.grad(loss)(params, config)
-    g1 = jax.grad(loss)(params, config.replace(remat=remat))
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    g0 = grad(params, config)
+    g1 = grad(params, config.replace(remat=remat))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
 
