@@ -73,3 +73,30 @@ def left_padded_batch(rng, vocab_size, seq_len, pads=(0, 3, 11)):
         mask[row, :n] = 0
         tokens[row, :n] = 0
     return tokens, mask
+
+
+TOKENIZER_TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Once upon a time, there was a model.\n",
+                   "def hello():\n    print('hi')\n", "GPT-Neo generates text, one token at a time."] * 10
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A small GPT-2-style byte-level BPE tokenizer (with <|endoftext|>) trained here."""
+    from tokenizers import ByteLevelBPETokenizer
+    from neojax.data.tokenizer import Tokenizer
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(TOKENIZER_TEXTS, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    directory = tmp_path_factory.mktemp("tiny_tokenizer")
+    trainer.save_model(str(directory))
+    return Tokenizer.from_path(str(directory))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_with_tokenizer(tiny_tokenizer, tmp_path_factory):
+    """A random GPT-Neo whose vocabulary is the tiny tokenizer's, saved with it as a HF directory."""
+    model = random_hf_model(vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
+                            attention_types=[[["global", "local"], 1]], window_size=16, max_position_embeddings=128)
+    directory = str(tmp_path_factory.mktemp("tiny_hf_tok"))
+    model.save_pretrained(directory)
+    tiny_tokenizer.save(directory)
+    return directory

@@ -1,8 +1,9 @@
 """GPT-Neo attention kernels, registered by name for `attention_types`.
 
-Every variant has the signature `fn(q, k, v, key_mask, config, dropout) -> out` with q, k, v of
-shape [batch, time, heads, head_dim] in the compute dtype, `key_mask` a [batch, time] bool array
-(False for padding) or None, and `dropout` a function applied to the attention probabilities.
+A variant is an `AttentionVariant`: `attend(q, k, v, key_mask, config, dropout) -> out` with q, k, v
+of shape [batch, time, heads, head_dim] in the compute dtype, `key_mask` a [batch, time] bool
+array (False for padding) or None, and `dropout` applied to the attention probabilities; plus
+`window(config)`, how many keys back a query sees (None: all), which sizes its decoding cache.
 
 GPT-Neo facts kept here: logits are NOT scaled by 1/sqrt(head_dim); q and k are upcast so logits
 and softmax are float32; masked logits take float32's minimum (as the released code does), so a
@@ -10,10 +11,12 @@ fully masked row yields a harmless uniform average instead of NaN.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Callable, Optional
 
-import jax.numpy as jnp
 import jax
+import jax.numpy as jnp
 
 from neojax import registry
 
@@ -47,14 +50,53 @@ def _with_keys(mask, key_mask):
     return mask[None, None] & key_mask[:, None, None, :]
 
 
-@registry.register("attention", "global")
+@dataclasses.dataclass(frozen=True)
+class AttentionVariant:
+    attend: Callable
+    window: Callable[..., Optional[int]] = lambda config: None
+
+
+def cache_capacity(variant: AttentionVariant, config, length: int) -> int:
+    """Entries a layer's KV cache needs for `length` slots: a ring of `window` for windowed layers."""
+    window = variant.window(config)
+    return length if window is None else min(length, window)
+
+
+def fill_cache(k, v, key_mask, capacity: int):
+    """A layer cache holding the k/v of slots 0..T-1 (prefill). Slot s lives at entry s % capacity."""
+    b, t = k.shape[:2]
+    valid = jnp.ones((b, t), bool) if key_mask is None else key_mask
+    if t >= capacity:  # keep the last `capacity` slots, rolled into ring order
+        shift = (t - capacity) % capacity
+        k, v, valid = (jnp.roll(x[:, t - capacity:], shift, axis=1) for x in (k, v, valid))
+        return {"k": k, "v": v, "valid": valid}
+    pad = lambda x: jnp.pad(x, [(0, 0), (0, capacity - t)] + [(0, 0)] * (x.ndim - 2))
+    return {"k": pad(k), "v": pad(v), "valid": pad(valid)}
+
+
+def cached_attention(q, k, v, cache, slot, window: Optional[int]):
+    """One new token (q, k, v of time 1) at absolute `slot` against a layer cache; returns (out, cache).
+
+    Entry e of a capacity-C cache holds slot `slot - ((slot - e) mod C)` (negative: never written),
+    so the window and causality tests need no stored positions."""
+    capacity = cache["k"].shape[1]
+    entry = slot % capacity
+    cache = {"k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), entry, axis=1),
+             "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), entry, axis=1),
+             "valid": jax.lax.dynamic_update_slice_in_dim(cache["valid"], jnp.ones((q.shape[0], 1), bool), entry, axis=1)}
+    held = slot - (slot - jnp.arange(capacity)) % capacity
+    visible = (held >= 0) & cache["valid"]
+    if window is not None:
+        visible &= held > slot - window
+    return masked_attention(q, cache["k"], cache["v"], visible[:, None, None, :]), cache
+
+
 def global_attention(q, k, v, key_mask, config, dropout=lambda p: p):
     """Full causal attention (GPT-Neo's "global" layers)."""
     t = q.shape[1]
     return masked_attention(q, k, v, _with_keys(window_mask(t, t, None), key_mask), dropout)
 
 
-@registry.register("attention", "local")
 def local_attention(q, k, v, key_mask, config, dropout=lambda p: p):
     """Causal sliding-window attention (GPT-Neo's "local" layers): key j visible iff i - W < j <= i.
 
@@ -89,3 +131,7 @@ def local_attention(q, k, v, key_mask, config, dropout=lambda p: p):
     mask = structure[None, None, None] & keys_valid[:, :, None, None, :]  # [b, nb, 1, bq, keys]
     out = masked_attention(qb, kb, vb, mask, dropout)  # [b, nb, bq, h, d]
     return out.reshape(b, nb * bq, h, d)[:, :t]
+
+
+registry.register("attention", "global")(AttentionVariant(global_attention))
+registry.register("attention", "local")(AttentionVariant(local_attention, window=lambda config: config.window_size))

@@ -52,17 +52,25 @@ class SelfAttention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, key_mask):
+    def __call__(self, x, key_mask, cache=None, slot=None, cache_length=None):
+        """Returns (output, layer cache). Three modes: plain forward (no cache); prefill
+        (`cache_length` given: attend over x, return a cache sized for that many slots); decode
+        (`cache` and `slot` given: x is one new token at that slot)."""
         cfg = self.config
         b, t, _ = x.shape
         split = lambda y: y.reshape(b, t, cfg.num_heads, cfg.head_dim)
         q, k, v = (split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), f"{n}_proj", use_bias=False)(x))
                    for n in "qkv")
         drop = nn.Dropout(cfg.attention_dropout)
-        attend = registry.get("attention", self.attention_type)
-        y = attend(q, k, v, key_mask, cfg, lambda p: drop(p, deterministic=self.deterministic))
+        variant = registry.get("attention", self.attention_type)
+        if cache is not None:
+            y, cache = _attention.cached_attention(q, k, v, cache, slot, variant.window(cfg))
+        else:
+            y = variant.attend(q, k, v, key_mask, cfg, lambda p: drop(p, deterministic=self.deterministic))
+            if cache_length is not None:
+                cache = _attention.fill_cache(k, v, key_mask, _attention.cache_capacity(variant, cfg, cache_length))
         y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "out_proj")(y.reshape(b, t, cfg.hidden_size))
-        return nn.Dropout(cfg.resid_dropout)(y, deterministic=self.deterministic)
+        return nn.Dropout(cfg.resid_dropout)(y, deterministic=self.deterministic), cache
 
 
 class MLP(nn.Module):
@@ -86,12 +94,13 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, key_mask):
+    def __call__(self, x, key_mask, cache=None, slot=None, cache_length=None):
         cfg = self.config
-        x = x + SelfAttention(cfg, self.attention_type, self.deterministic, name="attn")(
-            _layer_norm(cfg, "ln_1")(x), key_mask)
+        y, cache = SelfAttention(cfg, self.attention_type, self.deterministic, name="attn")(
+            _layer_norm(cfg, "ln_1")(x), key_mask, cache, slot, cache_length)
+        x = x + y
         x = x + MLP(cfg, self.deterministic, name="mlp")(_layer_norm(cfg, "ln_2")(x))
-        return nn.with_logical_constraint(x, ACTIVATION_AXES)
+        return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
 
 
 def position_ids_from_mask(attention_mask):
@@ -122,11 +131,16 @@ def check_tokens(tokens, config: GPTNeoConfig, positions=None):
 
 
 class GPTNeo(nn.Module):
-    """GPT-Neo decoder with the output head tied to the token embedding."""
+    """GPT-Neo decoder with the output head tied to the token embedding.
+
+    `model.apply(v, tokens)` returns logits. For generation (see neojax.model.decode):
+    `cache_length=S` (prefill) or `cache=..., slot=t` (one decode step) return (logits, cache),
+    the cache a list with one {k, v, valid} dict per layer."""
     config: GPTNeoConfig
 
     @nn.compact
-    def __call__(self, tokens, attention_mask=None, position_ids=None, deterministic: bool = True):
+    def __call__(self, tokens, attention_mask=None, position_ids=None, deterministic: bool = True,
+                 cache=None, slot=None, cache_length=None):
         cfg = self.config
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
@@ -149,12 +163,17 @@ class GPTNeo(nn.Module):
         x = nn.Dropout(cfg.embed_dropout)(x, deterministic=deterministic)
         x = nn.with_logical_constraint(x, ACTIVATION_AXES)
 
-        block = Block if cfg.remat == "none" else nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat])
+        decoding = cache is not None or cache_length is not None
+        block = Block if cfg.remat == "none" or decoding else nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat])
+        new_cache = []
         for i, kind in enumerate(cfg.attention_layers):
-            x = block(cfg, kind, deterministic, name=f"h_{i}")(x, key_mask)
+            x, layer_cache = block(cfg, kind, deterministic, name=f"h_{i}")(
+                x, key_mask, None if cache is None else cache[i], slot, cache_length)
+            new_cache.append(layer_cache)
         x = _layer_norm(cfg, "ln_f")(x)
         # Tied head; logits (and so the loss) in float32 whatever the compute dtype.
-        return jnp.einsum("btd,vd->btv", x, wte.astype(dtype), preferred_element_type=jnp.float32)
+        logits = jnp.einsum("btd,vd->btv", x, wte.astype(dtype), preferred_element_type=jnp.float32)
+        return (logits, new_cache) if decoding else logits
 
 
 def init_params(config: GPTNeoConfig, rng, seq_len: int = 8):

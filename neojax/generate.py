@@ -1,0 +1,323 @@
+"""Text generation: KV-cache decoding inside one compiled loop, sampling, streaming, a CLI.
+
+    from neojax.generate import generate
+    out = generate(params, config, ["Once upon a time"], tokenizer, max_new_tokens=50,
+                   temperature=0.8, top_p=0.9, seed=0)
+    out.texts[0]
+
+    python -m neojax.generate --checkpoint PATH --prompt "..." [--max_new_tokens N]
+        [--temperature T --top_k K --top_p P --seed S] [--num_samples N] [--stop STRING ...]
+        [--prompt_file FILE] [--interactive]
+
+Prompts are left padded to a length bucket (powers of two) and the number of new tokens to a
+multiple of 32, so a session compiles once per (batch, bucket), not per call or per token.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from neojax.model.config import GPTNeoConfig
+from neojax.model.decode import decode_step, prefill
+
+NEW_TOKEN_BUCKET = 32
+_HOST_HANDLER: list[Callable] = []  # the active per-token host handler (streaming / stop strings)
+
+
+@dataclasses.dataclass
+class Generation:
+    tokens: list[list[int]]  # new tokens per row, stop token excluded
+    prompt_tokens: list[list[int]]
+    texts: Optional[list[str]] = None  # decoded new text per row, cut before any stop string
+
+
+def _bucket(n: int, limit: int) -> int:
+    return min(max(16, 1 << (n - 1).bit_length()), limit)
+
+
+def filter_logits(logits, temperature, top_k, top_p):
+    """Temperature, then top-k, then nucleus (top-p) filtering; removed tokens get -inf.
+
+    Settings are traced values, so changing them never recompiles. top_k=0 and top_p=1 keep all."""
+    logits = logits / temperature
+    desc = jnp.sort(logits, axis=-1)[..., ::-1]
+    k_index = jnp.broadcast_to(jnp.clip(top_k - 1, 0, logits.shape[-1] - 1), logits.shape[:-1])
+    kth = jnp.take_along_axis(desc, k_index[..., None], axis=-1)
+    logits = jnp.where((top_k > 0) & (logits < kth), -jnp.inf, logits)
+    desc = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(desc, axis=-1)
+    keep = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < top_p, axis=-1, keepdims=True)  # >= 1
+    threshold = jnp.take_along_axis(desc, keep - 1, axis=-1)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def apply_repetition_penalty(logits, seen, penalty):
+    """CTRL-style penalty as transformers applies it: seen tokens' logits /penalty (>0) or *penalty (<0)."""
+    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalised, logits)
+
+
+def _host_step(tokens, step, done):
+    return np.asarray(_HOST_HANDLER[-1](np.asarray(tokens), int(step), np.asarray(done)), dtype=bool)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "cache_length", "max_new", "greedy", "penalty", "host"))
+def _generate_program(params, tokens, mask, rng, temperature, top_k, top_p, repetition_penalty, stop_tokens,
+                      n_new, *, config: GPTNeoConfig, cache_length: int, max_new: int, greedy: bool,
+                      penalty: bool, host: bool):
+    batch, prompt_len = tokens.shape
+    logits, cache, position = prefill(params, config, tokens, mask, cache_length)
+    seen = (jnp.zeros((batch, config.vocab_size), bool).at[jnp.arange(batch)[:, None], tokens].set(mask > 0)
+            if penalty else jnp.zeros((batch, 1), bool))
+    out = jnp.zeros((batch, max_new), jnp.int32)
+    lengths = jnp.zeros((batch,), jnp.int32)
+    done = jnp.zeros((batch,), bool)
+
+    def cond(c):
+        i, _, _, _, _, _, _, _, done = c
+        return (i < n_new) & ~jnp.all(done)
+
+    def body(c):
+        i, logits, cache, position, rng, seen, out, lengths, done = c
+        if penalty:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        if greedy:
+            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        else:
+            rng, key = jax.random.split(rng)
+            token = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+        token = jnp.where(done, 0, token)
+        out = out.at[:, i].set(token)
+        stopped = jnp.any(token[:, None] == stop_tokens[None, :], axis=-1)
+        lengths = jnp.where(done | stopped, lengths, i + 1)
+        if host:  # streaming and stop strings: the host sees each token and may end a row
+            stopped |= io_callback(_host_step, jax.ShapeDtypeStruct((batch,), jnp.bool_), token, i, done,
+                                   ordered=True)
+        done = done | stopped
+        if penalty:
+            seen = seen.at[jnp.arange(batch), token].set(True)
+        position = position + 1
+        logits, cache = decode_step(params, config, cache, token, position, prompt_len + i)
+        return i + 1, logits, cache, position, rng, seen, out, lengths, done
+
+    carry = (jnp.int32(0), logits, cache, position, rng, seen, out, lengths, done)
+    carry = jax.lax.while_loop(cond, body, carry)
+    return carry[6], carry[7]
+
+
+def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: ask for at least 1 new token")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} is negative; use 0 for greedy decoding or a positive value")
+    if top_k < 0:
+        raise ValueError(f"top_k={top_k} is negative; use 0 to disable top-k filtering")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} is outside (0, 1]; use 1 to disable nucleus sampling")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty={repetition_penalty} must be positive (1 disables it)")
+
+
+def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *, max_new_tokens: int = 32,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+             stop_tokens: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), seed: int = 0,
+             rng=None, truncate: bool = False,
+             on_text: Optional[Callable[[int, str], None]] = None) -> Generation:
+    """Continue each prompt (a string, needing `tokenizer`, or a list of token ids).
+
+    temperature 0 is greedy. stop_tokens defaults to the EOS id; stop_strings end a row once its
+    text contains one (the text is cut before it). `on_text(row, piece)` streams decoded text.
+    Prompts that leave no room for max_new_tokens within the context raise, or are left
+    truncated with truncate=True."""
+    _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    if isinstance(prompts, (str, np.ndarray)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
+        prompts = [prompts]
+    if not len(prompts):
+        raise ValueError("no prompts given")
+    if (any(isinstance(p, str) for p in prompts) or stop_strings or on_text) and tokenizer is None:
+        raise ValueError("text prompts, stop strings and streaming need a tokenizer")
+    eos = tokenizer.eos_id if tokenizer is not None else config.eos_token_id
+    encoded = [list(tokenizer.encode(p)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+    encoded = [ids or [eos] for ids in encoded]  # an empty prompt starts from <|endoftext|>
+    room = config.max_position_embeddings - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                         f"max_position_embeddings={config.max_position_embeddings}")
+    for row, ids in enumerate(encoded):
+        if len(ids) > room:
+            if not truncate:
+                raise ValueError(f"prompt {row} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} at most "
+                                 f"{room} fit in the {config.max_position_embeddings}-token context. Shorten it, "
+                                 "lower max_new_tokens, or pass truncate=True (--truncate) to keep its last tokens")
+            encoded[row] = ids[-room:]
+    from neojax.model.gpt_neo import check_tokens
+    longest = max(len(ids) for ids in encoded)
+    prompt_len = _bucket(longest, config.max_position_embeddings)
+    tokens = np.zeros((len(encoded), prompt_len), np.int32)
+    mask = np.zeros_like(tokens)
+    for row, ids in enumerate(encoded):
+        tokens[row, prompt_len - len(ids):] = ids
+        mask[row, prompt_len - len(ids):] = 1
+    check_tokens(tokens, config)
+    max_new = -(-max_new_tokens // NEW_TOKEN_BUCKET) * NEW_TOKEN_BUCKET
+    stops = list(stop_tokens) if stop_tokens is not None else [eos]
+    stop_array = np.full(_bucket(max(len(stops), 8), 1 << 30), -1, np.int32)  # fixed size: no recompiles
+    stop_array[:len(stops)] = stops
+
+    host = bool(stop_strings or on_text)
+    if host:
+        watcher = _TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
+        _HOST_HANDLER.append(watcher)
+    try:
+        out, lengths = _generate_program(
+            params, jnp.asarray(tokens), jnp.asarray(mask), rng if rng is not None else jax.random.key(seed),
+            jnp.float32(temperature or 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.float32(repetition_penalty),
+            jnp.asarray(stop_array), jnp.int32(max_new_tokens), config=config, cache_length=prompt_len + max_new,
+            max_new=max_new, greedy=temperature == 0, penalty=repetition_penalty != 1.0, host=host)
+        out, lengths = np.asarray(out), np.asarray(lengths)
+    finally:
+        if host:
+            _HOST_HANDLER.pop()
+    new = [out[row, :lengths[row]].tolist() for row in range(len(encoded))]
+    texts = None
+    if tokenizer is not None:
+        texts = [_cut(tokenizer.decode(ids), stop_strings) for ids in new]
+        if host:
+            watcher.flush(texts)  # text held back as a possible stop-string prefix
+    return Generation(tokens=new, prompt_tokens=encoded, texts=texts)
+
+
+def _cut(text: str, stop_strings: Sequence[str]) -> str:
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return text[:min(cuts)] if cuts else text
+
+
+class _TextWatcher:
+    """Host side of the loop: streams each row's new text and ends rows that produced a stop string."""
+
+    def __init__(self, tokenizer, batch, stop_strings, on_text, stop_tokens):
+        self.tokenizer, self.stop_strings, self.on_text, self.stop_tokens = tokenizer, stop_strings, on_text, stop_tokens
+        self.ids = [[] for _ in range(batch)]
+        self.shown = [0] * batch
+
+    def __call__(self, tokens, step, done):
+        stop = np.zeros(len(tokens), bool)
+        for row, token in enumerate(tokens):
+            if done[row] or int(token) in self.stop_tokens:
+                continue
+            self.ids[row].append(int(token))
+            text = self.tokenizer.decode(self.ids[row])
+            visible = _cut(text, self.stop_strings)
+            stop[row] = len(visible) < len(text)
+            if text.endswith("\ufffd") and not stop[row]:
+                continue  # an incomplete UTF-8 sequence: wait for the next byte token
+            self._show(row, visible if stop[row] else visible[:len(visible) - self._held(visible)])
+        return stop
+
+    def _held(self, text: str) -> int:
+        """Characters at the end of `text` that may be the start of a stop string: not shown yet."""
+        return max((k for s in self.stop_strings for k in range(min(len(s) - 1, len(text)), 0, -1)
+                    if text.endswith(s[:k])), default=0)
+
+    def _show(self, row, visible):
+        if self.on_text and len(visible) > self.shown[row]:
+            self.on_text(row, visible[self.shown[row]:])
+            self.shown[row] = len(visible)
+
+    def flush(self, texts):
+        for row, text in enumerate(texts):
+            self._show(row, text)
+
+
+# --- command line -------------------------------------------------------------------------------
+def _stream_to(out):
+    def on_text(row, piece):
+        if row == 0:
+            out.write(piece)
+            out.flush()
+    return on_text
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m neojax.generate", description="Generate text with GPT-Neo.")
+    parser.add_argument("--checkpoint", required=True, help="HF directory, neojax directory or training workdir")
+    parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
+    parser.add_argument("--prompt_file", help="a file with one prompt per line")
+    parser.add_argument("--interactive", action="store_true", help="read prompts from stdin, keep the conversation")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--repetition_penalty", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_samples", type=int, default=1, help="samples per prompt")
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--truncate", action="store_true", help="left-truncate prompts that do not fit")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args(argv)
+    from neojax import checkpoint
+    try:
+        _check_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+        model = checkpoint.load(args.checkpoint, dtype=args.dtype)
+        if model.tokenizer is None:
+            raise ValueError(f"{args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + merges.txt)")
+        settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_strings=args.stop,
+                        truncate=args.truncate)
+        if args.interactive:
+            return _interactive(model, settings, args.seed)
+        prompts = list(args.prompt)
+        if args.prompt_file:
+            with open(args.prompt_file) as f:
+                prompts += [line.rstrip("\n") for line in f if line.strip()]
+        if not prompts:
+            raise ValueError("give --prompt, --prompt_file or --interactive")
+        batch = [p for p in prompts for _ in range(args.num_samples)]
+        streaming = len(batch) == 1
+        if streaming:
+            sys.stdout.write(batch[0])
+        out = generate(model.params, model.config, batch, model.tokenizer, seed=args.seed,
+                       on_text=_stream_to(sys.stdout) if streaming else None, **settings)
+        if streaming:
+            print()
+        else:
+            for i, (prompt, text) in enumerate(zip(batch, out.texts)):
+                print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompt}{text}")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _interactive(model, settings, seed) -> int:
+    """Chat-style loop: the conversation so far is the context, left-truncated when the window fills."""
+    history: list[int] = []
+    settings = {**settings, "truncate": True}
+    print("neojax interactive generation: empty line or Ctrl-D to quit.", file=sys.stderr)
+    turn = 0
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        history += model.tokenizer.encode(line)
+        out = generate(model.params, model.config, [history], model.tokenizer, seed=seed + turn,
+                       on_text=_stream_to(sys.stdout), **settings)
+        print()
+        history = out.prompt_tokens[0] + out.tokens[0]
+        turn += 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Generation: transformers parity, cache == full forward, sampling filters, stops, streaming, CLI."""
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neojax import checkpoint
+from neojax.checkpoint.hf import load_hf
+from neojax.generate import _generate_program, apply_repetition_penalty, filter_logits, generate
+from neojax.model import GPTNeo, position_ids_from_mask
+from neojax.model.decode import decode_step, prefill
+
+
+def test_greedy_matches_transformers_generate_batched(hf_dirs):
+    import torch
+    directory, torch_model, _ = hf_dirs["window7_inner40"]
+    config, params, _ = load_hf(directory)
+    prompts = [[5, 9, 3], list(range(1, 15)), [7, 7, 2, 40, 11, 8, 1, 3, 9]]
+    ours = generate(params, config, prompts, max_new_tokens=20, stop_tokens=())
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    torch_model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        ref = torch_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False,
+                                   pad_token_id=0)
+    assert ours.tokens == ref[:, width:].tolist()
+
+
+@pytest.mark.parametrize("shape,prompt_len,steps", [("default_window", 250, 14), ("window7_inner40", 4, 30)])
+def test_cached_decoding_equals_full_forward_at_every_step(hf_dirs, shape, prompt_len, steps):
+    """Teacher-forced decode across the local window boundary, with a left-padded row."""
+    directory, _, _ = hf_dirs[shape]
+    config, params, _ = load_hf(directory)
+    rng = np.random.default_rng(0)
+    total = prompt_len + steps
+    seqs = rng.integers(0, config.vocab_size, size=(2, total))
+    pad = 3
+    tokens = np.concatenate([np.zeros((2, pad), np.int64), seqs], axis=1)
+    mask = np.ones_like(tokens)
+    mask[0, :pad] = 0  # row 0 left padded by 3 ...
+    tokens[1, :pad] = seqs[1, :pad]  # ... row 1 has 3 more real tokens instead
+    mask[1, :] = 1
+    full = jax.jit(GPTNeo(config).apply)({"params": params}, tokens, attention_mask=mask)
+    P = pad + prompt_len
+    logits, cache, position = jax.jit(prefill, static_argnums=(1, 4))(params, config, tokens[:, :P], mask[:, :P],
+                                                                       P + steps)
+    step = jax.jit(decode_step, static_argnums=1)
+    worst = float(jnp.abs(logits - full[:, P - 1]).max())
+    for i in range(steps - 1):
+        position = position + 1
+        logits, cache = step(params, config, cache, jnp.asarray(tokens[:, P + i]), position, P + i)
+        worst = max(worst, float(jnp.abs(logits - full[:, P + i]).max()))
+    print(f"{shape}: max |cached - full| over {steps} steps = {worst:.3g}")
+    assert worst < 1e-4
+
+
+def test_local_cache_is_a_window_sized_ring(hf_dirs):
+    directory, _, _ = hf_dirs["default_window"]
+    config, params, _ = load_hf(directory)
+    _, cache, _ = prefill(params, config, np.ones((1, 300), np.int32), np.ones((1, 300), np.int32), 310)
+    assert cache[0]["k"].shape[1] == 310  # global layer: every slot
+    assert cache[1]["k"].shape[1] == 256  # local layer: a ring of window entries
+
+
+def test_sampling_is_reproducible_and_seed_dependent(hf_dirs):
+    directory, _, _ = hf_dirs["window7_inner40"]
+    config, params, _ = load_hf(directory)
+    kw = dict(max_new_tokens=12, temperature=1.5, top_k=20, top_p=0.95, stop_tokens=())
+    a = generate(params, config, [[1, 2, 3]] * 3, seed=7, **kw).tokens
+    assert a == generate(params, config, [[1, 2, 3]] * 3, seed=7, **kw).tokens
+    assert a != generate(params, config, [[1, 2, 3]] * 3, seed=8, **kw).tokens
+    assert len({tuple(r) for r in a}) > 1  # rows of one batch draw independently
+
+
+def test_filters_never_keep_excluded_tokens():
+    logits = jnp.log(jnp.array([[0.05, 0.5, 0.3, 0.1, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]]))
+    one = jnp.float32(1.0)
+    kept = lambda **kw: np.isfinite(np.asarray(filter_logits(logits, **kw)))
+    assert kept(temperature=one, top_k=jnp.int32(2), top_p=one)[0].tolist() == [False, True, True, False, False]
+    # nucleus: 0.5 + 0.3 >= 0.7 -> {1, 2}; 0.5 alone is not enough
+    assert kept(temperature=one, top_k=jnp.int32(0), top_p=jnp.float32(0.7))[0].tolist() == [False, True, True, False, False]
+    assert kept(temperature=one, top_k=jnp.int32(0), top_p=jnp.float32(0.5))[0].tolist() == [False, True, False, False, False]
+    assert kept(temperature=one, top_k=jnp.int32(0), top_p=one).all()
+    # sampled tokens respect the filter
+    # top-p acts on the renormalised top-3 (0.556, 0.333, 0.111): 0.95 keeps all three, 0.85 two
+    filtered = filter_logits(jnp.tile(logits[:1], (4000, 1)), one, jnp.int32(3), jnp.float32(0.95))
+    draws = np.asarray(jax.random.categorical(jax.random.key(0), filtered))
+    assert set(draws.tolist()) <= {1, 2, 3} and len(set(draws.tolist())) == 3
+    narrower = filter_logits(logits[:1], one, jnp.int32(3), jnp.float32(0.85))
+    assert np.isfinite(np.asarray(narrower))[0].tolist() == [False, True, True, False, False]
+
+
+def test_repetition_penalty_matches_transformers():
+    import torch
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 30)).astype(np.float32)
+    ids = np.array([[1, 4, 4, 9], [0, 29, 3, 2]])
+    seen = np.zeros((2, 30), bool)
+    np.put_along_axis(seen, ids, True, axis=1)
+    ours = apply_repetition_penalty(jnp.asarray(logits), jnp.asarray(seen), 1.3)
+    ref = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor(ids), torch.tensor(logits)).numpy()
+    np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-6)
+
+
+def test_stop_strings_streaming_and_text(tiny_hf_with_tokenizer):
+    model = checkpoint.load(tiny_hf_with_tokenizer)
+    free = generate(model.params, model.config, ["Once upon a time"], model.tokenizer, max_new_tokens=24,
+                    stop_tokens=())
+    text = free.texts[0]
+    assert model.tokenizer.decode(free.tokens[0]) == text and len(free.tokens[0]) == 24
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    assert stop.strip()
+    pieces = []
+    cut = generate(model.params, model.config, ["Once upon a time"], model.tokenizer, max_new_tokens=24,
+                   stop_tokens=(), stop_strings=[stop], on_text=lambda row, piece: pieces.append(piece))
+    assert cut.texts[0] == text[:text.find(stop)]
+    assert "".join(pieces) == cut.texts[0]
+    assert len(cut.tokens[0]) < 24  # the loop ended early
+    # a stop token ends a row without being emitted
+    first = free.tokens[0][3]
+    halted = generate(model.params, model.config, ["Once upon a time"], model.tokenizer, max_new_tokens=24,
+                      stop_tokens=[first])
+    assert halted.tokens[0] == free.tokens[0][:free.tokens[0].index(first)]
+
+
+def test_one_compilation_per_bucket(hf_dirs):
+    directory, _, _ = hf_dirs["window7_inner40"]
+    config, params, _ = load_hf(directory)
+    generate(params, config, [[1, 2, 3], [4, 5]], max_new_tokens=5)
+    before = _generate_program._cache_size()
+    generate(params, config, [[9, 8, 7, 6], [1]], max_new_tokens=9, temperature=0)
+    generate(params, config, [[3], [2, 2, 2, 2, 2]], max_new_tokens=30, stop_tokens=[4, 5])
+    assert _generate_program._cache_size() == before
+
+
+def test_invalid_settings_and_long_prompts(hf_dirs):
+    directory, _, _ = hf_dirs["window7_inner40"]
+    config, params, _ = load_hf(directory)
+    for kw, msg in [(dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(temperature=-1.0), "temperature"),
+                    (dict(top_k=-2), "top_k"), (dict(max_new_tokens=0), "max_new_tokens")]:
+        with pytest.raises(ValueError, match=msg):
+            generate(params, config, [[1, 2]], **kw)
+    long = list(range(1, 60))  # max_position_embeddings is 64
+    with pytest.raises(ValueError, match="prompt 0 has 59 tokens.*truncate=True"):
+        generate(params, config, [long], max_new_tokens=10)
+    out = generate(params, config, [long], max_new_tokens=10, truncate=True, stop_tokens=())
+    assert out.prompt_tokens[0] == long[-54:] and len(out.tokens[0]) == 10
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        generate(params, config, [[1, 2, 999]], max_new_tokens=3)
+
+
+def _cli(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "neojax.generate", *args], capture_output=True, text=True,
+                          input=stdin, timeout=300)
+
+
+def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path):
+    model = checkpoint.load(tiny_hf_with_tokenizer)
+    expected = generate(model.params, model.config, ["The quick"], model.tokenizer, max_new_tokens=8).texts[0]
+    r = _cli("--checkpoint", tiny_hf_with_tokenizer, "--prompt", "The quick", "--max_new_tokens", "8")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "The quick" + expected + "\n"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon\ndef hello\n")
+    r = _cli("--checkpoint", tiny_hf_with_tokenizer, "--prompt_file", str(prompts), "--num_samples", "2",
+             "--temperature", "0.8", "--top_p", "0.9", "--max_new_tokens", "6")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("--- [") == 4 and "--- [1.1] ---\ndef hello" in r.stdout
+    r = _cli("--checkpoint", tiny_hf_with_tokenizer, "--interactive", "--max_new_tokens", "5",
+             stdin="The quick\nbrown\n\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("> ") == 3
+    r = _cli("--checkpoint", tiny_hf_with_tokenizer, "--prompt", "x", "--top_p", "2")
+    assert r.returncode == 2 and "top_p=2.0 is outside (0, 1]" in r.stderr
