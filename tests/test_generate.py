@@ -62,8 +62,8 @@ def test_local_cache_is_a_window_sized_ring(hf_dirs):
     directory, _, _ = hf_dirs["default_window"]
     config, params, _ = load_hf(directory)
     _, cache, _ = prefill(params, config, np.ones((1, 300), np.int32), np.ones((1, 300), np.int32), 310)
-    assert cache[0]["k"].shape[1] == 310  # global layer: every slot
-    assert cache[1]["k"].shape[1] == 256  # local layer: a ring of window entries
+    assert cache[0]["k"].shape[2] == 310  # global layer: every slot ([batch, heads, slots, head_dim])
+    assert cache[1]["k"].shape[2] == 256  # local layer: a ring of window entries
 
 
 def test_sampling_is_reproducible_and_seed_dependent(hf_dirs):

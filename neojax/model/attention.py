@@ -63,32 +63,43 @@ def cache_capacity(variant: AttentionVariant, config, length: int) -> int:
 
 
 def fill_cache(k, v, key_mask, capacity: int):
-    """A layer cache holding the k/v of slots 0..T-1 (prefill). Slot s lives at entry s % capacity."""
+    """A layer cache holding the k/v of slots 0..T-1 (prefill). Slot s lives at entry s % capacity.
+
+    Caches are heads-major, [batch, heads, capacity, head_dim]: a decode step then reads each
+    head's keys contiguously instead of transposing the whole cache every token."""
     b, t = k.shape[:2]
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     valid = jnp.ones((b, t), bool) if key_mask is None else key_mask
     if t >= capacity:  # keep the last `capacity` slots, rolled into ring order
         shift = (t - capacity) % capacity
-        k, v, valid = (jnp.roll(x[:, t - capacity:], shift, axis=1) for x in (k, v, valid))
-        return {"k": k, "v": v, "valid": valid}
-    pad = lambda x: jnp.pad(x, [(0, 0), (0, capacity - t)] + [(0, 0)] * (x.ndim - 2))
-    return {"k": pad(k), "v": pad(v), "valid": pad(valid)}
+        return {"k": jnp.roll(k[:, :, t - capacity:], shift, axis=2),
+                "v": jnp.roll(v[:, :, t - capacity:], shift, axis=2),
+                "valid": jnp.roll(valid[:, t - capacity:], shift, axis=1)}
+    pad = capacity - t
+    return {"k": jnp.pad(k, [(0, 0), (0, 0), (0, pad), (0, 0)]), "v": jnp.pad(v, [(0, 0), (0, 0), (0, pad), (0, 0)]),
+            "valid": jnp.pad(valid, [(0, 0), (0, pad)])}
 
 
 def cached_attention(q, k, v, cache, slot, window: Optional[int]):
-    """One new token (q, k, v of time 1) at absolute `slot` against a layer cache; returns (out, cache).
+    """One new token (q, k, v of shape [batch, 1, heads, head_dim]) at absolute `slot` against a
+    layer cache; returns (out, cache).
 
     Entry e of a capacity-C cache holds slot `slot - ((slot - e) mod C)` (negative: never written),
     so the window and causality tests need no stored positions."""
-    capacity = cache["k"].shape[1]
+    capacity = cache["k"].shape[2]
     entry = slot % capacity
-    cache = {"k": jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), entry, axis=1),
-             "v": jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), entry, axis=1),
-             "valid": jax.lax.dynamic_update_slice_in_dim(cache["valid"], jnp.ones((q.shape[0], 1), bool), entry, axis=1)}
+    heads_major = lambda x: x.transpose(0, 2, 1, 3).astype(cache["k"].dtype)
+    update = lambda c, x, axis: jax.lax.dynamic_update_slice_in_dim(c, x, entry, axis=axis)
+    cache = {"k": update(cache["k"], heads_major(k), 2), "v": update(cache["v"], heads_major(v), 2),
+             "valid": update(cache["valid"], jnp.ones((q.shape[0], 1), bool), 1)}
     held = slot - (slot - jnp.arange(capacity)) % capacity
     visible = (held >= 0) & cache["valid"]
     if window is not None:
         visible &= held > slot - window
-    return masked_attention(q, cache["k"], cache["v"], visible[:, None, None, :]), cache
+    scores = jnp.einsum("bqhd,bhkd->bhqk", q.astype(jnp.float32), cache["k"].astype(jnp.float32))
+    scores = jnp.where(visible[:, None, None, :], scores, MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bhkd->bqhd", probs, cache["v"]), cache
 
 
 def global_attention(q, k, v, key_mask, config, dropout=lambda p: p):
