@@ -1,0 +1,262 @@
+"""Device meshes and partition rules: every parameter, optimizer state and activation is placed
+by rules kept in config, applied to the logical axis names the model declares.
+
+    mesh = make_mesh("data=2,fsdp=4,tensor=1")            # -1 = the rest of the devices
+    specs = param_specs(config, DEFAULT_RULES, mesh)        # PartitionSpec per parameter
+    python -m neojax.sharding --preset gpt-neo-2.7B --mesh data=4,fsdp=8,tensor=1   # plan, no allocation
+
+Axes: `data` (pure data parallel: params replicated), `fsdp` (batch and parameters sharded, ZeRO-3
+style), `tensor` (attention heads, MLP columns and vocabulary split across devices).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# (logical axis name, mesh axes or None). Parameters: model/gpt_neo.py; activations: act_*.
+DEFAULT_RULES: tuple = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("position", None),
+)
+
+
+# --- meshes ---------------------------------------------------------------------------------------
+def parse_mesh(spec) -> dict[str, int]:
+    """'data=4,fsdp=8,tensor=1' or a mapping -> {axis: size} over MESH_AXES (missing axes are 1)."""
+    if isinstance(spec, str):
+        items = {}
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            name, _, size = part.partition("=")
+            try:
+                items[name.strip()] = int(size)
+            except ValueError:
+                raise ValueError(f"mesh {spec!r}: {part!r} is not axis=size (e.g. data=4,fsdp=8,tensor=1)") from None
+        spec = items
+    spec = dict(spec)
+    unknown = set(spec) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; valid axes: {list(MESH_AXES)}")
+    sizes = {axis: int(spec.get(axis, 1)) for axis in MESH_AXES}
+    if sum(s == -1 for s in sizes.values()) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
+        raise ValueError(f"mesh {spec}: sizes must be positive, with at most one -1 (the rest of the devices)")
+    return sizes
+
+
+def resolve_mesh_shape(spec, num_devices: int) -> dict[str, int]:
+    sizes = parse_mesh(spec)
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if -1 in sizes.values():
+        if num_devices % known:
+            raise ValueError(f"mesh {sizes}: {num_devices} devices are not divisible by {known}")
+        sizes = {a: (num_devices // known if s == -1 else s) for a, s in sizes.items()}
+    if math.prod(sizes.values()) != num_devices:
+        raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices but {num_devices} are present; "
+                         "use -1 for one axis to take the rest")
+    return sizes
+
+
+def make_mesh(spec="data=-1", devices: Optional[Sequence] = None) -> Mesh:
+    """A Mesh over all (global, multi-host) devices, laid out by jax for the topology."""
+    devices = list(devices) if devices is not None else jax.devices()
+    sizes = resolve_mesh_shape(spec, len(devices))
+    return jax.make_mesh(tuple(sizes.values()), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+
+
+# --- rules -> specs -------------------------------------------------------------------------------
+def _mesh_sizes(mesh) -> dict[str, int]:
+    return dict(mesh.shape) if not isinstance(mesh, dict) else mesh
+
+
+def spec_for(name: str, logical: Sequence[Optional[str]], shape: Sequence[int], rules, mesh) -> PartitionSpec:
+    """PartitionSpec for one array from its logical axis names. A dimension whose size the mesh
+    axes do not divide is replicated (GPT-Neo's 50257-token vocabulary on a tensor axis)."""
+    table = dict(rules)
+    sizes = _mesh_sizes(mesh)
+    used: set[str] = set()
+    out = []
+    for axis_name, dim in zip(logical, shape):
+        if axis_name is None:
+            out.append(None)
+            continue
+        if axis_name not in table:
+            raise ValueError(f"parameter {name} has logical axis {axis_name!r} that no sharding rule maps; add "
+                             f"({axis_name!r}, <mesh axis or None>) to the rules (known: {sorted(table)})")
+        target = table[axis_name]
+        axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+        axes = tuple(a for a in axes if sizes.get(a, 1) > 1 and a not in used)
+        if axes and dim % math.prod(sizes[a] for a in axes):
+            axes = ()
+        used.update(axes)
+        out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*out)
+
+
+def _named_leaves(tree):
+    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, PartitionSpec))]
+
+
+def param_specs(config, rules=DEFAULT_RULES, mesh=None):
+    """Tree of PartitionSpecs for every parameter of `config`."""
+    from neojax.model.gpt_neo import logical_axes, param_shapes
+    shapes, axes = param_shapes(config), logical_axes(config)
+    flat_axes = dict(_named_leaves(axes))
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: spec_for(jax.tree_util.keystr(path, simple=True, separator="/"),
+                                 tuple(flat_axes[jax.tree_util.keystr(path, simple=True, separator="/")]),
+                                 s.shape, rules, mesh), shapes)
+
+
+def state_specs(abstract_state, params_specs):
+    """Specs for a pytree that contains parameter-shaped subtrees (optimizer moments, EMA, ...):
+    a leaf whose path ends with a parameter's path and has its shape gets that parameter's spec;
+    everything else (step counters, scalars) is replicated."""
+    by_path = {}
+    for path, spec in jax.tree_util.tree_leaves_with_path(params_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)):
+        by_path[tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)] = spec
+
+    def pick(path, leaf):
+        keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        for n in range(len(keys)):
+            spec = by_path.get(keys[n:])
+            if spec is not None and len(spec) <= len(np.shape(leaf)):
+                return spec
+        return PartitionSpec()
+    return jax.tree_util.tree_map_with_path(pick, abstract_state)
+
+
+def shardings(mesh: Mesh, specs):
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_spec(rules=DEFAULT_RULES) -> PartitionSpec:
+    """How a [batch, time] token batch is split: batch over the data-parallel axes."""
+    return PartitionSpec(dict(rules)["act_batch"])
+
+
+# --- initialisation born sharded ------------------------------------------------------------------
+def init_sharded(init_fn, mesh: Mesh, specs_fn, *args):
+    """Run `init_fn(*args)` under jit with out_shardings from `specs_fn(abstract output)`: every
+    array is created directly in its shards, never whole on one device."""
+    abstract = jax.eval_shape(init_fn, *args)
+    out = shardings(mesh, specs_fn(abstract))
+    return jax.jit(init_fn, out_shardings=out)(*args)
+
+
+# --- multi-host -----------------------------------------------------------------------------------
+def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                           process_id: Optional[int] = None) -> None:
+    """jax.distributed.initialize from arguments, else NEOJAX_COORDINATOR / NEOJAX_NUM_PROCESSES /
+    NEOJAX_PROCESS_ID, else JAX's own detection (TPU pods, SLURM, Open MPI). No-op for one process."""
+    coordinator = coordinator or os.environ.get("NEOJAX_COORDINATOR")
+    num_processes = num_processes or _env_int("NEOJAX_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("NEOJAX_PROCESS_ID")
+    if coordinator is None and num_processes is None:
+        if not any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
+                                             "JAX_COORDINATOR_ADDRESS")):
+            return  # a single-process run
+        jax.distributed.initialize()
+        return
+    # Only the CPU backend reads this (cross-process CPU collectives); asking for the platform
+    # here would start the backend, which must happen after initialize().
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def _env_int(name):
+    return int(os.environ[name]) if name in os.environ else None
+
+
+def global_batch(local_batch: np.ndarray, mesh: Mesh, rules=DEFAULT_RULES):
+    """Assemble a global [batch, ...] array from this process's rows (each process reads only its share)."""
+    sharding = NamedSharding(mesh, batch_spec(rules))
+    return jax.make_array_from_process_local_data(sharding, local_batch)
+
+
+def process_rows(global_batch_size: int) -> slice:
+    """The rows of a global batch that this process loads."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_batch_size % n:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by {n} processes")
+    per = global_batch_size // n
+    return slice(i * per, (i + 1) * per)
+
+
+# --- the plan -------------------------------------------------------------------------------------
+def plan(config, mesh_spec, rules=DEFAULT_RULES, optimizer_moments: int = 2, num_devices: Optional[int] = None):
+    """Rows (name, shape, spec, bytes per device) and totals, from shapes alone (nothing allocated).
+
+    optimizer_moments: float32 copies of the params the optimizer keeps (Adam: 2)."""
+    from neojax.model.gpt_neo import param_shapes
+    sizes = parse_mesh(mesh_spec)
+    if -1 in sizes.values():
+        sizes = resolve_mesh_shape(sizes, num_devices or jax.device_count())
+    specs = param_specs(config, rules, sizes)
+    rows = []
+    for (name, shape), (_, spec) in zip(_named_leaves(param_shapes(config)), _named_leaves(specs)):
+        split = math.prod(sizes[a] for entry in spec if entry for a in ((entry,) if isinstance(entry, str) else entry))
+        rows.append((name, tuple(shape.shape), spec, shape.size * shape.dtype.itemsize / split))
+    param_bytes = sum(r[3] for r in rows)
+    return {"mesh": sizes, "rows": rows, "params_per_device": param_bytes,
+            "optimizer_per_device": optimizer_moments * param_bytes,
+            "total_per_device": (1 + optimizer_moments) * param_bytes,
+            "num_params": sum(math.prod(r[1]) for r in rows)}
+
+
+def format_plan(p, full: bool = False) -> str:
+    import re
+    lines = [f"mesh {p['mesh']}  ({math.prod(p['mesh'].values())} devices), {p['num_params'] / 1e9:.3f}B parameters",
+             f"{'parameter':<34} {'shape':<16} {'spec':<28} {'MB/device':>10}"]
+    seen = {}
+    for name, shape, spec, b in p["rows"]:
+        key = name if full else re.sub(r"^h_\d+/", "h_*/", name)
+        if key in seen:
+            seen[key][3] += 1
+            continue
+        seen[key] = [shape, spec, b, 1]
+    for key, (shape, spec, b, count) in seen.items():
+        label = key if count == 1 else f"{key} (x{count})"
+        lines.append(f"{label:<34} {str(shape):<16} {str(tuple(spec)):<28} {b / 2**20:>10.2f}")
+    gb = lambda x: f"{x / 2**30:.2f} GB"
+    lines.append(f"per device: params {gb(p['params_per_device'])} + optimizer state {gb(p['optimizer_per_device'])} "
+                 f"= {gb(p['total_per_device'])} (float32; activations not included)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m neojax.sharding",
+                                     description="Print the sharding plan of a preset on a mesh (allocates nothing).")
+    parser.add_argument("--preset", default="gpt-neo-125M")
+    parser.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1", help="e.g. data=4,fsdp=8,tensor=1")
+    parser.add_argument("--devices", type=int, help="device count for -1 axes (default: this machine's)")
+    parser.add_argument("--optimizer_moments", type=int, default=2, help="float32 param copies (Adam: 2)")
+    parser.add_argument("--full", action="store_true", help="one row per parameter, layers not grouped")
+    args = parser.parse_args(argv)
+    from neojax.model.config import preset
+    try:
+        print(format_plan(plan(preset(args.preset), args.mesh, DEFAULT_RULES, args.optimizer_moments, args.devices),
+                          args.full))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: state, step (loss, accumulation, guards), optimizers, the loop."""

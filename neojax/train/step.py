@@ -1,0 +1,134 @@
+"""The train step: LM loss, gradient accumulation, non-finite guard, sharded jit with donation.
+
+    step_fn = make_train_step(config, optimizer, mesh, rules, microbatches=4)
+    state, metrics = step_fn(state, tokens)        # tokens: [global_batch, seq_len + 1]
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from neojax import sharding
+from neojax.model.config import GPTNeoConfig
+from neojax.model.gpt_neo import GPTNeo
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    nonfinite_streak: jax.Array  # consecutive steps skipped for NaN/Inf gradients
+    nonfinite_total: jax.Array
+
+
+def init_state(config: GPTNeoConfig, optimizer, rng, params=None) -> TrainState:
+    """A fresh state (params from `rng` unless given). Call through `sharded_init` on a mesh."""
+    from neojax.model.gpt_neo import init_params
+    init_rng, rng = jax.random.split(rng)
+    params = init_params(config, init_rng) if params is None else params
+    zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates each one
+    return TrainState(step=zero(), params=params, opt_state=optimizer.init(params), rng=rng,
+                      nonfinite_streak=zero(), nonfinite_total=zero())
+
+
+def state_specs(config: GPTNeoConfig, abstract_state, rules=sharding.DEFAULT_RULES, mesh=None):
+    return sharding.state_specs(abstract_state, sharding.param_specs(config, rules, mesh))
+
+
+def lm_loss(params, config: GPTNeoConfig, tokens, loss_mask=None, z_loss: float = 0.0, rng=None):
+    """Mean next-token cross entropy over [batch, T+1] tokens (float32 logits). Returns (loss, aux)."""
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    rngs = None if rng is None else {"dropout": rng}
+    logits = GPTNeo(config).apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs)
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    nll = logz - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    weights = jnp.ones_like(nll) if loss_mask is None else loss_mask[:, 1:].astype(jnp.float32)
+    count = jnp.maximum(weights.sum(), 1.0)
+    loss = (nll * weights).sum() / count
+    aux = {"nll": loss, "tokens": weights.sum()}
+    if z_loss:
+        loss = loss + z_loss * ((logz ** 2) * weights).sum() / count
+    return loss, aux
+
+
+def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
+                    rules=sharding.DEFAULT_RULES, microbatches: int = 1, z_loss: float = 0.0,
+                    abstract_state=None):
+    """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`.
+
+    With a mesh, the state's shardings come from the rules and the batch is split over the
+    data-parallel axes; activations get the model's logical constraints. `microbatches` > 1
+    accumulates gradients over equal slices of the batch (a larger-than-memory global batch).
+    A step whose gradients are not finite changes nothing but the skip counters."""
+    train = config.embed_dropout > 0 or config.attention_dropout > 0 or config.resid_dropout > 0
+
+    def grads_of(params, tokens, rng):
+        def one(tokens_mb, rng_mb):
+            (loss, aux), grads = jax.value_and_grad(lm_loss, has_aux=True)(
+                params, config, tokens_mb, None, z_loss, rng_mb if train else None)
+            return loss, aux["nll"], grads
+
+        if microbatches == 1:
+            return one(tokens, rng)
+        if tokens.shape[0] % microbatches:
+            raise ValueError(f"batch {tokens.shape[0]} is not divisible by microbatches={microbatches}")
+        chunks = tokens.reshape(microbatches, -1, *tokens.shape[1:])
+        zeros = jax.tree.map(jnp.zeros_like, params)
+
+        def body(acc, xs):
+            loss, nll, grads = one(*xs)
+            return jax.tree.map(jnp.add, acc, (loss, nll, grads)), None
+
+        (loss, nll, grads), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0), zeros),
+                                             (chunks, jax.random.split(rng, microbatches)))
+        return jax.tree.map(lambda x: x / microbatches, (loss, nll, grads))
+
+    def step(state: TrainState, tokens):
+        rng, step_rng = jax.random.split(state.rng)
+        ctx = nn.logical_axis_rules(rules) if mesh is not None else contextlib.nullcontext()
+        with ctx:
+            loss, nll, grads = grads_of(state.params, tokens, step_rng)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # Select, never multiply: 0 * NaN is NaN.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(
+            step=state.step + finite.astype(jnp.int32), params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state), rng=rng,
+            nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+            nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
+        metrics = {"loss": loss, "nll": nll, "grad_norm": grad_norm, "finite": finite}
+        return new_state, metrics
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    if abstract_state is None:
+        raise ValueError("make_train_step with a mesh needs abstract_state (jax.eval_shape of the state)")
+    state_sh = sharding.shardings(mesh, state_specs(config, abstract_state, rules, mesh))
+    batch_sh = jax.sharding.NamedSharding(mesh, sharding.batch_spec(rules))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                     donate_argnums=0)
+
+    def run(state, tokens):
+        with jax.set_mesh(mesh):
+            return jitted(state, tokens)
+    run.jitted = jitted
+    return run
+
+
+def sharded_init(config: GPTNeoConfig, optimizer, mesh, rng, rules=sharding.DEFAULT_RULES, params=None):
+    """The train state born sharded: params and optimizer moments are created in their shards."""
+    init = lambda r: init_state(config, optimizer, r, params)
+    specs_fn = lambda abstract: state_specs(config, abstract, rules, mesh)
+    return sharding.init_sharded(init, mesh, specs_fn, rng)
