@@ -11,11 +11,11 @@ import json
 import os
 from typing import Any, NamedTuple, Optional
 
-from neojax.checkpoint.io import NATIVE_MARKER, atomic_directory, check_params, load_native, save_native
+from neojax.checkpoint.io import NATIVE_MARKER, atomic_directory, check_params, load_native, load_workdir, save_native
 from neojax.data.tokenizer import Tokenizer
 from neojax.model.config import GPTNeoConfig
 
-FORMATS = ("hf", "neojax", "mesh_tf")
+FORMATS = ("hf", "neojax", "workdir", "mesh_tf")
 
 
 class Pretrained(NamedTuple):
@@ -25,12 +25,14 @@ class Pretrained(NamedTuple):
 
 
 def detect_format(path: str) -> str:
-    """'hf', 'neojax' or 'mesh_tf' for a path; a clear error for anything else."""
+    """'hf', 'neojax', 'workdir' or 'mesh_tf' for a path; a clear error for anything else."""
     if not os.path.exists(path) and not os.path.exists(path + ".index"):
         raise FileNotFoundError(f"{path} does not exist")
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, NATIVE_MARKER)):
             return "neojax"
+        if os.path.exists(os.path.join(path, "model", NATIVE_MARKER)) and os.path.isdir(os.path.join(path, "checkpoints")):
+            return "workdir"
         if os.path.exists(os.path.join(path, "config.json")):
             with open(os.path.join(path, "config.json")) as f:
                 try:
@@ -47,7 +49,8 @@ def detect_format(path: str) -> str:
     elif os.path.exists(path + ".index"):
         return "mesh_tf"
     raise ValueError(f"cannot tell the checkpoint format of {path}: expected a Hugging Face directory "
-                     f"(config.json + weights), a neojax directory ({NATIVE_MARKER} + params/), or a "
+                     f"(config.json + weights), a neojax directory ({NATIVE_MARKER} + params/), a training "
+                     "workdir (model/ + checkpoints/), or a "
                      "mesh-tensorflow checkpoint (*.index + *.data-*)")
 
 
@@ -59,8 +62,8 @@ def load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pre
     if fmt == "hf":
         from neojax.checkpoint.hf import load_hf
         return Pretrained(*load_hf(path, **config_overrides))
-    if fmt == "neojax":
-        config, params, tokenizer = load_native(path)
+    if fmt in ("neojax", "workdir"):
+        config, params, tokenizer = (load_native if fmt == "neojax" else load_workdir)(path)
         return Pretrained(config.replace(**config_overrides), params, tokenizer)
     from neojax.checkpoint.mesh_tf import config_from_mtf_json, load_mesh_tf
     if mtf_config:

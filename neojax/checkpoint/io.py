@@ -72,6 +72,45 @@ def _flatten(tree):
             for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
+def write_model_card(directory: str, config: GPTNeoConfig, tokenizer=None) -> None:
+    """neojax.json (+ tokenizer) without params: a training workdir's model/ folder."""
+    from neojax import __version__
+    os.makedirs(directory, exist_ok=True)
+    if tokenizer is not None:
+        tokenizer.save(directory)
+    tmp = os.path.join(directory, NATIVE_MARKER + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"format": "neojax", "neojax_version": __version__, "model": config.to_dict()}, f, indent=2)
+    os.replace(tmp, os.path.join(directory, NATIVE_MARKER))
+
+
+def read_model_card(directory: str):
+    from neojax.data.tokenizer import Tokenizer
+    with open(os.path.join(directory, NATIVE_MARKER)) as f:
+        config = GPTNeoConfig.from_dict(json.load(f)["model"])
+    try:
+        tokenizer = Tokenizer.from_path(directory)
+    except FileNotFoundError:
+        tokenizer = None
+    return config, tokenizer
+
+
+def load_workdir(workdir: str, step=None):
+    """(config, params, tokenizer) of a training workdir's latest (or given) checkpoint."""
+    import orbax.checkpoint as ocp
+    config, tokenizer = read_model_card(os.path.join(workdir, "model"))
+    with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               item_names=("state", "data", "meta"),
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{workdir} has no checkpoint yet (checkpoints/ is empty)")
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    params = jax.tree.map(np.asarray, state["params"])
+    check_params(params, config, f"{workdir} step {step}")
+    return config, params, tokenizer
+
+
 def save_native(directory: str, params, config: GPTNeoConfig, tokenizer=None, overwrite: bool = False) -> str:
     """Write a neojax model directory: neojax.json (config), params/ (orbax), tokenizer file."""
     import orbax.checkpoint as ocp
@@ -93,10 +132,8 @@ def load_native(directory: str, target=None):
     `target` (a pytree of jax.ShapeDtypeStruct, optionally with shardings) restores straight onto
     devices; by default params come back as host numpy arrays of the config's shapes."""
     import orbax.checkpoint as ocp
-    from neojax.data.tokenizer import Tokenizer
     from neojax.model.gpt_neo import param_shapes
-    with open(os.path.join(directory, NATIVE_MARKER)) as f:
-        config = GPTNeoConfig.from_dict(json.load(f)["model"])
+    config, tokenizer = read_model_card(directory)
     expected = param_shapes(config)
     if target is None:
         target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), expected)
@@ -105,8 +142,4 @@ def load_native(directory: str, target=None):
             params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), target)
         except ValueError as e:
             raise ValueError(f"cannot restore params from {directory} onto the shapes its neojax.json implies: {e}") from e
-    try:
-        tokenizer = Tokenizer.from_path(directory)
-    except FileNotFoundError:
-        tokenizer = None
     return config, params, tokenizer

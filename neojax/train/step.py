@@ -26,6 +26,7 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     nonfinite_streak: jax.Array  # consecutive steps skipped for NaN/Inf gradients
+    # `step` counts batches consumed (skipped ones too), so it always matches the data iterator.
     nonfinite_total: jax.Array
 
 
@@ -103,7 +104,7 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
         # Select, never multiply: 0 * NaN is NaN.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = state.replace(
-            step=state.step + finite.astype(jnp.int32), params=keep(params, state.params),
+            step=state.step + 1, params=keep(params, state.params),
             opt_state=keep(opt_state, state.opt_state), rng=rng,
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))

@@ -1,0 +1,47 @@
+"""FLOPs per token (the MaxText convention) and the measured matrix-multiply peak."""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from neojax.model.config import GPTNeoConfig
+
+
+def matmul_params(config: GPTNeoConfig) -> int:
+    """Parameters that take part in matmuls: blocks plus the (tied) unembedding; not wpe."""
+    d, inner = config.hidden_size, config.inner_size
+    per_layer = 4 * d * d + 2 * d * inner
+    return config.num_layers * per_layer + config.vocab_size * d
+
+
+def attention_flops_per_token(config: GPTNeoConfig, seq_len: int) -> float:
+    """Forward attention FLOPs per token that the layers need: causal global 2*T*d, windowed
+    4*(T*w - w^2/2)*d/T (scores and the weighted sum)."""
+    d, t = config.hidden_size, seq_len
+    total = 0.0
+    for kind in config.attention_layers:
+        w = config.window_size if kind == "local" else None
+        if w is None or w >= t:
+            total += 2 * t * d
+        else:
+            total += 4 * (t * w - w * w / 2) * d / t
+    return total
+
+
+def train_flops_per_token(config: GPTNeoConfig, seq_len: int) -> float:
+    """Training = 3 x forward; forward = 2 x matmul params + attention."""
+    return 3 * (2 * matmul_params(config) + attention_flops_per_token(config, seq_len))
+
+
+def measure_peak_flops(dtype=jnp.float32, size: int = 2048, seconds: float = 1.0) -> float:
+    """FLOP/s of a square matmul on the default device: the ceiling used for utilisation."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < 3:
+        f(a).block_until_ready()
+        n += 1
+    return 2 * size ** 3 * n * jax.local_device_count() / (time.perf_counter() - start)

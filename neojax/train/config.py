@@ -1,0 +1,43 @@
+"""The full schema of a training config. Experiments start from `base_config()`, change values
+and return it locked, so a typo (in a file or a --config.key=value flag) names the valid keys."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = dict(
+        preset="tiny",            # a neojax.model preset, or "" when init_from gives the model
+        init_from="",             # HF / neojax checkpoint to start from (fine-tuning)
+        overrides={},             # GPTNeoConfig fields changed on top of the preset
+        dtype="float32",          # activations; params stay float32
+        remat="none",             # none | full | dots
+    )
+    c.data = dict(
+        source="stdlib",          # a registered data_source (or "mixture")
+        source_args={},           # options of that source
+        mixture=[],               # for source="mixture": [{"source", "source_args", "weight"}]
+        tokenizer="",             # a tokenizer file/dir; "" = the checkpoint's, or train_sentencepiece
+        train_sentencepiece=0,    # > 0: train a sentencepiece model of this vocab on the source (cached)
+        seq_len=128,
+        valid_fraction=0.01,
+        on_error="raise",         # raise | skip bad records
+        cache_dir="",             # default: WORKDIR/data_cache
+        seed=0,
+    )
+    c.optimizer = dict(schedule="cosine", lr=3e-4, warmup_steps=100, decay_steps=0, final_lr_ratio=0.1,
+                       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0)
+    c.train = dict(total_steps=1000, global_batch=16, microbatches=1, z_loss=0.0, seed=0,
+                   max_nonfinite_streak=10, log_every=10, report_mfu=True)
+    c.checkpoint = dict(every_steps=200, keep=3, keep_period=0, async_save=True)
+    c.eval = dict(every_steps=200, valid_batches=8, hooks=["valid_loss"], sample_prompts=[],
+                  sample_max_new_tokens=48, sample_temperature=0.0)
+    c.mesh = "data=-1,fsdp=1,tensor=1"
+    c.sharding_rules = ()         # empty = neojax.sharding.DEFAULT_RULES
+    return c
+
+
+def lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c.lock()
+    return c

@@ -1,0 +1,58 @@
+"""Evaluation hooks run during training, registered by name (kind "eval").
+
+A hook is `fn(params, *, step, config, model_config, tokenizer, data, workdir, mesh) -> metrics`.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neojax import registry
+from neojax.train.step import lm_loss
+
+
+@functools.lru_cache(maxsize=8)
+def _summed_nll(model_config):
+    def f(params, tokens):
+        loss, aux = lm_loss(params, model_config, tokens)
+        return loss * aux["tokens"], aux["tokens"]
+    return jax.jit(f)
+
+
+@registry.register("eval", "valid_loss")
+def valid_loss(params, *, model_config, tokenizer, data, step, **_):
+    """Loss, perplexity and bits per byte on the held-out split (fixed batches)."""
+    if not data.valid:
+        return {}
+    nll = count = 0.0
+    n_bytes = 0
+    for batch in data.valid:
+        s, c = _summed_nll(model_config)(params, jnp.asarray(batch))
+        nll, count = nll + float(s), count + float(c)
+        n_bytes += sum(len(tokenizer.decode(row[1:]).encode("utf-8")) for row in batch)
+    loss = nll / count
+    out = {"valid/loss": loss, "valid/perplexity": math.exp(loss),
+           "valid/bits_per_byte": nll / math.log(2) / max(n_bytes, 1)}
+    if jax.process_index() == 0:
+        print(f"  valid @ {step}: loss {loss:.4f} perplexity {out['valid/perplexity']:.2f} "
+              f"bits/byte {out['valid/bits_per_byte']:.3f}", flush=True)
+    return out
+
+
+@registry.register("eval", "samples")
+def samples(params, *, config, model_config, tokenizer, step, **_):
+    """Generations from config.eval.sample_prompts, printed and logged as text."""
+    from neojax.generate import generate
+    prompts = list(config.eval.sample_prompts)
+    if not prompts:
+        return {}
+    out = generate(params, model_config, prompts, tokenizer, max_new_tokens=config.eval.sample_max_new_tokens,
+                   temperature=config.eval.sample_temperature, truncate=True)
+    text = "\n".join(f"[{p!r}] -> {t!r}" for p, t in zip(prompts, out.texts))
+    if jax.process_index() == 0:
+        print(f"  samples @ {step}:\n" + "\n".join("    " + line for line in text.splitlines()), flush=True)
+    return {"samples/text": text}

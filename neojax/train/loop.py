@@ -1,0 +1,138 @@
+"""The training loop: one plain function from a config and a workdir to a trained checkpoint.
+
+The workdir holds everything a run produced: config.json, checkpoints/, metrics.jsonl,
+TensorBoard events (tb/), the token cache (data_cache/) and any trained tokenizer.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neojax import registry, sharding
+from neojax.checkpoint.io import write_model_card
+from neojax.checkpoint.manager import Checkpointer
+from neojax.train import hooks as _hooks  # noqa: F401  (registers the evaluation hooks)
+from neojax.train.metrics import MetricsWriter
+from neojax.train.optim import make_optimizer
+from neojax.train.setup import build_data, build_model
+from neojax.train.step import init_state, make_train_step, state_specs
+
+log = logging.getLogger("neojax.train")
+
+
+class NonFiniteError(RuntimeError):
+    pass
+
+
+def train(config, workdir: str) -> dict:
+    """Train (or resume) the experiment `config` in `workdir`; returns the last metrics logged."""
+    os.makedirs(workdir, exist_ok=True)
+    main_process = jax.process_index() == 0
+    if main_process:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    mesh = sharding.make_mesh(config.mesh)
+    rules = tuple(tuple(r) for r in config.sharding_rules) or sharding.DEFAULT_RULES
+    model_config, tokenizer, init_params = build_model(config, workdir)
+    if main_process:
+        write_model_card(os.path.join(workdir, "model"), model_config, tokenizer)
+    data = build_data(config, tokenizer, workdir, model_config)
+    optimizer, schedule = make_optimizer(config.optimizer, config.train.total_steps)
+
+    rng = jax.random.PRNGKey(config.train.seed)
+    abstract = jax.eval_shape(lambda r: init_state(model_config, optimizer, r, init_params), rng)
+    state_sh = sharding.shardings(mesh, state_specs(model_config, abstract, rules, mesh))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.keep_period,
+                        config.checkpoint.async_save)
+    start = ckpt.latest_step()
+    if start is not None:
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+        state, data_state, meta = ckpt.restore(target)
+        data.train.set_state(data_state)
+        print(f"resumed from {ckpt.directory}/{start} (step {start})", flush=True)
+    else:
+        init = jax.jit(lambda r: init_state(model_config, optimizer, r, init_params), out_shardings=state_sh)
+        state = init(rng)
+        start = 0
+    step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
+                              abstract_state=abstract)
+    writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
+    hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
+    ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)
+
+    stop = {"sigterm": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    flops = _flops_per_step(config, model_config)
+    total, seq_len = config.train.total_steps, config.data.seq_len
+    tokens_per_step = config.train.global_batch * seq_len
+    last, window_start, window_steps = {}, time.perf_counter(), 0
+    run_start = time.perf_counter()
+    step = start
+    try:
+        while step < total:
+            batch = sharding.global_batch(next(data.train), mesh, rules)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            window_steps += 1
+            streak = int(state.nonfinite_streak)
+            if streak:
+                log.warning("step %d: non-finite gradients, update skipped (%d in a row)", step, streak)
+                if streak >= config.train.max_nonfinite_streak:
+                    raise NonFiniteError(
+                        f"{streak} consecutive steps had NaN/Inf gradients (step {step}); stopping. The last good "
+                        f"checkpoint is {ckpt.directory}/{ckpt.latest_step()}: lower optimizer.lr, raise "
+                        "optimizer.warmup_steps, or check the data")
+            if step % config.train.log_every == 0 or step == total:
+                elapsed = time.perf_counter() - window_start
+                m = jax.device_get(metrics)
+                tps = window_steps * tokens_per_step / elapsed
+                last = {"train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
+                        "train/lr": float(schedule(step)), "train/tokens_per_sec": tps,
+                        "train/nonfinite_total": int(state.nonfinite_total)}
+                if flops.get("peak"):
+                    last["train/mfu"] = tps * flops["per_token"] / flops["peak"]
+                eta = (total - step) * elapsed / window_steps
+                writer.write(step, last)
+                if main_process:
+                    mfu = f" mfu {last['train/mfu']:.1%}" if "train/mfu" in last else ""
+                    print(f"step {step}/{total} loss {last['train/loss']:.4f} lr {last['train/lr']:.2e} "
+                          f"grad_norm {last['train/grad_norm']:.3f} {tps:,.0f} tok/s{mfu} "
+                          f"eta {_duration(eta)}", flush=True)
+                window_start, window_steps = time.perf_counter(), 0
+            if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total):
+                for hook in hook_fns:
+                    writer.write(step, hook(state.params, step=step, **ctx))
+                window_start = time.perf_counter()
+            if step % config.checkpoint.every_steps == 0 or step == total or stop["sigterm"]:
+                ckpt.save(step, state, data.train.get_state(), {"step": step, "config": config.to_dict()})
+            if stop["sigterm"]:
+                print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume", flush=True)
+                break
+    finally:
+        ckpt.close()
+        writer.close()
+        signal.signal(signal.SIGTERM, previous)
+    last["wall_time_s"] = time.perf_counter() - run_start
+    return {"step": step, "state": state, **last}
+
+
+def _flops_per_step(config, model_config) -> dict:
+    from neojax.flops import measure_peak_flops, train_flops_per_token
+    out = {"per_token": train_flops_per_token(model_config, config.data.seq_len)}
+    if config.train.report_mfu:
+        out["peak"] = measure_peak_flops(seconds=0.5) * jax.device_count() / jax.local_device_count()
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

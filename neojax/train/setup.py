@@ -1,0 +1,103 @@
+"""Build the model, tokenizer and data of an experiment config (shared by train and hooks)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+
+from neojax.data import pipeline, sources
+from neojax.data.tokenizer import Tokenizer, train_sentencepiece
+from neojax.model.config import GPTNeoConfig, preset
+
+log = logging.getLogger("neojax.train")
+
+
+def _tokenizer(config, workdir: str, fallback: Optional[Tokenizer]) -> Tokenizer:
+    d = config.data
+    if d.tokenizer:
+        return Tokenizer.from_path(d.tokenizer)
+    if d.train_sentencepiece:
+        path = os.path.join(workdir, "tokenizer", f"sp{d.train_sentencepiece}.model")
+        if os.path.exists(path):
+            return Tokenizer.from_path(path)
+        if jax.process_index() == 0:
+            print(f"training a {d.train_sentencepiece}-piece sentencepiece model on {d.source} -> {path}", flush=True)
+        return train_sentencepiece(_training_text(config), d.train_sentencepiece, path)
+    if fallback is not None:
+        return fallback
+    raise ValueError("no tokenizer: set data.tokenizer (a tokenizer.json / vocab.json+merges.txt dir / .model), "
+                     "data.train_sentencepiece=VOCAB, or start from a checkpoint that has one (model.init_from)")
+
+
+def _training_text(config, max_chars: int = 4_000_000, piece: int = 2000):
+    """Text for sentencepiece: chunks of the first documents (newlines kept inside chunks)."""
+    total = 0
+    for source, args, _ in _components(config):
+        docs, _ = sources.documents(source, args, config.data.on_error)
+        for doc in docs:
+            for i in range(0, len(doc), piece):
+                yield doc[i:i + piece]
+                total += piece
+                if total >= max_chars:
+                    return
+
+
+def build_model(config, workdir: str):
+    """(GPTNeoConfig, tokenizer, initial params or None for random init)."""
+    m = config.model
+    execution = dict(dtype=m.dtype, remat=m.remat, **dict(m.overrides))
+    if m.init_from:
+        from neojax import checkpoint
+        loaded = checkpoint.load(m.init_from, **execution)
+        tokenizer = _tokenizer(config, workdir, loaded.tokenizer)
+        if tokenizer.vocab_size > loaded.config.vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but {m.init_from} only {loaded.config.vocab_size}")
+        return loaded.config, tokenizer, loaded.params
+    tokenizer = _tokenizer(config, workdir, None)
+    model_config = preset(m.preset, **execution)
+    if tokenizer.vocab_size != model_config.vocab_size:
+        model_config = model_config.replace(vocab_size=tokenizer.vocab_size)
+    model_config = model_config.replace(eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.eos_id)
+    return model_config, tokenizer, None
+
+
+def _components(config):
+    d = config.data
+    if d.source == "mixture":
+        if not d.mixture:
+            raise ValueError("data.source='mixture' needs data.mixture=[{source, source_args, weight}, ...]")
+        return [(c["source"], dict(c.get("source_args", {})), float(c.get("weight", 1.0))) for c in d.mixture]
+    return [(d.source, dict(d.source_args), 1.0)]
+
+
+@dataclasses.dataclass
+class Data:
+    train: pipeline.TrainBatches
+    valid: list
+    caches: list
+
+
+def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoConfig) -> Data:
+    d, t = config.data, config.train
+    cache_dir = d.cache_dir or os.path.join(workdir, "data_cache")
+    components = _components(config)
+    caches = [pipeline.build_token_cache(source, args, tokenizer, cache_dir, d.valid_fraction, d.seed, d.on_error,
+                                         progress=jax.process_index() == 0)
+              for source, args, _ in components]
+    for cache in caches:
+        if cache.meta["vocab_size"] > model_config.vocab_size:
+            raise ValueError(f"token cache {cache.directory} uses {cache.meta['vocab_size']} tokens but the model has "
+                             f"{model_config.vocab_size}")
+    if d.seq_len > model_config.max_position_embeddings:
+        raise ValueError(f"data.seq_len={d.seq_len} exceeds the model's max_position_embeddings="
+                         f"{model_config.max_position_embeddings}")
+    train = pipeline.TrainBatches(caches, d.seq_len, t.global_batch, d.seed,
+                                  weights=[w for _, _, w in components] if len(components) > 1 else None,
+                                  process_index=jax.process_index(), process_count=jax.process_count())
+    valid = pipeline.valid_batches(caches, d.seq_len, min(t.global_batch, 8), config.eval.valid_batches) \
+        if d.valid_fraction > 0 else []
+    return Data(train=train, valid=valid, caches=caches)
