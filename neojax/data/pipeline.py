@@ -157,10 +157,14 @@ class TrainBatches:
             if len(windows) == 0:
                 raise ValueError(f"{cache.directory} has {len(cache.train)} training tokens, fewer than one window of "
                                  f"{seq_len + 1}; use more data or a shorter seq_len")
-            datasets.append(grain.MapDataset.source(windows).shuffle(seed=seed + i).repeat(None))
+            # ~2^50 windows: endless in practice, yet a length grain can index (repeat(None) overflows)
+            epochs = max(1, (1 << 50) // len(windows))
+            datasets.append(grain.MapDataset.source(windows).shuffle(seed=seed + i).repeat(epochs))
         ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)
         self.windows_per_epoch = sum(len(Windows(c.train, seq_len + 1)) for c in caches)
-        ds = ds[process_index::process_count].batch(global_batch // process_count, batch_fn=np.stack)
+        if process_count > 1:  # this process reads only its rows
+            ds = ds[process_index::process_count]
+        ds = ds.batch(global_batch // process_count, batch_fn=np.stack)
         self._iter = iter(ds.to_iter_dataset())
 
     def __iter__(self):

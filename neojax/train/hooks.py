@@ -23,11 +23,24 @@ def _summed_nll(model_config):
     return jax.jit(f)
 
 
+def unigram_loss(data) -> float:
+    """Cross entropy (nats/token) of the best context-free model: training-split token frequencies
+    (add-one smoothed) scored on the validation targets. A trained LM must go far below it."""
+    vocab = max(int(c.meta["vocab_size"]) for c in data.caches)
+    counts = sum(np.bincount(np.asarray(c.train), minlength=vocab) for c in data.caches) + 1.0
+    logp = np.log(counts / counts.sum())
+    targets = np.concatenate([b[:, 1:].ravel() for b in data.valid])
+    return float(-logp[targets].mean())
+
+
 @registry.register("eval", "valid_loss")
 def valid_loss(params, *, model_config, tokenizer, data, step, **_):
-    """Loss, perplexity and bits per byte on the held-out split (fixed batches)."""
+    """Loss, perplexity and bits per byte on the held-out split (fixed batches), beside the
+    unigram baseline."""
     if not data.valid:
         return {}
+    if not hasattr(data, "_unigram"):
+        data._unigram = unigram_loss(data)
     nll = count = 0.0
     n_bytes = 0
     for batch in data.valid:
@@ -36,10 +49,12 @@ def valid_loss(params, *, model_config, tokenizer, data, step, **_):
         n_bytes += sum(len(tokenizer.decode(row[1:]).encode("utf-8")) for row in batch)
     loss = nll / count
     out = {"valid/loss": loss, "valid/perplexity": math.exp(loss),
-           "valid/bits_per_byte": nll / math.log(2) / max(n_bytes, 1)}
+           "valid/bits_per_byte": nll / math.log(2) / max(n_bytes, 1), "valid/unigram_loss": data._unigram,
+           "valid/unigram_perplexity": math.exp(data._unigram)}
     if jax.process_index() == 0:
         print(f"  valid @ {step}: loss {loss:.4f} perplexity {out['valid/perplexity']:.2f} "
-              f"bits/byte {out['valid/bits_per_byte']:.3f}", flush=True)
+              f"bits/byte {out['valid/bits_per_byte']:.3f} (unigram baseline: loss {data._unigram:.4f}, "
+              f"perplexity {out['valid/unigram_perplexity']:.1f})", flush=True)
     return out
 
 

@@ -42,6 +42,12 @@ def train(config, workdir: str) -> dict:
             f.write(config.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules) or sharding.DEFAULT_RULES
+    batch_axes = dict(rules)["act_batch"] or ()
+    split = int(np.prod([mesh.shape[a] for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes)]))
+    if config.train.global_batch % (split * config.train.microbatches):
+        raise ValueError(f"train.global_batch={config.train.global_batch} must be divisible by the data-parallel "
+                         f"devices ({split}, mesh {dict(mesh.shape)}) times train.microbatches="
+                         f"{config.train.microbatches}; change the batch or config.mesh (e.g. --config.mesh=data=1)")
     model_config, tokenizer, init_params = build_model(config, workdir)
     if main_process:
         write_model_card(os.path.join(workdir, "model"), model_config, tokenizer)
@@ -111,9 +117,10 @@ def train(config, workdir: str) -> dict:
             if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total):
                 for hook in hook_fns:
                     writer.write(step, hook(state.params, step=step, **ctx))
-                window_start = time.perf_counter()
+                window_start = time.perf_counter()  # tokens/s measures training only
             if step % config.checkpoint.every_steps == 0 or step == total or stop["sigterm"]:
                 ckpt.save(step, state, data.train.get_state(), {"step": step, "config": config.to_dict()})
+                window_start = time.perf_counter()
             if stop["sigterm"]:
                 print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume", flush=True)
                 break
