@@ -79,7 +79,7 @@ def _experiment_file(tmp_path, corpus, tokenizer_dir, total_steps):
 
         def get_config():
             c = small_config({corpus!r}, {tokenizer_dir!r}, total_steps={total_steps})
-            c.checkpoint.every_steps = 2
+            c.checkpoint.every_steps = 3
             return lock(c)
     '''))
     return str(path)
@@ -102,7 +102,7 @@ def _wait_for(log, text, proc, timeout=180):
 
 
 def test_sigkill_at_random_points_then_resume_is_bitwise(corpus, tiny_tokenizer, tmp_path):
-    total = 16
+    total = 12
     config_path = _experiment_file(tmp_path, corpus, tiny_tokenizer.source, total)
     ref = str(tmp_path / "ref")
     proc = _start(config_path, ref, tmp_path / "ref.log")
@@ -115,7 +115,7 @@ def test_sigkill_at_random_points_then_resume_is_bitwise(corpus, tiny_tokenizer,
         proc = _start(config_path, workdir, log)
         if attempt == 2 or not _wait_for(log, "step ", proc):
             break
-        time.sleep(rng.uniform(0.0, 0.6))  # saves happen every 2 steps: some kills land inside one
+        time.sleep(rng.uniform(0.0, 1.0))  # a save every 3 steps (~1 s each here): kills land inside some
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
