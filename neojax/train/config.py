@@ -32,7 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
                    max_nonfinite_streak=10, log_every=10, report_mfu=True)
     c.checkpoint = dict(every_steps=200, keep=3, keep_period=0, async_save=True)
     c.eval = dict(every_steps=200, valid_batches=8, hooks=["valid_loss"], sample_prompts=[],
-                  sample_max_new_tokens=48, sample_temperature=0.0)
+                  sample_max_new_tokens=48, sample_temperature=0.0,
+                  tasks=[], task_data_dir="", task_limit=0, num_fewshot=0)  # for the "tasks" hook
     c.mesh = "data=-1,fsdp=1,tensor=1"
     c.sharding_rules = ()         # empty = neojax.sharding.DEFAULT_RULES
     return c

@@ -71,3 +71,16 @@ def samples(params, *, config, model_config, tokenizer, step, **_):
     if jax.process_index() == 0:
         print(f"  samples @ {step}:\n" + "\n".join("    " + line for line in text.splitlines()), flush=True)
     return {"samples/text": text}
+
+
+@registry.register("eval", "tasks")
+def harness_tasks(params, *, config, model_config, tokenizer, step, **_):
+    """The evaluation harness's tasks (neojax.evaluate) on config.eval.tasks files in task_data_dir."""
+    from neojax.evaluate import evaluate
+    e = config.eval
+    results = evaluate(params, model_config, tokenizer, list(e.tasks), e.task_data_dir, e.num_fewshot, e.task_limit)
+    out = {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()
+           if isinstance(v, float) and not k.endswith("stderr") and k != "seconds"}
+    if jax.process_index() == 0:
+        print(f"  tasks @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()), flush=True)
+    return out

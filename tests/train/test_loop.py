@@ -61,6 +61,16 @@ def test_workdir_holds_the_run(reference):
     assert json.load(open(os.path.join(reference, "config.json")))["train"]["total_steps"] == 8
 
 
+def test_harness_tasks_run_as_a_training_hook(reference, corpus, tiny_tokenizer, tmp_path):
+    (tmp_path / "lambada_openai.jsonl").write_text("".join(
+        json.dumps({"text": f"the quick brown fox jumps over the lazy dog {i}"}) + "\n" for i in range(3)))
+    c = small_config(corpus, tiny_tokenizer.source, total_steps=2)
+    c.eval.update(every_steps=2, hooks=["tasks"], tasks=["lambada_openai"], task_data_dir=str(tmp_path))
+    train(c, str(tmp_path / "w"))
+    logged = [m for m in read_metrics(str(tmp_path / "w")) if "lambada_openai/acc" in m]
+    assert logged and logged[0]["step"] == 2 and logged[0]["lambada_openai/perplexity"] > 1
+
+
 def test_resume_in_process_is_bitwise(reference, corpus, tiny_tokenizer, tmp_path):
     train(small_config(corpus, tiny_tokenizer.source, total_steps=4), str(tmp_path))
     train(small_config(corpus, tiny_tokenizer.source, total_steps=8), str(tmp_path))  # resumes at 4

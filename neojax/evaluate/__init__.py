@@ -1,0 +1,103 @@
+"""Harness-exact evaluation, generic perplexity / bits per byte, and the GPT-Neo paper table.
+
+    from neojax.evaluate import evaluate
+    results = evaluate(params, config, tokenizer, ["lambada_openai", "wikitext"], data_dir="tasks/")
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+from neojax import registry
+from neojax.evaluate import tasks as _tasks  # noqa: F401  (registers the tasks)
+from neojax.evaluate.harness import Scorer
+from neojax.evaluate.tasks import load_docs, perplexity_of_texts
+
+# GPT-Neo README (EleutherAI's harness): model -> column -> value (fractions for accuracies).
+PUBLISHED = {
+    "GPT-Neo 125M": {"Wikitext PPL": 32.285, "Lambada PPL": 30.266, "Lambada Acc": 0.3736, "Winogrande": 0.5043,
+                     "Hellaswag": 0.2867, "MathQA": 0.2278, "PubMedQA": 0.5510, "PIQA": 0.6306},
+    "GPT-Neo 350M": {"Wikitext PPL": 22.5657, "Lambada PPL": 13.876, "Lambada Acc": 0.4727, "Winogrande": 0.5114,
+                     "Hellaswag": 0.3216, "MathQA": 0.2345, "PubMedQA": 0.5380, "PIQA": 0.6507},
+    "GPT-Neo 1.3B": {"Pile BPB": 0.7527, "Pile PPL": 6.159, "Wikitext PPL": 13.10, "Lambada PPL": 7.498,
+                     "Lambada Acc": 0.5723, "Winogrande": 0.5501, "Hellaswag": 0.3866, "MathQA": 0.2405,
+                     "PubMedQA": 0.5440, "PIQA": 0.7111},
+    "GPT-Neo 2.7B": {"Pile BPB": 0.7165, "Pile PPL": 5.646, "Wikitext PPL": 11.39, "Lambada PPL": 5.626,
+                     "Lambada Acc": 0.6222, "Winogrande": 0.5650, "Hellaswag": 0.4273, "MathQA": 0.2472,
+                     "PubMedQA": 0.5754, "PIQA": 0.7214},
+}
+COLUMNS = ["Pile BPB", "Pile PPL", "Wikitext PPL", "Lambada PPL", "Lambada Acc", "Winogrande", "Hellaswag",
+           "MathQA", "PubMedQA", "PIQA"]
+# column -> (task, metric); MathQA and PubMedQA are not implemented, so those columns stay missing.
+SOURCES = {"Pile BPB": ("pile", "bits_per_byte"), "Pile PPL": ("pile", "perplexity"),
+           "Wikitext PPL": ("wikitext", "word_perplexity"), "Lambada PPL": ("lambada_openai", "perplexity"),
+           "Lambada Acc": ("lambada_openai", "acc"), "Winogrande": ("winogrande", "acc"),
+           "Hellaswag": ("hellaswag", "acc"), "PIQA": ("piqa", "acc")}
+PERCENT = {"Lambada Acc", "Winogrande", "Hellaswag", "MathQA", "PubMedQA", "PIQA"}
+
+
+def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str, num_fewshot: int = 0,
+             limit: int = 0, batch_size: int = 8, max_len: Optional[int] = None) -> dict:
+    """task -> metric -> value, plus n (examples), seconds and tokens scored per task."""
+    out = {}
+    for name in task_names:
+        fn = registry.get("task", name)
+        docs = load_docs(data_dir, name)
+        docs = docs[:limit] if limit else docs
+        train_docs = load_docs(data_dir, name, "train") if num_fewshot else []
+        scorer = Scorer(params, config, tokenizer, batch_size, max_len)
+        start = time.perf_counter()
+        metrics = fn(scorer, docs, train_docs, num_fewshot)
+        seconds = time.perf_counter() - start
+        out[name] = {**metrics, "n": len(docs), "num_fewshot": num_fewshot, "seconds": seconds,
+                     "tokens_scored": scorer.tokens_scored}
+    return out
+
+
+def published_row(config) -> Optional[str]:
+    shapes = {(768, 12): "GPT-Neo 125M", (1024, 24): "GPT-Neo 350M", (2048, 24): "GPT-Neo 1.3B",
+              (2560, 32): "GPT-Neo 2.7B"}
+    return shapes.get((config.hidden_size, config.num_layers))
+
+
+def paper_table(rows: dict[str, tuple[Optional[str], dict]]) -> dict:
+    """{label: (published model or None, results)} -> per column: ours, published, difference."""
+    table = {}
+    for label, (model, results) in rows.items():
+        published = PUBLISHED.get(model, {})
+        table[label] = {}
+        for column in COLUMNS:
+            task, metric = SOURCES.get(column, (None, None))
+            ours = results.get(task, {}).get(metric) if task else None
+            theirs = published.get(column)
+            table[label][column] = {"ours": ours, "published": theirs,
+                                    "diff": None if ours is None or theirs is None else ours - theirs}
+    return table
+
+
+def _fmt(column, value):
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}%" if column in PERCENT else f"{value:.4g}"
+
+
+def format_table(table: dict, markdown: bool = True) -> str:
+    header = ["model"] + COLUMNS
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] if markdown else ["\t".join(header)]
+    for label, cells in table.items():
+        row = [label]
+        for column in COLUMNS:
+            c = cells[column]
+            text = _fmt(column, c["ours"])
+            if c["published"] is not None:
+                diff = "" if c["diff"] is None else f", {'+' if c['diff'] >= 0 else ''}{_fmt(column, c['diff'])}"
+                text += f" ({_fmt(column, c['published'])}{diff})"
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |" if markdown else "\t".join(row))
+    if markdown:
+        lines.append("\nour value (published value, difference); '-' = no data here, never invented")
+    return "\n".join(lines)
+
+
+__all__ = ["PUBLISHED", "COLUMNS", "Scorer", "evaluate", "format_table", "paper_table", "perplexity_of_texts",
+           "published_row"]

@@ -1,0 +1,118 @@
+"""Scoring requests exactly as EleutherAI's lm-evaluation-harness defines them, batched.
+
+loglikelihood(context, continuation): trailing spaces of the context move to the continuation;
+context+continuation are encoded together and split at the context's token count; an empty
+context becomes EOS; the model sees the last (max_len + 1) tokens minus the final one. Rolling
+loglikelihood scores every token of a text once in windows of max_len, the first prefixed by EOS.
+
+Requests are sorted by length and run in right-padded batches whose lengths come from a small
+set of buckets, so one jitted function serves all of them and no score depends on batching.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neojax.model.config import GPTNeoConfig
+from neojax.model.gpt_neo import GPTNeo
+
+BUCKETS = (64, 128, 256, 512, 1024, 2048)
+
+
+@functools.lru_cache(maxsize=4)
+def _scorer(config: GPTNeoConfig):
+    def score(params, tokens):
+        """Per position t: log p(tokens[t+1] | tokens[:t+1]) and whether it is the argmax."""
+        logits = GPTNeo(config).apply({"params": params}, tokens[:, :-1])
+        targets = tokens[:, 1:]
+        target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        ll = target_logit - jax.nn.logsumexp(logits, axis=-1)
+        return ll, jnp.argmax(logits, axis=-1) == targets
+    return jax.jit(score)
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    if not context:
+        return [tokenizer.eos_id], tokenizer.encode(continuation)
+    whole = tokenizer.encode(context + continuation)
+    n_context = len(tokenizer.encode(context))
+    return whole[:n_context], whole[n_context:]
+
+
+def rolling_windows(tokens: list[int], prefix: int, max_len: int, context_len: int = 1):
+    """(context, continuation) token windows covering `tokens` once (the harness's rolling windows,
+    made disjoint). context_len = 1 conditions each later window on max_len - 1 earlier tokens."""
+    if not tokens:
+        return
+    pred_len = max_len - context_len + 1
+    first = min(max_len, len(tokens))
+    windows = [([prefix] + tokens[:first - 1], tokens[:first])]
+    predicted = first
+    while predicted < len(tokens):
+        n = min(len(tokens) - predicted, pred_len)
+        end = predicted + n
+        windows.append((tokens[max(end - max_len - 1, 0):end - 1], tokens[end - n:end]))
+        predicted += n
+    for context, continuation in windows:  # disjoint: the context stops where the continuation starts
+        yield context[:len(context) - (len(continuation) - 1)], continuation
+
+
+class Scorer:
+    """Runs (context tokens, continuation tokens) requests through the model in batches."""
+
+    def __init__(self, params, config: GPTNeoConfig, tokenizer, batch_size: int = 8, max_len: Optional[int] = None):
+        self.params, self.config, self.tokenizer, self.batch_size = params, config, tokenizer, batch_size
+        self.max_len = max_len or config.max_position_embeddings
+        self.score = _scorer(config)
+        self.tokens_scored = 0
+
+    def _bucket(self, n: int) -> int:
+        for b in BUCKETS:
+            if n <= b and b <= self.max_len + 1:
+                return b
+        return self.max_len + 1
+
+    def loglikelihood_tokens(self, requests: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        results: list = [None] * len(requests)
+        inputs = []
+        for i, (context, continuation) in enumerate(requests):
+            if not continuation:
+                raise ValueError(f"request {i} has an empty continuation")
+            whole = (list(context) + list(continuation))[-(self.max_len + 1):]
+            inputs.append((i, whole, len(continuation)))
+        inputs.sort(key=lambda r: -len(r[1]))  # longest first: similar lengths share a batch
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start:start + self.batch_size]
+            width = self._bucket(max(len(w) for _, w, _ in chunk))
+            tokens = np.zeros((self.batch_size, width), np.int32)  # fixed batch: one compile per bucket
+            for row, (_, whole, _) in enumerate(chunk):
+                tokens[row, :len(whole)] = whole
+            ll, greedy = jax.device_get(self.score(self.params, jnp.asarray(tokens)))
+            for row, (i, whole, n_cont) in enumerate(chunk):
+                span = slice(len(whole) - 1 - n_cont, len(whole) - 1)
+                results[i] = (float(ll[row, span].sum()), bool(greedy[row, span].all()))
+                self.tokens_scored += len(whole)
+        return results
+
+    def loglikelihood(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[float, bool]]:
+        return self.loglikelihood_tokens([encode_pair(self.tokenizer, c, x) for c, x in pairs])
+
+    def loglikelihood_rolling(self, texts: Sequence[str], context_len: int = 1) -> list[float]:
+        """Total log-likelihood of each text, every token scored once."""
+        owners, requests = [], []
+        for i, text in enumerate(texts):
+            for window in rolling_windows(self.tokenizer.encode(text), self.tokenizer.eos_id, self.max_len, context_len):
+                owners.append(i)
+                requests.append(window)
+        totals = [0.0] * len(texts)
+        for owner, (ll, _) in zip(owners, self.loglikelihood_tokens(requests)):
+            totals[owner] += ll
+        return totals

@@ -1,0 +1,205 @@
+"""Harness definitions checked against an independent, unbatched torch computation with
+transformers on a tiny random model."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from neojax import checkpoint
+from neojax import evaluate as ev
+from neojax.evaluate.harness import Scorer
+from neojax.evaluate.tasks import hellaswag_clean, wikitext_detokenize
+
+SENTENCES = ["The quick brown fox jumps over the lazy dog", "Once upon a time there was a model",
+             "GPT-Neo generates text one token at a time", "def hello(): print('hi')"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_hf_with_tokenizer):
+    import transformers
+    m = checkpoint.load(tiny_hf_with_tokenizer)
+    torch_model = transformers.GPTNeoForCausalLM.from_pretrained(tiny_hf_with_tokenizer, attn_implementation="eager")
+    return m, torch_model.eval()
+
+
+def torch_logprobs(torch_model, tokens):
+    import torch
+    with torch.no_grad():
+        logits = torch_model(torch.tensor([tokens])).logits[0].double()
+    return torch.log_softmax(logits, -1).numpy()
+
+
+def ref_loglikelihood(torch_model, tok, context, continuation, max_len):
+    """The harness's loglikelihood, written out plainly (one request at a time)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    if context:
+        whole, n = tok.encode(context + continuation), len(tok.encode(context))
+        ctx, cont = whole[:n], whole[n:]
+    else:
+        ctx, cont = [tok.eos_id], tok.encode(continuation)
+    inp = (ctx + cont)[-(max_len + 1):][:-1]
+    lp = torch_logprobs(torch_model, inp)
+    rows = lp[len(inp) - len(cont):]
+    return float(sum(rows[i, t] for i, t in enumerate(cont))), all(rows[i].argmax() == t for i, t in enumerate(cont))
+
+
+def ref_rolling(torch_model, tok, text, max_len):
+    """Every token scored once: the first window after EOS, each later window predicting up to
+    max_len new tokens from the max_len tokens before its last one."""
+    tokens = tok.encode(text)
+    total, start = 0.0, 0
+    while start < len(tokens):
+        end = min(start + max_len, len(tokens))
+        inputs = ([tok.eos_id] + tokens)[max(end - max_len, 0):end]  # position p of [eos]+tokens predicts tokens[p]
+        lp = torch_logprobs(torch_model, inputs)
+        offset = max(end - max_len, 0)
+        total += sum(lp[p - offset, tokens[p]] for p in range(start, end))
+        start = end
+    return total
+
+
+def _write(tmp_path, name, docs):
+    with open(tmp_path / f"{name}.jsonl", "w") as f:
+        for d in docs:
+            f.write(json.dumps(d) + "\n")
+
+
+def test_lambada_matches_reference_and_ignores_batch_size(model, tmp_path):
+    m, torch_model = model
+    docs = [{"text": s} for s in SENTENCES] + [{"text": "x " * 80 + "end"}]  # the last one is left truncated
+    _write(tmp_path, "lambada_openai", docs)
+    refs = [ref_loglikelihood(torch_model, m.tokenizer, *(d["text"].rsplit(" ", 1)[0], " " + d["text"].rsplit(" ", 1)[1]), 48)
+            for d in docs]
+    runs = [ev.evaluate(m.params, m.config, m.tokenizer, ["lambada_openai"], str(tmp_path), batch_size=b, max_len=48)
+            for b in (1, 3)]
+    assert runs[0]["lambada_openai"]["acc"] == runs[1]["lambada_openai"]["acc"]
+    assert runs[0]["lambada_openai"]["perplexity"] == pytest.approx(runs[1]["lambada_openai"]["perplexity"], rel=1e-6)
+    r = runs[0]["lambada_openai"]
+    assert r["acc"] == pytest.approx(np.mean([g for _, g in refs]))
+    assert r["perplexity"] == pytest.approx(math.exp(-np.mean([ll for ll, _ in refs])), rel=1e-4)
+    assert r["n"] == len(docs) and r["acc_stderr"] >= 0
+
+
+def test_trailing_space_and_empty_context_rules(model):
+    m, torch_model = model
+    scorer = Scorer(m.params, m.config, m.tokenizer, batch_size=2)
+    pairs = [("The quick brown ", "fox jumps"), ("", "Once upon a time"), ("GPT-Neo", " generates")]
+    for (ll, greedy), pair in zip(scorer.loglikelihood(pairs), pairs):
+        ref_ll, ref_greedy = ref_loglikelihood(torch_model, m.tokenizer, *pair, m.config.max_position_embeddings)
+        assert ll == pytest.approx(ref_ll, abs=1e-3) and greedy == ref_greedy
+
+
+def test_wikitext_detokeniser():
+    page = ' = = Early life = = \n He was born in 1 @,@ 234 and ( in the city ) said " yes " ; it was 3 @.@ 5 @-@ 4 . \n'
+    assert wikitext_detokenize(page) == ' == Early life ==\nHe was born in 1,234 and (in the city) said "yes"; it was 3.5-4.\n'
+    assert wikitext_detokenize("the dog 's toy , N years") == "the dog's toy, 1 years"
+
+
+def test_wikitext_rolling_windows_score_every_token_once(model, tmp_path):
+    m, torch_model = model
+    pages = [" = Heading = \n " + " ".join(SENTENCES) + " . \n", " " + " ".join(SENTENCES[::-1]) * 2 + " \n"]
+    _write(tmp_path, "wikitext", [{"page": p} for p in pages])
+    r = ev.evaluate(m.params, m.config, m.tokenizer, ["wikitext"], str(tmp_path), max_len=16, batch_size=4)["wikitext"]
+    total = sum(ref_rolling(torch_model, m.tokenizer, wikitext_detokenize(p), 16) for p in pages)
+    words = sum(len(__import__("re").split(r"\s+", p)) for p in pages)
+    n_bytes = sum(len(p.encode()) for p in pages)
+    assert r["word_perplexity"] == pytest.approx(math.exp(-total / words), rel=1e-4)
+    assert r["bits_per_byte"] == pytest.approx(-total / n_bytes / math.log(2), rel=1e-4)
+    # One long window equals a single forward pass over EOS + text.
+    text = wikitext_detokenize(pages[1])
+    one = Scorer(m.params, m.config, m.tokenizer).loglikelihood_rolling([text])[0]
+    assert one == pytest.approx(ref_rolling(torch_model, m.tokenizer, text, 128), abs=1e-3)
+
+
+def _mc_reference(torch_model, tok, contexts, choices, golds):
+    acc, norm = [], []
+    for ctx, chs, gold in zip(contexts, choices, golds):
+        ll = np.array([ref_loglikelihood(torch_model, tok, ctx, " " + c, 128)[0] for c in chs])
+        acc.append(np.argmax(ll) == gold)
+        norm.append(np.argmax(ll / np.array([len(c) for c in chs])) == gold)
+    return np.mean(acc), np.mean(norm)
+
+
+def test_hellaswag_and_piqa(model, tmp_path):
+    m, torch_model = model
+    hs = [{"activity_label": "Cooking", "ctx_a": "A man stands in the kitchen.", "ctx_b": "he [header] picks up a knife",
+           "endings": ["and cuts the bread.", "[title] jumps over the  lazy dog.", "once upon a time.", "def hello"],
+           "label": i % 4} for i in range(6)]
+    piqa = [{"goal": s, "sol1": SENTENCES[(i + 1) % 4], "sol2": "a much longer and rather odd answer " + s,
+             "label": i % 2} for i, s in enumerate(SENTENCES)]
+    _write(tmp_path, "hellaswag", hs)
+    _write(tmp_path, "piqa", piqa)
+    r = ev.evaluate(m.params, m.config, m.tokenizer, ["hellaswag", "piqa"], str(tmp_path), batch_size=5)
+    assert hellaswag_clean("he [header] picks up [title] the  knife") == "he picks up. the knife"
+    ctx = [hellaswag_clean(d["activity_label"] + ": " + d["ctx_a"] + " " + d["ctx_b"].capitalize()) for d in hs]
+    acc, norm = _mc_reference(torch_model, m.tokenizer, ctx, [[hellaswag_clean(e) for e in d["endings"]] for d in hs],
+                              [d["label"] for d in hs])
+    assert (r["hellaswag"]["acc"], r["hellaswag"]["acc_norm"]) == (pytest.approx(acc), pytest.approx(norm))
+    acc, norm = _mc_reference(torch_model, m.tokenizer, [f"Question: {d['goal']}\nAnswer:" for d in piqa],
+                              [[d["sol1"], d["sol2"]] for d in piqa], [d["label"] for d in piqa])
+    assert (r["piqa"]["acc"], r["piqa"]["acc_norm"]) == (pytest.approx(acc), pytest.approx(norm))
+
+
+def test_winogrande_partial_scoring_and_fewshot(model, tmp_path):
+    m, torch_model = model
+    docs = [{"sentence": "The fox jumped over the dog because _ was quick.", "option1": "the fox",
+             "option2": "the dog", "answer": "1"},
+            {"sentence": "Once upon a time _ wrote a model.", "option1": "GPT-Neo", "option2": "the fox", "answer": "2"}]
+    _write(tmp_path, "winogrande", docs)
+    _write(tmp_path, "winogrande.train", docs * 2)
+    r = ev.evaluate(m.params, m.config, m.tokenizer, ["winogrande"], str(tmp_path))["winogrande"]
+    expected = []
+    for d in docs:
+        i = d["sentence"].index("_")
+        target = " " + d["sentence"][i + 1:].strip()
+        lls = [ref_loglikelihood(torch_model, m.tokenizer, d["sentence"][:i] + d[f"option{k}"], target, 128)[0]
+               for k in (1, 2)]
+        expected.append(np.argmax(lls) == int(d["answer"]) - 1)
+    assert r["acc"] == pytest.approx(np.mean(expected))
+    few = [ev.evaluate(m.params, m.config, m.tokenizer, ["winogrande"], str(tmp_path), num_fewshot=2)["winogrande"]
+           for _ in range(2)]
+    assert few[0]["acc"] == few[1]["acc"] and few[0]["num_fewshot"] == 2  # seeded: reproducible
+
+
+def test_missing_task_file_names_path_and_format(model, tmp_path):
+    m, _ = model
+    with pytest.raises(FileNotFoundError, match=r"hellaswag.jsonl.*activity_label"):
+        ev.evaluate(m.params, m.config, m.tokenizer, ["hellaswag"], str(tmp_path))
+
+
+def test_cli_results_and_paper_table(tiny_hf_with_tokenizer, tmp_path):
+    _write(tmp_path, "lambada_openai", [{"text": s} for s in SENTENCES])
+    _write(tmp_path, "piqa", [{"goal": s, "sol1": "yes", "sol2": "no", "label": 0} for s in SENTENCES])
+    _write(tmp_path, "pile", [{"text": s, "meta": {}} for s in SENTENCES])
+    out = tmp_path / "results.json"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "neojax.evaluate", "--checkpoint", tiny_hf_with_tokenizer,
+                                     "--data_dir", str(tmp_path), *a], capture_output=True, text=True, timeout=300)
+    r = run("--tasks", "lambada_openai,piqa", "--output", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert set(results["lambada_openai"]) >= {"acc", "acc_stderr", "perplexity", "n"} and results["piqa"]["n"] == 4
+    assert results["config"]["neojax_version"] and results["config"]["data_files"]
+    r = run("--paper_table", "--output", str(tmp_path / "table.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| model | Pile BPB | Pile PPL | Wikitext PPL |" in r.stdout
+    table = json.loads((tmp_path / "table.json").read_text())["table"][tiny_hf_with_tokenizer]
+    assert table["Wikitext PPL"]["ours"] is None and table["MathQA"]["ours"] is None  # missing, never invented
+    assert table["Lambada Acc"]["ours"] is not None and table["Pile BPB"]["ours"] is not None
+    r = run("--tasks", "lambada_openia")
+    assert r.returncode == 2 and "unknown task 'lambada_openia'" in r.stderr
+
+
+def test_paper_table_compares_with_published_numbers():
+    from neojax.model import preset
+    assert ev.published_row(preset("gpt-neo-1.3B")) == "GPT-Neo 1.3B"
+    table = ev.paper_table({"ours": ("GPT-Neo 1.3B", {"lambada_openai": {"acc": 0.58, "perplexity": 7.0}})})
+    cell = table["ours"]["Lambada Acc"]
+    assert cell["published"] == 0.5723 and cell["diff"] == pytest.approx(0.0077)
+    text = ev.format_table(table)
+    assert "58.00% (57.23%, +0.77%)" in text and "| - (0.7527) |" in text  # Pile BPB: no data here
