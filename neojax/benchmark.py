@@ -1,0 +1,169 @@
+"""python -m neojax.benchmark [--only train,decode,data,eval] [--output bench.json]
+
+Measures, on whatever devices are present, side by side with transformers (torch) where that
+applies: the matmul peak, training tokens/s and MFU of the 125M shape at T=2048, greedy decode
+tokens/s at batch 1 and 16 with time to first token, the data pipeline, and evaluation
+throughput. Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the test suite.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neojax.flops import measure_peak_flops, train_flops_per_token
+from neojax.model import init_params, preset
+
+
+def _best(fn, repeats=2):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _row(name, unit, ours, theirs=None):
+    return {"name": name, "unit": unit, "neojax": ours, "transformers": theirs,
+            "ratio": None if theirs in (None, 0) else ours / theirs}
+
+
+def _torch_model(config, params):
+    import torch
+    import transformers
+    from neojax.checkpoint.hf import state_dict_from_params
+    hf = {k: v for k, v in config.to_hf_dict().items() if k not in ("model_type", "architectures")}
+    model = transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(**hf)).eval()
+    model.load_state_dict({k: torch.tensor(v) for k, v in state_dict_from_params(params, config).items()},
+                          strict=False)
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def bench_train(config, params, seq_len=2048, batch=1, torch_too=True):
+    import optax
+    from neojax.train.step import init_state, make_train_step
+    tx = optax.adamw(1e-4)
+    state = init_state(config, tx, jax.random.PRNGKey(0), params)
+    step = make_train_step(config, tx)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq_len + 1)), jnp.int32)
+    holder = {"state": state}
+
+    def run():
+        holder["state"], m = step(holder["state"], tokens)
+        jax.block_until_ready(m["loss"])
+    seconds = _best(run, repeats=2)
+    ours = batch * seq_len / seconds
+    theirs = None
+    if torch_too:
+        import torch
+        model = _torch_model(config, params).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        t = torch.tensor(np.asarray(tokens), dtype=torch.long)
+
+        def torch_step():
+            opt.zero_grad()
+            model(input_ids=t[:, :-1], labels=t[:, :-1]).loss.backward()
+            opt.step()
+        theirs = batch * seq_len / _best(torch_step, repeats=1)
+    return ours, theirs
+
+
+def bench_decode(config, params, batch, new_tokens=128, prompt_len=32, torch_too=True):
+    from neojax.generate import generate
+    prompts = [list(range(1, prompt_len + 1))] * batch
+    full = _best(lambda: generate(params, config, prompts, max_new_tokens=new_tokens, stop_tokens=()))
+    first = _best(lambda: generate(params, config, prompts, max_new_tokens=1, stop_tokens=()))
+    ours = batch * (new_tokens - 1) / (full - first)
+    theirs = None
+    if torch_too:
+        import torch
+        model = _torch_model(config, params)
+        ids = torch.tensor(prompts)
+
+        def hf(n):
+            with torch.no_grad():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                               min_new_tokens=n, do_sample=False, pad_token_id=0)
+        theirs = batch * (new_tokens - 1) / (_best(lambda: hf(new_tokens), 1) - _best(lambda: hf(1), 1))
+    return ours, theirs
+
+
+def bench_ttft(config, params, prompt_len=512):
+    from neojax.generate import generate
+    prompt = [list(np.random.default_rng(0).integers(0, config.vocab_size, prompt_len))]
+    return _best(lambda: generate(params, config, prompt, max_new_tokens=1, stop_tokens=()))
+
+
+def bench_data(tokens=20_000_000, seq_len=2048, batch=16):
+    """Reading pre-tokenised shards: packed, shuffled batches per second -> tokens/s."""
+    from neojax.data.pipeline import TokenCache, TrainBatches
+    with tempfile.TemporaryDirectory() as d:
+        np.random.default_rng(0).integers(0, 50257, tokens, dtype=np.uint16).tofile(os.path.join(d, "train.bin"))
+        with open(os.path.join(d, "meta.json"), "w") as f:
+            json.dump({"dtype": "uint16", "train_tokens": tokens, "valid_tokens": 0}, f)
+        batches = TrainBatches([TokenCache(d)], seq_len, batch, seed=0)
+        next(batches)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < 3:
+            next(batches)
+            n += 1
+        return n * batch * seq_len / (time.perf_counter() - start)
+
+
+def bench_tokenize(tokenizer, texts):
+    start = time.perf_counter()
+    n = sum(len(ids) for ids in tokenizer.encode_batch(texts))
+    return n / (time.perf_counter() - start)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m neojax.benchmark", description=__doc__)
+    parser.add_argument("--only", default="peak,train,decode,data", help="comma-separated sections")
+    parser.add_argument("--preset", default="gpt-neo-125M")
+    parser.add_argument("--no_torch", action="store_true")
+    parser.add_argument("--output")
+    args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    config = preset(args.preset)
+    params = init_params(config, jax.random.key(0))
+    rows = []
+    peak = measure_peak_flops(seconds=2.0)
+    rows.append(_row("matmul peak (float32, 2048^3)", "GFLOP/s", peak / 1e9))
+    if "train" in sections:
+        ours, theirs = bench_train(config, params, torch_too=not args.no_torch)
+        rows.append(_row(f"train {args.preset} T=2048 batch 1 float32", "tokens/s", ours, theirs))
+        rows.append(_row("train MFU (6N + attention FLOPs / measured peak)", "%",
+                         100 * ours * train_flops_per_token(config, 2048) / peak))
+    if "decode" in sections:
+        for batch in (1, 16):
+            ours, theirs = bench_decode(config, params, batch, torch_too=not args.no_torch)
+            rows.append(_row(f"greedy decode batch {batch} (128 new tokens)", "tokens/s", ours, theirs))
+        rows.append(_row("time to first token, 512-token prompt, batch 1", "s", bench_ttft(config, params)))
+    if "data" in sections:
+        rows.append(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'benchmark':<{width}}  {'unit':<9} {'neojax':>10} {'transformers':>13} {'ratio':>6}")
+    for r in rows:
+        theirs = "-" if r["transformers"] is None else f"{r['transformers']:.1f}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        print(f"{r['name']:<{width}}  {r['unit']:<9} {r['neojax']:>10.2f} {theirs:>13} {ratio:>6}")
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump({"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
+                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                       "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
