@@ -54,7 +54,7 @@ def bench_train(config, params, seq_len=2048, batch=1, torch_too=True):
     import optax
     from neojax.train.step import init_state, make_train_step
     tx = optax.adamw(1e-4)
-    state = init_state(config, tx, jax.random.PRNGKey(0), params)
+    state = init_state(config, tx, jax.random.PRNGKey(0), jax.tree.map(jnp.copy, params))  # the step donates it
     step = make_train_step(config, tx)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq_len + 1)), jnp.int32)
     holder = {"state": state}
@@ -138,20 +138,25 @@ def main(argv=None):
     config = preset(args.preset)
     params = init_params(config, jax.random.key(0))
     rows = []
+
+    def add(row):
+        rows.append(row)
+        print(f"  measured {row['name']}: {row['neojax']:.2f} {row['unit']}"
+              + ("" if row["transformers"] is None else f" (transformers {row['transformers']:.2f})"), flush=True)
     peak = measure_peak_flops(seconds=2.0)
-    rows.append(_row("matmul peak (float32, 2048^3)", "GFLOP/s", peak / 1e9))
+    add(_row("matmul peak (float32, 2048^3)", "GFLOP/s", peak / 1e9))
     if "train" in sections:
         ours, theirs = bench_train(config, params, torch_too=not args.no_torch)
-        rows.append(_row(f"train {args.preset} T=2048 batch 1 float32", "tokens/s", ours, theirs))
-        rows.append(_row("train MFU (6N + attention FLOPs / measured peak)", "%",
+        add(_row(f"train {args.preset} T=2048 batch 1 float32", "tokens/s", ours, theirs))
+        add(_row("train MFU (6N + attention FLOPs / measured peak)", "%",
                          100 * ours * train_flops_per_token(config, 2048) / peak))
     if "decode" in sections:
         for batch in (1, 16):
             ours, theirs = bench_decode(config, params, batch, torch_too=not args.no_torch)
-            rows.append(_row(f"greedy decode batch {batch} (128 new tokens)", "tokens/s", ours, theirs))
-        rows.append(_row("time to first token, 512-token prompt, batch 1", "s", bench_ttft(config, params)))
+            add(_row(f"greedy decode batch {batch} (128 new tokens)", "tokens/s", ours, theirs))
+        add(_row("time to first token, 512-token prompt, batch 1", "s", bench_ttft(config, params)))
     if "data" in sections:
-        rows.append(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
+        add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'unit':<9} {'neojax':>10} {'transformers':>13} {'ratio':>6}")
     for r in rows:

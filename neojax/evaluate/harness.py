@@ -5,8 +5,9 @@ context+continuation are encoded together and split at the context's token count
 context becomes EOS; the model sees the last (max_len + 1) tokens minus the final one. Rolling
 loglikelihood scores every token of a text once in windows of max_len, the first prefixed by EOS.
 
-Requests are sorted by length and run in right-padded batches whose lengths come from a small
-set of buckets, so one jitted function serves all of them and no score depends on batching.
+Requests are sorted by length and run in right-padded batches whose lengths (and row counts,
+powers of two up to batch_size) come from small sets of buckets: a bounded number of compiled
+shapes, and no score depends on batching.
 """
 from __future__ import annotations
 
@@ -92,7 +93,8 @@ class Scorer:
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start:start + self.batch_size]
             width = self._bucket(max(len(w) for _, w, _ in chunk))
-            tokens = np.zeros((self.batch_size, width), np.int32)  # fixed batch: one compile per bucket
+            rows = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())  # few shapes, little padding
+            tokens = np.zeros((rows, width), np.int32)
             for row, (_, whole, _) in enumerate(chunk):
                 tokens[row, :len(whole)] = whole
             ll, greedy = jax.device_get(self.score(self.params, jnp.asarray(tokens)))
