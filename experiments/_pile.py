@@ -1,4 +1,10 @@
-"""Shared GPT-Neo Pile recipe (not an experiment itself): the original training setup."""
+"""Shared GPT-Neo Pile recipe (not an experiment itself): the original training setup.
+
+AdamW (beta2 0.95, eps 1e-8, weight decay 0.1 skipping LayerNorm and biases), linear warmup 3000
+steps, cosine decay to 0.1x, clipping at 1.0, bfloat16 activations, z-loss 1e-4, documents
+separated by <|endoftext|> and packed into 2048-token windows. Raise train.microbatches when a
+global batch does not fit in memory.
+"""
 from neojax.train.config import base_config
 
 

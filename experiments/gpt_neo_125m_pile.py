@@ -1,10 +1,7 @@
 """python -m neojax.train --config experiments/gpt_neo_125m_pile.py --workdir /mnt/runs/gpt_neo_125m_pile --config.data.source_args.paths='/data/pile/train/*.jsonl.zst' --config.data.tokenizer=/models/gpt-neo-125M
 
 GPT-Neo 125M: GPT-3 small learning rate 6e-4, 256 x 2048 tokens a step, 300B tokens.
-The original recipe: AdamW (beta2 0.95, eps 1e-8, weight decay 0.1 skipping LayerNorm and
-biases), linear warmup 3000 steps, cosine decay to 0.1x, clipping at 1.0, bfloat16 activations,
-z-loss 1e-4, documents separated by <|endoftext|> and packed into 2048-token windows. Raise
-train.microbatches when a global batch does not fit in memory; shorten with --config.train.total_steps.
+The original recipe (experiments/_pile.py); shorten with --config.train.total_steps=N.
 """
 import os
 import sys
