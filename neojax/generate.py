@@ -27,6 +27,7 @@ from jax.experimental import io_callback
 
 from neojax.model.config import GPTNeoConfig
 from neojax.model.decode import decode_step, prefill
+from neojax.model.gpt_neo import check_tokens
 
 NEW_TOKEN_BUCKET = 32
 _HOST_HANDLER: list[Callable] = []  # the active per-token host handler (streaming / stop strings)
@@ -158,7 +159,6 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
                                  f"{room} fit in the {config.max_position_embeddings}-token context. Shorten it, "
                                  "lower max_new_tokens, or pass truncate=True (--truncate) to keep its last tokens")
             encoded[row] = ids[-room:]
-    from neojax.model.gpt_neo import check_tokens
     longest = max(len(ids) for ids in encoded)
     prompt_len = _bucket(longest, config.max_position_embeddings)
     tokens = np.zeros((len(encoded), prompt_len), np.int32)

@@ -107,8 +107,16 @@ def spec_for(name: str, logical: Sequence[Optional[str]], shape: Sequence[int], 
     return PartitionSpec(*out)
 
 
+def _path_name(path) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _path_keys(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
 def _named_leaves(tree):
-    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
+    return [(_path_name(path), leaf)
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, PartitionSpec))]
 
 
@@ -117,22 +125,22 @@ def param_specs(config, rules=DEFAULT_RULES, mesh=None):
     from neojax.model.gpt_neo import logical_axes, param_shapes
     shapes, axes = param_shapes(config), logical_axes(config)
     flat_axes = dict(_named_leaves(axes))
-    return jax.tree_util.tree_map_with_path(
-        lambda path, s: spec_for(jax.tree_util.keystr(path, simple=True, separator="/"),
-                                 tuple(flat_axes[jax.tree_util.keystr(path, simple=True, separator="/")]),
-                                 s.shape, rules, mesh), shapes)
+
+    def one(path, shape):
+        name = _path_name(path)
+        return spec_for(name, tuple(flat_axes[name]), shape.shape, rules, mesh)
+    return jax.tree_util.tree_map_with_path(one, shapes)
 
 
 def state_specs(abstract_state, params_specs):
     """Specs for a pytree that contains parameter-shaped subtrees (optimizer moments, EMA, ...):
-    a leaf whose path ends with a parameter's path and has its shape gets that parameter's spec;
-    everything else (step counters, scalars) is replicated."""
-    by_path = {}
-    for path, spec in jax.tree_util.tree_leaves_with_path(params_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)):
-        by_path[tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)] = spec
+    a leaf whose path ends with a parameter's path (and has at least the spec's rank) gets that
+    parameter's spec; everything else (step counters, scalars) is replicated."""
+    by_path = {_path_keys(path): spec for path, spec in
+               jax.tree_util.tree_leaves_with_path(params_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))}
 
     def pick(path, leaf):
-        keys = tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        keys = _path_keys(path)
         for n in range(len(keys)):
             spec = by_path.get(keys[n:])
             if spec is not None and len(spec) <= len(np.shape(leaf)):

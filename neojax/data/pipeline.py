@@ -152,8 +152,10 @@ class TrainBatches:
         if global_batch % process_count:
             raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
         datasets = []
+        self.windows_per_epoch = 0
         for i, cache in enumerate(caches):
             windows = Windows(cache.train, seq_len + 1)
+            self.windows_per_epoch += len(windows)
             if len(windows) == 0:
                 raise ValueError(f"{cache.directory} has {len(cache.train)} training tokens, fewer than one window of "
                                  f"{seq_len + 1}; use more data or a shorter seq_len")
@@ -161,7 +163,6 @@ class TrainBatches:
             epochs = max(1, (1 << 50) // len(windows))
             datasets.append(grain.MapDataset.source(windows).shuffle(seed=seed + i).repeat(epochs))
         ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)
-        self.windows_per_epoch = sum(len(Windows(c.train, seq_len + 1)) for c in caches)
         if process_count > 1:  # this process reads only its rows
             ds = ds[process_index::process_count]
         ds = ds.batch(global_batch // process_count, batch_fn=np.stack)
@@ -182,7 +183,10 @@ class TrainBatches:
 
 def valid_batches(caches: list[TokenCache], seq_len: int, batch: int, max_batches: int = 0) -> list[np.ndarray]:
     """Fixed validation batches (in order, no shuffling): the same numbers every evaluation."""
-    windows = [w for c in caches for w in (lambda ws: [ws[i] for i in range(len(ws))])(Windows(c.valid, seq_len + 1))]
+    windows = []
+    for cache in caches:
+        ws = Windows(cache.valid, seq_len + 1)
+        windows += [ws[i] for i in range(len(ws))]
     if not windows:
         raise ValueError("the validation split holds no full window: raise data.valid_fraction or lower seq_len")
     out = [np.stack(windows[i:i + batch]) for i in range(0, len(windows) - batch + 1, batch)] or [np.stack(windows)]
