@@ -1,9 +1,13 @@
-"""python -m neojax.benchmark [--only train,decode,data,eval] [--output bench.json]
+"""python -m neojax.benchmark [--only peak,train,memory,local,decode,data] [--output bench.json]
 
-Measures, on whatever devices are present, side by side with transformers (torch) where that
-applies: the matmul peak, training tokens/s and MFU of the 125M shape at T=2048, greedy decode
-tokens/s at batch 1 and 16 with time to first token, the data pipeline, and evaluation
-throughput. Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the test suite.
+Measures, on whatever devices are present, side by side with transformers (torch, CPU) where that
+applies: the matmul peak, training tokens/s and MFU at T=2048, the compiled peak memory of a
+training step with and without rematerialisation, the forward time of a local-only stack at
+T=512..4096 (linear in T), greedy decode tokens/s at batch 1 and 16 with time to first token, and
+the data pipeline. Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the tests.
+
+On an accelerator: python -m neojax.benchmark --dtype bfloat16 --presets gpt-neo-125M,gpt-neo-1.3B
+  --train_batch 16 --remat dots --no_torch
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from neojax.model import init_params, preset
 
 
 def _best(fn, repeats=2):
+    """Fastest of `repeats` timed calls after one warm-up (which compiles)."""
     fn()
     times = []
     for _ in range(repeats):
@@ -31,6 +36,10 @@ def _best(fn, repeats=2):
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def _on_accelerator():
+    return jax.default_backend() != "cpu"
 
 
 def _row(name, unit, ours, theirs=None):
@@ -50,19 +59,25 @@ def _torch_model(config, params):
     return model
 
 
-def bench_train(config, params, seq_len=2048, batch=1, torch_too=True):
+def _train_setup(config, params, seq_len, batch):
     import optax
     from neojax.train.step import init_state, make_train_step
     tx = optax.adamw(1e-4)
     state = init_state(config, tx, jax.random.PRNGKey(0), jax.tree.map(jnp.copy, params))  # the step donates it
-    step = make_train_step(config, tx)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq_len + 1)), jnp.int32)
+    return make_train_step(config, tx), state, tokens
+
+
+def bench_train(config, params, seq_len=2048, batch=1, torch_too=True):
+    step, state, tokens = _train_setup(config, params, seq_len, batch)
     holder = {"state": state}
+    steps = 5 if _on_accelerator() else 1
 
     def run():
-        holder["state"], m = step(holder["state"], tokens)
+        for _ in range(steps):
+            holder["state"], m = step(holder["state"], tokens)
         jax.block_until_ready(m["loss"])
-    seconds = _best(run, repeats=2)
+    seconds = _best(run, repeats=2) / steps
     ours = batch * seq_len / seconds
     theirs = None
     if torch_too:
@@ -77,6 +92,28 @@ def bench_train(config, params, seq_len=2048, batch=1, torch_too=True):
             opt.step()
         theirs = batch * seq_len / _best(torch_step, repeats=1)
     return ours, theirs
+
+
+def bench_memory(config, params, seq_len=2048, batch=1):
+    """Compiled peak bytes of one training step (XLA's buffer assignment; nothing is run)."""
+    step, state, tokens = _train_setup(config, params, seq_len, batch)
+    stats = step.lower(state, tokens).compile().memory_analysis()
+    peak = getattr(stats, "peak_memory_in_bytes", 0) or (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+    return peak
+
+
+def bench_local_scaling(config, lengths=(512, 1024, 2048, 4096), batch=1):
+    """Forward seconds of a stack of local layers only, positions extended to the longest T."""
+    from neojax.model import GPTNeo
+    local = config.replace(attention_types=[[["local"], config.num_layers]], max_position_embeddings=max(lengths))
+    params = init_params(local, jax.random.key(1))
+    forward = jax.jit(lambda p, t: GPTNeo(local).apply({"params": p}, t))
+    out = {}
+    for t in lengths:
+        tokens = jnp.zeros((batch, t), jnp.int32)
+        out[t] = _best(lambda: forward(params, tokens).block_until_ready(), repeats=3)
+    return out
 
 
 def bench_decode(config, params, batch, new_tokens=128, prompt_len=32, torch_too=True):
@@ -129,13 +166,19 @@ def bench_tokenize(tokenizer, texts):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m neojax.benchmark", description=__doc__)
-    parser.add_argument("--only", default="peak,train,decode,data", help="comma-separated sections")
-    parser.add_argument("--preset", default="gpt-neo-125M")
+    parser.add_argument("--only", default="peak,train,memory,local,decode,data", help="comma-separated sections")
+    parser.add_argument("--presets", default="gpt-neo-125M", help="comma-separated model shapes to train")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--train_batch", type=int, default=1)
+    parser.add_argument("--seq_len", type=int, default=2048)
+    parser.add_argument("--remat", default="none", choices=["none", "full", "dots"], help="for the train rows")
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     sections = set(args.only.split(","))
-    config = preset(args.preset)
+    presets = args.presets.split(",")
+    torch_too = not args.no_torch and not _on_accelerator()  # the reference is torch's CPU build
+    config = preset(presets[0]).replace(dtype=args.dtype)
     params = init_params(config, jax.random.key(0))
     rows = []
 
@@ -143,17 +186,34 @@ def main(argv=None):
         rows.append(row)
         print(f"  measured {row['name']}: {row['neojax']:.2f} {row['unit']}"
               + ("" if row["transformers"] is None else f" (transformers {row['transformers']:.2f})"), flush=True)
-    peak = measure_peak_flops(seconds=2.0)
-    add(_row("matmul peak (float32, 2048^3)", "GFLOP/s", peak / 1e9))
+    size = 8192 if _on_accelerator() else 2048
+    peak = measure_peak_flops(jnp.dtype(args.dtype), size=size, seconds=2.0)
+    add(_row(f"matmul peak ({args.dtype}, {size}^3)", "GFLOP/s", peak / 1e9))
+    t, b = args.seq_len, args.train_batch
     if "train" in sections:
-        ours, theirs = bench_train(config, params, torch_too=not args.no_torch)
-        add(_row(f"train {args.preset} T=2048 batch 1 float32", "tokens/s", ours, theirs))
-        add(_row("train MFU (6N + attention FLOPs / measured peak)", "%",
-                         100 * ours * train_flops_per_token(config, 2048) / peak))
+        for name in presets:
+            cfg = preset(name).replace(dtype=args.dtype, remat=args.remat)
+            p = params if name == presets[0] else init_params(cfg, jax.random.key(0))
+            ours, theirs = bench_train(cfg, p, t, b, torch_too=torch_too and name == presets[0])
+            label = f"train {name} T={t} batch {b} {args.dtype} remat={args.remat}"
+            add(_row(label, "tokens/s", ours, theirs))
+            add(_row(f"{label} MFU (6N + attention FLOPs / measured peak)", "%",
+                     100 * ours * train_flops_per_token(cfg, t) / peak))
+            del p
+    if "memory" in sections:
+        for remat in ("none", "dots", "full"):
+            peak_bytes = bench_memory(config.replace(remat=remat), params, t, b)
+            add(_row(f"train step peak memory {presets[0]} T={t} batch {b} remat={remat}", "MB", peak_bytes / 1e6))
+    if "local" in sections:
+        times = bench_local_scaling(config)
+        for length, seconds in times.items():
+            add(_row(f"local-only {presets[0]} forward T={length} (per token vs T=512: "
+                     f"{seconds / length / (times[512] / 512):.2f}x)", "ms", 1e3 * seconds))
     if "decode" in sections:
         for batch in (1, 16):
-            ours, theirs = bench_decode(config, params, batch, torch_too=not args.no_torch)
-            add(_row(f"greedy decode batch {batch} (128 new tokens)", "tokens/s", ours, theirs))
+            ours, theirs = bench_decode(config, params, batch, torch_too=torch_too)
+            add(_row(f"greedy decode {presets[0]} {args.dtype} batch {batch} (128 new tokens)", "tokens/s",
+                     ours, theirs))
         add(_row("time to first token, 512-token prompt, batch 1", "s", bench_ttft(config, params)))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))

@@ -52,6 +52,7 @@ class GPTNeoConfig:
     dtype: str = "float32"  # activation / matmul dtype; params are always float32
     remat: str = "none"  # rematerialisation of each block: none | full | dots
     local_block_size: int = 128  # query block of the O(T x window) local attention
+    global_block_size: int = 512  # query block of causal global attention (skips masked blocks); 0: dense
 
     def __post_init__(self):
         expand_attention_types(self.attention_types, self.num_layers)
@@ -96,10 +97,12 @@ class GPTNeoConfig:
             raise ValueError(f"unknown config field(s) {sorted(unknown)}; valid fields: {field_names()}")
         return cls(**d)
 
+    EXECUTION_FIELDS = ("dtype", "remat", "local_block_size", "global_block_size")
+
     def to_hf_dict(self) -> dict[str, Any]:
         """The `config.json` that transformers' GPTNeoForCausalLM reads."""
         d = self.to_dict()
-        for k in ("dtype", "remat", "local_block_size"):
+        for k in self.EXECUTION_FIELDS:
             d.pop(k)
         d.update(model_type="gpt_neo", architectures=["GPTNeoForCausalLM"], tie_word_embeddings=True,
                  use_cache=True, summary_type="cls_index", summary_use_proj=True,
@@ -112,7 +115,7 @@ class GPTNeoConfig:
             raise ValueError(f"model_type is {d.get('model_type')!r}, expected 'gpt_neo': this is not a GPT-Neo config.json")
         if not d.get("tie_word_embeddings", True):
             raise ValueError("tie_word_embeddings=false is not GPT-Neo: neojax ties the output head to wte")
-        keep = {f for f in field_names() if f not in ("dtype", "remat", "local_block_size")}
+        keep = set(field_names()) - set(cls.EXECUTION_FIELDS)
         kwargs = {k: d[k] for k in keep if k in d and (d[k] is not None or k == "intermediate_size")}
         return cls(**kwargs, **overrides)
 

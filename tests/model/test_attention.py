@@ -46,9 +46,11 @@ def test_local_attention_matches_float64_reference(t, window, block):
     np.testing.assert_allclose(ours[keep], ref[keep], atol=2e-5, rtol=1e-5)
 
 
-def test_global_attention_matches_float64_reference():
+@pytest.mark.parametrize("block", [0, 16, 7])  # dense, blocks dividing unevenly, blocks of 7
+def test_global_attention_matches_float64_reference(block):
     q, k, v, key_mask = _inputs(45, seed=3)
-    cfg = GPTNeoConfig(num_layers=1, attention_types=[[["global"], 1]], hidden_size=8, num_heads=2)
+    cfg = GPTNeoConfig(num_layers=1, attention_types=[[["global"], 1]], hidden_size=8, num_heads=2,
+                       global_block_size=block)
     ours = np.asarray(global_attention(q, k, v, key_mask, cfg))
     ref, empty = reference(q, k, v, key_mask, None)
     np.testing.assert_allclose(ours[~empty], ref[~empty], atol=2e-5, rtol=1e-5)
@@ -64,6 +66,18 @@ def test_local_attention_never_builds_a_t_by_t_matrix():
     biggest = max(int(np.prod(v.aval.shape)) for eqn in jaxpr.eqns for v in eqn.outvars)
     assert biggest <= t * 2 * window, biggest
     assert biggest < t * t // 4
+
+
+def test_blocked_global_attention_skips_the_masked_triangle():
+    """Score elements computed: sum over query blocks of block x (keys up to the block's end)."""
+    t, block = 1024, 256
+    cfg = GPTNeoConfig(num_layers=1, attention_types=[[["global"], 1]], hidden_size=8, num_heads=1,
+                       global_block_size=block)
+    q = jnp.zeros((1, t, 1, 8))
+    jaxpr = jax.make_jaxpr(lambda q: global_attention(q, q, q, None, cfg))(q)
+    scores = sum(int(np.prod(e.outvars[0].aval.shape)) for e in jaxpr.eqns
+                 if e.primitive.name == "dot_general" and e.outvars[0].aval.shape[-2] == block)  # q.k, not p.v
+    assert scores == block * block * (1 + 2 + 3 + 4), scores  # 10/16 of t*t
 
 
 def test_scores_are_float32_and_unscaled_in_bfloat16():
