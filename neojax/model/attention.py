@@ -103,6 +103,19 @@ def cached_attention(q, k, v, cache, slot, window: Optional[int]):
     return jnp.einsum("bhqk,bhkd->bqhd", probs, cache["v"]), cache
 
 
+def _fused(q, key_mask, config) -> bool:
+    """cuDNN's fused (flash) attention serves unpadded bfloat16 attention without dropout on GPUs:
+    no [T, T] scores in memory, masked blocks skipped. Same maths (float32 softmax, no scaling)."""
+    return (key_mask is None and q.dtype == jnp.bfloat16 and config.attention_dropout == 0
+            and jax.default_backend() == "gpu")
+
+
+def _fused_attention(q, k, v, window: Optional[int]):
+    local = None if window is None else (window - 1, 0)
+    return jax.nn.dot_product_attention(q, k, v, scale=1.0, is_causal=True, local_window_size=local,
+                                        implementation="cudnn")
+
+
 def global_attention(q, k, v, key_mask, config, dropout=lambda p: p):
     """Full causal attention (GPT-Neo's "global" layers).
 
@@ -110,6 +123,8 @@ def global_attention(q, k, v, key_mask, config, dropout=lambda p: p):
     to their own end, skipping the fully masked upper triangle: at T=2048 with blocks of 512 that is
     10/16 of the dense score matrix's work. Every valid row's softmax is unchanged (masked keys
     contribute exactly zero)."""
+    if _fused(q, key_mask, config):
+        return _fused_attention(q, k, v, None)
     t, block = q.shape[1], config.global_block_size
     if not block or t <= block:
         return masked_attention(q, k, v, _with_keys(window_mask(t, t, None), key_mask), dropout)
@@ -130,6 +145,8 @@ def local_attention(q, k, v, key_mask, config, dropout=lambda p: p):
     O(T x (bq + W)) rather than the O(T^2) of a masked dense score matrix."""
     b, t, h, d = q.shape
     window = config.window_size
+    if _fused(q, key_mask, config):
+        return _fused_attention(q, k, v, window)
     if t <= window:  # every causal key is inside the window: plain causal attention is already O(T x W)
         return global_attention(q, k, v, key_mask, config, dropout)
     bq = min(config.local_block_size, window)

@@ -90,3 +90,22 @@ def test_scores_are_float32_and_unscaled_in_bfloat16():
     assert out.dtype == jnp.bfloat16
     p1 = float(out[0, 1, 0, 1])  # weight on key 1 for query 1: softmax([0, 3])[1]
     assert abs(p1 - 1 / (1 + np.exp(-3.0))) < 1e-2
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN fused attention exists only on GPUs")
+@pytest.mark.parametrize("kind", ["global", "local"])
+def test_fused_gpu_attention_matches_float32_kernels(kind):
+    """On GPUs, bf16 unpadded attention runs fused (cuDNN); forward and gradients match float32."""
+    cfg = GPTNeoConfig(hidden_size=512, num_heads=4, num_layers=1, attention_types=[[[kind], 1]])
+    fn = global_attention if kind == "global" else local_attention
+    q, k, v, g = (jax.random.normal(key, (2, 1024, 4, 128), jnp.bfloat16) * 0.3
+                  for key in jax.random.split(jax.random.key(0), 4))
+    fused_out, fused_vjp = jax.vjp(lambda q, k, v: fn(q, k, v, None, cfg), q, k, v)
+    with jax.default_matmul_precision("highest"):
+        f32 = lambda x: x.astype(jnp.float32)
+        ref_out, ref_vjp = jax.vjp(lambda q, k, v: fn(q, k, v, None, cfg), f32(q), f32(k), f32(v))
+        ref_grads = ref_vjp(f32(g))
+    rel = lambda a, b: float(jnp.linalg.norm(f32(a) - b) / jnp.linalg.norm(b))
+    assert rel(fused_out, ref_out) < 2e-2
+    for ours, ref in zip(fused_vjp(g), ref_grads):
+        assert rel(ours, ref) < 3e-2
