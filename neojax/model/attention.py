@@ -1,9 +1,8 @@
-"""GPT-Neo attention kernels, registered by name for `attention_types`.
+"""Attention kernels and the attention registry that `attention_types` selects from.
 
-A variant is an `AttentionVariant`: `attend(q, k, v, key_mask, config, dropout) -> out` with q, k, v
-of shape [batch, time, heads, head_dim] in the compute dtype, `key_mask` a [batch, time] bool
-array (False for padding) or None, and `dropout` applied to the attention probabilities; plus
-`window(config)`, how many keys back a query sees (None: all), which sizes its decoding cache.
+A variant is an `AttentionVariant` registered under a name (see its docstring; GPT-Neo's "global"
+and "local" are at the bottom of this file, rotary / ALiBi / linear in `variants.py`). Every
+registered variant is checked by the same property tests (`neojax.model.attention_checks`).
 
 GPT-Neo facts kept here: logits are NOT scaled by 1/sqrt(head_dim); logits and softmax are float32
 (q.k accumulates in float32, which for bfloat16 q and k equals the reference's upcast-then-multiply
@@ -13,6 +12,7 @@ fully masked row yields a harmless uniform average instead of NaN.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Optional
 
@@ -24,11 +24,14 @@ from neojax import registry
 MASKED = float(jnp.finfo(jnp.float32).min)
 
 
-def masked_attention(q, k, v, mask, dropout=lambda p: p):
-    """Softmax attention with a boolean mask broadcastable to [..., heads, q_len, k_len].
+def masked_attention(q, k, v, mask, dropout=lambda p: p, bias=None):
+    """Softmax attention with a boolean mask (and optional float32 score bias) broadcastable to
+    [..., heads, q_len, k_len].
 
     Leading dims of q/k/v beyond [time, heads, head_dim] are batch-like (used for blocks)."""
     scores = jnp.einsum("...qhd,...khd->...hqk", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        scores = scores + bias
     scores = jnp.where(mask, scores, MASKED)
     probs = dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype))
     return jnp.einsum("...hqk,...khd->...qhd", probs, v)
@@ -51,16 +54,52 @@ def _with_keys(mask, key_mask):
     return mask[None, None] & key_mask[:, None, None, :]
 
 
+def _distances(q_len: int, k_len: int, offset: int = 0):
+    """[q_len, k_len] int32: query slot minus key slot, with query row r at slot r + offset."""
+    return (jnp.arange(q_len)[:, None] + offset - jnp.arange(k_len)[None, :]).astype(jnp.int32)
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionVariant:
+    """One attention mechanism, as the model, the decoder and the property checks use it.
+
+    attend(q, k, v, key_mask, config, dropout, positions) -> out
+        The full-sequence forward. q, k, v: [batch, time, heads, head_dim] in the compute dtype;
+        key_mask: [batch, time] bool (False = padding) or None; dropout: applied to attention
+        probabilities; positions: [batch, time] int token positions (left padding aware). Returns
+        [batch, time, heads, head_dim] in q's dtype.
+    window(config) -> int | None
+        How many keys back a query may see (None: all). Sizes the decoding cache (a ring).
+    bias(config, distance) -> [heads, *distance.shape] float32, or None
+        A score bias that depends only on query slot minus key slot (>= 0), e.g. ALiBi; used by
+        the cached decoding path (`attend` applies it itself).
+    qk(q, k, positions, config) -> (q, k), or None
+        A position transform of queries and keys (rotary), applied before `attend` and before keys
+        enter the decoding cache.
+    prefill(k, v, key_mask, capacity, config) -> cache and step(q, k, v, cache, slot, config) -> (out, cache)
+        The decoding state. Default: a softmax KV cache (`fill_cache` / `cached_attention`);
+        recurrent variants (linear attention) keep a running state instead.
+    """
     attend: Callable
     window: Callable[..., Optional[int]] = lambda config: None
+    bias: Optional[Callable] = None
+    qk: Optional[Callable] = None
+    prefill: Optional[Callable] = None
+    step: Optional[Callable] = None
 
+    def start_cache(self, k, v, key_mask, length: int, config):
+        """The decoding state after a prompt of k, v, for `length` slots in all."""
+        if self.prefill is not None:
+            return self.prefill(k, v, key_mask, length, config)
+        window = self.window(config)
+        return fill_cache(k, v, key_mask, length if window is None else min(length, window))
 
-def cache_capacity(variant: AttentionVariant, config, length: int) -> int:
-    """Entries a layer's KV cache needs for `length` slots: a ring of `window` for windowed layers."""
-    window = variant.window(config)
-    return length if window is None else min(length, window)
+    def decode(self, q, k, v, cache, slot, config):
+        """One new token at `slot` against the decoding state: (out, cache)."""
+        if self.step is not None:
+            return self.step(q, k, v, cache, slot, config)
+        bias = None if self.bias is None else functools.partial(self.bias, config)
+        return cached_attention(q, k, v, cache, slot, self.window(config), bias)
 
 
 def fill_cache(k, v, key_mask, capacity: int):
@@ -81,9 +120,9 @@ def fill_cache(k, v, key_mask, capacity: int):
             "valid": jnp.pad(valid, [(0, 0), (0, pad)])}
 
 
-def cached_attention(q, k, v, cache, slot, window: Optional[int]):
+def cached_attention(q, k, v, cache, slot, window: Optional[int], bias=None):
     """One new token (q, k, v of shape [batch, 1, heads, head_dim]) at absolute `slot` against a
-    layer cache; returns (out, cache).
+    layer cache; returns (out, cache). `bias(distance)` -> [heads, ...] is an optional score bias.
 
     Entry e of a capacity-C cache holds slot `slot - ((slot - e) mod C)` (negative: never written),
     so the window and causality tests need no stored positions."""
@@ -98,6 +137,8 @@ def cached_attention(q, k, v, cache, slot, window: Optional[int]):
     if window is not None:
         visible &= held > slot - window
     scores = jnp.einsum("bqhd,bhkd->bhqk", q, cache["k"].astype(q.dtype), preferred_element_type=jnp.float32)
+    if bias is not None:
+        scores = scores + bias((slot - held)[None, :])[None]
     scores = jnp.where(visible[:, None, None, :], scores, MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bhkd->bqhd", probs, cache["v"]), cache
@@ -116,28 +157,28 @@ def _fused_attention(q, k, v, window: Optional[int]):
                                         implementation="cudnn")
 
 
-def global_attention(q, k, v, key_mask, config, dropout=lambda p: p):
-    """Full causal attention (GPT-Neo's "global" layers).
+def global_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=None, bias=None):
+    """Full causal attention (GPT-Neo's "global" layers). `bias(distance)`: optional score bias.
 
     Sequences longer than `config.global_block_size` run in query blocks that see only the keys up
     to their own end, skipping the fully masked upper triangle: at T=2048 with blocks of 512 that is
     10/16 of the dense score matrix's work. Every valid row's softmax is unchanged (masked keys
     contribute exactly zero)."""
-    if _fused(q, key_mask, config):
+    if bias is None and _fused(q, key_mask, config):
         return _fused_attention(q, k, v, None)
     t, block = q.shape[1], config.global_block_size
-    if not block or t <= block:
-        return masked_attention(q, k, v, _with_keys(window_mask(t, t, None), key_mask), dropout)
+    block = t if not block else min(block, t)
     outs = []
     for start in range(0, t, block):
         end = min(start + block, t)
         mask = _with_keys(window_mask(end - start, end, None, offset=start),
                           None if key_mask is None else key_mask[:, :end])
-        outs.append(masked_attention(q[:, start:end], k[:, :end], v[:, :end], mask, dropout))
-    return jnp.concatenate(outs, axis=1)
+        score_bias = None if bias is None else bias(_distances(end - start, end, start))
+        outs.append(masked_attention(q[:, start:end], k[:, :end], v[:, :end], mask, dropout, score_bias))
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
 
 
-def local_attention(q, k, v, key_mask, config, dropout=lambda p: p):
+def local_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=None):
     """Causal sliding-window attention (GPT-Neo's "local" layers): key j visible iff i - W < j <= i.
 
     Computed in blocks, as the original mesh-tensorflow code did: each query block of `bq`

@@ -101,6 +101,10 @@ class GPTNeoConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The `config.json` that transformers' GPTNeoForCausalLM reads."""
+        foreign = sorted(set(self.attention_layers) - {"global", "local"})
+        if foreign:
+            raise ValueError(f"attention types {foreign} have no transformers GPT-Neo equivalent (it runs only "
+                             "'global' and 'local' layers); save a neojax checkpoint instead")
         d = self.to_dict()
         for k in self.EXECUTION_FIELDS:
             d.pop(k)

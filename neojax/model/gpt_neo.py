@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from neojax import registry
-from neojax.model import attention as _attention  # noqa: F401  (registers global / local)
+from neojax.model import attention as _attention, variants as _variants  # noqa: F401  (register attention)
 from neojax.model.config import GPTNeoConfig
 
 ACTIVATION_AXES = ("act_batch", "act_length", "act_embed")
@@ -52,7 +52,7 @@ class SelfAttention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, key_mask, cache=None, slot=None, cache_length=None):
+    def __call__(self, x, key_mask, positions, cache=None, slot=None, cache_length=None):
         """Returns (output, layer cache). Three modes: plain forward (no cache); prefill
         (`cache_length` given: attend over x, return a cache sized for that many slots); decode
         (`cache` and `slot` given: x is one new token at that slot)."""
@@ -63,12 +63,15 @@ class SelfAttention(nn.Module):
                    for n in "qkv")
         drop = nn.Dropout(cfg.attention_dropout)
         variant = registry.get("attention", self.attention_type)
+        if variant.qk is not None:
+            q, k = variant.qk(q, k, positions, cfg)
         if cache is not None:
-            y, cache = _attention.cached_attention(q, k, v, cache, slot, variant.window(cfg))
+            y, cache = variant.decode(q, k, v, cache, slot, cfg)
         else:
-            y = variant.attend(q, k, v, key_mask, cfg, lambda p: drop(p, deterministic=self.deterministic))
+            y = variant.attend(q, k, v, key_mask, cfg, lambda p: drop(p, deterministic=self.deterministic),
+                               positions=positions)
             if cache_length is not None:
-                cache = _attention.fill_cache(k, v, key_mask, _attention.cache_capacity(variant, cfg, cache_length))
+                cache = variant.start_cache(k, v, key_mask, cache_length, cfg)
         y = _dense(cfg, cfg.hidden_size, ("heads", "embed"), "out_proj")(y.reshape(b, t, cfg.hidden_size))
         return nn.Dropout(cfg.resid_dropout)(y, deterministic=self.deterministic), cache
 
@@ -94,10 +97,10 @@ class Block(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, key_mask, cache=None, slot=None, cache_length=None):
+    def __call__(self, x, key_mask, positions, cache=None, slot=None, cache_length=None):
         cfg = self.config
         y, cache = SelfAttention(cfg, self.attention_type, self.deterministic, name="attn")(
-            _layer_norm(cfg, "ln_1")(x), key_mask, cache, slot, cache_length)
+            _layer_norm(cfg, "ln_1")(x), key_mask, positions, cache, slot, cache_length)
         x = x + y
         x = x + MLP(cfg, self.deterministic, name="mlp")(_layer_norm(cfg, "ln_2")(x))
         return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
@@ -168,7 +171,7 @@ class GPTNeo(nn.Module):
         new_cache = []
         for i, kind in enumerate(cfg.attention_layers):
             x, layer_cache = block(cfg, kind, deterministic, name=f"h_{i}")(
-                x, key_mask, None if cache is None else cache[i], slot, cache_length)
+                x, key_mask, position_ids, None if cache is None else cache[i], slot, cache_length)
             new_cache.append(layer_cache)
         x = _layer_norm(cfg, "ln_f")(x)
         # Tied head; logits (and so the loss) in float32 whatever the compute dtype.
