@@ -213,7 +213,7 @@ def local_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=No
     structure = window_mask(bq, (halo + 1) * bq, window, offset=halo * bq)
     mask = structure[None, None, None] & keys_valid[:, :, None, None, :]  # [b, nb, 1, bq, keys]
     out = masked_attention(qb, kb, vb, mask, dropout)  # [b, nb, bq, h, d]
-    return out.reshape(b, nb * bq, h, d)[:, :t]
+    return out.reshape(b, nb * bq, h, -1)[:, :t]
 
 
 registry.register("attention", "global")(AttentionVariant(global_attention))

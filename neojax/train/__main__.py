@@ -8,25 +8,10 @@ Re-running the same command resumes from the workdir's latest checkpoint. Multi-
 """
 from __future__ import annotations
 
-import glob
 import os
 import sys
 
-EXPERIMENT_DIRS = [os.path.join(os.getcwd(), "experiments"),
-                   os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "experiments")]
-
-
-def experiments() -> dict[str, str]:
-    """name -> path of every experiment file (the registry of experiments)."""
-    found = {}
-    for directory in EXPERIMENT_DIRS:
-        for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
-            name = os.path.basename(path)[:-3]
-            if not name.startswith("_"):
-                found.setdefault(name, path)
-    return found
-
+from neojax.train.config import experiments
 
 def resolve_config_arg(argv: list[str]) -> list[str]:
     """Let --config take an experiment name; an unknown one lists the registry."""
@@ -54,7 +39,7 @@ def resolve_config_arg(argv: list[str]) -> list[str]:
 def list_registry() -> str:
     import importlib
     from neojax import registry
-    for module in ("neojax.model.attention", "neojax.data.sources", "neojax.train.optim", "neojax.train.hooks",
+    for module in ("neojax.model", "neojax.data.sources", "neojax.train.optim", "neojax.train.hooks",
                    "neojax.model.config"):
         importlib.import_module(module)
     from neojax.model.config import PRESETS

@@ -2,7 +2,15 @@
 and return it locked, so a typo (in a file or a --config.key=value flag) names the valid keys."""
 from __future__ import annotations
 
+import glob
+import importlib.util
+import os
+
 import ml_collections
+
+EXPERIMENT_DIRS = [os.path.join(os.getcwd(), "experiments"),
+                   os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "experiments")]
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -42,3 +50,30 @@ def base_config() -> ml_collections.ConfigDict:
 def lock(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.lock()
     return c
+
+
+def experiments() -> dict[str, str]:
+    """name -> path of every experiment file (the registry of experiments)."""
+    found = {}
+    for directory in EXPERIMENT_DIRS:
+        for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
+            name = os.path.basename(path)[:-3]
+            if not name.startswith("_"):
+                found.setdefault(name, path)
+    return found
+
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+    """The config of "name[:variant]" or "path/to/file.py[:variant]", as --config reads it
+    (for notebooks and scripts)."""
+    path, _, variant = spec.partition(":")
+    if not os.path.exists(path):
+        known = experiments()
+        if path not in known:
+            raise ValueError(f"unknown experiment {spec!r}; registered experiments: {sorted(known)} "
+                             "(or give a path to a config file)")
+        path = known[path]
+    module_spec = importlib.util.spec_from_file_location(f"experiment_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant) if variant else module.get_config()
