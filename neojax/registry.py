@@ -12,11 +12,12 @@ from typing import Any, Callable
 _REGISTRY: dict[str, dict[str, Any]] = {}
 
 
-def register(kind: str, name: str) -> Callable[[Any], Any]:
+def register(kind: str, name: str, replace: bool = False) -> Callable[[Any], Any]:
+    """replace=True lets a notebook cell that defines a component run again."""
     def wrap(obj):
         entries = _REGISTRY.setdefault(kind, {})
-        if name in entries and entries[name] is not obj:
-            raise ValueError(f"{kind} {name!r} is already registered; pick another name")
+        if name in entries and entries[name] is not obj and not replace:
+            raise ValueError(f"{kind} {name!r} is already registered; pick another name (or replace=True)")
         entries[name] = obj
         return obj
     return wrap
