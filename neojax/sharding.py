@@ -32,6 +32,7 @@ DEFAULT_RULES: tuple = (
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("position", None),
+    ("labels", None),  # classification heads: a handful of classes, replicated
 )
 
 

@@ -127,11 +127,48 @@ def load_hf(directory: str, **config_overrides):
 def save_hf(directory: str, params, config: GPTNeoConfig, tokenizer: Tokenizer | None = None,
             overwrite: bool = False) -> str:
     """Write a directory that transformers.GPTNeoForCausalLM.from_pretrained loads (atomically)."""
+    return _write_hf(directory, config.to_hf_dict(), state_dict_from_params(params, config), tokenizer, overwrite)
+
+
+def _write_hf(directory, config_dict, state, tokenizer, overwrite) -> str:
     with atomic_directory(directory, overwrite) as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump({**config.to_hf_dict(), "torch_dtype": "float32"}, f, indent=2)
-        safetensors.numpy.save_file(state_dict_from_params(params, config),
-                                    os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+            json.dump({**config_dict, "torch_dtype": "float32"}, f, indent=2)
+        safetensors.numpy.save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save(tmp)
     return directory
+
+
+# --- sequence classification (GPTNeoForSequenceClassification) ---------------------------------------
+def load_hf_classifier(directory: str, **config_overrides):
+    """(config, params {"transformer", "score"}, tokenizer or None, label names) from a
+    GPTNeoForSequenceClassification directory."""
+    config = read_config(directory, **config_overrides)
+    state = read_state_dict(directory)
+    if "score.weight" not in state:
+        raise ValueError(f"{directory} has no score.weight: not a GPTNeoForSequenceClassification checkpoint "
+                         "(start a new head from a language model with neojax.model.classifier.init_classifier)")
+    score = np.asarray(state.pop("score.weight"), np.float32)
+    params = {"transformer": params_from_state_dict(state, config, source=directory), "score": {"kernel": score.T}}
+    with open(os.path.join(directory, "config.json")) as f:
+        id2label = json.load(f).get("id2label") or {}
+    labels = [id2label.get(str(i), f"LABEL_{i}") for i in range(score.shape[0])]
+    try:
+        tokenizer = Tokenizer.from_path(directory)
+    except FileNotFoundError:
+        tokenizer = None
+    return config, params, tokenizer, labels
+
+
+def save_hf_classifier(directory: str, params, config: GPTNeoConfig, labels, tokenizer: Tokenizer | None = None,
+                       pad_token_id: int | None = None, overwrite: bool = False) -> str:
+    """Write a directory that transformers.GPTNeoForSequenceClassification.from_pretrained loads."""
+    labels = list(labels)
+    config_dict = {**config.to_hf_dict(), "architectures": ["GPTNeoForSequenceClassification"],
+                   "id2label": {str(i): str(name) for i, name in enumerate(labels)},
+                   "label2id": {str(name): i for i, name in enumerate(labels)},
+                   "pad_token_id": config.eos_token_id if pad_token_id is None else pad_token_id}
+    state = state_dict_from_params(params["transformer"], config)
+    state["score.weight"] = np.ascontiguousarray(np.asarray(params["score"]["kernel"], np.float32).T)
+    return _write_hf(directory, config_dict, state, tokenizer, overwrite)

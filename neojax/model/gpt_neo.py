@@ -138,12 +138,13 @@ class GPTNeo(nn.Module):
 
     `model.apply(v, tokens)` returns logits. For generation (see neojax.model.decode):
     `cache_length=S` (prefill) or `cache=..., slot=t` (one decode step) return (logits, cache),
-    the cache a list with one {k, v, valid} dict per layer."""
+    the cache a list with one {k, v, valid} dict per layer. `return_hidden=True` returns the
+    final (layer-normed) hidden states instead of logits."""
     config: GPTNeoConfig
 
     @nn.compact
     def __call__(self, tokens, attention_mask=None, position_ids=None, deterministic: bool = True,
-                 cache=None, slot=None, cache_length=None):
+                 cache=None, slot=None, cache_length=None, return_hidden: bool = False):
         cfg = self.config
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
@@ -174,6 +175,8 @@ class GPTNeo(nn.Module):
                 x, key_mask, position_ids, None if cache is None else cache[i], slot, cache_length)
             new_cache.append(layer_cache)
         x = _layer_norm(cfg, "ln_f")(x)
+        if return_hidden:  # final hidden states [batch, time, embed], for heads other than the LM's
+            return x
         # Tied head; logits (and so the loss) in float32 whatever the compute dtype.
         logits = jnp.einsum("btd,vd->btv", x, wte.astype(dtype), preferred_element_type=jnp.float32)
         return (logits, new_cache) if decoding else logits

@@ -80,7 +80,12 @@ def main():
         from neojax import sharding
         sharding.initialize_distributed(flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
         from neojax.train.loop import NonFiniteError, train
-        workdir = flags.FLAGS.workdir
+        workdir, task = flags.FLAGS.workdir, config_flag.value.task
+        if task == "classify":
+            from neojax.finetune.classify import train
+        elif task != "lm":
+            print(f"error: unknown task {task!r}; tasks: lm, classify", file=sys.stderr)
+            return 2
         try:
             result = train(config_flag.value, workdir)
         except NonFiniteError as e:
@@ -89,6 +94,8 @@ def main():
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if task != "lm":
+            return 0
         print(f"\ndone: step {result['step']} in {result.get('wall_time_s', 0):.0f}s. Next:\n"
               f"  python -m neojax.generate --checkpoint {workdir} --prompt \"def \" --max_new_tokens 64\n"
               f"  python -m neojax.evaluate --checkpoint {workdir} --text_files 'path/*.txt'\n"

@@ -15,6 +15,7 @@ EXPERIMENT_DIRS = [os.path.join(os.getcwd(), "experiments"),
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "lm"                 # lm (neojax.train.loop) | classify (neojax.finetune.classify)
     c.model = dict(
         preset="tiny",            # a neojax.model preset, or "" when init_from gives the model
         init_from="",             # HF / neojax checkpoint to start from (fine-tuning)

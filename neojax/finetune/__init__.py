@@ -1,0 +1,1 @@
+"""Fine-tuning beyond language modelling: classification heads (classify.py)."""
