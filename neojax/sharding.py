@@ -208,10 +208,12 @@ def process_rows(global_batch_size: int) -> slice:
 
 
 # --- the plan -------------------------------------------------------------------------------------
-def plan(config, mesh_spec, rules=DEFAULT_RULES, optimizer_moments: int = 2, num_devices: Optional[int] = None):
+def plan(config, mesh_spec, rules=DEFAULT_RULES, optimizer_moments: int = 2, num_devices: Optional[int] = None,
+         lora=None):
     """Rows (name, shape, spec, bytes per device) and totals, from shapes alone (nothing allocated).
 
-    optimizer_moments: float32 copies of the params the optimizer keeps (Adam: 2)."""
+    optimizer_moments: float32 copies of the trained params the optimizer keeps (Adam: 2). With a
+    `neojax.finetune.lora.Lora`, only its (replicated) adapters are trained and have moments."""
     from neojax.model.gpt_neo import param_shapes
     sizes = parse_mesh(mesh_spec)
     if -1 in sizes.values():
@@ -221,11 +223,16 @@ def plan(config, mesh_spec, rules=DEFAULT_RULES, optimizer_moments: int = 2, num
     for (name, shape), (_, spec) in zip(_named_leaves(param_shapes(config)), _named_leaves(specs)):
         split = math.prod(sizes[a] for entry in spec if entry for a in ((entry,) if isinstance(entry, str) else entry))
         rows.append((name, tuple(shape.shape), spec, shape.size * shape.dtype.itemsize / split))
-    param_bytes = sum(r[3] for r in rows)
+    param_bytes = trained_bytes = sum(r[3] for r in rows)
+    if lora is not None:
+        from neojax.finetune.lora import adapter_bytes
+        trained_bytes = adapter_bytes(param_shapes(config), lora)
+        param_bytes += trained_bytes
     return {"mesh": sizes, "rows": rows, "params_per_device": param_bytes,
-            "optimizer_per_device": optimizer_moments * param_bytes,
-            "total_per_device": (1 + optimizer_moments) * param_bytes,
-            "num_params": sum(math.prod(r[1]) for r in rows)}
+            "optimizer_per_device": optimizer_moments * trained_bytes,
+            "total_per_device": param_bytes + optimizer_moments * trained_bytes,
+            "num_params": sum(math.prod(r[1]) for r in rows), "lora": lora,
+            "trained_params": trained_bytes // 4 if lora is not None else sum(math.prod(r[1]) for r in rows)}
 
 
 def format_plan(p, full: bool = False) -> str:
@@ -243,6 +250,9 @@ def format_plan(p, full: bool = False) -> str:
         label = key if count == 1 else f"{key} (x{count})"
         lines.append(f"{label:<34} {str(shape):<16} {str(tuple(spec)):<28} {b / 2**20:>10.2f}")
     gb = lambda x: f"{x / 2**30:.2f} GB"
+    if p["lora"] is not None:
+        lines.append(f"LoRA rank {p['lora'].rank} on {list(p['lora'].targets)}: {p['trained_params'] / 1e6:.2f}M trained "
+                     "parameters (replicated); the base is frozen and has no optimizer state")
     lines.append(f"per device: params {gb(p['params_per_device'])} + optimizer state {gb(p['optimizer_per_device'])} "
                  f"= {gb(p['total_per_device'])} (float32; activations not included)")
     return "\n".join(lines)
@@ -256,11 +266,17 @@ def main(argv=None) -> int:
     parser.add_argument("--devices", type=int, help="device count for -1 axes (default: this machine's)")
     parser.add_argument("--optimizer_moments", type=int, default=2, help="float32 param copies (Adam: 2)")
     parser.add_argument("--full", action="store_true", help="one row per parameter, layers not grouped")
+    parser.add_argument("--lora_rank", type=int, default=0, help="> 0: plan LoRA fine-tuning of this rank")
+    parser.add_argument("--lora_targets", default=r"attn/(q|v)_proj/kernel", help="comma-separated regexes")
     args = parser.parse_args(argv)
     from neojax.model.config import preset
     try:
-        print(format_plan(plan(preset(args.preset), args.mesh, DEFAULT_RULES, args.optimizer_moments, args.devices),
-                          args.full))
+        lora = None
+        if args.lora_rank:
+            from neojax.finetune.lora import Lora
+            lora = Lora(args.lora_rank, targets=tuple(args.lora_targets.split(",")))
+        print(format_plan(plan(preset(args.preset), args.mesh, DEFAULT_RULES, args.optimizer_moments, args.devices,
+                               lora), args.full))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

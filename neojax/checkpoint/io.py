@@ -106,7 +106,11 @@ def load_workdir(workdir: str, step=None):
         if step is None:
             raise FileNotFoundError(f"{workdir} has no checkpoint yet (checkpoints/ is empty)")
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    params = jax.tree.map(np.asarray, state["params"])
+    params = state["params"]
+    if set(params) == {"base", "lora", "lora_scale"}:  # a LoRA run: the adapters merged into the base
+        from neojax.finetune.lora import merge
+        params = merge(params)
+    params = jax.tree.map(np.asarray, params)
     check_params(params, config, f"{workdir} step {step}")
     return config, params, tokenizer
 

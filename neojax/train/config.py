@@ -37,6 +37,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.optimizer = dict(schedule="cosine", lr=3e-4, warmup_steps=100, decay_steps=0, final_lr_ratio=0.1,
                        b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip=1.0)
+    c.lora = dict(rank=0,              # > 0: train LoRA adapters of this rank; the base stays frozen
+                  alpha=16.0,          # adapter scale = alpha / rank
+                  targets=[r"attn/(q|v)_proj/kernel"])  # regexes over parameter paths (h_0/attn/q_proj/kernel)
     c.train = dict(total_steps=1000, global_batch=16, microbatches=1, z_loss=0.0, seed=0,
                    max_nonfinite_streak=10, log_every=10, report_mfu=True)
     c.checkpoint = dict(every_steps=200, keep=3, keep_period=0, async_save=True)

@@ -20,11 +20,12 @@ import numpy as np
 from neojax import registry, sharding
 from neojax.checkpoint.io import write_model_card
 from neojax.checkpoint.manager import Checkpointer
+from neojax.finetune import lora
 from neojax.train import hooks as _hooks  # noqa: F401  (registers the evaluation hooks)
 from neojax.train.metrics import MetricsWriter
 from neojax.train.optim import make_optimizer
 from neojax.train.setup import build_data, build_model
-from neojax.train.step import init_state, make_train_step, state_specs
+from neojax.train.step import init_state, make_train_step, model_params, state_specs
 
 log = logging.getLogger("neojax.train")
 
@@ -54,8 +55,9 @@ def train(config, workdir: str) -> dict:
     data = build_data(config, tokenizer, workdir, model_config)
     optimizer, schedule = make_optimizer(config.optimizer, config.train.total_steps)
 
+    adapters = lora.Lora(config.lora.rank, config.lora.alpha, tuple(config.lora.targets)) if config.lora.rank else None
     rng = jax.random.PRNGKey(config.train.seed)
-    abstract = jax.eval_shape(lambda r: init_state(model_config, optimizer, r, init_params), rng)
+    abstract = jax.eval_shape(lambda r: init_state(model_config, optimizer, r, init_params, adapters), rng)
     state_sh = sharding.shardings(mesh, state_specs(model_config, abstract, rules, mesh))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.keep_period,
                         config.checkpoint.async_save)
@@ -66,12 +68,13 @@ def train(config, workdir: str) -> dict:
         data.train.set_state(data_state)
         print(f"resumed from {ckpt.directory}/{start} (step {start})", flush=True)
     else:
-        init = jax.jit(lambda r: init_state(model_config, optimizer, r, init_params), out_shardings=state_sh)
+        init = jax.jit(lambda r: init_state(model_config, optimizer, r, init_params, adapters), out_shardings=state_sh)
         state = init(rng)
         start = 0
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
                               abstract_state=abstract)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
+    merged = jax.jit(model_params)  # LoRA adapters merged in for evaluation hooks
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)
 
@@ -115,8 +118,9 @@ def train(config, workdir: str) -> dict:
                           f"eta {_duration(eta)}", flush=True)
                 window_start, window_steps = time.perf_counter(), 0
             if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total):
+                params = merged(state.params)
                 for hook in hook_fns:
-                    writer.write(step, hook(state.params, step=step, **ctx))
+                    writer.write(step, hook(params, step=step, **ctx))
                 window_start = time.perf_counter()  # tokens/s measures training only
             if step % config.checkpoint.every_steps == 0 or step == total or stop["sigterm"]:
                 ckpt.save(step, state, data.train.get_state(), {"step": step, "config": config.to_dict()})
@@ -124,6 +128,8 @@ def train(config, workdir: str) -> dict:
             if stop["sigterm"]:
                 print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume", flush=True)
                 break
+        if adapters is not None and main_process:
+            lora.save_adapters(os.path.join(workdir, "adapters"), jax.device_get(state.params), adapters, overwrite=True)
     finally:
         ckpt.close()
         writer.close()

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from neojax import sharding
+from neojax.finetune import lora
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
 
@@ -30,13 +31,30 @@ class TrainState:
     nonfinite_total: jax.Array
 
 
-def init_state(config: GPTNeoConfig, optimizer, rng, params=None) -> TrainState:
-    """A fresh state (params from `rng` unless given). Call through `sharded_init` on a mesh."""
+def trainable(params):
+    """The part of the params the optimizer updates: LoRA adapters when attached, else everything."""
+    return params["lora"] if lora.is_lora(params) else params
+
+
+def with_trainable(params, new):
+    return {**params, "lora": new} if lora.is_lora(params) else new
+
+
+def model_params(params):
+    """Plain GPT-Neo params for the forward pass (LoRA adapters merged in)."""
+    return lora.merge(params) if lora.is_lora(params) else params
+
+
+def init_state(config: GPTNeoConfig, optimizer, rng, params=None, adapters: lora.Lora | None = None) -> TrainState:
+    """A fresh state (params from `rng` unless given; LoRA adapters attached when `adapters` is
+    set). Call through `sharded_init` on a mesh."""
     from neojax.model.gpt_neo import init_params
     init_rng, rng = jax.random.split(rng)
     params = init_params(config, init_rng) if params is None else params
+    if adapters is not None:
+        params = adapters.attach(params, jax.random.fold_in(init_rng, 1))
     zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates each one
-    return TrainState(step=zero(), params=params, opt_state=optimizer.init(params), rng=rng,
+    return TrainState(step=zero(), params=params, opt_state=optimizer.init(trainable(params)), rng=rng,
                       nonfinite_streak=zero(), nonfinite_total=zero())
 
 
@@ -72,9 +90,11 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     train = config.embed_dropout > 0 or config.attention_dropout > 0 or config.resid_dropout > 0
 
     def grads_of(params, tokens, rng):
+        """Loss and gradients with respect to the trainable part of the params only."""
         def one(tokens_mb, rng_mb):
-            (loss, aux), grads = jax.value_and_grad(lm_loss, has_aux=True)(
-                params, config, tokens_mb, None, z_loss, rng_mb if train else None)
+            loss_of = lambda t: lm_loss(model_params(with_trainable(params, t)), config, tokens_mb, None, z_loss,
+                                        rng_mb if train else None)
+            (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable(params))
             return loss, aux["nll"], grads
 
         if microbatches == 1:
@@ -82,7 +102,7 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
         if tokens.shape[0] % microbatches:
             raise ValueError(f"batch {tokens.shape[0]} is not divisible by microbatches={microbatches}")
         chunks = tokens.reshape(microbatches, -1, *tokens.shape[1:])
-        zeros = jax.tree.map(jnp.zeros_like, params)
+        zeros = jax.tree.map(jnp.zeros_like, trainable(params))
 
         def body(acc, xs):
             loss, nll, grads = one(*xs)
@@ -99,8 +119,8 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
             loss, nll, grads = grads_of(state.params, tokens, step_rng)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        updates, opt_state = optimizer.update(grads, state.opt_state, trainable(state.params))
+        params = with_trainable(state.params, optax.apply_updates(trainable(state.params), updates))
         # Select, never multiply: 0 * NaN is NaN.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = state.replace(
@@ -128,8 +148,9 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     return run
 
 
-def sharded_init(config: GPTNeoConfig, optimizer, mesh, rng, rules=sharding.DEFAULT_RULES, params=None):
+def sharded_init(config: GPTNeoConfig, optimizer, mesh, rng, rules=sharding.DEFAULT_RULES, params=None,
+                 adapters: lora.Lora | None = None):
     """The train state born sharded: params and optimizer moments are created in their shards."""
-    init = lambda r: init_state(config, optimizer, r, params)
+    init = lambda r: init_state(config, optimizer, r, params, adapters)
     specs_fn = lambda abstract: state_specs(config, abstract, rules, mesh)
     return sharding.init_sharded(init, mesh, specs_fn, rng)
