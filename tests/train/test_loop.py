@@ -223,7 +223,7 @@ def _cli(*args):
 def test_cli_list_unknown_names_and_typos(tmp_path):
     r = _cli("--list")
     assert r.returncode == 0 and "quickstart" in r.stdout and "gpt_neo_2p7b_pile" in r.stdout
-    assert "attention: global, local" in r.stdout and "schedule: constant, cosine, linear" in r.stdout
+    assert "attention: alibi, global, linear, local, rotary" in r.stdout and "schedule: constant, cosine, linear" in r.stdout
     r = _cli("--config", "quickstrat", "--workdir", str(tmp_path))
     assert r.returncode != 0 and "unknown experiment 'quickstrat'" in r.stderr and "quickstart" in r.stderr
     r = _cli("--config", "quickstart:smoke", "--workdir", str(tmp_path), "--config.train.totl_steps=3")
