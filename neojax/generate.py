@@ -252,6 +252,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     parser.add_argument("--prompt_file", help="a file with one prompt per line")
     parser.add_argument("--interactive", action="store_true", help="read prompts from stdin, keep the conversation")
+    parser.add_argument("--chat", action="store_true",
+                        help="interactive, in the User:/Assistant: template of chat fine-tuning (neojax.finetune.chat)")
+    parser.add_argument("--system", default="", help="--chat: a system message that starts the conversation")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top_k", type=int, default=0)
@@ -272,6 +275,8 @@ def main(argv=None) -> int:
         settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                         top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_strings=args.stop,
                         truncate=args.truncate)
+        if args.chat:
+            return _chat(model, settings, args.seed, args.system)
         if args.interactive:
             return _interactive(model, settings, args.seed)
         prompts = list(args.prompt)
@@ -315,6 +320,30 @@ def _interactive(model, settings, seed) -> int:
                        on_text=_stream_to(sys.stdout), **settings)
         print()
         history = out.prompt_tokens[0] + out.tokens[0]
+        turn += 1
+    return 0
+
+
+def _chat(model, settings, seed, system: str = "") -> int:
+    """Chat in the template the model was fine-tuned with: each answer ends at EOS or a new "User:"."""
+    from neojax.finetune.chat import STOP, render_prompt
+    messages = [{"role": "system", "content": system}] if system else []
+    settings = {**settings, "truncate": True, "stop_strings": list(settings["stop_strings"]) + [STOP]}
+    print("neojax chat: empty line or Ctrl-D to quit.", file=sys.stderr)
+    turn = 0
+    while True:
+        try:
+            line = input("User: ")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        messages.append({"role": "user", "content": line})
+        sys.stdout.write("Assistant:")
+        out = generate(model.params, model.config, render_prompt(messages), model.tokenizer, seed=seed + turn,
+                       on_text=_stream_to(sys.stdout), **settings)
+        print()
+        messages.append({"role": "assistant", "content": out.texts[0].strip()})
         turn += 1
     return 0
 

@@ -47,11 +47,21 @@ def window_mask(q_len: int, k_len: int, window: int | None, offset: int = 0):
     return visible
 
 
-def _with_keys(mask, key_mask):
-    """Combine a [q, k] structural mask with a [batch, k] padding mask -> [batch, 1, q, k]."""
-    if key_mask is None:
+def segment_ids(key_mask):
+    """int32 segment ids from a key mask: a bool padding mask is one segment (1) plus padding (0)."""
+    return None if key_mask is None else key_mask.astype(jnp.int32)
+
+
+def same_segment(q_seg, k_seg):
+    """[..., q] and [..., k] segment ids -> [..., q, k]: both in one segment, and not padding."""
+    return (q_seg[..., :, None] == k_seg[..., None, :]) & (k_seg[..., None, :] > 0)
+
+
+def _with_keys(mask, segments, queries: slice, keys: slice):
+    """Combine a [q, k] structural mask with [batch, time] segment ids -> [batch, 1, q, k]."""
+    if segments is None:
         return mask[None, None]
-    return mask[None, None] & key_mask[:, None, None, :]
+    return mask[None, None] & same_segment(segments[:, queries], segments[:, keys])[:, None]
 
 
 def _distances(q_len: int, k_len: int, offset: int = 0):
@@ -65,7 +75,8 @@ class AttentionVariant:
 
     attend(q, k, v, key_mask, config, dropout, positions) -> out
         The full-sequence forward. q, k, v: [batch, time, heads, head_dim] in the compute dtype;
-        key_mask: [batch, time] bool (False = padding) or None; dropout: applied to attention
+        key_mask: [batch, time] bool (False = padding), or int segment ids (0 = padding; a query
+        sees only keys of its own segment: packed examples), or None; dropout: applied to attention
         probabilities; positions: [batch, time] int token positions (left padding aware). Returns
         [batch, time, heads, head_dim] in q's dtype.
     window(config) -> int | None
@@ -79,6 +90,7 @@ class AttentionVariant:
     prefill(k, v, key_mask, capacity, config) -> cache and step(q, k, v, cache, slot, config) -> (out, cache)
         The decoding state. Default: a softmax KV cache (`fill_cache` / `cached_attention`);
         recurrent variants (linear attention) keep a running state instead.
+    packed: whether `attend` keeps packed segments apart (the model refuses segment ids otherwise).
     """
     attend: Callable
     window: Callable[..., Optional[int]] = lambda config: None
@@ -86,6 +98,7 @@ class AttentionVariant:
     qk: Optional[Callable] = None
     prefill: Optional[Callable] = None
     step: Optional[Callable] = None
+    packed: bool = True
 
     def start_cache(self, k, v, key_mask, length: int, config):
         """The decoding state after a prompt of k, v, for `length` slots in all."""
@@ -109,7 +122,7 @@ def fill_cache(k, v, key_mask, capacity: int):
     head's keys contiguously instead of transposing the whole cache every token."""
     b, t = k.shape[:2]
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    valid = jnp.ones((b, t), bool) if key_mask is None else key_mask
+    valid = jnp.ones((b, t), bool) if key_mask is None else key_mask > 0
     if t >= capacity:  # keep the last `capacity` slots, rolled into ring order
         shift = (t - capacity) % capacity
         return {"k": jnp.roll(k[:, :, t - capacity:], shift, axis=2),
@@ -168,11 +181,11 @@ def global_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=N
         return _fused_attention(q, k, v, None)
     t, block = q.shape[1], config.global_block_size
     block = t if not block else min(block, t)
+    segments = segment_ids(key_mask)
     outs = []
     for start in range(0, t, block):
         end = min(start + block, t)
-        mask = _with_keys(window_mask(end - start, end, None, offset=start),
-                          None if key_mask is None else key_mask[:, :end])
+        mask = _with_keys(window_mask(end - start, end, None, offset=start), segments, slice(start, end), slice(0, end))
         score_bias = None if bias is None else bias(_distances(end - start, end, start))
         outs.append(masked_attention(q[:, start:end], k[:, :end], v[:, :end], mask, dropout, score_bias))
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
@@ -194,8 +207,7 @@ def local_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=No
     halo = math.ceil((window - 1) / bq)
     nb = math.ceil(t / bq)
     pad = nb * bq - t
-    if key_mask is None:
-        key_mask = jnp.ones((b, t), bool)
+    segments = jnp.ones((b, t), jnp.int32) if key_mask is None else segment_ids(key_mask)
 
     def blocks(x, fill):  # [b, t, ...] -> [b, nb, bq, ...]
         x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
@@ -207,11 +219,12 @@ def local_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=No
 
     qb = blocks(q, 0)
     kb, vb = with_halo(blocks(k, 0), 0), with_halo(blocks(v, 0), 0)
-    keys_valid = with_halo(blocks(key_mask, False), False)  # [b, nb, keys]; left of 0 is invalid
+    q_seg = blocks(segments, 0)  # [b, nb, bq]
+    k_seg = with_halo(q_seg, 0)  # [b, nb, keys]; left of 0 is padding
     # Query r of block n sits at n*bq + r, key c at (n - halo)*bq + c: the window test is the same
     # [bq, keys] matrix for every block.
     structure = window_mask(bq, (halo + 1) * bq, window, offset=halo * bq)
-    mask = structure[None, None, None] & keys_valid[:, :, None, None, :]  # [b, nb, 1, bq, keys]
+    mask = structure[None, None, None] & same_segment(q_seg, k_seg)[:, :, None]  # [b, nb, 1, bq, keys]
     out = masked_attention(qb, kb, vb, mask, dropout)  # [b, nb, bq, h, d]
     return out.reshape(b, nb * bq, h, -1)[:, :t]
 

@@ -106,6 +106,14 @@ class Block(nn.Module):
         return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
 
 
+def position_ids_from_segments(segment_ids):
+    """Positions restarting at 0 where each packed segment begins."""
+    t = segment_ids.shape[-1]
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[..., :1], bool), segment_ids[..., 1:] != segment_ids[..., :-1]], -1)
+    first = jax.lax.cummax(jnp.where(starts, jnp.arange(t), 0), axis=segment_ids.ndim - 1)
+    return (jnp.arange(t) - first).astype(jnp.int32)
+
+
 def position_ids_from_mask(attention_mask):
     """Positions with left padding: cumsum(mask) - 1; pads get the harmless position 1."""
     positions = jnp.cumsum(attention_mask, axis=-1) - 1
@@ -144,8 +152,18 @@ class GPTNeo(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, attention_mask=None, position_ids=None, deterministic: bool = True,
-                 cache=None, slot=None, cache_length=None, return_hidden: bool = False):
+                 cache=None, slot=None, cache_length=None, return_hidden: bool = False, segment_ids=None):
+        """segment_ids ([batch, time] int, 0 = padding) pack several examples in a row: each token
+        attends only within its segment and positions restart per segment."""
         cfg = self.config
+        if segment_ids is not None:
+            unpacked = sorted({k for k in cfg.attention_layers if not registry.get("attention", k).packed})
+            if unpacked:
+                raise ValueError(f"attention {unpacked} cannot keep packed examples apart; train without packing "
+                                 "(segment_ids) or use softmax attention variants")
+            attention_mask = segment_ids
+            if position_ids is None:
+                position_ids = position_ids_from_segments(segment_ids)
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, time], got shape {tokens.shape}")
         if tokens.shape[1] > cfg.max_position_embeddings:
@@ -156,7 +174,8 @@ class GPTNeo(nn.Module):
                             else jnp.arange(tokens.shape[1])[None, :])
         if not isinstance(tokens, jax.core.Tracer):  # eager call: validate values, not only shapes
             check_tokens(tokens, cfg, None if isinstance(position_ids, jax.core.Tracer) else position_ids)
-        key_mask = None if attention_mask is None else attention_mask.astype(bool)
+        key_mask = None if attention_mask is None else (segment_ids if segment_ids is not None
+                                                        else attention_mask.astype(bool))
 
         wte = self.param("wte", _init(cfg.initializer_range, ("vocab", "embed")),
                          (cfg.vocab_size, cfg.hidden_size), jnp.float32)

@@ -81,7 +81,7 @@ def linear_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=N
     arXiv:2006.16236; the original GPT-Neo code offered a "linear" attention type):
     out_i = phi(q_i) . sum_{j<=i} phi(k_j) v_j^T / phi(q_i) . sum_{j<=i} phi(k_j).
 
-    O(T x head_dim^2): chunks of LINEAR_CHUNK positions attend to each other directly and to the
+    Running sums cannot keep packed segments apart (registered with packed=False). O(T x head_dim^2): chunks of LINEAR_CHUNK positions attend to each other directly and to the
     running sums of all earlier chunks. There are no attention probabilities, so no dropout."""
     b, t, h, d = q.shape
     c = min(LINEAR_CHUNK, t)
@@ -89,7 +89,7 @@ def linear_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=N
     pad = n * c - t
     qf, kf = _feature(q), _feature(k)
     if key_mask is not None:
-        kf = kf * key_mask[:, :, None, None]
+        kf = kf * (key_mask > 0)[:, :, None, None]
     chunks = lambda x: jnp.pad(x, [(0, 0), (0, pad), (0, 0), (0, 0)]).reshape(b, n, c, h, -1)
     qf, kf, vf = chunks(qf), chunks(kf), chunks(v.astype(jnp.float32))
     kv = jnp.einsum("bnchd,bnche->bnhde", kf, vf)  # each chunk's sum of phi(k) v^T
@@ -107,7 +107,7 @@ def linear_prefill(k, v, key_mask, length, config):
     """The recurrent state after the prompt: S = sum phi(k) v^T [b, h, d, d], z = sum phi(k) [b, h, d]."""
     kf = _feature(k)
     if key_mask is not None:
-        kf = kf * key_mask[:, :, None, None]
+        kf = kf * (key_mask > 0)[:, :, None, None]
     return {"kv": jnp.einsum("bthd,bthe->bhde", kf, v.astype(jnp.float32)), "z": kf.sum(1)}
 
 
@@ -119,4 +119,5 @@ def linear_step(q, k, v, cache, slot, config):
     return out[:, None].astype(q.dtype), {"kv": kv, "z": z}
 
 
-registry.register("attention", "linear")(AttentionVariant(linear_attention, prefill=linear_prefill, step=linear_step))
+registry.register("attention", "linear")(AttentionVariant(linear_attention, prefill=linear_prefill, step=linear_step,
+                                                                 packed=False))

@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
         remat="none",             # none | full | dots
     )
     c.data = dict(
-        source="stdlib",          # a registered data_source (or "mixture")
+        source="stdlib",          # a registered data_source, "mixture", or "chat" (neojax.finetune.chat)
         source_args={},           # options of that source
         mixture=[],               # for source="mixture": [{"source", "source_args", "weight"}]
         tokenizer="",             # a tokenizer file/dir; "" = the checkpoint's, or train_sentencepiece

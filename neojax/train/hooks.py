@@ -12,13 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from neojax import registry
-from neojax.train.step import lm_loss
+from neojax.train.step import batch_loss
 
 
 @functools.lru_cache(maxsize=8)
 def _summed_nll(model_config):
-    def f(params, tokens):
-        loss, aux = lm_loss(params, model_config, tokens)
+    def f(params, batch):
+        loss, aux = batch_loss(params, model_config, batch)
         return loss * aux["tokens"], aux["tokens"]
     return jax.jit(f)
 
@@ -36,25 +36,29 @@ def unigram_loss(data) -> float:
 @registry.register("eval", "valid_loss")
 def valid_loss(params, *, model_config, tokenizer, data, step, **_):
     """Loss, perplexity and bits per byte on the held-out split (fixed batches), beside the
-    unigram baseline."""
+    unigram baseline. For chat data (dict batches) the loss is over response tokens only."""
     if not data.valid:
         return {}
-    if not hasattr(data, "_unigram"):
+    if data.caches and not hasattr(data, "_unigram"):
         data._unigram = unigram_loss(data)
     nll = count = 0.0
     n_bytes = 0
     for batch in data.valid:
-        s, c = _summed_nll(model_config)(params, jnp.asarray(batch))
+        s, c = _summed_nll(model_config)(params, jax.tree.map(jnp.asarray, batch))
         nll, count = nll + float(s), count + float(c)
-        n_bytes += sum(len(tokenizer.decode(row[1:]).encode("utf-8")) for row in batch)
+        if not isinstance(batch, dict):
+            n_bytes += sum(len(tokenizer.decode(row[1:]).encode("utf-8")) for row in batch)
     loss = nll / count
-    out = {"valid/loss": loss, "valid/perplexity": math.exp(loss),
-           "valid/bits_per_byte": nll / math.log(2) / max(n_bytes, 1), "valid/unigram_loss": data._unigram,
-           "valid/unigram_perplexity": math.exp(data._unigram)}
+    out = {"valid/loss": loss, "valid/perplexity": math.exp(loss)}
+    line = f"  valid @ {step}: loss {loss:.4f} perplexity {out['valid/perplexity']:.2f}"
+    if n_bytes:
+        out["valid/bits_per_byte"] = nll / math.log(2) / n_bytes
+        line += f" bits/byte {out['valid/bits_per_byte']:.3f}"
+    if data.caches:
+        out.update({"valid/unigram_loss": data._unigram, "valid/unigram_perplexity": math.exp(data._unigram)})
+        line += f" (unigram baseline: loss {data._unigram:.4f}, perplexity {out['valid/unigram_perplexity']:.1f})"
     if jax.process_index() == 0:
-        print(f"  valid @ {step}: loss {loss:.4f} perplexity {out['valid/perplexity']:.2f} "
-              f"bits/byte {out['valid/bits_per_byte']:.3f} (unigram baseline: loss {data._unigram:.4f}, "
-              f"perplexity {out['valid/unigram_perplexity']:.1f})", flush=True)
+        print(line, flush=True)
     return out
 
 

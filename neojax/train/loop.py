@@ -88,7 +88,7 @@ def train(config, workdir: str) -> dict:
     step = start
     try:
         while step < total:
-            batch = sharding.global_batch(next(data.train), mesh, rules)
+            batch = jax.tree.map(lambda x: sharding.global_batch(x, mesh, rules), next(data.train))
             state, metrics = step_fn(state, batch)
             step += 1
             window_steps += 1

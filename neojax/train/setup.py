@@ -83,6 +83,9 @@ class Data:
 
 def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoConfig) -> Data:
     d, t = config.data, config.train
+    if d.source == "chat":  # packed conversations, loss on responses (neojax.finetune.chat)
+        from neojax.finetune.chat import build_chat_data
+        return Data(*build_chat_data(config, tokenizer, model_config), caches=[])
     cache_dir = d.cache_dir or os.path.join(workdir, "data_cache")
     components = _components(config)
     caches = [pipeline.build_token_cache(source, args, tokenizer, cache_dir, d.valid_fraction, d.seed, d.on_error,

@@ -62,20 +62,34 @@ def state_specs(config: GPTNeoConfig, abstract_state, rules=sharding.DEFAULT_RUL
     return sharding.state_specs(abstract_state, sharding.param_specs(config, rules, mesh))
 
 
-def lm_loss(params, config: GPTNeoConfig, tokens, loss_mask=None, z_loss: float = 0.0, rng=None):
-    """Mean next-token cross entropy over [batch, T+1] tokens (float32 logits). Returns (loss, aux)."""
+def lm_loss(params, config: GPTNeoConfig, tokens, loss_mask=None, z_loss: float = 0.0, rng=None, segment_ids=None):
+    """Mean next-token cross entropy over [batch, T+1] tokens (float32 logits). Returns (loss, aux).
+
+    loss_mask [batch, T+1]: which tokens count as targets (e.g. chat responses only);
+    segment_ids [batch, T+1]: packed examples (0 = padding), never predicted across a boundary."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
     rngs = None if rng is None else {"dropout": rng}
-    logits = GPTNeo(config).apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs)
+    logits = GPTNeo(config).apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs,
+                                  segment_ids=None if segment_ids is None else segment_ids[:, :-1])
     logz = jax.nn.logsumexp(logits, axis=-1)
     nll = logz - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     weights = jnp.ones_like(nll) if loss_mask is None else loss_mask[:, 1:].astype(jnp.float32)
+    if segment_ids is not None:
+        weights = weights * ((segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0))
     count = jnp.maximum(weights.sum(), 1.0)
     loss = (nll * weights).sum() / count
     aux = {"nll": loss, "tokens": weights.sum()}
     if z_loss:
         loss = loss + z_loss * ((logz ** 2) * weights).sum() / count
     return loss, aux
+
+
+def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=None):
+    """lm_loss of a batch: a [batch, T+1] token array, or a dict with "tokens" and optionally
+    "loss_mask" and "segment_ids" (packed chat data)."""
+    if not isinstance(batch, dict):
+        return lm_loss(params, config, batch, None, z_loss, rng)
+    return lm_loss(params, config, batch["tokens"], batch.get("loss_mask"), z_loss, rng, batch.get("segment_ids"))
 
 
 def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
@@ -92,16 +106,17 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     def grads_of(params, tokens, rng):
         """Loss and gradients with respect to the trainable part of the params only."""
         def one(tokens_mb, rng_mb):
-            loss_of = lambda t: lm_loss(model_params(with_trainable(params, t)), config, tokens_mb, None, z_loss,
-                                        rng_mb if train else None)
+            loss_of = lambda t: batch_loss(model_params(with_trainable(params, t)), config, tokens_mb, z_loss,
+                                           rng_mb if train else None)
             (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable(params))
             return loss, aux["nll"], grads
 
         if microbatches == 1:
             return one(tokens, rng)
-        if tokens.shape[0] % microbatches:
-            raise ValueError(f"batch {tokens.shape[0]} is not divisible by microbatches={microbatches}")
-        chunks = tokens.reshape(microbatches, -1, *tokens.shape[1:])
+        rows = jax.tree.leaves(tokens)[0].shape[0]
+        if rows % microbatches:
+            raise ValueError(f"batch {rows} is not divisible by microbatches={microbatches}")
+        chunks = jax.tree.map(lambda x: x.reshape(microbatches, -1, *x.shape[1:]), tokens)
         zeros = jax.tree.map(jnp.zeros_like, trainable(params))
 
         def body(acc, xs):
