@@ -40,6 +40,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.lora = dict(rank=0,              # > 0: train LoRA adapters of this rank; the base stays frozen
                   alpha=16.0,          # adapter scale = alpha / rank
                   targets=[r"attn/(q|v)_proj/kernel"])  # regexes over parameter paths (h_0/attn/q_proj/kernel)
+    c.distill = dict(teacher="",          # a checkpoint (HF / neojax / workdir): distil its predictions
+                     temperature=2.0,     # softening of both distributions
+                     alpha=0.5)           # weight of T^2 * KL(teacher || student) against the LM loss
     c.train = dict(total_steps=1000, global_batch=16, microbatches=1, z_loss=0.0, seed=0,
                    max_nonfinite_streak=10, log_every=10, report_mfu=True)
     c.checkpoint = dict(every_steps=200, keep=3, keep_period=0, async_save=True)

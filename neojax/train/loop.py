@@ -71,8 +71,9 @@ def train(config, workdir: str) -> dict:
         init = jax.jit(lambda r: init_state(model_config, optimizer, r, init_params, adapters), out_shardings=state_sh)
         state = init(rng)
         start = 0
+    teacher, teacher_args = _teacher(config, model_config, mesh, rules)
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
-                              abstract_state=abstract)
+                              abstract_state=abstract, teacher=teacher)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     merged = jax.jit(model_params)  # LoRA adapters merged in for evaluation hooks
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
@@ -89,7 +90,7 @@ def train(config, workdir: str) -> dict:
     try:
         while step < total:
             batch = jax.tree.map(lambda x: sharding.global_batch(x, mesh, rules), next(data.train))
-            state, metrics = step_fn(state, batch)
+            state, metrics = step_fn(state, batch, *teacher_args)
             step += 1
             window_steps += 1
             streak = int(state.nonfinite_streak)
@@ -107,13 +108,16 @@ def train(config, workdir: str) -> dict:
                 last = {"train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
                         "train/lr": float(schedule(step)), "train/tokens_per_sec": tps,
                         "train/nonfinite_total": int(state.nonfinite_total)}
+                if "kl" in m:
+                    last["train/kl"] = float(m["kl"])
                 if flops.get("peak"):
                     last["train/mfu"] = tps * flops["per_token"] / flops["peak"]
                 eta = (total - step) * elapsed / window_steps
                 writer.write(step, last)
                 if main_process:
                     mfu = f" mfu {last['train/mfu']:.1%}" if "train/mfu" in last else ""
-                    print(f"step {step}/{total} loss {last['train/loss']:.4f} lr {last['train/lr']:.2e} "
+                    kl = f" kl {last['train/kl']:.4f}" if "train/kl" in last else ""
+                    print(f"step {step}/{total} loss {last['train/loss']:.4f}{kl} lr {last['train/lr']:.2e} "
                           f"grad_norm {last['train/grad_norm']:.3f} {tps:,.0f} tok/s{mfu} "
                           f"eta {_duration(eta)}", flush=True)
                 window_start, window_steps = time.perf_counter(), 0
@@ -136,6 +140,21 @@ def train(config, workdir: str) -> dict:
         signal.signal(signal.SIGTERM, previous)
     last["wall_time_s"] = time.perf_counter() - run_start
     return {"step": step, "state": state, **last}
+
+
+def _teacher(config, model_config, mesh, rules):
+    """(Teacher, (teacher params placed on the mesh,)) for distillation, else (None, ())."""
+    d = config.distill
+    if not d.teacher:
+        return None, ()
+    from neojax import checkpoint
+    from neojax.train.step import Teacher
+    loaded = checkpoint.load(d.teacher, dtype=model_config.dtype)
+    if loaded.config.vocab_size != model_config.vocab_size:
+        raise ValueError(f"teacher {d.teacher} has a {loaded.config.vocab_size}-token vocabulary, the student "
+                         f"{model_config.vocab_size}: distillation needs one tokenizer (set data.tokenizer={d.teacher})")
+    placed = jax.device_put(loaded.params, sharding.shardings(mesh, sharding.param_specs(loaded.config, rules, mesh)))
+    return Teacher(loaded.config, d.temperature, d.alpha), (placed,)
 
 
 def _flops_per_step(config, model_config) -> dict:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any
 
 import flax
@@ -62,40 +63,67 @@ def state_specs(config: GPTNeoConfig, abstract_state, rules=sharding.DEFAULT_RUL
     return sharding.state_specs(abstract_state, sharding.param_specs(config, rules, mesh))
 
 
-def lm_loss(params, config: GPTNeoConfig, tokens, loss_mask=None, z_loss: float = 0.0, rng=None, segment_ids=None):
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """Knowledge distillation (Hinton et al. 2015, arXiv:1503.02531): the loss becomes
+    (1 - alpha) * LM loss + alpha * T^2 * KL(teacher || student), both softened by temperature T,
+    per target token. The teacher's params are a frozen argument of the step."""
+    config: GPTNeoConfig
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+
+def _logits(params, config, inputs, rng=None, segment_ids=None):
+    rngs = None if rng is None else {"dropout": rng}
+    return GPTNeo(config).apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs,
+                                segment_ids=segment_ids)
+
+
+def lm_loss(params, config: GPTNeoConfig, tokens, loss_mask=None, z_loss: float = 0.0, rng=None, segment_ids=None,
+            teacher: Teacher | None = None, teacher_params=None):
     """Mean next-token cross entropy over [batch, T+1] tokens (float32 logits). Returns (loss, aux).
 
     loss_mask [batch, T+1]: which tokens count as targets (e.g. chat responses only);
-    segment_ids [batch, T+1]: packed examples (0 = padding), never predicted across a boundary."""
+    segment_ids [batch, T+1]: packed examples (0 = padding), never predicted across a boundary;
+    teacher: mix in the KL to a teacher's softened predictions (aux["kl"])."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    rngs = None if rng is None else {"dropout": rng}
-    logits = GPTNeo(config).apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs,
-                                  segment_ids=None if segment_ids is None else segment_ids[:, :-1])
+    input_segments = None if segment_ids is None else segment_ids[:, :-1]
+    logits = _logits(params, config, inputs, rng, input_segments)
     logz = jax.nn.logsumexp(logits, axis=-1)
     nll = logz - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     weights = jnp.ones_like(nll) if loss_mask is None else loss_mask[:, 1:].astype(jnp.float32)
     if segment_ids is not None:
         weights = weights * ((segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0))
     count = jnp.maximum(weights.sum(), 1.0)
-    loss = (nll * weights).sum() / count
+    mean = lambda x: (x * weights).sum() / count
+    loss = mean(nll)
     aux = {"nll": loss, "tokens": weights.sum()}
+    if teacher is not None:
+        t = teacher.temperature
+        teacher_logp = jax.nn.log_softmax(jax.lax.stop_gradient(
+            _logits(teacher_params, teacher.config, inputs, None, input_segments)) / t, axis=-1)
+        student_logp = jax.nn.log_softmax(logits / t, axis=-1)
+        aux["kl"] = mean(jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1))
+        loss = (1 - teacher.alpha) * loss + teacher.alpha * t ** 2 * aux["kl"]
     if z_loss:
-        loss = loss + z_loss * ((logz ** 2) * weights).sum() / count
+        loss = loss + z_loss * mean(logz ** 2)
     return loss, aux
 
 
-def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=None):
+def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=None, teacher=None, teacher_params=None):
     """lm_loss of a batch: a [batch, T+1] token array, or a dict with "tokens" and optionally
     "loss_mask" and "segment_ids" (packed chat data)."""
     if not isinstance(batch, dict):
-        return lm_loss(params, config, batch, None, z_loss, rng)
-    return lm_loss(params, config, batch["tokens"], batch.get("loss_mask"), z_loss, rng, batch.get("segment_ids"))
+        batch = {"tokens": batch}
+    return lm_loss(params, config, batch["tokens"], batch.get("loss_mask"), z_loss, rng, batch.get("segment_ids"),
+                   teacher, teacher_params)
 
 
 def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
                     rules=sharding.DEFAULT_RULES, microbatches: int = 1, z_loss: float = 0.0,
-                    abstract_state=None):
-    """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`.
+                    abstract_state=None, teacher: Teacher | None = None):
+    """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`; with a `teacher`,
+    `step(state, tokens, teacher_params)`.
 
     With a mesh, the state's shardings come from the rules and the batch is split over the
     data-parallel axes; activations get the model's logical constraints. `microbatches` > 1
@@ -103,13 +131,14 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     A step whose gradients are not finite changes nothing but the skip counters."""
     train = config.embed_dropout > 0 or config.attention_dropout > 0 or config.resid_dropout > 0
 
-    def grads_of(params, tokens, rng):
-        """Loss and gradients with respect to the trainable part of the params only."""
+    def grads_of(params, tokens, rng, teacher_params):
+        """Loss, aux metrics and gradients with respect to the trainable part of the params only."""
         def one(tokens_mb, rng_mb):
             loss_of = lambda t: batch_loss(model_params(with_trainable(params, t)), config, tokens_mb, z_loss,
-                                           rng_mb if train else None)
+                                           rng_mb if train else None, teacher, teacher_params)
             (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable(params))
-            return loss, aux["nll"], grads
+            aux.pop("tokens")
+            return loss, aux, grads
 
         if microbatches == 1:
             return one(tokens, rng)
@@ -117,21 +146,20 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
         if rows % microbatches:
             raise ValueError(f"batch {rows} is not divisible by microbatches={microbatches}")
         chunks = jax.tree.map(lambda x: x.reshape(microbatches, -1, *x.shape[1:]), tokens)
-        zeros = jax.tree.map(jnp.zeros_like, trainable(params))
+        first = jax.tree.map(lambda x: x[0], chunks)
+        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: one(first, rng)))
 
         def body(acc, xs):
-            loss, nll, grads = one(*xs)
-            return jax.tree.map(jnp.add, acc, (loss, nll, grads)), None
+            return jax.tree.map(jnp.add, acc, one(*xs)), None
 
-        (loss, nll, grads), _ = jax.lax.scan(body, (jnp.float32(0), jnp.float32(0), zeros),
-                                             (chunks, jax.random.split(rng, microbatches)))
-        return jax.tree.map(lambda x: x / microbatches, (loss, nll, grads))
+        total, _ = jax.lax.scan(body, zeros, (chunks, jax.random.split(rng, microbatches)))
+        return jax.tree.map(lambda x: x / microbatches, total)
 
-    def step(state: TrainState, tokens):
+    def step(state: TrainState, tokens, teacher_params=None):
         rng, step_rng = jax.random.split(state.rng)
         ctx = nn.logical_axis_rules(rules) if mesh is not None else contextlib.nullcontext()
         with ctx:
-            loss, nll, grads = grads_of(state.params, tokens, step_rng)
+            loss, aux, grads = grads_of(state.params, tokens, step_rng, teacher_params)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable(state.params))
@@ -143,7 +171,7 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
             opt_state=keep(opt_state, state.opt_state), rng=rng,
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
-        metrics = {"loss": loss, "nll": nll, "grad_norm": grad_norm, "finite": finite}
+        metrics = {"loss": loss, **aux, "grad_norm": grad_norm, "finite": finite}
         return new_state, metrics
 
     if mesh is None:
@@ -153,12 +181,14 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     state_sh = sharding.shardings(mesh, state_specs(config, abstract_state, rules, mesh))
     batch_sh = jax.sharding.NamedSharding(mesh, sharding.batch_spec(rules))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+    teacher_sh = () if teacher is None else (
+        sharding.shardings(mesh, sharding.param_specs(teacher.config, rules, mesh)),)
+    jitted = jax.jit(step, in_shardings=(state_sh, batch_sh) + teacher_sh, out_shardings=(state_sh, replicated),
                      donate_argnums=0)
 
-    def run(state, tokens):
+    def run(state, tokens, *teacher_params):
         with jax.set_mesh(mesh):
-            return jitted(state, tokens)
+            return jitted(state, tokens, *teacher_params)
     run.jitted = jitted
     return run
 
