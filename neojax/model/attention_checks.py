@@ -127,9 +127,12 @@ def check_decoding(name: str, prompt: int = 6) -> float:
     return worst
 
 
-def check_sharding(name: str) -> float:
+def check_sharding(name: str) -> float | str:
     """Logits and gradients of a model sharded over the devices present (heads split over `tensor`,
-    the batch over `data`) equal the single-device ones."""
+    the batch over `data`) equal the single-device ones. The test suite runs it on 8 (virtual)
+    devices; with one device there is nothing to compare."""
+    if jax.device_count() == 1:
+        return "skipped: one device (the test suite checks on 8)"
     config = check_config(name)
     params, tokens, apply = _setup(config, batch=4)
     n = jax.device_count()
