@@ -307,21 +307,25 @@ def _interactive(model, settings, seed) -> int:
     history: list[int] = []
     settings = {**settings, "truncate": True}
     print("neojax interactive generation: empty line or Ctrl-D to quit.", file=sys.stderr)
-    turn = 0
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
-            break
-        if not line.strip():
-            break
+    for turn, line in enumerate(_typed_lines("> ")):
         history += model.tokenizer.encode(line)
         out = generate(model.params, model.config, [history], model.tokenizer, seed=seed + turn,
                        on_text=_stream_to(sys.stdout), **settings)
         print()
         history = out.prompt_tokens[0] + out.tokens[0]
-        turn += 1
     return 0
+
+
+def _typed_lines(prompt: str):
+    """Lines typed at `prompt` until an empty line or end of input."""
+    while True:
+        try:
+            line = input(prompt)
+        except EOFError:
+            return
+        if not line.strip():
+            return
+        yield line
 
 
 def _chat(model, settings, seed, system: str = "") -> int:
@@ -330,21 +334,13 @@ def _chat(model, settings, seed, system: str = "") -> int:
     messages = [{"role": "system", "content": system}] if system else []
     settings = {**settings, "truncate": True, "stop_strings": list(settings["stop_strings"]) + [STOP]}
     print("neojax chat: empty line or Ctrl-D to quit.", file=sys.stderr)
-    turn = 0
-    while True:
-        try:
-            line = input("User: ")
-        except EOFError:
-            break
-        if not line.strip():
-            break
+    for turn, line in enumerate(_typed_lines("User: ")):
         messages.append({"role": "user", "content": line})
         sys.stdout.write("Assistant:")
         out = generate(model.params, model.config, render_prompt(messages), model.tokenizer, seed=seed + turn,
                        on_text=_stream_to(sys.stdout), **settings)
         print()
         messages.append({"role": "assistant", "content": out.texts[0].strip()})
-        turn += 1
     return 0
 
 

@@ -113,14 +113,18 @@ def read_state_dict(directory: str) -> dict[str, np.ndarray]:
                             "(or their sharded *.index.json forms)")
 
 
+def _tokenizer_or_none(directory: str):
+    try:
+        return Tokenizer.from_path(directory)
+    except FileNotFoundError:
+        return None
+
+
 def load_hf(directory: str, **config_overrides):
     """(config, params, tokenizer or None) from a Hugging Face GPT-Neo directory."""
     config = read_config(directory, **config_overrides)
     params = params_from_state_dict(read_state_dict(directory), config, source=directory)
-    try:
-        tokenizer = Tokenizer.from_path(directory)
-    except FileNotFoundError:
-        tokenizer = None
+    tokenizer = _tokenizer_or_none(directory)
     return config, params, tokenizer
 
 
@@ -154,10 +158,7 @@ def load_hf_classifier(directory: str, **config_overrides):
     with open(os.path.join(directory, "config.json")) as f:
         id2label = json.load(f).get("id2label") or {}
     labels = [id2label.get(str(i), f"LABEL_{i}") for i in range(score.shape[0])]
-    try:
-        tokenizer = Tokenizer.from_path(directory)
-    except FileNotFoundError:
-        tokenizer = None
+    tokenizer = _tokenizer_or_none(directory)
     return config, params, tokenizer, labels
 
 

@@ -107,8 +107,8 @@ def load_workdir(workdir: str, step=None):
             raise FileNotFoundError(f"{workdir} has no checkpoint yet (checkpoints/ is empty)")
         state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     params = state["params"]
-    if set(params) == {"base", "lora", "lora_scale"}:  # a LoRA run: the adapters merged into the base
-        from neojax.finetune.lora import merge
+    from neojax.finetune.lora import is_lora, merge
+    if is_lora(params):  # a LoRA run: the adapters merged into the base
         params = merge(params)
     params = jax.tree.map(np.asarray, params)
     check_params(params, config, f"{workdir} step {step}")

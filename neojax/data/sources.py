@@ -91,12 +91,13 @@ def _open_lines(path: str):
     return open(path, "rb")
 
 
-@registry.register("data_source", "jsonl")
-def jsonl(paths, text_field: str = "text", meta_filter: dict | None = None,
-          errors: ErrorPolicy = None) -> Iterator[str]:
-    """JSON lines, plain or zstandard-compressed. meta_filter={"pile_set_name": ["Github"]} keeps
-    records whose meta[key] is one of the values (a Pile subset)."""
-    errors = errors or ErrorPolicy()
+def _raise(message: str):
+    raise DataError(message)
+
+
+def json_lines(paths, errors=_raise) -> Iterator[tuple[str, object]]:
+    """("path:line", decoded value) for every non-blank line of .jsonl / .jsonl.zst files; a line that
+    is not UTF-8 JSON goes to `errors` (default: raise DataError)."""
     for path in expand_paths(paths):
         try:
             with _open_lines(path) as f:
@@ -108,16 +109,26 @@ def jsonl(paths, text_field: str = "text", meta_filter: dict | None = None,
                     except (UnicodeDecodeError, json.JSONDecodeError) as e:
                         errors(f"{path}:{lineno}: not a valid UTF-8 JSON line ({e.__class__.__name__})")
                         continue
-                    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                        errors(f"{path}:{lineno}: no string field {text_field!r} (set data.source_args.text_field)")
-                        continue
-                    if meta_filter and not all((record.get("meta") or {}).get(k) in v for k, v in meta_filter.items()):
-                        continue
-                    yield record[text_field]
+                    yield f"{path}:{lineno}", record
         except Exception as e:  # zstandard raises its own error type for corrupt frames
             if isinstance(e, DataError) or e.__class__.__name__ != "ZstdError":
                 raise
             raise DataError(f"{path} is not a valid zstandard file: {e}") from e
+
+
+@registry.register("data_source", "jsonl")
+def jsonl(paths, text_field: str = "text", meta_filter: dict | None = None,
+          errors: ErrorPolicy = None) -> Iterator[str]:
+    """JSON lines, plain or zstandard-compressed. meta_filter={"pile_set_name": ["Github"]} keeps
+    records whose meta[key] is one of the values (a Pile subset)."""
+    errors = errors or ErrorPolicy()
+    for where, record in json_lines(paths, errors):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            errors(f"{where}: no string field {text_field!r} (set data.source_args.text_field)")
+            continue
+        if meta_filter and not all((record.get("meta") or {}).get(k) in v for k, v in meta_filter.items()):
+            continue
+        yield record[text_field]
 
 
 @registry.register("data_source", "tfds")

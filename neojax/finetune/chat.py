@@ -14,12 +14,11 @@ or {"prompt": "...", "response": "..."}. GPT-Neo has no chat tokens, so the temp
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Sequence
 
 import numpy as np
 
-from neojax.data.sources import DataError, _open_lines, expand_paths
+from neojax.data.sources import DataError, json_lines
 from neojax.data.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -28,27 +27,19 @@ STOP = "\nUser:"  # where a generated answer ends if the model forgets the EOS
 
 def read_conversations(paths) -> list[list[dict]]:
     conversations = []
-    for path in expand_paths(paths):
-        with _open_lines(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not a JSON line ({e})") from e
-                if "prompt" in record and "response" in record:
-                    record = {"messages": [{"role": "user", "content": record["prompt"]},
-                                           {"role": "assistant", "content": record["response"]}]}
-                messages = record.get("messages")
-                if not isinstance(messages, list) or not messages or any(
-                        not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)
-                        for m in messages):
-                    raise DataError(f"{path}:{lineno}: expected {{\"messages\": [{{\"role\": one of {list(ROLES)}, "
-                                    "\"content\": str}, ...]} or {\"prompt\", \"response\"}")
-                if not any(m["role"] == "assistant" for m in messages):
-                    raise DataError(f"{path}:{lineno}: no assistant message: nothing to train on")
-                conversations.append(messages)
+    for where, record in json_lines(paths):
+        if isinstance(record, dict) and "prompt" in record and "response" in record:
+            record = {"messages": [{"role": "user", "content": record["prompt"]},
+                                   {"role": "assistant", "content": record["response"]}]}
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages or any(
+                not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)
+                for m in messages):
+            raise DataError(f"{where}: expected {{\"messages\": [{{\"role\": one of {list(ROLES)}, "
+                            "\"content\": str}, ...]} or {\"prompt\", \"response\"}")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise DataError(f"{where}: no assistant message: nothing to train on")
+        conversations.append(messages)
     if not conversations:
         raise DataError(f"{paths}: no conversations")
     return conversations

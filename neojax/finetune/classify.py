@@ -24,7 +24,7 @@ import optax
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf_classifier, save_hf_classifier
-from neojax.data.sources import DataError, _open_lines, expand_paths
+from neojax.data.sources import DataError, json_lines
 from neojax.data.tokenizer import Tokenizer
 from neojax.model.classifier import GPTNeoClassifier, init_classifier
 from neojax.model.config import preset
@@ -53,20 +53,12 @@ def read_examples(spec: str, text_field: str = "text", label_field: str = "label
             texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
             labels.append(example[label_field].item() if hasattr(example[label_field], "item") else example[label_field])
         return texts, labels
-    for path in expand_paths(spec):
-        with _open_lines(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not a JSON line ({e})") from e
-                if not isinstance(record.get(text_field), str) or label_field not in record:
-                    raise DataError(f"{path}:{lineno}: needs a string {text_field!r} and a {label_field!r} "
-                                    f"(set classify.text_field / classify.label_field); got keys {sorted(record)}")
-                texts.append(record[text_field])
-                labels.append(record[label_field])
+    for where, record in json_lines(spec):
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str) or label_field not in record:
+            raise DataError(f"{where}: needs a string {text_field!r} and a {label_field!r} (set classify.text_field / "
+                            f"classify.label_field); got {sorted(record) if isinstance(record, dict) else record!r}")
+        texts.append(record[text_field])
+        labels.append(record[label_field])
     if not texts:
         raise DataError(f"{spec}: no examples")
     return texts, labels

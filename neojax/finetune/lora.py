@@ -29,6 +29,11 @@ from neojax.checkpoint.io import atomic_directory
 from neojax.sharding import _path_name
 
 
+def _named(params) -> dict:
+    """{"h_0/attn/q_proj/kernel": leaf} for every leaf."""
+    return {_path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Lora:
     rank: int = 8
@@ -42,7 +47,7 @@ class Lora:
 
     def paths(self, params) -> list[str]:
         """Paths of the 2-D kernels the targets select; none selected is an error listing candidates."""
-        leaves = {_path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+        leaves = _named(params)
         chosen = [name for name, x in leaves.items()
                   if np.ndim(x) == 2 and any(re.search(t, name) for t in self.targets)]
         if not chosen:
@@ -52,7 +57,7 @@ class Lora:
 
     def init(self, params, rng) -> dict:
         """{path: {"a", "b"}} for every selected kernel. A ~ N(0, 1/in) as the paper's code, B = 0."""
-        leaves = {_path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+        leaves = _named(params)
         adapters = {}
         for i, name in enumerate(self.paths(params)):
             fan_in, fan_out = leaves[name].shape
@@ -80,7 +85,7 @@ def is_lora(params) -> bool:
 
 def adapter_bytes(params_shapes, lora: Lora) -> int:
     """float32 bytes of the adapters `lora` would add to params of these shapes (nothing allocated)."""
-    leaves = {_path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(params_shapes)}
+    leaves = _named(params_shapes)
     return sum(4 * lora.rank * (leaves[n].shape[0] + leaves[n].shape[1]) for n in lora.paths(params_shapes))
 
 
@@ -107,7 +112,7 @@ def load_adapters(directory: str, base) -> tuple[dict, Lora]:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     lora = Lora(int(meta["rank"]), float(meta["alpha"]), tuple(json.loads(meta["targets"])))
-    leaves = {_path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(base)}
+    leaves = _named(base)
     adapters: dict = {}
     for key, value in tensors.items():
         name, part = key.rsplit(".", 1)

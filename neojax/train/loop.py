@@ -75,7 +75,6 @@ def train(config, workdir: str) -> dict:
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
                               abstract_state=abstract, teacher=teacher)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
-    merged = jax.jit(model_params)  # LoRA adapters merged in for evaluation hooks
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)
 
@@ -122,7 +121,7 @@ def train(config, workdir: str) -> dict:
                           f"eta {_duration(eta)}", flush=True)
                 window_start, window_steps = time.perf_counter(), 0
             if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total):
-                params = merged(state.params)
+                params = model_params(state.params)  # LoRA adapters merged in; otherwise the params as they are
                 for hook in hook_fns:
                     writer.write(step, hook(params, step=step, **ctx))
                 window_start = time.perf_counter()  # tokens/s measures training only
