@@ -5,6 +5,8 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# float32 references mean float32 products: on GPUs JAX would otherwise use TF32 matmuls (~1e-3).
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 # One compilation cache for the session and the command lines it starts: restarted runs
 # (resume, SIGKILL, CLI tests) reuse compiled programs instead of recompiling them.
 import tempfile  # noqa: E402

@@ -159,9 +159,10 @@ def cached_attention(q, k, v, cache, slot, window: Optional[int], bias=None):
 
 def _fused(q, key_mask, config) -> bool:
     """cuDNN's fused (flash) attention serves unpadded bfloat16 attention without dropout on GPUs:
-    no [T, T] scores in memory, masked blocks skipped. Same maths (float32 softmax, no scaling)."""
+    no [T, T] scores in memory, masked blocks skipped. Same maths (float32 softmax, no scaling).
+    cuDNN takes head sizes that are multiples of 8 up to 128; others use the blocked kernels."""
     return (key_mask is None and q.dtype == jnp.bfloat16 and config.attention_dropout == 0
-            and jax.default_backend() == "gpu")
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 and jax.default_backend() == "gpu")
 
 
 def _fused_attention(q, k, v, window: Optional[int]):
