@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from neojax.model.config import GPTNeoConfig
-from neojax.model.decode import decode_step, prefill
+from neojax.model.decode import decode_step, prefill, transposed_kernels
 from neojax.model.gpt_neo import check_tokens
 
 NEW_TOKEN_BUCKET = 32
@@ -71,8 +71,8 @@ def _host_step(tokens, step, done):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "cache_length", "max_new", "greedy", "penalty", "host"))
-def _generate_program(params, tokens, mask, rng, temperature, top_k, top_p, repetition_penalty, stop_tokens,
-                      n_new, *, config: GPTNeoConfig, cache_length: int, max_new: int, greedy: bool,
+def _generate_program(params, transposed, tokens, mask, rng, temperature, top_k, top_p, repetition_penalty,
+                      stop_tokens, n_new, *, config: GPTNeoConfig, cache_length: int, max_new: int, greedy: bool,
                       penalty: bool, host: bool):
     batch, prompt_len = tokens.shape
     logits, cache, position = prefill(params, config, tokens, mask, cache_length)
@@ -106,12 +106,28 @@ def _generate_program(params, tokens, mask, rng, temperature, top_k, top_p, repe
         if penalty:
             seen = seen.at[jnp.arange(batch), token].set(True)
         position = position + 1
-        logits, cache = decode_step(params, config, cache, token, position, prompt_len + i)
+        logits, cache = decode_step(params, config, cache, token, position, prompt_len + i, transposed)
         return i + 1, logits, cache, position, rng, seen, out, lengths, done
 
     carry = (jnp.int32(0), logits, cache, position, rng, seen, out, lengths, done)
     carry = jax.lax.while_loop(cond, body, carry)
     return carry[6], carry[7]
+
+
+_TRANSPOSED: dict = {}  # the last params' leaves (kept alive, so their ids stay theirs) -> their copies
+
+
+def _transposed_for(params):
+    """transposed_kernels(params), reused while the same arrays are passed (interactive sessions,
+    repeated calls): the copy costs about 0.2 s for 125M on a CPU."""
+    leaves = jax.tree.leaves(params)
+    if [id(x) for x in _TRANSPOSED.get("leaves", ())] != [id(x) for x in leaves]:
+        _TRANSPOSED.clear()  # free the previous copy first
+        _TRANSPOSED.update(leaves=leaves, value=_transposed_kernels(params))
+    return _TRANSPOSED["value"]
+
+
+_transposed_kernels = jax.jit(transposed_kernels)
 
 
 def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
@@ -177,8 +193,10 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
         watcher = _TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
         _HOST_HANDLER.append(watcher)
     try:
+        # CPUs: decode steps multiply by [out, in] weight copies, made once per call (twice as fast).
+        transposed = _transposed_for(params) if jax.default_backend() == "cpu" else None
         out, lengths = _generate_program(
-            params, jnp.asarray(tokens), jnp.asarray(mask), rng if rng is not None else jax.random.key(seed),
+            params, transposed, jnp.asarray(tokens), jnp.asarray(mask), rng if rng is not None else jax.random.key(seed),
             jnp.float32(temperature or 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.float32(repetition_penalty),
             jnp.asarray(stop_array), jnp.int32(max_new_tokens), config=config, cache_length=prompt_len + max_new,
             max_new=max_new, greedy=temperature == 0, penalty=repetition_penalty != 1.0, host=host)

@@ -11,7 +11,7 @@ from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf
 from neojax.generate import _generate_program, apply_repetition_penalty, filter_logits, generate
 from neojax.model import GPTNeo, position_ids_from_mask
-from neojax.model.decode import decode_step, prefill
+from neojax.model.decode import decode_step, prefill, transposed_kernels
 
 
 def test_greedy_matches_transformers_generate_batched(hf_dirs):
@@ -30,9 +30,11 @@ def test_greedy_matches_transformers_generate_batched(hf_dirs):
     assert ours.tokens == ref[:, width:].tolist()
 
 
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("shape,prompt_len,steps", [("default_window", 250, 14), ("window7_inner40", 4, 30)])
-def test_cached_decoding_equals_full_forward_at_every_step(hf_dirs, shape, prompt_len, steps):
-    """Teacher-forced decode across the local window boundary, with a left-padded row."""
+def test_cached_decoding_equals_full_forward_at_every_step(hf_dirs, shape, prompt_len, steps, transposed):
+    """Teacher-forced decode across the local window boundary, with a left-padded row; with the
+    [out, in] weight copies that generate uses on CPUs, and without."""
     directory, _, _ = hf_dirs[shape]
     config, params, _ = load_hf(directory)
     rng = np.random.default_rng(0)
@@ -49,10 +51,11 @@ def test_cached_decoding_equals_full_forward_at_every_step(hf_dirs, shape, promp
     logits, cache, position = jax.jit(prefill, static_argnums=(1, 4))(params, config, tokens[:, :P], mask[:, :P],
                                                                        P + steps)
     step = jax.jit(decode_step, static_argnums=1)
+    weights_t = transposed_kernels(params) if transposed else None
     worst = float(jnp.abs(logits - full[:, P - 1]).max())
     for i in range(steps - 1):
         position = position + 1
-        logits, cache = step(params, config, cache, jnp.asarray(tokens[:, P + i]), position, P + i)
+        logits, cache = step(params, config, cache, jnp.asarray(tokens[:, P + i]), position, P + i, weights_t)
         worst = max(worst, float(jnp.abs(logits - full[:, P + i]).max()))
     print(f"{shape}: max |cached - full| over {steps} steps = {worst:.3g}")
     assert worst < 1e-4

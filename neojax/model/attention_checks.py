@@ -20,7 +20,7 @@ import numpy as np
 
 from neojax import registry, sharding
 from neojax.model.config import GPTNeoConfig
-from neojax.model.decode import decode_step, prefill
+from neojax.model.decode import decode_step, prefill, transposed_kernels
 from neojax.model.gpt_neo import GPTNeo, init_params
 
 SEQ = 24  # > window and several blocks of each blocked kernel
@@ -108,7 +108,7 @@ def check_window(name: str) -> int | None:
 
 def check_decoding(name: str, prompt: int = 6) -> float:
     """Prefill + one-token decode steps (across the window) give the full forward's logits,
-    with one row left padded."""
+    with one row left padded; the steps use the [out, in] weight copies generate uses on CPUs."""
     config = check_config(name)
     params, tokens, apply = _setup(config)
     mask = np.ones_like(tokens)
@@ -118,10 +118,11 @@ def check_decoding(name: str, prompt: int = 6) -> float:
     logits, cache, position = jax.jit(prefill, static_argnums=(1, 4))(params, config, tokens[:, :prompt],
                                                                        mask[:, :prompt], SEQ)
     step = jax.jit(decode_step, static_argnums=1)
+    weights_t = transposed_kernels(params)
     worst = float(np.abs(np.asarray(logits) - full[:, prompt - 1]).max())
     for slot in range(prompt, SEQ):
         position = position + 1
-        logits, cache = step(params, config, cache, jnp.asarray(tokens[:, slot]), position, slot)
+        logits, cache = step(params, config, cache, jnp.asarray(tokens[:, slot]), position, slot, weights_t)
         worst = max(worst, float(np.abs(np.asarray(logits) - full[:, slot]).max()))
     assert worst < 1e-4, f"{name}: cached decoding differs from the full forward by {worst:.3g}"
     return worst

@@ -31,8 +31,30 @@ def _init(std, axes):
     return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
 
+def _rows_times(weight_t, x):
+    """x @ weight_t.T for a few rows (decoding) with the [out, in] weight as the left operand and a
+    feature-major result: XLA's CPU matmuls run about twice as fast so at 16 rows. The barrier keeps
+    the transpose back a separate, small copy instead of a change of the product's layout."""
+    y = jnp.einsum("nk,mk->nm", weight_t, x.reshape(-1, x.shape[-1]), preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(y).T.reshape(*x.shape[:-1], -1)
+
+
+class Dense(nn.Dense):
+    """nn.Dense that multiplies by an [out, in] copy of its kernel when the "transposed"
+    collection holds one (decode steps; see neojax.model.decode.transposed_kernels)."""
+
+    @nn.compact
+    def __call__(self, x):
+        if not self.has_variable("transposed", "kernel"):
+            return super().__call__(x)
+        y = _rows_times(self.get_variable("transposed", "kernel").astype(self.dtype), x.astype(self.dtype))
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return y.astype(self.dtype)
+
+
 def _dense(config, features, axes, name, use_bias=True, std=None):
-    return nn.Dense(
+    return Dense(
         features, use_bias=use_bias, name=name, dtype=jnp.dtype(config.dtype), param_dtype=jnp.float32,
         kernel_init=_init(config.initializer_range if std is None else std, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
@@ -59,8 +81,11 @@ class SelfAttention(nn.Module):
         cfg = self.config
         b, t, _ = x.shape
         split = lambda y: y.reshape(b, t, cfg.num_heads, cfg.head_dim)
-        q, k, v = (split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), f"{n}_proj", use_bias=False)(x))
-                   for n in "qkv")
+        if self.has_variable("transposed", "qkv"):  # decoding on a CPU: one product for q, k and v
+            q, k, v = map(split, jnp.split(_rows_times(self.get_variable("transposed", "qkv").astype(x.dtype), x), 3, -1))
+        else:
+            q, k, v = (split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), f"{n}_proj", use_bias=False)(x))
+                       for n in "qkv")
         drop = nn.Dropout(cfg.attention_dropout)
         variant = registry.get("attention", self.attention_type)
         if variant.qk is not None:
@@ -145,7 +170,8 @@ class GPTNeo(nn.Module):
     """GPT-Neo decoder with the output head tied to the token embedding.
 
     `model.apply(v, tokens)` returns logits. For generation (see neojax.model.decode):
-    `cache_length=S` (prefill) or `cache=..., slot=t` (one decode step) return (logits, cache),
+    `cache_length=S` (prefill: logits of the last position only) or `cache=..., slot=t` (one
+    decode step) return (logits, cache),
     the cache a list with one {k, v, valid} dict per layer. `return_hidden=True` returns the
     final (layer-normed) hidden states instead of logits."""
     config: GPTNeoConfig
@@ -196,8 +222,13 @@ class GPTNeo(nn.Module):
         x = _layer_norm(cfg, "ln_f")(x)
         if return_hidden:  # final hidden states [batch, time, embed], for heads other than the LM's
             return x
+        if cache_length is not None:  # prefill: only the next token's logits are needed
+            x = x[:, -1:]
         # Tied head; logits (and so the loss) in float32 whatever the compute dtype.
-        logits = jnp.einsum("btd,vd->btv", x, wte.astype(dtype), preferred_element_type=jnp.float32)
+        if self.has_variable("transposed", "wte"):  # decoding on a CPU: see _rows_times
+            logits = _rows_times(self.get_variable("transposed", "wte").astype(dtype), x)
+        else:
+            logits = jnp.einsum("btd,vd->btv", x, wte.astype(dtype), preferred_element_type=jnp.float32)
         return (logits, new_cache) if decoding else logits
 
 
