@@ -15,7 +15,9 @@ import logging
 import os
 import re
 import sysconfig
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
 
 from neojax import registry
 
@@ -131,23 +133,45 @@ def jsonl(paths, text_field: str = "text", meta_filter: dict | None = None,
         yield record[text_field]
 
 
-@registry.register("data_source", "tfds")
-def tfds_source(name: str, split: str = "train", feature: str = "text", data_dir: str | None = None,
-                errors: ErrorPolicy = None) -> Iterator[str]:
-    """A TFDS dataset prepared in data_dir (download=False: nothing is fetched at run time)."""
+def _python(value):
+    """A TFDS numpy value as plain Python: bytes -> str (UTF-8), arrays -> lists, scalars -> int/float."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _python(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray) and value.ndim:
+        return [_python(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
+
+
+def _tfds_numpy(name: str, split: str, data_dir: str | None, features: Iterable[str]) -> Iterator[dict]:
     import tensorflow_datasets as tfds
     try:
         ds = tfds.load(name, split=split, data_dir=data_dir, download=False, shuffle_files=False)
     except Exception as e:
         raise DataError(f"cannot load TFDS dataset {name!r} split {split!r} from data_dir={data_dir!r}: {e}. "
-                        "Prepare it there first (tfds build) — neojax never downloads") from e
-    errors = errors or ErrorPolicy()
+                        "Prepare it there first (tfds build); neojax never downloads") from e
     for example in tfds.as_numpy(ds):
-        if feature not in example:
-            raise DataError(f"TFDS {name} has no feature {feature!r}; features: {sorted(example)}")
-        value = example[feature]
+        missing = set(features) - set(example)
+        if missing:
+            raise DataError(f"TFDS {name} has no feature(s) {sorted(missing)}; features: {sorted(example)}")
+        yield example
+
+
+def tfds_records(name: str, split: str, data_dir: str | None = None, features: Iterable[str] = ()) -> Iterator[dict]:
+    """The examples of a TFDS dataset already prepared in data_dir, as plain Python dicts.
+    download=False: nothing is fetched at run time. `features` must all be present."""
+    return map(_python, _tfds_numpy(name, split, data_dir, features))
+
+
+@registry.register("data_source", "tfds")
+def tfds_source(name: str, split: str = "train", feature: str = "text", data_dir: str | None = None,
+                errors: ErrorPolicy = None) -> Iterator[str]:
+    """A TFDS dataset prepared in data_dir (download=False: nothing is fetched at run time)."""
+    errors = errors or ErrorPolicy()
+    for example in _tfds_numpy(name, split, data_dir, [feature]):
         try:
-            yield value.decode("utf-8") if isinstance(value, bytes) else str(value)
+            yield _python(example[feature])
         except UnicodeDecodeError:
             errors(f"TFDS {name}: an example's {feature!r} is not valid UTF-8")
 

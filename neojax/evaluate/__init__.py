@@ -28,23 +28,25 @@ PUBLISHED = {
 }
 COLUMNS = ["Pile BPB", "Pile PPL", "Wikitext PPL", "Lambada PPL", "Lambada Acc", "Winogrande", "Hellaswag",
            "MathQA", "PubMedQA", "PIQA"]
-# column -> (task, metric); MathQA and PubMedQA are not implemented, so those columns stay missing.
+# column -> (task, metric)
 SOURCES = {"Pile BPB": ("pile", "bits_per_byte"), "Pile PPL": ("pile", "perplexity"),
            "Wikitext PPL": ("wikitext", "word_perplexity"), "Lambada PPL": ("lambada_openai", "perplexity"),
            "Lambada Acc": ("lambada_openai", "acc"), "Winogrande": ("winogrande", "acc"),
-           "Hellaswag": ("hellaswag", "acc"), "PIQA": ("piqa", "acc")}
+           "Hellaswag": ("hellaswag", "acc"), "MathQA": ("mathqa", "acc"), "PubMedQA": ("pubmedqa", "acc"),
+           "PIQA": ("piqa", "acc")}
 PERCENT = {"Lambada Acc", "Winogrande", "Hellaswag", "MathQA", "PubMedQA", "PIQA"}
 
 
 def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str, num_fewshot: int = 0,
-             limit: int = 0, batch_size: int = 8, max_len: Optional[int] = None) -> dict:
+             limit: int = 0, batch_size: int = 8, max_len: Optional[int] = None,
+             tfds_data_dir: Optional[str] = None) -> dict:
     """task -> metric -> value, plus n (examples), seconds and tokens scored per task."""
     out = {}
     for name in task_names:
         fn = registry.get("task", name)
-        docs = load_docs(data_dir, name)
+        docs = load_docs(data_dir, name, tfds_data_dir=tfds_data_dir)
         docs = docs[:limit] if limit else docs
-        train_docs = load_docs(data_dir, name, "train") if num_fewshot else []
+        train_docs = load_docs(data_dir, name, "train", tfds_data_dir) if num_fewshot else []
         scorer = Scorer(params, config, tokenizer, batch_size, max_len)
         start = time.perf_counter()
         metrics = fn(scorer, docs, train_docs, num_fewshot)

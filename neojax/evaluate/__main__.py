@@ -5,7 +5,8 @@ python -m neojax.evaluate --paper_table --checkpoint A --checkpoint B --data_dir
 
 PATH is a Hugging Face directory, a neojax directory or a training workdir. Task files are
 <task>.jsonl (and <task>.train.jsonl for few-shot) in data_dir; `pile.jsonl(.zst)` there feeds
-the Pile BPB/PPL columns of the paper table.
+the Pile BPB/PPL columns of the paper table. piqa, winogrande and mathqa can instead read TFDS
+datasets already prepared in --tfds_data_dir (never downloaded).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import sys
 from neojax import __version__, checkpoint, registry
 from neojax import evaluate as ev
 from neojax.data import sources
+from neojax.evaluate.tasks import available
 
 
 def _texts(args) -> list[str]:
@@ -32,6 +34,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", action="append", required=True)
     parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(registry.names('task'))}")
     parser.add_argument("--data_dir", default=".")
+    parser.add_argument("--tfds_data_dir", help="prepared TFDS datasets, for tasks without a jsonl in data_dir")
     parser.add_argument("--num_fewshot", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=8)
@@ -67,11 +70,11 @@ def _run(args) -> dict:
             raise ValueError(f"{path} has no tokenizer; add tokenizer.json (or vocab.json + merges.txt)")
         max_len = args.max_len or None
         if args.paper_table:
-            names = task_names or [t for t in registry.names("task") if os.path.exists(os.path.join(args.data_dir, f"{t}.jsonl"))]
+            names = task_names or [t for t in registry.names("task") if available(t, args.data_dir, args.tfds_data_dir)]
         else:
             names = task_names
         results = ev.evaluate(model.params, model.config, model.tokenizer, names, args.data_dir, args.num_fewshot,
-                              args.limit, args.batch_size, max_len)
+                              args.limit, args.batch_size, max_len, args.tfds_data_dir)
         pile = [p for p in (os.path.join(args.data_dir, "pile.jsonl"), os.path.join(args.data_dir, "pile.jsonl.zst"))
                 if os.path.exists(p)]
         texts = _texts(args) if (args.text_files or args.jsonl) else (

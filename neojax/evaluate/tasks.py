@@ -1,7 +1,8 @@
 """The GPT-Neo table's tasks with the harness's exact definitions, registered (kind "task").
 
 Data are local files in data_dir: `<task>.jsonl` (the evaluated split) and `<task>.train.jsonl`
-(few-shot examples), in the public releases' field names. Nothing is downloaded.
+(few-shot examples), in the public releases' field names; or, for the tasks in TFDS below, a
+TFDS dataset already prepared in tfds_data_dir. Nothing is downloaded.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from neojax import registry
+from neojax.data.sources import tfds_records
 
 FORMATS = {
     "lambada_openai": '{"text": ...}',
@@ -22,15 +24,46 @@ FORMATS = {
     "hellaswag": '{"activity_label", "ctx_a", "ctx_b", "endings": [4], "label"}',
     "piqa": '{"goal", "sol1", "sol2", "label"}',
     "winogrande": '{"sentence" with "_", "option1", "option2", "answer": "1"|"2"}',
+    "mathqa": '{"Problem", "options": "a ) ... , b ) ... , e ) ...", "correct": "a".."e"} (MathQA test split)',
+    "pubmedqa": '{"question", "context": {"contexts": [...]}, "final_decision": "yes"|"no"|"maybe"} (pqa_labeled)',
+}
+# Tasks whose TFDS datasets hold the same records: TFDS name, split per role ("" evaluated,
+# "train" few-shot), and the record in the release's field names.
+TFDS = {
+    "piqa": ("piqa", {"": "validation", "train": "train"},
+             lambda r: {k: r[k] for k in ("goal", "sol1", "sol2", "label")}),
+    "winogrande": ("winogrande", {"": "validation", "train": "train_xl"},  # label 0/1 is answer "1"/"2"
+                   lambda r: {**{k: r[k] for k in ("sentence", "option1", "option2")}, "answer": str(r["label"] + 1)}),
+    "mathqa": ("math_qa", {"": "test", "train": "train"},
+               lambda r: {k: r[k] for k in ("Problem", "options", "correct")}),
+}
+NOT_IN_TFDS = {  # why these tasks cannot read TFDS's datasets of the same name
+    "hellaswag": "TFDS's hellaswag keeps only the joined `context`; the harness capitalises ctx_b on its own",
+    "lambada_openai": "TFDS's lambada is the original LAMBADA text, not OpenAI's detokenised test set",
 }
 FEWSHOT_SEED = 1234
 
 
-def load_docs(data_dir: str, task: str, split: str = "") -> list[dict]:
-    name = f"{task}{'.' + split if split else ''}.jsonl"
-    path = os.path.join(data_dir, name)
+def _jsonl_path(data_dir: str, task: str, split: str) -> str:
+    return os.path.join(data_dir, f"{task}{'.' + split if split else ''}.jsonl")
+
+
+def available(task: str, data_dir: str, tfds_data_dir: Optional[str] = None) -> bool:
+    """Whether the task's evaluated split is in data_dir (jsonl) or prepared in tfds_data_dir."""
+    return os.path.exists(_jsonl_path(data_dir, task, "")) or bool(
+        tfds_data_dir and task in TFDS and os.path.isdir(os.path.join(tfds_data_dir, TFDS[task][0])))
+
+
+def load_docs(data_dir: str, task: str, split: str = "", tfds_data_dir: Optional[str] = None) -> list[dict]:
+    """The task's records: data_dir/<task>[.split].jsonl, else (given tfds_data_dir) TFDS."""
+    path = _jsonl_path(data_dir, task, split)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{task}: expected {path}, one JSON object per line: {FORMATS.get(task, '')}")
+        if tfds_data_dir and task in TFDS:
+            name, splits, record = TFDS[task]
+            return [record(r) for r in tfds_records(name, splits[split], tfds_data_dir)]
+        hint = (f", or pass --tfds_data_dir where TFDS {TFDS[task][0]!r} is prepared" if task in TFDS else
+                f" ({NOT_IN_TFDS[task]})" if task in NOT_IN_TFDS else "")
+        raise FileNotFoundError(f"{task}: expected {path}, one JSON object per line: {FORMATS.get(task, '')}{hint}")
     with open(path) as f:
         try:
             return [json.loads(line) for line in f if line.strip()]
@@ -169,6 +202,41 @@ def winogrande(scorer, docs, train_docs, num_fewshot=0):
     acc = [float(np.argmax(lls[2 * i:2 * i + 2]) == int(d["answer"]) - 1) for i, d in enumerate(docs)]
     a, se = mean_stderr(acc)
     return {"acc": a, "acc_stderr": se}
+
+
+def mathqa_choices(options: str) -> list[str]:
+    """"a ) 38 , b ) 27.675 , ... e ) none" -> ["38", "27.675", ..., "none"] (the harness's regex)."""
+    return [c[4:].rstrip(" ,") for c in re.findall(r"[abcd] \) .*?, |e \) .*?$", options)]
+
+
+@registry.register("task", "mathqa")
+def mathqa(scorer, docs, train_docs, num_fewshot=0):
+    rnd = random.Random(FEWSHOT_SEED)
+    query = lambda d: f"Question: {d['Problem']}\nAnswer:"
+    gold = lambda d: "abcde".index(d["correct"])
+    render = lambda d: query(d) + " " + mathqa_choices(d["options"])[gold(d)]
+    contexts = [fewshot_prefix(train_docs, num_fewshot, rnd, render, d) + query(d) for d in docs]
+    return _multiple_choice(scorer, contexts, [mathqa_choices(d["options"]) for d in docs], [gold(d) for d in docs])
+
+
+PUBMEDQA_CHOICES = ["yes", "no", "maybe"]
+
+
+def pubmedqa_query(doc) -> str:
+    """The abstract's sections, one per line, then the question (HF layout or the original's keys)."""
+    contexts = doc["context"]["contexts"] if "context" in doc else doc["CONTEXTS"]
+    return "Abstract: {}\nQuestion: {}\nAnswer:".format("\n".join(contexts), doc.get("question", doc.get("QUESTION")))
+
+
+@registry.register("task", "pubmedqa")
+def pubmedqa(scorer, docs, train_docs, num_fewshot=0):
+    """acc over " yes" / " no" / " maybe" (the harness reports no acc_norm here)."""
+    rnd = random.Random(FEWSHOT_SEED)
+    render = lambda d: pubmedqa_query(d) + " " + d["final_decision"]
+    contexts = [fewshot_prefix(train_docs, num_fewshot, rnd, render, d) + pubmedqa_query(d) for d in docs]
+    metrics = _multiple_choice(scorer, contexts, [PUBMEDQA_CHOICES] * len(docs),
+                               [PUBMEDQA_CHOICES.index(d["final_decision"]) for d in docs])
+    return {"acc": metrics["acc"], "acc_stderr": metrics["acc_stderr"]}
 
 
 def perplexity_of_texts(scorer, texts: list[str], stride: Optional[int] = None) -> dict:

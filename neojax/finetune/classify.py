@@ -24,7 +24,7 @@ import optax
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf_classifier, save_hf_classifier
-from neojax.data.sources import DataError, json_lines
+from neojax.data.sources import DataError, json_lines, tfds_records
 from neojax.data.tokenizer import Tokenizer
 from neojax.model.classifier import GPTNeoClassifier, init_classifier
 from neojax.model.config import preset
@@ -38,20 +38,9 @@ def read_examples(spec: str, text_field: str = "text", label_field: str = "label
     """(texts, raw labels) from jsonl files (a path or glob) or "tfds:NAME"."""
     texts, labels = [], []
     if spec.startswith("tfds:"):
-        import tensorflow_datasets as tfds
-        name = spec[len("tfds:"):]
-        try:
-            ds = tfds.load(name, split=split, data_dir=data_dir, download=False, shuffle_files=False)
-        except Exception as e:
-            raise DataError(f"cannot load TFDS dataset {name!r} split {split!r} (data_dir={data_dir!r}): {e}. "
-                            "Prepare it first (tfds build); neojax never downloads") from e
-        for example in tfds.as_numpy(ds):
-            missing = {text_field, label_field} - set(example)
-            if missing:
-                raise DataError(f"TFDS {name} has no feature(s) {sorted(missing)}; features: {sorted(example)}")
-            text = example[text_field]
-            texts.append(text.decode("utf-8") if isinstance(text, bytes) else str(text))
-            labels.append(example[label_field].item() if hasattr(example[label_field], "item") else example[label_field])
+        for example in tfds_records(spec[len("tfds:"):], split, data_dir, [text_field, label_field]):
+            texts.append(example[text_field])
+            labels.append(example[label_field])
         return texts, labels
     for where, record in json_lines(spec):
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str) or label_field not in record:

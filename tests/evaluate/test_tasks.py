@@ -167,6 +167,48 @@ def test_winogrande_partial_scoring_and_fewshot(model, tmp_path):
     assert few[0]["acc"] == few[1]["acc"] and few[0]["num_fewshot"] == 2  # seeded: reproducible
 
 
+def test_mathqa_and_pubmedqa(model, tmp_path):
+    m, torch_model = model
+    mathqa = [{"Problem": s, "options": "a ) 38 , b ) 27.675 , c ) 30 , d ) data inadequate , e ) none of these",
+               "correct": "abcde"[i]} for i, s in enumerate(SENTENCES)]
+    choices = ["38", "27.675", "30", "data inadequate", "none of these"]  # the options, split by hand
+    abstract = {"contexts": ["We trained a model.", "It generates text."], "labels": ["A", "B"]}
+    pubmed = [{"question": s + "?", "context": abstract, "final_decision": ["yes", "no", "maybe"][i % 3]}
+              for i, s in enumerate(SENTENCES)]
+    pubmed[3] = {"QUESTION": "Does it work?", "CONTEXTS": abstract["contexts"], "final_decision": "maybe"}  # original keys
+    _write(tmp_path, "mathqa", mathqa)
+    _write(tmp_path, "pubmedqa", pubmed)
+    r = ev.evaluate(m.params, m.config, m.tokenizer, ["mathqa", "pubmedqa"], str(tmp_path), batch_size=3)
+    acc, norm = _mc_reference(torch_model, m.tokenizer, [f"Question: {d['Problem']}\nAnswer:" for d in mathqa],
+                              [choices] * 4, [0, 1, 2, 3])
+    assert (r["mathqa"]["acc"], r["mathqa"]["acc_norm"]) == (pytest.approx(acc), pytest.approx(norm))
+    questions = [d["question"] for d in pubmed[:3]] + ["Does it work?"]
+    contexts = ["Abstract: We trained a model.\nIt generates text.\nQuestion: " + q + "\nAnswer:" for q in questions]
+    acc, _ = _mc_reference(torch_model, m.tokenizer, contexts, [["yes", "no", "maybe"]] * 4, [0, 1, 2, 2])
+    assert r["pubmedqa"]["acc"] == pytest.approx(acc) and "acc_norm" not in r["pubmedqa"]
+
+
+def test_tfds_task_data_without_download(model, tmp_path):
+    """piqa, winogrande and mathqa read prepared TFDS datasets in the release's field names."""
+    import tensorflow_datasets as tfds
+    from neojax.evaluate.tasks import available, load_docs
+    m, _ = model
+    for name in ("piqa", "winogrande", "math_qa"):
+        (tmp_path / name).mkdir()  # where `tfds build` would have put them
+    assert available("piqa", str(tmp_path / "none"), str(tmp_path)) and not available("hellaswag", ".", str(tmp_path))
+    with tfds.testing.mock_data(num_examples=6):
+        piqa = load_docs(str(tmp_path / "none"), "piqa", tfds_data_dir=str(tmp_path))
+        wino = load_docs(str(tmp_path / "none"), "winogrande", "train", str(tmp_path))
+        mathqa = load_docs(str(tmp_path / "none"), "mathqa", tfds_data_dir=str(tmp_path))
+        r = ev.evaluate(m.params, m.config, m.tokenizer, ["piqa"], str(tmp_path / "none"), tfds_data_dir=str(tmp_path))
+    assert len(piqa) == 6 and all(isinstance(d["goal"], str) and d["label"] in (0, 1) for d in piqa)
+    assert set(wino[0]) == {"sentence", "option1", "option2", "answer"} and {d["answer"] for d in wino} <= {"1", "2"}
+    assert set(mathqa[0]) == {"Problem", "options", "correct"} and isinstance(mathqa[0]["options"], str)
+    assert r["piqa"]["n"] == 6 and 0 <= r["piqa"]["acc"] <= 1  # (mock sentences have no "_" to score winogrande)
+    with pytest.raises(FileNotFoundError, match="capitalises ctx_b"):
+        load_docs(str(tmp_path), "hellaswag", tfds_data_dir=str(tmp_path))
+
+
 def test_missing_task_file_names_path_and_format(model, tmp_path):
     m, _ = model
     with pytest.raises(FileNotFoundError, match=r"hellaswag.jsonl.*activity_label"):
