@@ -89,7 +89,8 @@ def _run(args) -> dict:
         results_all[path] = results
         rows[path] = (ev.published_row(model.config), results)
     meta = {"neojax_version": __version__, "data_dir": os.path.abspath(args.data_dir),
-            "data_files": sorted(glob.glob(os.path.join(args.data_dir, "*.jsonl*"))), "num_fewshot": args.num_fewshot}
+            "data_files": sorted(glob.glob(os.path.join(args.data_dir, "*.jsonl*"))), "num_fewshot": args.num_fewshot,
+            "tfds_data_dir": args.tfds_data_dir and os.path.abspath(args.tfds_data_dir)}
     if args.paper_table:
         table = ev.paper_table(rows)
         print(ev.format_table(table))
