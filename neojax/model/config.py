@@ -52,7 +52,7 @@ class GPTNeoConfig:
     dtype: str = "float32"  # activation / matmul dtype; params are always float32
     remat: str = "none"  # rematerialisation of each block: none | full | dots
     local_block_size: int = 128  # query block of the O(T x window) local attention
-    global_block_size: int = 512  # query block of causal global attention (skips masked blocks); 0: dense
+    global_block_size: int = 256  # query block of causal global attention (skips masked blocks); 0: dense
 
     def __post_init__(self):
         expand_attention_types(self.attention_types, self.num_layers)
