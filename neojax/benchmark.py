@@ -1,10 +1,11 @@
-"""python -m neojax.benchmark [--only peak,train,memory,local,decode,data] [--output bench.json]
+"""python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,data] [--output bench.json]
 
 Measures, on whatever devices are present, side by side with transformers (torch, CPU) where that
 applies: the matmul peak, training tokens/s and MFU at T=2048, the compiled peak memory of a
 training step with and without rematerialisation, the forward time of a local-only stack at
-T=512..4096 (linear in T), greedy decode tokens/s at batch 1 and 16 with time to first token, and
-the data pipeline. Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the tests.
+T=512..4096 (linear in T), greedy decode tokens/s at batch 1 and 16 with time to first token,
+harness evaluation rates (lambada examples/s, wikitext tokens/s) and the data pipeline.
+Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the tests.
 
 On an accelerator: python -m neojax.benchmark --dtype bfloat16 --presets gpt-neo-125M,gpt-neo-1.3B
   --train_batch 16 --remat dots --no_torch
@@ -165,9 +166,37 @@ def bench_tokenize(tokenizer, texts):
     return n / (time.perf_counter() - start)
 
 
+def bench_eval(config, params, lambada_docs=64, wiki_pages=2, batch_size=8):
+    """Harness requests on synthetic text with a byte-level BPE trained here: lambada_openai
+    examples/s (about 75 words each, as the real set) and wikitext tokens/s (rolling windows over
+    about 4,000-token pages); the second, warm run of each. Also the tokenizer's encode rate."""
+    from tokenizers import ByteLevelBPETokenizer
+    from neojax.data.tokenizer import Tokenizer
+    from neojax.evaluate import evaluate
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("etaoinshrdlucmfwyp"), rng.integers(2, 9))) for _ in range(3000)]
+    text = lambda n: " ".join(rng.choice(words, n)) + "."
+    lambada = [{"text": text(75)} for _ in range(lambada_docs)]
+    pages = [{"page": "\n".join(text(100) for _ in range(40))} for _ in range(wiki_pages)]
+    with tempfile.TemporaryDirectory() as d:
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([r["text"] for r in lambada] + [p["page"] for p in pages],
+                                vocab_size=min(8192, config.vocab_size), special_tokens=["<|endoftext|>"])
+        bpe.save_model(d)
+        tokenizer = Tokenizer.from_path(d)
+        for name, rows in (("lambada_openai", lambada), ("wikitext", pages)):
+            with open(os.path.join(d, f"{name}.jsonl"), "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
+        run = lambda task: evaluate(params, config, tokenizer, [task], d, batch_size=batch_size)[task]
+        run("lambada_openai"), run("wikitext")  # compiles every padded shape
+        lam, wiki = run("lambada_openai"), run("wikitext")
+        return {"lambada": lam["n"] / lam["seconds"], "wikitext": wiki["tokens_scored"] / wiki["seconds"],
+                "tokenizer": bench_tokenize(tokenizer, [p["page"] for p in pages] * 20)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m neojax.benchmark", description=__doc__)
-    parser.add_argument("--only", default="peak,train,memory,local,decode,data", help="comma-separated sections")
+    parser.add_argument("--only", default="peak,train,memory,local,decode,eval,data", help="comma-separated sections")
     parser.add_argument("--presets", default="gpt-neo-125M", help="comma-separated model shapes to train")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--train_batch", type=int, default=1)
@@ -216,6 +245,11 @@ def main(argv=None):
             add(_row(f"greedy decode {presets[0]} {args.dtype} batch {batch} (128 new tokens)", "tokens/s",
                      ours, theirs))
         add(_row("time to first token, 512-token prompt, batch 1", "s", bench_ttft(config, params)))
+    if "eval" in sections:
+        rates = bench_eval(config, params)
+        add(_row(f"evaluate lambada_openai {presets[0]} {args.dtype} (batch 8)", "examples/s", rates["lambada"]))
+        add(_row(f"evaluate wikitext {presets[0]} {args.dtype} (rolling windows)", "tokens/s", rates["wikitext"]))
+        add(_row("tokenizer: byte-level BPE, encode_batch", "tokens/s", rates["tokenizer"]))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
     width = max(len(r["name"]) for r in rows)

@@ -29,7 +29,7 @@ def test_flops_count_matmul_weights_and_the_attention_the_layers_need():
 
 def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    benchmark.main(["--presets", "tiny", "--seq_len", "64", "--train_batch", "2", "--only", "train,memory",
+    benchmark.main(["--presets", "tiny", "--seq_len", "64", "--train_batch", "2", "--only", "train,memory,eval",
                     "--output", str(out)])
     report = json.loads(out.read_text())
     rows = {r["name"]: r for r in report["rows"]}
@@ -42,4 +42,7 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
     state_mb = 3 * sum(x.size * 4 for x in jax.tree.leaves(init_params(preset("tiny"), jax.random.key(0)))) / 1e6
     logits_mb = 2 * 64 * 512 * 4 / 1e6
     assert all(m > state_mb + logits_mb for m in memory)  # parameters, Adam's moments and the step's temporaries
+    for name in ("evaluate lambada_openai tiny float32 (batch 8)", "evaluate wikitext tiny float32 (rolling windows)",
+                 "tokenizer: byte-level BPE, encode_batch"):
+        assert rows[name]["neojax"] > 0 and rows[name]["transformers"] is None
     assert "train tiny T=64 batch 2" in capsys.readouterr().out
