@@ -50,6 +50,9 @@ def build_model(config, workdir: str):
     """(GPTNeoConfig, tokenizer, initial params or None for random init)."""
     m = config.model
     execution = dict(dtype=m.dtype, remat=m.remat, **dict(m.overrides))
+    if m.remat != "none" and jax.default_backend() == "cpu":
+        log.warning("model.remat=%s does not lower memory on CPUs: XLA:CPU drops the barriers that keep the "
+                    "recomputation apart and merges it back into the forward pass (it works on GPUs and TPUs)", m.remat)
     if m.init_from:
         from neojax import checkpoint
         loaded = checkpoint.load(m.init_from, **execution)
