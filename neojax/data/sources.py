@@ -171,7 +171,7 @@ def tfds_source(name: str, split: str = "train", feature: str = "text", data_dir
     errors = errors or ErrorPolicy()
     for example in _tfds_numpy(name, split, data_dir, [feature]):
         try:
-            yield _python(example[feature])
+            yield str(_python(example[feature]))
         except UnicodeDecodeError:
             errors(f"TFDS {name}: an example's {feature!r} is not valid UTF-8")
 

@@ -39,7 +39,7 @@ def read_examples(spec: str, text_field: str = "text", label_field: str = "label
     texts, labels = [], []
     if spec.startswith("tfds:"):
         for example in tfds_records(spec[len("tfds:"):], split, data_dir, [text_field, label_field]):
-            texts.append(example[text_field])
+            texts.append(str(example[text_field]))
             labels.append(example[label_field])
         return texts, labels
     for where, record in json_lines(spec):
