@@ -9,9 +9,9 @@ import pytest
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf
-from neojax.generate import _generate_program, apply_repetition_penalty, filter_logits, generate
-from neojax.model import GPTNeo, position_ids_from_mask
-from neojax.model.decode import decode_step, prefill, transposed_kernels
+from neojax.generate import _generate_program, _phase_ends, apply_repetition_penalty, filter_logits, generate
+from neojax.model import GPTNeo, position_ids_from_mask, preset
+from neojax.model.decode import decode_step, grow_cache, prefill, transposed_kernels
 
 
 def test_greedy_matches_transformers_generate_batched(hf_dirs):
@@ -30,11 +30,41 @@ def test_greedy_matches_transformers_generate_batched(hf_dirs):
     assert ours.tokens == ref[:, width:].tolist()
 
 
+def test_phased_greedy_matches_transformers_across_the_window(hf_dirs):
+    """150 new tokens after 70-100-token prompts run in 4 phases of growing caches (192 to 288
+    slots): the local layer's cache grows into its 256-entry ring and wraps in the last phases."""
+    import torch
+    directory, torch_model, _ = hf_dirs["default_window"]
+    config, params, _ = load_hf(directory)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(1, config.vocab_size, n).tolist() for n in (70, 100, 85)]
+    assert _phase_ends(160, len(prompts), 128, config) == [64, 96, 128, 160]
+    ours = generate(params, config, prompts, max_new_tokens=150, stop_tokens=())
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    torch_model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        ref = torch_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=150, do_sample=False,
+                                   pad_token_id=0)
+    assert ours.tokens == ref[:, width:].tolist()
+
+
+def test_phases_only_where_caches_are_a_good_part_of_a_step():
+    config = preset("gpt-neo-125M")  # 124M weights; 16 rows x 160 slots of caches = 47M values
+    assert _phase_ends(128, 16, 32, config) == [32, 64, 96, 128]
+    assert _phase_ends(128, 1, 32, config) == [128]  # 3M values: not worth compiling 4 loops
+    assert _phase_ends(32, 16, 32, config) == [32]
+    assert _phase_ends(1024, 16, 32, config) == [256, 512, 768, 1024]
+
+
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("shape,prompt_len,steps", [("default_window", 250, 14), ("window7_inner40", 4, 30)])
 def test_cached_decoding_equals_full_forward_at_every_step(hf_dirs, shape, prompt_len, steps, transposed):
     """Teacher-forced decode across the local window boundary, with a left-padded row; with the
-    [out, in] weight copies that generate uses on CPUs, and without."""
+    [out, in] weight copies that generate uses on CPUs, and without. The cache starts 2 slots
+    longer than the prompt and is grown after 2 steps, as generate's phases do: at the default
+    window the local layer grows from 255 entries to its 256-entry ring, which then wraps."""
     directory, _, _ = hf_dirs[shape]
     config, params, _ = load_hf(directory)
     rng = np.random.default_rng(0)
@@ -49,11 +79,14 @@ def test_cached_decoding_equals_full_forward_at_every_step(hf_dirs, shape, promp
     full = jax.jit(GPTNeo(config).apply)({"params": params}, tokens, attention_mask=mask)
     P = pad + prompt_len
     logits, cache, position = jax.jit(prefill, static_argnums=(1, 4))(params, config, tokens[:, :P], mask[:, :P],
-                                                                       P + steps)
+                                                                       P + 2)
     step = jax.jit(decode_step, static_argnums=1)
     weights_t = transposed_kernels(params) if transposed else None
     worst = float(jnp.abs(logits - full[:, P - 1]).max())
     for i in range(steps - 1):
+        if i == 2:
+            cache = grow_cache(cache, config, P + steps)
+            assert cache[0]["k"].shape[2] == P + steps
         position = position + 1
         logits, cache = step(params, config, cache, jnp.asarray(tokens[:, P + i]), position, P + i, weights_t)
         worst = max(worst, float(jnp.abs(logits - full[:, P + i]).max()))

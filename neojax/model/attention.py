@@ -96,6 +96,10 @@ class AttentionVariant:
     prefill(k, v, key_mask, capacity, config) -> cache and step(q, k, v, cache, slot, config) -> (out, cache)
         The decoding state. Default: a softmax KV cache (`fill_cache` / `cached_attention`);
         recurrent variants (linear attention) keep a running state instead.
+    grow(cache, length, config) -> cache, or None
+        The decoding state given room for `length` slots in all. generate decodes in phases whose
+        caches hold only the slots each phase reaches; a variant with its own `prefill` and no
+        `grow` is decoded in one phase.
     packed: whether `attend` keeps packed segments apart (the model refuses segment ids otherwise).
     """
     attend: Callable
@@ -104,6 +108,7 @@ class AttentionVariant:
     qk: Optional[Callable] = None
     prefill: Optional[Callable] = None
     step: Optional[Callable] = None
+    grow: Optional[Callable] = None
     packed: bool = True
 
     def start_cache(self, k, v, key_mask, length: int, config):
@@ -112,6 +117,17 @@ class AttentionVariant:
             return self.prefill(k, v, key_mask, length, config)
         window = self.window(config)
         return fill_cache(k, v, key_mask, length if window is None else min(length, window))
+
+    @property
+    def growable(self) -> bool:
+        return self.prefill is None or self.grow is not None
+
+    def grow_cache(self, cache, length: int, config):
+        """The decoding state after start_cache(..., shorter length), given room for `length` slots."""
+        if self.grow is not None:
+            return self.grow(cache, length, config)
+        window = self.window(config)
+        return pad_cache(cache, length if window is None else min(length, window))
 
     def decode(self, q, k, v, cache, slot, config):
         """One new token at `slot` against the decoding state: (out, cache)."""
@@ -134,9 +150,19 @@ def fill_cache(k, v, key_mask, capacity: int):
         return {"k": jnp.roll(k[:, :, t - capacity:], shift, axis=2),
                 "v": jnp.roll(v[:, :, t - capacity:], shift, axis=2),
                 "valid": jnp.roll(valid[:, t - capacity:], shift, axis=1)}
-    pad = capacity - t
-    return {"k": jnp.pad(k, [(0, 0), (0, 0), (0, pad), (0, 0)]), "v": jnp.pad(v, [(0, 0), (0, 0), (0, pad), (0, 0)]),
-            "valid": jnp.pad(valid, [(0, 0), (0, pad)])}
+    return pad_cache({"k": k, "v": v, "valid": valid}, capacity)
+
+
+def pad_cache(cache, capacity: int):
+    """A layer cache given `capacity` entries by adding empty ones at the end: right only while no
+    entry has been overwritten (a ring at its full capacity is never padded)."""
+    pad = capacity - cache["k"].shape[2]
+    if pad < 0:
+        raise ValueError(f"a cache of {cache['k'].shape[2]} entries cannot shrink to {capacity}")
+    if pad == 0:
+        return cache
+    slots = lambda x, axis: jnp.pad(x, [(0, pad) if a == axis else (0, 0) for a in range(x.ndim)])
+    return {"k": slots(cache["k"], 2), "v": slots(cache["v"], 2), "valid": slots(cache["valid"], 1)}
 
 
 def cached_attention(q, k, v, cache, slot, window: Optional[int], bias=None):

@@ -20,7 +20,7 @@ import numpy as np
 
 from neojax import registry, sharding
 from neojax.model.config import GPTNeoConfig
-from neojax.model.decode import decode_step, prefill, transposed_kernels
+from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
 from neojax.model.gpt_neo import GPTNeo, init_params
 
 SEQ = 24  # > window and several blocks of each blocked kernel
@@ -108,7 +108,9 @@ def check_window(name: str) -> int | None:
 
 def check_decoding(name: str, prompt: int = 6) -> float:
     """Prefill + one-token decode steps (across the window) give the full forward's logits,
-    with one row left padded; the steps use the [out, in] weight copies generate uses on CPUs."""
+    with one row left padded; the steps use the [out, in] weight copies generate uses on CPUs,
+    and the cache starts 1 slot past the prompt (a windowed layer: short of its ring) and is
+    grown (grow_cache) as generate does."""
     config = check_config(name)
     params, tokens, apply = _setup(config)
     mask = np.ones_like(tokens)
@@ -116,11 +118,13 @@ def check_decoding(name: str, prompt: int = 6) -> float:
     tokens[0, :3] = 0
     full = np.asarray(apply({"params": params}, tokens, attention_mask=mask))
     logits, cache, position = jax.jit(prefill, static_argnums=(1, 4))(params, config, tokens[:, :prompt],
-                                                                       mask[:, :prompt], SEQ)
+                                                                       mask[:, :prompt], prompt + 1)
     step = jax.jit(decode_step, static_argnums=1)
     weights_t = transposed_kernels(params)
     worst = float(np.abs(np.asarray(logits) - full[:, prompt - 1]).max())
     for slot in range(prompt, SEQ):
+        if slot == prompt + 1 and can_grow(config):  # as generate's phases do
+            cache = grow_cache(cache, config, SEQ)
         position = position + 1
         logits, cache = step(params, config, cache, jnp.asarray(tokens[:, slot]), position, slot, weights_t)
         worst = max(worst, float(np.abs(np.asarray(logits) - full[:, slot]).max()))

@@ -10,6 +10,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from neojax import registry
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo, position_ids_from_mask
 
@@ -21,6 +22,19 @@ def prefill(params, config: GPTNeoConfig, tokens, attention_mask, cache_length: 
     logits, cache = GPTNeo(config).apply({"params": params}, tokens, attention_mask=attention_mask,
                                          position_ids=positions, cache_length=cache_length)
     return logits[:, -1], cache, positions[:, -1]
+
+
+def can_grow(config: GPTNeoConfig) -> bool:
+    """Whether every layer's decoding state can be grown by grow_cache."""
+    return all(registry.get("attention", kind).growable for kind in set(config.attention_layers))
+
+
+def grow_cache(cache, config: GPTNeoConfig, cache_length: int):
+    """A cache from prefill(..., shorter length) (and decode steps short of it), given room for
+    `cache_length` slots. Each step reads every entry of a global layer's cache, so generate grows
+    it in phases instead of allocating the final length up front."""
+    return [registry.get("attention", kind).grow_cache(layer, cache_length, config)
+            for kind, layer in zip(config.attention_layers, cache)]
 
 
 def transposed_kernels(params):

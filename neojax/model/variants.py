@@ -119,5 +119,6 @@ def linear_step(q, k, v, cache, slot, config):
     return out[:, None].astype(q.dtype), {"kv": kv, "z": z}
 
 
-registry.register("attention", "linear")(AttentionVariant(linear_attention, prefill=linear_prefill, step=linear_step,
-                                                                 packed=False))
+registry.register("attention", "linear")(AttentionVariant(
+    linear_attention, prefill=linear_prefill, step=linear_step, packed=False,
+    grow=lambda cache, length, config: cache))  # the recurrent state does not depend on the length
