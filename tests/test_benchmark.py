@@ -1,5 +1,5 @@
-"""A run of the benchmark module on a tiny shape: rows, ratios against transformers, memory and
-evaluation rows, JSON output. Timings themselves are not tested."""
+"""A run of the benchmark module on a tiny shape: rows, ratios against transformers, memory,
+decode and evaluation rows, JSON output. Timings themselves are not tested."""
 import json
 
 import jax
@@ -11,7 +11,7 @@ from neojax.model import init_params, preset
 
 def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    benchmark.main(["--presets", "tiny", "--seq_len", "64", "--train_batch", "2", "--only", "train,memory,eval",
+    benchmark.main(["--presets", "tiny", "--seq_len", "64", "--train_batch", "2", "--only", "train,memory,decode,eval",
                     "--output", str(out)])
     report = json.loads(out.read_text())
     rows = {r["name"]: r for r in report["rows"]}
@@ -27,4 +27,9 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
     for name in ("evaluate lambada_openai tiny float32 (batch 8)", "evaluate wikitext tiny float32 (rolling windows)",
                  "tokenizer: byte-level BPE, encode_batch"):
         assert rows[name]["neojax"] > 0 and rows[name]["transformers"] is None
+    for batch in (1, 16):
+        decode = rows[f"greedy decode tiny float32 batch {batch} (128 new tokens)"]
+        assert decode["neojax"] > 0 and decode["transformers"] > 0
+        assert decode["ratio"] == pytest.approx(decode["neojax"] / decode["transformers"])
+    assert rows["time to first token, 128-token prompt, batch 1"]["neojax"] > 0  # half the tiny context
     assert "train tiny T=64 batch 2" in capsys.readouterr().out
