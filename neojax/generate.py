@@ -53,9 +53,9 @@ def _phase_ends(max_new: int, batch: int, prompt_len: int, config: GPTNeoConfig)
     32-token prompt read 112 instead of 160 entries a step on average with 4 phases. Each phase is
     compiled, so one phase unless the caches are a good part of what a step reads (at 125M,
     batch 16: 188 MB of caches beside 500 MB of weights; batch 1: 12 MB)."""
-    length = prompt_len + max_new
-    windows = [registry.get("attention", kind).window(config) for kind in config.attention_layers]
-    entries = batch * sum(length if w is None else min(length, w) for w in windows) * 2 * config.hidden_size
+    slots = sum(registry.get("attention", kind).capacity(prompt_len + max_new, config)
+                for kind in config.attention_layers)
+    entries = batch * slots * 2 * config.hidden_size
     buckets = max_new // NEW_TOKEN_BUCKET
     phases = min(MAX_PHASES, buckets) if can_grow(config) and 8 * entries >= matmul_params(config) else 1
     return [-(-buckets * (j + 1) // phases) * NEW_TOKEN_BUCKET for j in range(phases)]

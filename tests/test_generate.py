@@ -14,40 +14,37 @@ from neojax.model import GPTNeo, position_ids_from_mask, preset
 from neojax.model.decode import decode_step, grow_cache, prefill, transposed_kernels
 
 
-def test_greedy_matches_transformers_generate_batched(hf_dirs):
+def _transformers_greedy(torch_model, prompts, n):
+    """transformers' greedy `generate` of n new tokens per prompt, left padded as one batch."""
     import torch
-    directory, torch_model, _ = hf_dirs["window7_inner40"]
-    config, params, _ = load_hf(directory)
-    prompts = [[5, 9, 3], list(range(1, 15)), [7, 7, 2, 40, 11, 8, 1, 3, 9]]
-    ours = generate(params, config, prompts, max_new_tokens=20, stop_tokens=())
     width = max(map(len, prompts))
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     torch_model.generation_config.eos_token_id = None
     with torch.no_grad():
-        ref = torch_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=20, do_sample=False,
+        ref = torch_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
                                    pad_token_id=0)
-    assert ours.tokens == ref[:, width:].tolist()
+    return ref[:, width:].tolist()
+
+
+def test_greedy_matches_transformers_generate_batched(hf_dirs):
+    directory, torch_model, _ = hf_dirs["window7_inner40"]
+    config, params, _ = load_hf(directory)
+    prompts = [[5, 9, 3], list(range(1, 15)), [7, 7, 2, 40, 11, 8, 1, 3, 9]]
+    ours = generate(params, config, prompts, max_new_tokens=20, stop_tokens=())
+    assert ours.tokens == _transformers_greedy(torch_model, prompts, 20)
 
 
 def test_phased_greedy_matches_transformers_across_the_window(hf_dirs):
     """150 new tokens after 70-100-token prompts run in 4 phases of growing caches (192 to 288
     slots): the local layer's cache grows into its 256-entry ring and wraps in the last phases."""
-    import torch
     directory, torch_model, _ = hf_dirs["default_window"]
     config, params, _ = load_hf(directory)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(1, config.vocab_size, n).tolist() for n in (70, 100, 85)]
     assert _phase_ends(160, len(prompts), 128, config) == [64, 96, 128, 160]
     ours = generate(params, config, prompts, max_new_tokens=150, stop_tokens=())
-    width = max(map(len, prompts))
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    torch_model.generation_config.eos_token_id = None
-    with torch.no_grad():
-        ref = torch_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=150, do_sample=False,
-                                   pad_token_id=0)
-    assert ours.tokens == ref[:, width:].tolist()
+    assert ours.tokens == _transformers_greedy(torch_model, prompts, 150)
 
 
 def test_phases_only_where_caches_are_a_good_part_of_a_step():

@@ -111,12 +111,16 @@ class AttentionVariant:
     grow: Optional[Callable] = None
     packed: bool = True
 
+    def capacity(self, length: int, config) -> int:
+        """KV-cache entries for `length` slots: all of them, or a ring of `window`."""
+        window = self.window(config)
+        return length if window is None else min(length, window)
+
     def start_cache(self, k, v, key_mask, length: int, config):
         """The decoding state after a prompt of k, v, for `length` slots in all."""
         if self.prefill is not None:
             return self.prefill(k, v, key_mask, length, config)
-        window = self.window(config)
-        return fill_cache(k, v, key_mask, length if window is None else min(length, window))
+        return fill_cache(k, v, key_mask, self.capacity(length, config))
 
     @property
     def growable(self) -> bool:
@@ -126,8 +130,7 @@ class AttentionVariant:
         """The decoding state after start_cache(..., shorter length), given room for `length` slots."""
         if self.grow is not None:
             return self.grow(cache, length, config)
-        window = self.window(config)
-        return pad_cache(cache, length if window is None else min(length, window))
+        return pad_cache(cache, self.capacity(length, config))
 
     def decode(self, q, k, v, cache, slot, config):
         """One new token at `slot` against the decoding state: (out, cache)."""
