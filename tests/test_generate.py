@@ -91,6 +91,49 @@ def test_cached_decoding_equals_full_forward_at_every_step(hf_dirs, shape, promp
     assert worst < 1e-4
 
 
+def _weight_conversions(fn, *args, size):
+    """float32 -> bfloat16 conversions of arrays of at least `size` elements in fn's program."""
+    def inner(value):  # the jaxprs of pjit, while, cond... (Jaxpr or ClosedJaxpr params)
+        if hasattr(value, "eqns"):
+            yield value
+        elif hasattr(getattr(value, "jaxpr", None), "eqns"):
+            yield value.jaxpr
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                yield from inner(v)
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "convert_element_type":
+                x = eqn.invars[0].aval
+                if x.dtype == jnp.float32 and x.size >= size and eqn.outvars[0].aval.dtype == jnp.bfloat16:
+                    yield x.shape
+            for sub in (j for v in eqn.params.values() for j in inner(v)):
+                yield from walk(sub)
+    return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+def test_bfloat16_decode_steps_convert_no_weights(hf_dirs):
+    """generate's weight copies carry the compute dtype: a bfloat16 step then converts no float32
+    kernel or head (each token did before), with the same logits as a step on the float32 params."""
+    directory, _, _ = hf_dirs["window7_inner40"]
+    config, params, _ = load_hf(directory)
+    config = config.replace(dtype="bfloat16")
+    copies = transposed_kernels(params, config.dtype)
+    assert {x.dtype for x in jax.tree.leaves(copies)} == {jnp.dtype(jnp.bfloat16)} and "wte" in copies
+    tokens = np.tile(np.arange(1, 9), (2, 1))
+    _, cache, position = prefill(params, config, tokens, np.ones_like(tokens), 12)
+    step = lambda params, weights: decode_step(params, config, cache, jnp.asarray([3, 5]), position + 1, 8, weights)
+    size = config.hidden_size ** 2
+    assert len(_weight_conversions(step, params, None, size=size)) >= 4 * config.num_layers + 1  # the baseline
+    assert _weight_conversions(step, params, copies, size=size) == []
+    with_copies, without = step(params, copies)[0], step(params, None)[0]
+    assert with_copies.dtype == jnp.float32
+    scale = float(jnp.abs(without).max())
+    np.testing.assert_allclose(np.asarray(with_copies), np.asarray(without), atol=2e-2 * scale)
+    assert (np.argmax(with_copies, -1) == np.argmax(without, -1)).all()
+
+
 def test_local_cache_is_a_window_sized_ring(hf_dirs):
     directory, _, _ = hf_dirs["default_window"]
     config, params, _ = load_hf(directory)

@@ -37,25 +37,26 @@ def grow_cache(cache, config: GPTNeoConfig, cache_length: int):
             for kind, layer in zip(config.attention_layers, cache)]
 
 
-def transposed_kernels(params):
-    """[out, in] copies of every dense kernel (q, k and v stacked into one "qkv"); the tied head's
-    wte is already [out, in] and is used as it is. Given to decode_step, they make its matmuls
-    about twice as fast on CPUs (gpt_neo._rows_times). Make them once per generation, in their own
-    program, so that they are plain row-major arrays."""
+def transposed_kernels(params, dtype="float32"):
+    """Copies of the dense kernels for decode steps, made once per generation in their own program:
+    [out, in] (q, k and v stacked into one "qkv"), which makes decode matmuls about twice as fast on
+    CPUs (gpt_neo._rows_times), and in the compute `dtype`, so that a step does not convert float32
+    weights every token (bfloat16 decoding on an H100: 25.2K -> 31.3K tokens/s at batch 16). The
+    tied head's wte is already [out, in]; it is copied only into another dtype."""
     flat = flax.traverse_util.flatten_dict(params)
-    out = {}
+    out = {("wte",): flat[("wte",)]} if jnp.dtype(dtype) != jnp.float32 else {}
     for path, w in flat.items():
         if path[-1] == "kernel" and path[-2] not in ("q_proj", "k_proj", "v_proj"):
             out[path] = jnp.swapaxes(w, 0, 1)
         elif path[-2:] == ("q_proj", "kernel"):
             out[path[:-2] + ("qkv",)] = jnp.concatenate(
                 [jnp.swapaxes(flat[path[:-2] + (f"{n}_proj", "kernel")], 0, 1) for n in "qkv"])
-    return flax.traverse_util.unflatten_dict(out)
+    return flax.traverse_util.unflatten_dict({k: v.astype(dtype) for k, v in out.items()})
 
 
 def decode_step(params, config: GPTNeoConfig, cache, token, position, slot, transposed=None):
     """One token per row ([batch]) at cache `slot` and per-row `position`. Returns (logits, cache).
-    `transposed`: transposed_kernels(params), optional (same results, faster on CPUs)."""
+    `transposed`: transposed_kernels(params, config.dtype), optional (same results, faster)."""
     variables = {"params": params} if transposed is None else {"params": params, "transposed": transposed}
     logits, cache = GPTNeo(config).apply(variables, token[:, None], position_ids=position[:, None],
                                          cache=cache, slot=slot)

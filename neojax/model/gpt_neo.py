@@ -245,8 +245,9 @@ class GPTNeo(nn.Module):
         if cache_length is not None:  # prefill: only the next token's logits are needed
             x = x[:, -1:]
         # Tied head; logits (and so the loss) in float32 whatever the compute dtype.
-        if "transposed" in self.variables:  # decoding on a CPU: see _rows_times (wte is [out, in])
-            logits = _rows_times(wte.astype(dtype), x)
+        if "transposed" in self.variables:  # decoding: see _rows_times (wte is [out, in])
+            head = self.get_variable("transposed", "wte") if self.has_variable("transposed", "wte") else wte
+            logits = _rows_times(head.astype(dtype), x)
         else:
             logits = jnp.einsum("btd,vd->btv", x, wte.astype(dtype), preferred_element_type=jnp.float32)
         return (logits, new_cache) if decoding else logits
