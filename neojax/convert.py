@@ -6,17 +6,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import jax
 
-from neojax import checkpoint
+from neojax import checkpoint, cli
 from neojax.data.tokenizer import Tokenizer
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m neojax.convert", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m neojax.convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="Hugging Face directory, neojax directory, or mesh-tensorflow checkpoint")
     parser.add_argument("dst", help="output directory (must not exist unless --overwrite)")
     parser.add_argument("--to", required=True, choices=["neojax", "hf"])
@@ -24,14 +25,23 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", help="tokenizer file or directory to bundle (default: the source's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
-    try:
+    src, dst = os.path.abspath(os.path.expanduser(args.src)), os.path.abspath(os.path.expanduser(args.dst))
+    if src == dst:
+        raise cli.UsageError(f"DST {args.dst} is SRC; write the converted model to another directory")
+    if os.path.exists(dst) and not args.overwrite and (not os.path.isdir(dst) or os.listdir(dst)):
+        raise cli.UsageError(f"DST {args.dst} already exists and is not empty; choose another path or pass --overwrite")
+    if args.mtf_config:
+        cli.readable_file("--mtf_config", args.mtf_config)
+    tokenizer = None
+    if args.tokenizer:
+        with cli.about(f"--tokenizer {args.tokenizer}"):
+            tokenizer = Tokenizer.from_path(args.tokenizer)
+    with cli.about(f"SRC {args.src}"):
         model = checkpoint.load(args.src, mtf_config=args.mtf_config)
-        if args.tokenizer:
-            model = model._replace(tokenizer=Tokenizer.from_path(args.tokenizer))
+    if tokenizer is not None:
+        model = model._replace(tokenizer=tokenizer)
+    with cli.about(f"DST {args.dst}"):
         checkpoint.save(args.dst, model, to=args.to, overwrite=args.overwrite)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     n = sum(x.size for x in jax.tree.leaves(model.params))
     print(f"wrote {args.to} checkpoint to {args.dst} ({n / 1e6:.1f}M parameters, "
           f"{checkpoint.detect_format(args.src)} source{', with tokenizer' if model.tokenizer else ''})")
@@ -39,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

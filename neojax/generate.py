@@ -14,9 +14,10 @@ multiple of 32, so a session compiles once per (batch, bucket), not per call or 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
+import math
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from neojax import registry
+from neojax import cli, registry
 from neojax.flops import matmul_params
 from neojax.model.config import GPTNeoConfig
 from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
@@ -152,16 +153,16 @@ _transposed_kernels = jax.jit(transposed_kernels, static_argnums=1)
 
 
 def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
-    if max_new_tokens < 1:
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: ask for at least 1 new token")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} is negative; use 0 for greedy decoding or a positive value")
-    if top_k < 0:
-        raise ValueError(f"top_k={top_k} is negative; use 0 to disable top-k filtering")
-    if not 0 < top_p <= 1:
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or a finite positive value")
+    if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"top_k={top_k}: use a count >= 0 (0 disables top-k filtering)")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p={top_p} is outside (0, 1]; use 1 to disable nucleus sampling")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty={repetition_penalty} must be positive (1 disables it)")
+    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty={repetition_penalty} must be a finite number > 0 (1 disables it)")
 
 
 def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *, max_new_tokens: int = 32,
@@ -288,7 +289,7 @@ def _stream_to(out):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m neojax.generate", description="Generate text with GPT-Neo.")
+    parser = cli.ArgumentParser(prog="python -m neojax.generate", description="Generate text with GPT-Neo.")
     parser.add_argument("--checkpoint", required=True, help="HF directory, neojax directory or training workdir")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
     parser.add_argument("--prompt_file", help="a file with one prompt per line")
@@ -296,50 +297,57 @@ def main(argv=None) -> int:
     parser.add_argument("--chat", action="store_true",
                         help="interactive, in the User:/Assistant: template of chat fine-tuning (neojax.finetune.chat)")
     parser.add_argument("--system", default="", help="--chat: a system message that starts the conversation")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    parser.add_argument("--top_k", type=int, default=0)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--repetition_penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_samples", type=int, default=1, help="samples per prompt")
-    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--max_new_tokens", type=cli.positive_int, default=64)
+    parser.add_argument("--temperature", type=cli.nonneg_float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top_k", type=cli.nonneg_int, default=0, help="0 = off")
+    parser.add_argument("--top_p", type=cli.probability, default=1.0, help="1 = off")
+    parser.add_argument("--repetition_penalty", type=cli.positive_float, default=1.0, help="1 = off")
+    parser.add_argument("--seed", type=cli.nonneg_int, default=0)
+    parser.add_argument("--num_samples", type=cli.positive_int, default=1, help="samples per prompt")
+    parser.add_argument("--stop", action="append", default=[], type=cli.unescape,
+                        help=r'stop string (repeatable); \n, \t and \\ are escapes, e.g. --stop "\n\n"')
     parser.add_argument("--truncate", action="store_true", help="left-truncate prompts that do not fit")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args(argv)
+    if any(not s for s in args.stop):
+        raise cli.UsageError("--stop: an empty stop string would end every row at once; give text")
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        with open(cli.readable_file("--prompt_file", args.prompt_file), encoding="utf-8", errors="strict") as f:
+            with cli.about(f"--prompt_file {args.prompt_file}"):
+                lines = [line.rstrip("\n") for line in f if line.strip()]
+        if not lines:
+            raise cli.UsageError(f"--prompt_file {args.prompt_file} holds no prompt (one prompt per non-empty line)")
+        prompts += lines
+    if not prompts and not (args.chat or args.interactive):
+        raise cli.UsageError("no prompt: give --prompt TEXT, --prompt_file FILE, --interactive or --chat")
     from neojax import checkpoint
-    try:
-        _check_settings(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.repetition_penalty)
-        model = checkpoint.load(args.checkpoint, dtype=args.dtype)
-        if model.tokenizer is None:
-            raise ValueError(f"{args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + merges.txt)")
-        settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_strings=args.stop,
-                        truncate=args.truncate)
-        if args.chat:
-            return _chat(model, settings, args.seed, args.system)
-        if args.interactive:
-            return _interactive(model, settings, args.seed)
-        prompts = list(args.prompt)
-        if args.prompt_file:
-            with open(args.prompt_file) as f:
-                prompts += [line.rstrip("\n") for line in f if line.strip()]
-        if not prompts:
-            raise ValueError("give --prompt, --prompt_file or --interactive")
-        batch = [p for p in prompts for _ in range(args.num_samples)]
-        streaming = len(batch) == 1
-        if streaming:
-            sys.stdout.write(batch[0])
-        out = generate(model.params, model.config, batch, model.tokenizer, seed=args.seed,
-                       on_text=_stream_to(sys.stdout) if streaming else None, **settings)
-        if streaming:
-            print()
-        else:
-            for i, (prompt, text) in enumerate(zip(batch, out.texts)):
-                print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompt}{text}")
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with cli.about(f"--checkpoint {args.checkpoint}"):
+        model = checkpoint.load(os.path.expanduser(args.checkpoint), dtype=args.dtype)
+    if model.tokenizer is None:
+        raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
+                             "merges.txt), e.g. python -m neojax.convert SRC DST --to neojax --tokenizer DIR")
+    settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_strings=args.stop,
+                    truncate=args.truncate)
+    if args.max_new_tokens >= model.config.max_position_embeddings:
+        raise cli.UsageError(f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt in the model's "
+                             f"{model.config.max_position_embeddings}-token context; ask for fewer")
+    if args.chat:
+        return _chat(model, settings, args.seed, args.system)
+    if args.interactive:
+        return _interactive(model, settings, args.seed)
+    batch = [p for p in prompts for _ in range(args.num_samples)]
+    streaming = len(batch) == 1
+    if streaming:
+        sys.stdout.write(batch[0])
+    out = generate(model.params, model.config, batch, model.tokenizer, seed=args.seed,
+                   on_text=_stream_to(sys.stdout) if streaming else None, **settings)
+    if streaming:
+        print()
+    else:
+        for i, (prompt, text) in enumerate(zip(batch, out.texts)):
+            print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompt}{text}")
     return 0
 
 
@@ -386,4 +394,4 @@ def _chat(model, settings, seed, system: str = "") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

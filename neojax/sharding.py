@@ -10,9 +10,9 @@ style), `tensor` (attention heads, MLP columns and vocabulary split across devic
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
+import re
 import sys
 from typing import Any, Optional, Sequence
 
@@ -43,6 +43,8 @@ def parse_mesh(spec) -> dict[str, int]:
         items = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             name, _, size = part.partition("=")
+            if name.strip() in items:
+                raise ValueError(f"mesh {spec!r}: axis {name.strip()!r} is given twice; name each axis once")
             try:
                 items[name.strip()] = int(size)
             except ValueError:
@@ -216,7 +218,7 @@ def plan(config, mesh_spec, rules=DEFAULT_RULES, optimizer_moments: int = 2, num
     `neojax.finetune.lora.Lora`, only its (replicated) adapters are trained and have moments."""
     from neojax.model.gpt_neo import param_shapes
     sizes = parse_mesh(mesh_spec)
-    if -1 in sizes.values():
+    if -1 in sizes.values() or num_devices is not None:  # a given device count must agree with the mesh
         sizes = resolve_mesh_shape(sizes, num_devices or jax.device_count())
     specs = param_specs(config, rules, sizes)
     rows = []
@@ -259,29 +261,43 @@ def format_plan(p, full: bool = False) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m neojax.sharding",
-                                     description="Print the sharding plan of a preset on a mesh (allocates nothing).")
-    parser.add_argument("--preset", default="gpt-neo-125M")
+    from neojax import cli
+    from neojax.model.config import PRESETS, preset
+    parser = cli.ArgumentParser(prog="python -m neojax.sharding",
+                                description="Print the sharding plan of a preset on a mesh (allocates nothing).")
+    parser.add_argument("--preset", default="gpt-neo-125M", choices=sorted(PRESETS))
     parser.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1", help="e.g. data=4,fsdp=8,tensor=1")
-    parser.add_argument("--devices", type=int, help="device count for -1 axes (default: this machine's)")
-    parser.add_argument("--optimizer_moments", type=int, default=2, help="float32 param copies (Adam: 2)")
+    parser.add_argument("--devices", type=cli.positive_int, help="device count (default: this machine's)")
+    parser.add_argument("--optimizer_moments", type=cli.nonneg_int, default=2, help="float32 param copies (Adam: 2)")
     parser.add_argument("--full", action="store_true", help="one row per parameter, layers not grouped")
-    parser.add_argument("--lora_rank", type=int, default=0, help="> 0: plan LoRA fine-tuning of this rank")
+    parser.add_argument("--lora_rank", type=cli.nonneg_int, default=0, help="> 0: plan LoRA fine-tuning of this rank")
     parser.add_argument("--lora_targets", default=r"attn/(q|v)_proj/kernel", help="comma-separated regexes")
     args = parser.parse_args(argv)
-    from neojax.model.config import preset
+    lora = None
+    if args.lora_rank:
+        from neojax.finetune.lora import Lora
+        targets = tuple(t for t in args.lora_targets.split(",") if t)
+        for target in targets:
+            try:
+                re.compile(target)
+            except re.error as e:
+                raise cli.UsageError(f"--lora_targets: {target!r} is not a regular expression ({e})") from None
+        lora = Lora(args.lora_rank, targets=targets)
     try:
-        lora = None
-        if args.lora_rank:
-            from neojax.finetune.lora import Lora
-            lora = Lora(args.lora_rank, targets=tuple(args.lora_targets.split(",")))
-        print(format_plan(plan(preset(args.preset), args.mesh, DEFAULT_RULES, args.optimizer_moments, args.devices,
-                               lora), args.full))
+        sizes = parse_mesh(args.mesh)
+        if -1 in sizes.values() or args.devices:  # without --devices a plan may be for a bigger machine
+            resolve_mesh_shape(sizes, args.devices or jax.device_count())
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise cli.UsageError(f"--mesh {args.mesh}{f' with --devices {args.devices}' if args.devices else ''}: {e}") \
+            from None
+    try:
+        result = plan(preset(args.preset), args.mesh, DEFAULT_RULES, args.optimizer_moments, args.devices, lora)
+    except ValueError as e:
+        raise cli.UsageError(f"--lora_targets {args.lora_targets}: {e}" if lora else str(e)) from None
+    print(format_plan(result, args.full))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from neojax import cli
+    sys.exit(cli.run(main))

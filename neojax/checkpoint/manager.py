@@ -3,18 +3,53 @@
 Saves go to a temporary directory that orbax renames once every file is written, so a process
 killed mid-save leaves only `*.orbax-checkpoint-tmp*` debris, which is never restored and is
 removed at start-up. Restores take abstract targets carrying the shardings of the *current*
-mesh, so a run resumes on a different mesh or device count.
+mesh, so a run resumes on a different mesh or device count. A damaged checkpoint (a truncated
+array file, a missing item, corrupt metadata) is moved aside and the newest intact one restored.
 """
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
+import sys
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+log = logging.getLogger("neojax.checkpoint")
+# orbax's words for a checkpoint that is intact but holds another state (a changed config).
+MISMATCH = ("Structure mismatch", "is not compatible with the stored shape")
+
+
+class StateMismatch(ValueError):
+    """An intact checkpoint whose arrays do not fit the state this run builds."""
+
+
+def _quiet_orbax_coroutines() -> None:
+    """A failed restore leaves orbax read coroutines that Python reports at exit as 'Exception
+    ignored in' tracebacks, burying the one-line error: drop those reports, keep all others."""
+    previous = sys.unraisablehook
+    if getattr(previous, "neojax", False):
+        return
+
+    def hook(unraisable):
+        tb, files = unraisable.exc_traceback, []
+        while tb is not None:
+            files.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        if not any("orbax" in f for f in files):
+            previous(unraisable)
+
+    hook.neojax = True
+    sys.unraisablehook = hook
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Checkpointer:
@@ -42,14 +77,41 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        _quiet_orbax_coroutines()
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
                 meta=ocp.args.JsonRestore()))
         except ValueError as e:
-            raise ValueError(f"checkpoint {self.directory}/{step} does not fit this run's state (was the model "
-                             f"or optimizer config changed?): {e}") from e
+            if any(m in str(e) for m in MISMATCH):
+                raise StateMismatch(f"checkpoint {self.directory}/{step} does not fit this run's state (was the "
+                                    f"model or optimizer config changed?): {first_line(e)}") from e
+            raise
         return out["state"], out["data"], out["meta"]
+
+    def restore_intact(self, abstract_state) -> Optional[tuple[int, Any, dict, dict]]:
+        """(step, state, data state, meta) of the newest checkpoint that restores, or None if there
+        is none. Each damaged newer one is named in one line and moved to ../damaged_checkpoints/."""
+        while (step := self.latest_step()) is not None:
+            try:
+                return (step, *self.restore(abstract_state, step))
+            except StateMismatch:
+                raise
+            except Exception as e:  # orbax and tensorstore raise many types for unreadable files
+                moved = self._set_aside(step)
+                print(f"warning: checkpoint {self.directory}/{step} is damaged ({first_line(e)}); moved it to "
+                      f"{moved}, trying the previous one", file=sys.stderr, flush=True)
+        return None
+
+    def _set_aside(self, step: int) -> str:
+        aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+        os.makedirs(aside, exist_ok=True)
+        target, n = os.path.join(aside, str(step)), 1
+        while os.path.exists(target):
+            target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+        os.rename(os.path.join(self.directory, str(step)), target)
+        self.manager.reload()
+        return target
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -113,12 +113,16 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str) 
     import sentencepiece as spm
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     prefix = model_path[:-len(".model")] if model_path.endswith(".model") else model_path
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
-        normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-        split_digits=True, byte_fallback=True, allow_whitespace_only_pieces=True,
-        max_sentence_length=1 << 16, character_coverage=0.9995,
-        unk_id=0, bos_id=-1, eos_id=1, pad_id=-1, user_defined_symbols=[], minloglevel=2)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_prefix=prefix, vocab_size=vocab_size, model_type="bpe",
+            normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+            split_digits=True, byte_fallback=True, allow_whitespace_only_pieces=True,
+            max_sentence_length=1 << 16, character_coverage=0.9995,
+            unk_id=0, bos_id=-1, eos_id=1, pad_id=-1, user_defined_symbols=[], minloglevel=2)
+    except RuntimeError as e:  # sentencepiece's own checks, e.g. a vocabulary larger than the text allows
+        raise ValueError(f"cannot train a {vocab_size}-piece sentencepiece model for {model_path}: "
+                         f"{' '.join(str(e).split())}") from None
     if prefix + ".model" != model_path:
         shutil.move(prefix + ".model", model_path)
     return Tokenizer.from_path(model_path)

@@ -16,10 +16,10 @@ import json
 import os
 import sys
 
-from neojax import __version__, checkpoint, registry
+from neojax import __version__, checkpoint, cli, registry
 from neojax import evaluate as ev
 from neojax.data import sources
-from neojax.evaluate.tasks import available
+from neojax.evaluate.tasks import available, load_docs
 
 
 def _texts(args) -> list[str]:
@@ -29,29 +29,27 @@ def _texts(args) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m neojax.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog="python -m neojax.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", required=True)
     parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(registry.names('task'))}")
     parser.add_argument("--data_dir", default=".")
     parser.add_argument("--tfds_data_dir", help="prepared TFDS datasets, for tasks without a jsonl in data_dir")
-    parser.add_argument("--num_fewshot", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--max_len", type=int, default=0, help="context length (default: the model's)")
+    parser.add_argument("--num_fewshot", type=cli.nonneg_int, default=0)
+    parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task (0 = all)")
+    parser.add_argument("--batch_size", type=cli.positive_int, default=8)
+    parser.add_argument("--max_len", type=cli.nonneg_int, default=0, help="context length (default: the model's)")
     parser.add_argument("--text_files", help="glob of text files: perplexity and bits per byte")
     parser.add_argument("--jsonl", help="glob of .jsonl(.zst): perplexity and bits per byte")
     parser.add_argument("--text_field", default="text")
-    parser.add_argument("--stride", type=int, default=0, help="new tokens per rolling window (default max_len)")
+    parser.add_argument("--stride", type=cli.nonneg_int, default=0,
+                        help="new tokens per rolling window (default max_len)")
     parser.add_argument("--paper_table", action="store_true")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--output")
     args = parser.parse_args(argv)
-    try:
-        out = _run(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-        return 2
+    _check_args(args)
+    out = _run(args)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(out, f, indent=2)
@@ -59,15 +57,57 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run(args) -> dict:
-    task_names = [t for t in args.tasks.split(",") if t]
+def _check_args(args) -> None:
+    """Everything that can be checked before a model is loaded: names, files, the output path."""
+    task_names = [t for t in args.tasks.split(",") if t.strip()]
+    if not (task_names or args.text_files or args.jsonl or args.paper_table):
+        raise cli.UsageError("nothing to evaluate: give --tasks (e.g. lambada_openai,piqa), --text_files, --jsonl or "
+                             "--paper_table")
+    if len(args.checkpoint) > 1 and not args.paper_table:
+        raise cli.UsageError(f"--checkpoint given {len(args.checkpoint)} times; several checkpoints need "
+                             "--paper_table (or evaluate them one at a time)")
+    if args.text_files and args.jsonl:
+        raise cli.UsageError("give --text_files or --jsonl, not both")
     for t in task_names:
-        registry.get("task", t)
+        if t.strip() not in registry.names("task"):
+            raise cli.UsageError(f"--tasks: unknown task {t.strip()!r}; tasks: {', '.join(registry.names('task'))}")
+    if (task_names or args.paper_table) and not os.path.isdir(args.data_dir):
+        raise cli.UsageError(f"--data_dir {args.data_dir} is not a directory; give the folder of <task>.jsonl files")
+    if args.stride and args.max_len and args.stride > args.max_len:
+        raise cli.UsageError(f"--stride {args.stride} exceeds --max_len {args.max_len}; a window predicts at most "
+                             "max_len tokens")
+    if args.stride and not (args.text_files or args.jsonl or args.paper_table):
+        raise cli.UsageError("--stride applies to --text_files / --jsonl perplexity; give one of them")
+    for t in task_names:
+        load_docs(args.data_dir, t.strip(), tfds_data_dir=args.tfds_data_dir)
+        if args.num_fewshot:
+            load_docs(args.data_dir, t.strip(), "train", args.tfds_data_dir)
+    for flag, pattern in (("--text_files", args.text_files), ("--jsonl", args.jsonl)):
+        if pattern:
+            with cli.about(f"{flag} {pattern}"):
+                sources.expand_paths(pattern)
+    for path in args.checkpoint:
+        if not os.path.exists(os.path.expanduser(path)):
+            raise cli.UsageError(f"--checkpoint {path}: no such file or directory")
+    if args.output:
+        cli.writable_output("--output", args.output)
+
+
+def _run(args) -> dict:
+    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     rows, results_all = {}, {}
     for path in args.checkpoint:
-        model = checkpoint.load(path, dtype=args.dtype)
+        with cli.about(f"--checkpoint {path}"):
+            model = checkpoint.load(os.path.expanduser(path), dtype=args.dtype)
         if model.tokenizer is None:
-            raise ValueError(f"{path} has no tokenizer; add tokenizer.json (or vocab.json + merges.txt)")
+            raise cli.UsageError(f"--checkpoint {path} has no tokenizer; add tokenizer.json (or vocab.json + "
+                                 "merges.txt)")
+        context = model.config.max_position_embeddings
+        if args.max_len > context:
+            raise cli.UsageError(f"--max_len {args.max_len} exceeds the model's {context}-token context")
+        if args.stride > (args.max_len or context):
+            raise cli.UsageError(f"--stride {args.stride} exceeds the {args.max_len or context}-token context; a "
+                                 "window predicts at most that many tokens")
         max_len = args.max_len or None
         if args.paper_table:
             names = task_names or [t for t in registry.names("task") if available(t, args.data_dir, args.tfds_data_dir)]
@@ -100,4 +140,4 @@ def _run(args) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -55,20 +55,101 @@ def available(task: str, data_dir: str, tfds_data_dir: Optional[str] = None) -> 
 
 
 def load_docs(data_dir: str, task: str, split: str = "", tfds_data_dir: Optional[str] = None) -> list[dict]:
-    """The task's records: data_dir/<task>[.split].jsonl, else (given tfds_data_dir) TFDS."""
+    """The task's records: data_dir/<task>[.split].jsonl, else (given tfds_data_dir) TFDS. Every
+    record is checked (fields, types, label ranges): a bad one names the file and line."""
     path = _jsonl_path(data_dir, task, split)
     if not os.path.exists(path):
         if tfds_data_dir and task in TFDS:
             name, splits, record = TFDS[task]
-            return [record(r) for r in tfds_records(name, splits[split], tfds_data_dir)]
+            docs = [record(r) for r in tfds_records(name, splits[split], tfds_data_dir)]
+            for i, doc in enumerate(docs):
+                _check_doc(task, doc, f"TFDS {name} split {splits[split]} record {i}")
+            if not docs:
+                raise ValueError(f"{task}: TFDS {name} split {splits[split]} in {tfds_data_dir} has no records")
+            return docs
         hint = (f", or pass --tfds_data_dir where TFDS {TFDS[task][0]!r} is prepared" if task in TFDS else
                 f" ({NOT_IN_TFDS[task]})" if task in NOT_IN_TFDS else "")
         raise FileNotFoundError(f"{task}: expected {path}, one JSON object per line: {FORMATS.get(task, '')}{hint}")
-    with open(path) as f:
+    if os.path.isdir(path):
+        raise ValueError(f"{task}: {path} is a directory; expected a JSON-lines file")
+    docs = []
+    with open(path, encoding="utf-8", errors="strict") as f:
         try:
-            return [json.loads(line) for line in f if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON lines ({e})") from e
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {n}: not valid JSON ({e.msg}); expected {FORMATS.get(task, '')}") \
+                        from None
+                _check_doc(task, doc, f"{path} line {n}")
+                docs.append(doc)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not docs:
+        raise ValueError(f"{path} holds no records; expected one JSON object per line: {FORMATS.get(task, '')}")
+    return docs
+
+
+def _label(value, choices: int):
+    """An integer label (or its string) in [0, choices), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        return None
+    return label if 0 <= label < choices and str(label) == str(value).strip() else None
+
+
+def _problem(task: str, doc) -> Optional[str]:
+    """What is wrong with one record of `task`, or None."""
+    if not isinstance(doc, dict):
+        return f"a {type(doc).__name__}, not a JSON object"
+    strings = {"lambada_openai": ["text"], "wikitext": ["page"], "hellaswag": ["activity_label", "ctx_a", "ctx_b"],
+               "piqa": ["goal", "sol1", "sol2"], "winogrande": ["sentence", "option1", "option2"],
+               "mathqa": ["Problem", "options", "correct"], "pubmedqa": ["final_decision"]}.get(task, [])
+    for field in strings:
+        if field not in doc:
+            return f"field {field!r} is missing"
+        if not isinstance(doc[field], str):
+            return f"field {field!r} must be a string, not {type(doc[field]).__name__}"
+    if task == "lambada_openai" and " " not in doc["text"].strip():
+        return "field 'text' has no space: the last word is the target, the rest the context"
+    if task == "hellaswag":
+        endings = doc.get("endings")
+        if not isinstance(endings, list) or len(endings) < 2 or not all(isinstance(e, str) for e in endings):
+            return f"field 'endings' must be a list of at least 2 strings, not {json.dumps(endings)[:60]}"
+        if _label(doc.get("label"), len(endings)) is None:
+            return f"field 'label' must be an integer in [0, {len(endings)}), not {json.dumps(doc.get('label'))}"
+    if task == "piqa" and _label(doc.get("label"), 2) is None:
+        return f"field 'label' must be 0 or 1, not {json.dumps(doc.get('label'))}"
+    if task == "winogrande":
+        if "_" not in doc["sentence"]:
+            return "field 'sentence' has no '_' (the blank the options fill)"
+        if str(doc.get("answer")) not in ("1", "2"):
+            return f"field 'answer' must be \"1\" or \"2\", not {json.dumps(doc.get('answer'))}"
+    if task == "mathqa":
+        if doc["correct"] not in tuple("abcde"):
+            return f"field 'correct' must be one of a-e, not {json.dumps(doc['correct'])}"
+        if len(mathqa_choices(doc["options"])) != 5:
+            return "field 'options' must read 'a ) ... , b ) ... , c ) ... , d ) ... , e ) ...'"
+    if task == "pubmedqa":
+        contexts = doc["context"].get("contexts") if isinstance(doc.get("context"), dict) else doc.get("CONTEXTS")
+        if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+            return "field 'context.contexts' must be a list of strings"
+        if not isinstance(doc.get("question", doc.get("QUESTION")), str):
+            return "field 'question' must be a string"
+        if doc["final_decision"] not in PUBMEDQA_CHOICES:
+            return f"field 'final_decision' must be one of {PUBMEDQA_CHOICES}, not {json.dumps(doc['final_decision'])}"
+    return None
+
+
+def _check_doc(task: str, doc, where: str) -> None:
+    problem = _problem(task, doc)
+    if problem:
+        raise ValueError(f"{where}: {problem} (a {task} record is {FORMATS.get(task, 'a JSON object')})")
 
 
 def mean_stderr(values) -> tuple[float, float]:
@@ -243,6 +324,11 @@ def perplexity_of_texts(scorer, texts: list[str], stride: Optional[int] = None) 
     """Token perplexity and bits per byte of any texts (the Pile's BPB/PPL columns), rolling
     windows of max_len predicting `stride` new tokens each (default max_len)."""
     stride = stride or scorer.max_len
+    if not 0 < stride <= scorer.max_len:
+        raise ValueError(f"stride={stride} must be in [1, {scorer.max_len}] (the context): each window predicts "
+                         "`stride` new tokens after max_len - stride tokens of context")
+    if not texts or not any(t.strip() for t in texts):
+        raise ValueError("no text to score: the files are empty")
     lls = scorer.loglikelihood_rolling(texts, context_len=scorer.max_len - stride + 1)
     n_tokens = sum(len(scorer.tokenizer.encode(t)) for t in texts)
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)

@@ -5,44 +5,26 @@
 
 Re-running the same command resumes from the workdir's latest checkpoint. Multi-host runs pass
 --coordinator/--num_processes/--process_id (or NEOJAX_* variables, or rely on TPU/SLURM detection).
+Exit codes: 0 done, 2 bad input (one line saying which), 1 stopped by non-finite gradients,
+143 preempted by SIGTERM (a checkpoint was saved: re-run the same command).
 """
 from __future__ import annotations
 
-import os
+import argparse
+import ast
 import sys
 
-from neojax.train.config import experiments
+from neojax import cli
+from neojax.train.config import apply_overrides, experiments, load_experiment
 
-def resolve_config_arg(argv: list[str]) -> list[str]:
-    """Let --config take an experiment name; an unknown one lists the registry."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        value, prefix = None, None
-        if arg == "--config" and i + 1 < len(out):
-            value, index, prefix = out[i + 1], i + 1, ""
-        elif arg.startswith("--config="):
-            value, index, prefix = arg[len("--config="):], i, "--config="
-        if value is None:
-            continue
-        path, sep, variant = value.partition(":")
-        if not os.path.exists(path):
-            known = experiments()
-            name = os.path.basename(path)[:-3] if path.endswith(".py") else path
-            if name not in known:
-                raise SystemExit(f"error: unknown experiment {value!r}; registered experiments: {sorted(known)} "
-                                 "(or give a path to a config file)")
-            path = known[name]
-        out[index] = prefix + path + sep + variant
-    return out
+PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 
 def list_registry() -> str:
-    import importlib
     from neojax import registry
-    for module in ("neojax.model", "neojax.data.sources", "neojax.train.optim", "neojax.train.hooks",
-                   "neojax.model.config"):
-        importlib.import_module(module)
     from neojax.model.config import PRESETS
+    from neojax.train.config import _import_components
+    _import_components()
     lines = ["experiments (--config NAME[:variant]):"]
     for name, path in experiments().items():
         doc = (_docstring(path) or "").strip().splitlines()
@@ -54,55 +36,81 @@ def list_registry() -> str:
 
 
 def _docstring(path):
-    import ast
     with open(path) as f:
         return ast.get_docstring(ast.parse(f.read()))
 
 
-def main():
-    argv = sys.argv
+def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the other arguments, [(key, value)] of every --config.key=value or --config.key value)."""
+    rest, overrides, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            key, eq, value = arg[len("--config."):].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise cli.UsageError(f"{arg}: give a value (--config.{key}=VALUE)")
+                value, i = argv[i + 1], i + 1
+            overrides.append((key, value))
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
+def parse(argv: list[str]):
+    """(the resolved config, the parsed command-line options)."""
+    rest, overrides = split_overrides(list(argv))
+    parser = cli.ArgumentParser(prog="python -m neojax.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment name or file, [:variant]")
+    parser.add_argument("--workdir", required=True, help="directory for everything the run produces")
+    parser.add_argument("--coordinator", help="multi-host: coordinator address host:port")
+    parser.add_argument("--num_processes", type=cli.positive_int, help="multi-host: number of processes")
+    parser.add_argument("--process_id", type=cli.nonneg_int, help="multi-host: this process's index")
+    args = parser.parse_args(rest)
+    if not args.workdir.strip():
+        raise cli.UsageError("--workdir is empty; give a directory for the run")
+    try:
+        config = load_experiment(args.config)
+    except ValueError as e:  # an experiment's own "unknown variant" message, or an unknown name
+        raise cli.UsageError(f"--config {args.config}: {cli.message(e)}") from None
+    return apply_overrides(config, overrides), args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     if "--list" in argv:
         print(list_registry())
         return 0
-    argv = resolve_config_arg(argv)
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flag = config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]", lock_config=True)
-    flags.DEFINE_string("workdir", None, "directory for everything the run produces")
-    flags.DEFINE_string("coordinator", None, "multi-host: coordinator address host:port")
-    flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
-    flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
-        from absl import logging as absl_logging
-        absl_logging.set_verbosity(absl_logging.WARNING)
-        from neojax import sharding
-        sharding.initialize_distributed(flags.FLAGS.coordinator, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-        from neojax.train.loop import NonFiniteError, train
-        workdir, task = flags.FLAGS.workdir, config_flag.value.task
-        if task == "classify":
-            from neojax.finetune.classify import train
-        elif task != "lm":
-            print(f"error: unknown task {task!r}; tasks: lm, classify", file=sys.stderr)
-            return 2
-        try:
-            result = train(config_flag.value, workdir)
-        except NonFiniteError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if task != "lm":
-            return 0
-        print(f"\ndone: step {result['step']} in {result.get('wall_time_s', 0):.0f}s. Next:\n"
-              f"  python -m neojax.generate --checkpoint {workdir} --prompt \"def \" --max_new_tokens 64\n"
-              f"  python -m neojax.evaluate --checkpoint {workdir} --text_files 'path/*.txt'\n"
-              f"  python -m neojax.convert {workdir} {workdir}/hf --to hf")
+    config, args = parse(argv)
+    from neojax.train.config import check_config
+    check_config(config)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-save and read-only notices
+    from neojax import sharding
+    sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    from neojax.train.loop import NonFiniteError, train
+    if config.task == "classify":
+        from neojax.finetune.classify import train
+    try:
+        result = train(config, args.workdir)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if result.get("preempted"):
+        print(f"preempted (SIGTERM) at step {result['step']}: saved; resume with the same command", flush=True)
+        return PREEMPTED_EXIT
+    if config.task != "lm":
         return 0
-    app.run(run, argv=argv)
+    workdir = args.workdir
+    print(f"\ndone: step {result['step']} in {result.get('wall_time_s', 0):.0f}s. Next:\n"
+          f"  python -m neojax.generate --checkpoint {workdir} --prompt \"def \" --max_new_tokens 64 "
+          "--temperature 0.8 --top_p 0.95\n"
+          f"  python -m neojax.evaluate --checkpoint {workdir} --text_files 'path/*.txt'\n"
+          f"  python -m neojax.convert {workdir} {workdir}/hf --to hf")
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

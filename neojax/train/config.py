@@ -1,12 +1,23 @@
 """The full schema of a training config. Experiments start from `base_config()`, change values
-and return it locked, so a typo (in a file or a --config.key=value flag) names the valid keys."""
+and return it locked, so a typo (in a file or a --config.key=value flag) names the valid keys.
+`check_config` validates a whole config before any work; `config_changes` says what a resume
+would change."""
 from __future__ import annotations
 
+import ast
+import difflib
 import glob
 import importlib.util
+import inspect
+import json
+import math
 import os
+import re
 
 import ml_collections
+
+from neojax import registry
+from neojax.cli import UsageError
 
 EXPERIMENT_DIRS = [os.path.join(os.getcwd(), "experiments"),
                    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -47,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
                    max_nonfinite_streak=10, log_every=10, report_mfu=True)
     c.checkpoint = dict(every_steps=200, keep=3, keep_period=0, async_save=True)
     c.eval = dict(every_steps=200, valid_batches=8, hooks=["valid_loss"], sample_prompts=[],
-                  sample_max_new_tokens=48, sample_temperature=0.0,
+                  sample_max_new_tokens=48, sample_temperature=0.8, sample_top_p=0.95,  # sampled, as people read
                   tasks=[], task_data_dir="", task_limit=0, num_fewshot=0)  # for the "tasks" hook
     c.mesh = "data=-1,fsdp=1,tensor=1"
     c.sharding_rules = ()         # empty = neojax.sharding.DEFAULT_RULES
@@ -70,6 +81,14 @@ def experiments() -> dict[str, str]:
     return found
 
 
+def _import_components() -> None:
+    """Register every component a config can name (attention variants, sources, schedules, hooks, tasks)."""
+    import neojax.evaluate  # noqa: F401
+    import neojax.model  # noqa: F401
+    import neojax.train.hooks  # noqa: F401
+    import neojax.train.optim  # noqa: F401
+
+
 def load_experiment(spec: str) -> ml_collections.ConfigDict:
     """The config of "name[:variant]" or "path/to/file.py[:variant]", as --config reads it
     (for notebooks and scripts)."""
@@ -80,7 +99,296 @@ def load_experiment(spec: str) -> ml_collections.ConfigDict:
             raise ValueError(f"unknown experiment {spec!r}; registered experiments: {sorted(known)} "
                              "(or give a path to a config file)")
         path = known[path]
+    if not os.path.isfile(path):
+        raise UsageError(f"--config {spec}: {path} is not a file; give an experiment name or a config .py file")
     module_spec = importlib.util.spec_from_file_location(f"experiment_{os.path.basename(path)[:-3]}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UsageError(f"--config {path}: line {e.lineno}: {e.msg}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise UsageError(f"--config {path} defines no get_config(); an experiment file returns its config from "
+                         "get_config(variant='')")
+    config = module.get_config(variant) if variant else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise UsageError(f"--config {path}: get_config() returned {type(config).__name__}, not a ConfigDict "
+                         "(start from neojax.train.config.base_config())")
+    return config
+
+
+# --- --config.key=value overrides --------------------------------------------------------------------
+FREE_FORM = ("model.overrides", "data.source_args")  # dicts whose keys the user chooses
+
+
+def _literal(text: str):
+    """JSON or a Python literal if `text` is one, else the text itself."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+    return text
+
+
+def _coerce(key: str, current, text: str):
+    """`text` as the type of the field's current value; a UsageError naming the key otherwise."""
+    want = type(current).__name__
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+    elif isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    elif isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    elif isinstance(current, str):
+        return text
+    elif isinstance(current, (list, tuple)):
+        value = _literal(text)
+        if isinstance(value, str):  # a,b,c
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, (list, tuple)):
+            return type(current)(value) if isinstance(current, tuple) else list(value)
+        want = "list"
+    elif isinstance(current, (dict, ml_collections.ConfigDict)):
+        value = _literal(text)
+        if isinstance(value, dict):
+            return value
+        want = "dict (JSON, e.g. {\"key\": 1})"
+    else:
+        return _literal(text)
+    raise UsageError(f"--config.{key}={text}: expected {'an' if want[0] in 'aeiou' else 'a'} {want}")
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
+    """Set each ("a.b.c", text) on `config`; an unknown key names the closest valid ones."""
+    for key, text in overrides:
+        parts = key.split(".")
+        node, path = config, []
+        for i, part in enumerate(parts):
+            free = ".".join(path) in FREE_FORM
+            last = i == len(parts) - 1
+            if isinstance(node, ml_collections.ConfigDict) and part in node:
+                if last:
+                    current = node[part]
+                    value = _literal(text) if free else _coerce(key, current, text)
+                    with node.ignore_type():
+                        node[part] = value
+                else:
+                    node = node[part]
+                    path.append(part)
+                continue
+            if free and last and isinstance(node, ml_collections.ConfigDict):
+                with node.unlocked():
+                    node[part] = _literal(text)
+                continue
+            valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            close = difflib.get_close_matches(part, valid, n=1)
+            where = ".".join(path) or "config"
+            hint = f"did you mean {'.'.join(path + close)}? " if close else ""
+            raise UsageError(f"--config.{key}: {where} has no key {part!r}; {hint}valid keys: {valid}")
+    return config
+
+
+# --- validation --------------------------------------------------------------------------------------
+def _flat(d, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and v and not name.startswith(FREE_FORM):
+            out.update(_flat(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Validate a whole training config before any work: types, ranges, registered names, paths.
+    Raises a UsageError with one line per problem, each naming the key and the fix."""
+    _import_components()
+    errors = []
+    c = config.to_dict()
+    get = lambda key: _flat(c).get(key)
+
+    def need(key, ok, what):
+        if get(key) is None and key not in _flat(c):
+            return
+        if not ok(get(key)):
+            errors.append(f"--config.{key}={json.dumps(get(key), default=str)}: {what}")
+
+    for key in ("train.total_steps", "train.global_batch", "train.microbatches", "train.log_every",
+                "train.max_nonfinite_streak", "checkpoint.every_steps", "checkpoint.keep", "data.seq_len",
+                "eval.valid_batches", "eval.sample_max_new_tokens"):
+        need(key, lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+    for key in ("checkpoint.keep_period", "eval.every_steps", "eval.task_limit", "eval.num_fewshot",
+                "optimizer.warmup_steps", "optimizer.decay_steps", "data.train_sentencepiece", "lora.rank",
+                "train.seed", "data.seed"):
+        need(key, lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0 = off / default)")
+    need("optimizer.lr", lambda v: _is_num(v) and v > 0, "the learning rate must be a finite number > 0")
+    need("optimizer.eps", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
+    for key in ("optimizer.weight_decay", "optimizer.clip", "train.z_loss", "eval.sample_temperature"):
+        need(key, lambda v: _is_num(v) and v >= 0, "must be a finite number >= 0 (0 = off)")
+    for key in ("optimizer.b1", "optimizer.b2", "data.valid_fraction"):
+        need(key, lambda v: _is_num(v) and 0 <= v < 1, "must be a number in [0, 1)")
+    need("eval.sample_top_p", lambda v: _is_num(v) and 0 < v <= 1, "must be a number in (0, 1] (1 = off)")
+    need("optimizer.final_lr_ratio", lambda v: _is_num(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+    need("lora.alpha", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
+    need("distill.temperature", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
+    need("distill.alpha", lambda v: _is_num(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+    need("task", lambda v: v in ("lm", "classify"), "choose 'lm' or 'classify'")
+    need("model.dtype", lambda v: v in ("float32", "bfloat16"), "choose 'float32' or 'bfloat16'")
+    need("model.remat", lambda v: v in ("none", "full", "dots"), "choose 'none', 'full' or 'dots'")
+    need("data.on_error", lambda v: v in ("raise", "skip"), "choose 'raise' or 'skip'")
+    t = c.get("train", {})
+    if _is_int(t.get("global_batch")) and _is_int(t.get("microbatches")) and t["microbatches"] >= 1 \
+            and t["global_batch"] % t["microbatches"]:
+        errors.append(f"--config.train.microbatches={t['microbatches']}: must divide train.global_batch="
+                      f"{t['global_batch']}")
+    if _is_int(get("data.train_sentencepiece")) and 0 < get("data.train_sentencepiece") < 260:
+        errors.append(f"--config.data.train_sentencepiece={get('data.train_sentencepiece')}: a byte-fallback "
+                      "sentencepiece model needs at least 260 pieces (256 bytes + specials)")
+    _check_names(c, errors)
+    _check_model(c, errors)
+    _check_paths(c, errors)
+    if errors:
+        raise UsageError("\n".join(errors))
+
+
+def _registered(kind: str, name, key: str, errors: list, extra=()) -> None:
+    known = sorted(set(registry.names(kind)) | set(extra))
+    if name not in known:
+        close = difflib.get_close_matches(str(name), known, n=1)
+        errors.append(f"--config.{key}={name!r}: unknown {kind}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                      f"registered: {known}")
+
+
+def _check_names(c: dict, errors: list) -> None:
+    from neojax import sharding
+    d, e, o = c.get("data", {}), c.get("eval", {}), c.get("optimizer", {})
+    if "source" in d:
+        _registered("data_source", d["source"], "data.source", errors, extra=("mixture", "chat"))
+        if d["source"] in registry.names("data_source"):
+            _check_source_args(d["source"], d.get("source_args") or {}, "data.source_args", errors)
+        if d["source"] == "mixture":
+            mixture = d.get("mixture") or []
+            if not mixture:
+                errors.append("--config.data.mixture=[]: data.source='mixture' needs [{source, source_args, weight}, ...]")
+            for i, part in enumerate(mixture):
+                if not isinstance(part, dict) or "source" not in part:
+                    errors.append(f"--config.data.mixture[{i}]={part!r}: needs {{source, source_args, weight}}")
+                    continue
+                _registered("data_source", part["source"], f"data.mixture[{i}].source", errors)
+                if part["source"] in registry.names("data_source"):
+                    _check_source_args(part["source"], part.get("source_args") or {},
+                                       f"data.mixture[{i}].source_args", errors)
+                if not (_is_num(part.get("weight", 1.0)) and part.get("weight", 1.0) > 0):
+                    errors.append(f"--config.data.mixture[{i}].weight={part.get('weight')!r}: must be a number > 0")
+    if "schedule" in o:
+        _registered("schedule", o["schedule"], "optimizer.schedule", errors)
+    hooks = e.get("hooks", [])
+    if not isinstance(hooks, (list, tuple)):
+        errors.append(f"--config.eval.hooks={hooks!r}: must be a list of names, e.g. '[\"valid_loss\"]'")
+        hooks = []
+    for i, hook in enumerate(hooks):
+        _registered("eval", hook, f"eval.hooks[{i}]", errors)
+    for i, task in enumerate(e.get("tasks", []) or []):
+        _registered("task", task, f"eval.tasks[{i}]", errors)
+    if "tasks" in hooks and not e.get("tasks"):
+        errors.append("--config.eval.tasks=[]: the 'tasks' hook needs task names, e.g. '[\"lambada_openai\"]'")
+    for i, target in enumerate(c.get("lora", {}).get("targets", []) or []):
+        try:
+            re.compile(target)
+        except (re.error, TypeError) as err:
+            errors.append(f"--config.lora.targets[{i}]={target!r}: not a regular expression ({err})")
+    if "mesh" in c:
+        try:
+            sharding.parse_mesh(c["mesh"])
+        except ValueError as err:
+            errors.append(f"--config.mesh={c['mesh']!r}: {err}")
+
+
+def _check_source_args(source: str, args: dict, key: str, errors: list) -> None:
+    """Source options against the registered function's parameters."""
+    params = inspect.signature(registry.get("data_source", source)).parameters
+    accepted = [p for p in params if p != "errors"]
+    for name in args:
+        if name not in accepted:
+            errors.append(f"--config.{key}.{name}: data source {source!r} has no option {name!r}; "
+                          f"options: {accepted}")
+    for name, p in params.items():
+        if p.default is inspect.Parameter.empty and name != "errors" and name not in args:
+            errors.append(f"--config.{key}.{name}: data source {source!r} needs it (options: {accepted})")
+
+
+def _check_model(c: dict, errors: list) -> None:
+    from neojax.model.config import PRESETS, preset
+    m = c.get("model", {})
+    if not m:
+        return
+    if not m.get("init_from"):
+        if m.get("preset") not in PRESETS:
+            errors.append(f"--config.model.preset={m.get('preset')!r}: unknown preset; presets: {sorted(PRESETS)} "
+                          "(or set model.init_from to a checkpoint)")
+            return
+        try:
+            model_config = preset(m["preset"], **dict(m.get("overrides") or {}))
+        except (TypeError, ValueError) as err:
+            errors.append(f"--config.model.overrides: {err}")
+            return
+        for kind in sorted(set(model_config.attention_layers)):
+            _registered("attention", kind, "model.overrides.attention_types", errors)
+        seq_len = c.get("data", {}).get("seq_len")
+        if _is_int(seq_len) and seq_len > model_config.max_position_embeddings:
+            errors.append(f"--config.data.seq_len={seq_len}: exceeds the model's max_position_embeddings="
+                          f"{model_config.max_position_embeddings}; lower it or raise "
+                          "model.overrides.max_position_embeddings")
+
+
+def _check_paths(c: dict, errors: list) -> None:
+    """Files and directories the config names must exist (data globs are checked by the sources)."""
+    keys = ["model.init_from", "data.tokenizer", "distill.teacher"]
+    if "tasks" in (c.get("eval", {}).get("hooks") or []):
+        keys.append("eval.task_data_dir")
+    flat = _flat(c)
+    for key in keys:
+        value = flat.get(key)
+        if value and not os.path.exists(os.path.expanduser(str(value))):
+            errors.append(f"--config.{key}={value!r}: no such file or directory")
+
+
+# --- resuming ------------------------------------------------------------------------------------------
+RESUMABLE_CHANGES = ("train.total_steps", "train.log_every", "train.report_mfu", "train.max_nonfinite_streak",
+                     "checkpoint.", "eval.", "mesh", "sharding_rules", "data.cache_dir")
+# What a resume may change but is told about: optimizer settings that leave the state's shapes
+# alone (lowering the learning rate after a blow-up is the usual fix).
+NOTED_CHANGES = ("optimizer.lr", "optimizer.warmup_steps", "optimizer.decay_steps", "optimizer.final_lr_ratio",
+                 "optimizer.clip", "optimizer.weight_decay", "optimizer.schedule")
+
+
+def config_changes(saved: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(refused, noted) differences between a workdir's saved config and this run's, as
+    'key: saved -> new'. Length, cadence, hooks and mesh may change silently."""
+    a, b = _flat(json.loads(json.dumps(saved))), _flat(json.loads(json.dumps(new)))
+    refused, noted = [], []
+    for key in sorted(set(a) | set(b)):
+        if key.startswith(RESUMABLE_CHANGES) or a.get(key) == b.get(key):
+            continue
+        (noted if key in NOTED_CHANGES else refused).append(f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}")
+    return refused, noted

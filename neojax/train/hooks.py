@@ -70,7 +70,8 @@ def samples(params, *, config, model_config, tokenizer, step, **_):
     if not prompts:
         return {}
     out = generate(params, model_config, prompts, tokenizer, max_new_tokens=config.eval.sample_max_new_tokens,
-                   temperature=config.eval.sample_temperature, truncate=True)
+                   temperature=config.eval.sample_temperature, top_p=config.eval.get("sample_top_p", 1.0),
+                   seed=step, truncate=True)
     text = "\n".join(f"[{p!r}] -> {t!r}" for p, t in zip(prompts, out.texts))
     if jax.process_index() == 0:
         print(f"  samples @ {step}:\n" + "\n".join("    " + line for line in text.splitlines()), flush=True)

@@ -19,13 +19,16 @@ import numpy as np
 
 from neojax import registry, sharding
 from neojax.checkpoint.io import write_model_card
+from neojax.cli import UsageError
 from neojax.checkpoint.manager import Checkpointer
 from neojax.finetune import lora
 from neojax.train import hooks as _hooks  # noqa: F401  (registers the evaluation hooks)
+from neojax.train.config import check_config
 from neojax.train.metrics import MetricsWriter
 from neojax.train.optim import make_optimizer
 from neojax.train.setup import build_data, build_model
 from neojax.train.step import init_state, make_train_step, model_params, state_specs
+from neojax.train.workdir import Workdir
 
 log = logging.getLogger("neojax.train")
 
@@ -35,12 +38,16 @@ class NonFiniteError(RuntimeError):
 
 
 def train(config, workdir: str) -> dict:
-    """Train (or resume) the experiment `config` in `workdir`; returns the last metrics logged."""
-    os.makedirs(workdir, exist_ok=True)
+    """Train (or resume) the experiment `config` in `workdir`; returns the last metrics logged
+    ("preempted": True when SIGTERM stopped it after a save)."""
+    check_config(config)
+    with Workdir.open(config, workdir) as wd:
+        return _train(config, wd)
+
+
+def _train(config, wd: Workdir) -> dict:
+    workdir = wd.path
     main_process = jax.process_index() == 0
-    if main_process:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules) or sharding.DEFAULT_RULES
     batch_axes = dict(rules)["act_batch"] or ()
@@ -50,8 +57,6 @@ def train(config, workdir: str) -> dict:
                          f"devices ({split}, mesh {dict(mesh.shape)}) times train.microbatches="
                          f"{config.train.microbatches}; change the batch or config.mesh (e.g. --config.mesh=data=1)")
     model_config, tokenizer, init_params = build_model(config, workdir)
-    if main_process:
-        write_model_card(os.path.join(workdir, "model"), model_config, tokenizer)
     data = build_data(config, tokenizer, workdir, model_config)
     optimizer, schedule = make_optimizer(config.optimizer, config.train.total_steps)
 
@@ -61,16 +66,25 @@ def train(config, workdir: str) -> dict:
     state_sh = sharding.shardings(mesh, state_specs(model_config, abstract, rules, mesh))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.keep_period,
                         config.checkpoint.async_save)
-    start = ckpt.latest_step()
-    if start is not None:
-        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-        state, data_state, meta = ckpt.restore(target)
+    had_checkpoints = ckpt.latest_step() is not None
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+    restored = ckpt.restore_intact(target) if had_checkpoints else None
+    if restored is not None:
+        start, state, data_state, _ = restored
         data.train.set_state(data_state)
         print(f"resumed from {ckpt.directory}/{start} (step {start})", flush=True)
+    elif had_checkpoints:
+        ckpt.close()
+        raise UsageError(f"--workdir {workdir}: every checkpoint is damaged (moved to "
+                         f"{os.path.join(workdir, 'damaged_checkpoints')}); start over in a new --workdir")
     else:
         init = jax.jit(lambda r: init_state(model_config, optimizer, r, init_params, adapters), out_shardings=state_sh)
         state = init(rng)
         start = 0
+    wd.write_config()  # only now: a refused or failed start leaves the workdir as it was
+    if main_process:
+        write_model_card(os.path.join(workdir, "model"), model_config, tokenizer)
+        print(_summary(config, state, mesh, start), flush=True)
     teacher, teacher_args = _teacher(config, model_config, mesh, rules)
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
                               abstract_state=abstract, teacher=teacher)
@@ -130,6 +144,7 @@ def train(config, workdir: str) -> dict:
                 window_start = time.perf_counter()
             if stop["sigterm"]:
                 print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume", flush=True)
+                last["preempted"] = True
                 break
         if adapters is not None and main_process:
             lora.save_adapters(os.path.join(workdir, "adapters"), jax.device_get(state.params), adapters, overwrite=True)
@@ -162,6 +177,16 @@ def _flops_per_step(config, model_config) -> dict:
     if config.train.report_mfu:
         out["peak"] = measure_peak_flops(seconds=0.5) * jax.device_count() / jax.local_device_count()
     return out
+
+
+def _summary(config, state, mesh, start: int) -> str:
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    trained = count(state.params["lora"]) if "lora" in state.params else count(state.params)
+    axes = ",".join(f"{k}={v}" for k, v in mesh.shape.items())
+    t = config.train
+    return (f"model {count(state.params) / 1e6:,.2f}M parameters ({trained / 1e6:,.2f}M trained) | mesh {axes} on "
+            f"{jax.device_count()} {jax.default_backend()} device(s) | {t.global_batch * config.data.seq_len:,} tokens "
+            f"a step (batch {t.global_batch} x {config.data.seq_len}) | step {start} of {t.total_steps}")
 
 
 def _duration(seconds: float) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 
 class MetricsWriter:
@@ -13,8 +14,7 @@ class MetricsWriter:
         if not enabled:
             return
         if os.path.exists(self.path):  # drop what a killed run logged after its last checkpoint
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+            kept = [line for line in _intact_lines(self.path) if json.loads(line)["step"] <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(kept)
         from tensorboardX import SummaryWriter
@@ -36,6 +36,23 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _intact_lines(path: str) -> list[str]:
+    """The lines before the first one that is not a complete record (a kill mid-write leaves a
+    partial last line); what is cut is reported."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    for n, line in enumerate(lines):
+        try:
+            ok = line.endswith("\n") and isinstance(json.loads(line).get("step"), int)
+        except (json.JSONDecodeError, AttributeError):
+            ok = False
+        if not ok and line.strip():
+            print(f"warning: {path} line {n + 1} is not a complete record ({line.strip()[:60]!r}); truncating the "
+                  f"file there ({len(lines) - n} line(s) dropped)", file=sys.stderr, flush=True)
+            return [x for x in lines[:n] if x.strip()]
+    return [x for x in lines if x.strip()]
 
 
 def read_metrics(workdir: str) -> list[dict]:

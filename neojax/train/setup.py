@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
 from typing import Any, Optional
@@ -21,12 +23,20 @@ def _tokenizer(config, workdir: str, fallback: Optional[Tokenizer]) -> Tokenizer
     if d.tokenizer:
         return Tokenizer.from_path(d.tokenizer)
     if d.train_sentencepiece:
-        path = os.path.join(workdir, "tokenizer", f"sp{d.train_sentencepiece}.model")
-        if os.path.exists(path):
-            return Tokenizer.from_path(path)
+        legacy = os.path.join(workdir, "tokenizer", f"sp{d.train_sentencepiece}.model")  # before keys held the data
+        key = json.dumps([d.source, d.source_args.to_dict(), [dict(m) for m in d.mixture]], sort_keys=True, default=str)
+        path = os.path.join(workdir, "tokenizer",
+                            f"sp{d.train_sentencepiece}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.model")
+        for existing in (path, legacy):
+            if os.path.exists(existing):
+                return Tokenizer.from_path(existing)
         if jax.process_index() == 0:
             print(f"training a {d.train_sentencepiece}-piece sentencepiece model on {d.source} -> {path}", flush=True)
-        return train_sentencepiece(_training_text(config), d.train_sentencepiece, path)
+        text = list(_training_text(config))  # read first: data errors keep their own message
+        if not any(t.strip() for t in text):
+            raise ValueError(f"data.source={d.source!r} ({dict(d.source_args)}) yielded no text to train the "
+                             "sentencepiece tokenizer on; check data.source_args")
+        return train_sentencepiece(text, d.train_sentencepiece, path)
     if fallback is not None:
         return fallback
     raise ValueError("no tokenizer: set data.tokenizer (a tokenizer.json / vocab.json+merges.txt dir / .model), "

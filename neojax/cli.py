@@ -1,0 +1,136 @@
+"""What every command line shares: one-line errors with exit code 2, checked option types.
+
+    parser = cli.ArgumentParser(prog="python -m neojax.x")
+    parser.add_argument("--stride", type=cli.positive_int)
+    sys.exit(cli.run(main, argv))
+
+A bad input ends in `error: <what>, <why>, <fix>` on stderr and exit code 2; an unexpected
+failure in one line and exit code 1. NEOJAX_DEBUG=1 shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import sys
+from typing import Callable, Optional, Sequence
+
+USAGE_EXIT, INTERNAL_EXIT = 2, 1
+
+
+class UsageError(ValueError):
+    """A bad input: the message names it, says what is wrong and how to fix it."""
+
+
+# Exceptions that mean the user's input (a flag, a file, a directory) is wrong, not neojax.
+INPUT_ERRORS = (UsageError, ValueError, KeyError, OSError, re.error)
+
+
+def message(error: BaseException) -> str:
+    """One line for `error`: KeyError's quotes dropped, OSError's file named, newlines folded."""
+    if isinstance(error, KeyError) and error.args:
+        text = str(error.args[0])
+    elif isinstance(error, OSError) and error.filename and str(error.filename) not in str(error):
+        text = f"{error.filename}: {error.strerror or error}"
+    elif isinstance(error, re.error):
+        text = f"invalid regular expression {error.pattern!r}: {error.msg}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
+
+
+def debug() -> bool:
+    return os.environ.get("NEOJAX_DEBUG", "") not in ("", "0")
+
+
+def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """main(argv) with bad inputs turned into one line and exit code 2 (see the module doc)."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except INPUT_ERRORS as e:
+        if debug():
+            raise
+        print(f"error: {message(e)}", file=sys.stderr)
+        return USAGE_EXIT
+    except Exception as e:  # a bug in neojax: one line, and how to see more
+        if debug():
+            raise
+        print(f"error: internal {type(e).__name__}: {message(e)} (rerun with NEOJAX_DEBUG=1 for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return INTERNAL_EXIT
+
+
+@contextlib.contextmanager
+def about(flag: str):
+    """Input errors raised inside name `flag` (e.g. "--checkpoint"), so the user knows which input."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except INPUT_ERRORS as e:
+        raise UsageError(f"{flag}: {message(e)}") from None
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad option in one line (not the whole usage) with exit code 2."""
+
+    def error(self, text: str):
+        raise SystemExit(self._fail(text))
+
+    def _fail(self, text: str) -> int:
+        print(f"error: {' '.join(text.split())} (see {self.prog} --help)", file=sys.stderr)
+        return USAGE_EXIT
+
+
+def _typed(convert, check, want: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {want}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {want}")
+        return value
+    parse.__name__ = want  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _typed(int, lambda v: v > 0, "a positive integer")
+nonneg_int = _typed(int, lambda v: v >= 0, "a non-negative integer (0 = off)")
+finite_float = _typed(float, math.isfinite, "a finite number")
+nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+probability = _typed(float, lambda v: math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]")
+
+
+def unescape(text: str) -> str:
+    r"""The escapes a shell passes through literally: \n, \t, \r and \\ (as in --stop "\n\n")."""
+    return re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
+
+
+def readable_file(flag: str, path: str) -> str:
+    """`path` if it is a readable file; otherwise a UsageError naming the flag."""
+    if not os.path.exists(path):
+        raise UsageError(f"{flag} {path}: no such file")
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a directory; give a file")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{flag} {path} is not readable (check its permissions)")
+    return path
+
+
+def writable_output(flag: str, path: str) -> str:
+    """Check before any work that `path` can be written: its directory exists and is writable."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a directory; give a file name")
+    if not os.path.isdir(directory):
+        raise UsageError(f"{flag} {path}: directory {directory} does not exist; create it first")
+    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path} cannot be written (permissions); choose another path")
+    return path
