@@ -14,7 +14,7 @@ import math
 import os
 import re
 import sys
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np

@@ -34,11 +34,14 @@ def detect_format(path: str) -> str:
         if os.path.exists(os.path.join(path, "model", NATIVE_MARKER)) and os.path.isdir(os.path.join(path, "checkpoints")):
             return "workdir"
         if os.path.exists(os.path.join(path, "config.json")):
-            with open(os.path.join(path, "config.json")) as f:
+            with open(os.path.join(path, "config.json"), "rb") as f:
                 try:
-                    model_type = json.load(f).get("model_type")
-                except (json.JSONDecodeError, AttributeError):
-                    model_type = None
+                    hf_config = json.loads(f.read())
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{path}/config.json is not valid JSON ({e})") from None
+            if not isinstance(hf_config, dict):
+                raise ValueError(f"{path}/config.json holds a {type(hf_config).__name__}, not a JSON object")
+            model_type = hf_config.get("model_type")
             if model_type == "gpt_neo":
                 return "hf"
             if model_type is not None:

@@ -86,7 +86,12 @@ def read_config(directory: str, **overrides) -> GPTNeoConfig:
             d = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON: {e}") from e
-    return GPTNeoConfig.from_hf_dict(d, **overrides)
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a {type(d).__name__}, not a JSON object")
+    try:
+        return GPTNeoConfig.from_hf_dict(d, **overrides)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def read_state_dict(directory: str) -> dict[str, np.ndarray]:
@@ -140,7 +145,7 @@ def _write_hf(directory, config_dict, state, tokenizer, overwrite) -> str:
             json.dump({**config_dict, "torch_dtype": "float32"}, f, indent=2)
         safetensors.numpy.save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
-            tokenizer.save(tmp)
+            tokenizer.save_hf(tmp, config_dict.get("max_position_embeddings", 2048))
     return directory
 
 

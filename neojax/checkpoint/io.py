@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import uuid
 
 import jax
@@ -31,6 +32,7 @@ def atomic_directory(directory: str, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _usual_modes(tmp)
     old = None
     if os.path.exists(directory):
         old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
@@ -38,6 +40,16 @@ def atomic_directory(directory: str, overwrite: bool = False):
     os.rename(tmp, directory)
     if old:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _usual_modes(directory: str) -> None:
+    """Files as any program writes them (0644 under the usual umask): some writers use 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(directory):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
 
 
 def set_path(tree: dict, path: tuple, value):
@@ -86,8 +98,12 @@ def write_model_card(directory: str, config: GPTNeoConfig, tokenizer=None) -> No
 
 def read_model_card(directory: str):
     from neojax.data.tokenizer import Tokenizer
-    with open(os.path.join(directory, NATIVE_MARKER)) as f:
-        config = GPTNeoConfig.from_dict(json.load(f)["model"])
+    path = os.path.join(directory, NATIVE_MARKER)
+    try:
+        with open(path) as f:
+            config = GPTNeoConfig.from_dict(json.load(f)["model"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is damaged or not a neojax model card ({' '.join(str(e).split())})") from None
     try:
         tokenizer = Tokenizer.from_path(directory)
     except FileNotFoundError:
@@ -96,23 +112,61 @@ def read_model_card(directory: str):
 
 
 def load_workdir(workdir: str, step=None):
-    """(config, params, tokenizer) of a training workdir's latest (or given) checkpoint."""
+    """(config, params, tokenizer) of a training workdir's latest intact (or the given) checkpoint."""
     import orbax.checkpoint as ocp
+    from absl import logging as absl_logging
+    from neojax.finetune.lora import is_lora, merge
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notices on every read-only open
     config, tokenizer = read_model_card(os.path.join(workdir, "model"))
     with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                item_names=("state", "data", "meta"),
                                options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
+        steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+        if not steps:
             raise FileNotFoundError(f"{workdir} has no checkpoint yet (checkpoints/ is empty)")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        quiet_orbax_coroutines()
+        for i, step in enumerate(steps):
+            try:
+                state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+                break
+            except Exception as e:  # orbax and tensorstore raise many types for unreadable files
+                if i == len(steps) - 1:
+                    raise ValueError(f"{workdir}: checkpoint {step} cannot be read ({first_line(e)}); no intact "
+                                     "checkpoint is left") from None
+                print(f"warning: {workdir}: checkpoint {step} is damaged ({first_line(e)}); using step {steps[i + 1]}",
+                      file=sys.stderr, flush=True)
     params = state["params"]
-    from neojax.finetune.lora import is_lora, merge
     if is_lora(params):  # a LoRA run: the adapters merged into the base
         params = merge(params)
     params = jax.tree.map(np.asarray, params)
     check_params(params, config, f"{workdir} step {step}")
     return config, params, tokenizer
+
+
+def quiet_orbax_coroutines() -> None:
+    """A failed restore leaves orbax read coroutines that Python reports at exit as 'Exception
+    ignored in' tracebacks, burying the one-line error: drop those reports, keep all others."""
+    previous = sys.unraisablehook
+    if getattr(previous, "neojax", False):
+        return
+
+    def hook(unraisable):
+        tb, files = unraisable.exc_traceback, []
+        while tb is not None:
+            files.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        if not any("orbax" in f for f in files):
+            previous(unraisable)
+
+    hook.neojax = True
+    sys.unraisablehook = hook
+
+
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def save_native(directory: str, params, config: GPTNeoConfig, tokenizer=None, overwrite: bool = False) -> str:

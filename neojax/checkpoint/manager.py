@@ -19,6 +19,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from neojax.checkpoint.io import first_line, quiet_orbax_coroutines
+
 log = logging.getLogger("neojax.checkpoint")
 # orbax's words for a checkpoint that is intact but holds another state (a changed config).
 MISMATCH = ("Structure mismatch", "is not compatible with the stored shape")
@@ -26,30 +28,6 @@ MISMATCH = ("Structure mismatch", "is not compatible with the stored shape")
 
 class StateMismatch(ValueError):
     """An intact checkpoint whose arrays do not fit the state this run builds."""
-
-
-def _quiet_orbax_coroutines() -> None:
-    """A failed restore leaves orbax read coroutines that Python reports at exit as 'Exception
-    ignored in' tracebacks, burying the one-line error: drop those reports, keep all others."""
-    previous = sys.unraisablehook
-    if getattr(previous, "neojax", False):
-        return
-
-    def hook(unraisable):
-        tb, files = unraisable.exc_traceback, []
-        while tb is not None:
-            files.append(tb.tb_frame.f_code.co_filename)
-            tb = tb.tb_next
-        if not any("orbax" in f for f in files):
-            previous(unraisable)
-
-    hook.neojax = True
-    sys.unraisablehook = hook
-
-
-def first_line(error: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Checkpointer:
@@ -77,7 +55,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        _quiet_orbax_coroutines()
+        quiet_orbax_coroutines()
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Iterable, Sequence
@@ -39,7 +40,7 @@ class Tokenizer:
         (or GPT-2's vocab.json + merges.txt)."""
         path = os.fspath(path)
         if os.path.isdir(path):
-            for name in ("tokenizer.json", "tokenizer.model", "spiece.model"):
+            for name in ("tokenizer.model", "spiece.model", "tokenizer.json"):  # .model first: the exact original
                 if os.path.exists(os.path.join(path, name)):
                     return cls.from_path(os.path.join(path, name))
             vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
@@ -102,8 +103,64 @@ class Tokenizer:
                 f.write(self.backend.serialized_model_proto())
         return out
 
+    def save_hf(self, directory: str, model_max_length: int) -> None:
+        """Write what transformers' AutoTokenizer loads and encodes exactly as this tokenizer does:
+        tokenizer.json (a sentencepiece BPE model converted, the .model kept beside it for neojax)
+        and tokenizer_config.json naming the fast tokenizer class (else AutoTokenizer would take
+        GPT-Neo's default GPT-2 tokenizer). A model that does not convert exactly is refused."""
+        self.save(directory)
+        eos = EOT if self.kind == "bpe" else self.backend.id_to_piece(self.eos_id)
+        if self.kind == "sentencepiece":
+            converted = sentencepiece_as_tokenizers(self.backend)
+            mismatch = next((t for t in _probe_texts(self) if converted.encode(t, add_special_tokens=False).ids
+                             != self.encode(t)), None)
+            if mismatch is not None:
+                raise ValueError(f"sentencepiece model {self.source} has no exact transformers equivalent (it encodes "
+                                 f"{mismatch[:40]!r} differently; only BPE models with byte fallback convert); export "
+                                 "a neojax checkpoint instead (--to neojax)")
+            converted.save(os.path.join(directory, "tokenizer.json"))
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "bos_token": eos,
+                  "unk_token": eos if self.kind == "bpe" else self.backend.id_to_piece(self.backend.unk_id()),
+                  "model_max_length": model_max_length, "add_prefix_space": False, "clean_up_tokenization_spaces": False}
+        with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+
     def __repr__(self):
         return f"Tokenizer({self.kind}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, source={self.source!r})"
+
+
+def sentencepiece_as_tokenizers(sp):
+    """A `tokenizers.Tokenizer` that encodes as the sentencepiece BPE processor `sp` (identity
+    normalisation, no dummy prefix, byte fallback): spaces become U+2581, and every pair of pieces
+    whose concatenation is a piece merges in the order of that piece's score, as sentencepiece does."""
+    import tokenizers
+    from tokenizers import decoders, models, normalizers
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    normal = [i for i in range(sp.get_piece_size())
+              if not (sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))]
+    merges = []
+    for i in sorted(normal, key=lambda i: (-sp.get_score(i), i)):
+        piece = sp.id_to_piece(i)
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                merges.append((left, right))
+    unk = sp.id_to_piece(sp.unk_id())
+    tok = tokenizers.Tokenizer(models.BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.is_control(i)])
+    return tok
+
+
+def _probe_texts(tokenizer) -> list[str]:
+    """Strings that exercise a converted tokenizer: every piece, spaces, digits, bytes outside the vocabulary."""
+    sp = tokenizer.backend
+    pieces = [sp.id_to_piece(i).replace("\u2581", " ") for i in range(sp.get_piece_size())
+              if not (sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i))]
+    return pieces + [" ".join(pieces[k:k + 7]) for k in range(0, len(pieces), 7)] + [
+        "Hello, world!  Two  spaces\tand a tab\nnew line", "def f(x):\n    return x ** 2  # 12345",
+        "Ünïcödé — “quotes” 漢字 🙂 emoji", "   leading and trailing   ", "a\n\n\nb", "x" * 300]
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str) -> Tokenizer:

@@ -66,6 +66,9 @@ def _check_args(args) -> None:
     if len(args.checkpoint) > 1 and not args.paper_table:
         raise cli.UsageError(f"--checkpoint given {len(args.checkpoint)} times; several checkpoints need "
                              "--paper_table (or evaluate them one at a time)")
+    for path in args.checkpoint:
+        if not os.path.exists(os.path.expanduser(path)):
+            raise cli.UsageError(f"--checkpoint {path}: no such file or directory")
     if args.text_files and args.jsonl:
         raise cli.UsageError("give --text_files or --jsonl, not both")
     for t in task_names:
@@ -78,6 +81,8 @@ def _check_args(args) -> None:
                              "max_len tokens")
     if args.stride and not (args.text_files or args.jsonl or args.paper_table):
         raise cli.UsageError("--stride applies to --text_files / --jsonl perplexity; give one of them")
+    if args.num_fewshot and "wikitext" in task_names:
+        raise cli.UsageError("--num_fewshot: wikitext is a perplexity task, scored without examples; use 0")
     for t in task_names:
         load_docs(args.data_dir, t.strip(), tfds_data_dir=args.tfds_data_dir)
         if args.num_fewshot:
@@ -86,9 +91,6 @@ def _check_args(args) -> None:
         if pattern:
             with cli.about(f"{flag} {pattern}"):
                 sources.expand_paths(pattern)
-    for path in args.checkpoint:
-        if not os.path.exists(os.path.expanduser(path)):
-            raise cli.UsageError(f"--checkpoint {path}: no such file or directory")
     if args.output:
         cli.writable_output("--output", args.output)
 

@@ -25,6 +25,19 @@ def expand_attention_types(attention_types: Sequence, num_layers: int) -> tuple[
     return tuple(layers)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def _need(name: str, value, ok, what: str) -> None:
+    if not ok(value):
+        raise ValueError(f"{name}={value!r} must be {what}")
+
+
 def _freeze_attention_types(attention_types: Sequence) -> tuple:
     return tuple((tuple(pattern), int(repeats)) for pattern, repeats in attention_types)
 
@@ -55,6 +68,15 @@ class GPTNeoConfig:
     global_block_size: int = 256  # query block of causal global attention (skips masked blocks); 0: dense
 
     def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "window_size", "max_position_embeddings"):
+            _need(name, getattr(self, name), lambda v: _is_int(v) and v > 0, "a positive integer")
+        _need("intermediate_size", self.intermediate_size, lambda v: v is None or (_is_int(v) and v > 0),
+              "a positive integer or null")
+        for name in ("local_block_size", "global_block_size", "bos_token_id", "eos_token_id"):
+            _need(name, getattr(self, name), lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+        _need("layer_norm_epsilon", self.layer_norm_epsilon, lambda v: _is_num(v) and v > 0, "a number > 0")
+        for name in ("embed_dropout", "attention_dropout", "resid_dropout", "initializer_range"):
+            _need(name, getattr(self, name), lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)")
         expand_attention_types(self.attention_types, self.num_layers)
         object.__setattr__(self, "attention_types", _freeze_attention_types(self.attention_types))
         if self.hidden_size % self.num_heads:

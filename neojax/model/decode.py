@@ -7,7 +7,6 @@ positions (cumsum of the mask - 1), so left padding never shifts a row's positio
 from __future__ import annotations
 
 import flax
-import jax
 import jax.numpy as jnp
 
 from neojax import registry

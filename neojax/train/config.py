@@ -335,6 +335,12 @@ def _check_source_args(source: str, args: dict, key: str, errors: list) -> None:
     for name, p in params.items():
         if p.default is inspect.Parameter.empty and name != "errors" and name not in args:
             errors.append(f"--config.{key}.{name}: data source {source!r} needs it (options: {accepted})")
+    if "paths" in params and args.get("paths"):
+        from neojax.data.sources import expand_paths
+        try:
+            expand_paths(args["paths"])
+        except ValueError as err:
+            errors.append(f"--config.{key}.paths={json.dumps(args['paths'], default=str)}: {err}")
 
 
 def _check_model(c: dict, errors: list) -> None:

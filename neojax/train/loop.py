@@ -5,16 +5,12 @@ TensorBoard events (tb/), the token cache (data_cache/) and any trained tokenize
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import signal
-import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from neojax import registry, sharding
@@ -41,21 +37,24 @@ def train(config, workdir: str) -> dict:
     """Train (or resume) the experiment `config` in `workdir`; returns the last metrics logged
     ("preempted": True when SIGTERM stopped it after a save)."""
     check_config(config)
-    with Workdir.open(config, workdir) as wd:
-        return _train(config, wd)
-
-
-def _train(config, wd: Workdir) -> dict:
-    workdir = wd.path
-    main_process = jax.process_index() == 0
-    mesh = sharding.make_mesh(config.mesh)
+    try:
+        mesh = sharding.make_mesh(config.mesh)
+    except ValueError as e:
+        raise UsageError(f"--config.mesh={config.mesh}: {e}") from None
     rules = tuple(tuple(r) for r in config.sharding_rules) or sharding.DEFAULT_RULES
     batch_axes = dict(rules)["act_batch"] or ()
     split = int(np.prod([mesh.shape[a] for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes)]))
     if config.train.global_batch % (split * config.train.microbatches):
-        raise ValueError(f"train.global_batch={config.train.global_batch} must be divisible by the data-parallel "
-                         f"devices ({split}, mesh {dict(mesh.shape)}) times train.microbatches="
+        raise UsageError(f"--config.train.global_batch={config.train.global_batch} must be divisible by the "
+                         f"data-parallel devices ({split}, mesh {dict(mesh.shape)}) times train.microbatches="
                          f"{config.train.microbatches}; change the batch or config.mesh (e.g. --config.mesh=data=1)")
+    with Workdir.open(config, workdir) as wd:
+        return _train(config, wd, mesh, rules)
+
+
+def _train(config, wd: Workdir, mesh, rules) -> dict:
+    workdir = wd.path
+    main_process = jax.process_index() == 0
     model_config, tokenizer, init_params = build_model(config, workdir)
     data = build_data(config, tokenizer, workdir, model_config)
     optimizer, schedule = make_optimizer(config.optimizer, config.train.total_steps)

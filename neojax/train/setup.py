@@ -6,10 +6,9 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Optional
+from typing import Optional
 
 import jax
-import numpy as np
 
 from neojax.data import pipeline, sources
 from neojax.data.tokenizer import Tokenizer, train_sentencepiece
