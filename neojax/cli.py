@@ -32,8 +32,8 @@ def message(error: BaseException) -> str:
     """One line for `error`: KeyError's quotes dropped, OSError's file named, newlines folded."""
     if isinstance(error, KeyError) and error.args:
         text = str(error.args[0])
-    elif isinstance(error, OSError) and error.filename and str(error.filename) not in str(error):
-        text = f"{error.filename}: {error.strerror or error}"
+    elif isinstance(error, OSError) and error.filename and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
     elif isinstance(error, re.error):
         text = f"invalid regular expression {error.pattern!r}: {error.msg}"
     else:

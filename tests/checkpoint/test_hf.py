@@ -136,3 +136,42 @@ def test_untied_head_is_rejected(tmp_path):
     from neojax.model.config import GPTNeoConfig
     with pytest.raises(ValueError, match="untied"):
         params_from_state_dict(state, GPTNeoConfig.from_hf_dict(model.config.to_dict()))
+
+
+def _corpus_strings():
+    """Real text of many kinds: Python sources, prose with unicode, odd whitespace, bytes outside any vocabulary."""
+    import glob
+    import sysconfig
+    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "email", "*.py")))[:12]
+    texts = [open(f, encoding="utf-8").read() for f in files]
+    chunks = [t[i:i + 400] for t in texts for i in range(0, len(t), 1777)]
+    return chunks + ["Ünïcödé — “quotes” 漢字 🙂 emoji", "tabs\tand\n\nnewlines  and   spaces ", "  ", "0123456789",
+                     "The Pile is a large, diverse, open source language modelling data set."]
+
+
+def test_sentencepiece_export_encodes_in_transformers_exactly_as_neojax(tmp_path):
+    """The quickstart's tokenizer, exported to Hugging Face: AutoTokenizer gives neojax's ids on a corpus."""
+    import stat
+    import transformers
+    from neojax.checkpoint.hf import save_hf
+    from neojax.data.tokenizer import train_sentencepiece
+    from neojax.model import init_params, preset
+    corpus = _corpus_strings()
+    tok = train_sentencepiece(corpus[: len(corpus) // 2], vocab_size=700, model_path=str(tmp_path / "sp.model"))
+    config = preset("tiny", vocab_size=tok.vocab_size)
+    previous = os.umask(0o022)
+    try:
+        save_hf(str(tmp_path / "hf"), jax.device_get(init_params(config, jax.random.key(0))), config, tok)
+    finally:
+        os.umask(previous)
+    for name in os.listdir(tmp_path / "hf"):
+        assert stat.S_IMODE(os.stat(tmp_path / "hf" / name).st_mode) == 0o644, name  # as any program writes
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert not isinstance(hf_tok, transformers.GPT2Tokenizer)
+    for text in corpus:  # the second half was not seen in training
+        assert hf_tok.encode(text, add_special_tokens=False) == tok.encode(text), text[:60]
+        assert hf_tok.decode(tok.encode(text)) == text
+    assert hf_tok.eos_token_id == tok.eos_id
+    from neojax import checkpoint
+    back = checkpoint.load(str(tmp_path / "hf"))
+    assert back.tokenizer.kind == "sentencepiece" and back.tokenizer.encode(corpus[0]) == tok.encode(corpus[0])

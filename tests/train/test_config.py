@@ -1,0 +1,57 @@
+"""Experiment configs: --config overrides by field type, whole-config validation, resume changes."""
+import pytest
+
+from neojax.cli import UsageError
+from neojax.train.config import apply_overrides, base_config, check_config, config_changes, load_experiment
+
+
+def test_overrides_take_the_field_type_lists_included():
+    c = apply_overrides(base_config(), [("eval.hooks", '["valid_loss","tasks"]'), ("eval.tasks", "lambada_openai,piqa"),
+                                        ("train.total_steps", "12"), ("optimizer.lr", "1e-3"),
+                                        ("checkpoint.async_save", "false"), ("mesh", "data=1"),
+                                        ("model.overrides.num_layers", "4"), ("data.source_args.paths", "a/*.txt")])
+    assert list(c.eval.hooks) == ["valid_loss", "tasks"] and list(c.eval.tasks) == ["lambada_openai", "piqa"]
+    assert c.train.total_steps == 12 and c.optimizer.lr == 1e-3 and c.checkpoint.async_save is False
+    assert c.model.overrides.num_layers == 4 and c.data.source_args.paths == "a/*.txt" and c.mesh == "data=1"
+
+
+def test_override_errors_name_the_key():
+    with pytest.raises(UsageError, match="did you mean train.total_steps"):
+        apply_overrides(base_config(), [("train.totl_steps", "3")])
+    with pytest.raises(UsageError, match="--config.train.total_steps=x: expected an int"):
+        apply_overrides(base_config(), [("train.total_steps", "x")])
+    with pytest.raises(UsageError, match="expected a list"):
+        apply_overrides(base_config(), [("eval.hooks", "{}")])
+
+
+def test_every_shipped_experiment_validates():
+    from neojax.train.config import experiments
+    for name in experiments():
+        c = load_experiment(name)
+        c.model.init_from = ""  # the fine-tuning experiments name /models/... a user provides
+        c.model.preset = c.model.preset or "gpt-neo-125M"
+        c.data.tokenizer = ""
+        c.distill.teacher = ""
+        if c.data.source in ("jsonl", "text_files", "chat"):
+            c.data.source = "stdlib"
+            c.data.source_args = {}
+        check_config(c)
+
+
+def test_check_config_lists_every_problem_one_line_each():
+    c = base_config()
+    c.train.total_steps, c.checkpoint.keep, c.optimizer.lr = 0, 0, -1.0
+    with pytest.raises(UsageError) as e:
+        check_config(c)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith("--config.") for line in lines)
+
+
+def test_config_changes_allow_cadence_refuse_data_and_note_rates():
+    a = base_config().to_dict()
+    b = base_config()
+    b.train.total_steps, b.checkpoint.every_steps, b.mesh = 5000, 7, "data=2"
+    assert config_changes(a, b.to_dict()) == ([], [])
+    b.data.seed, b.optimizer.lr = 3, 1e-4
+    refused, noted = config_changes(a, b.to_dict())
+    assert refused == ["data.seed: 0 -> 3"] and noted == ["optimizer.lr: 0.0003 -> 0.0001"]

@@ -1,0 +1,153 @@
+"""Faults a run survives, each ending with weights bit-identical to an uninterrupted run: a damaged
+newest checkpoint (truncated array file, missing state, corrupt metadata), a partial metrics line,
+a second process on the workdir, and a resume with another config."""
+import fcntl
+import glob
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import small_config
+from neojax import checkpoint
+from neojax.cli import UsageError
+from neojax.train.loop import train
+from neojax.train.metrics import read_metrics
+from neojax.train.workdir import LOCK_NAME, Workdir
+
+TOTAL = 9
+
+
+def config(corpus, tokenizer, total=TOTAL, **changes):
+    c = small_config(corpus, tokenizer.source, total_steps=total)
+    c.checkpoint.update(every_steps=3, keep=5, async_save=False)
+    c.eval.every_steps = 3
+    for key, value in changes.items():
+        section, name = key.split("__")
+        c[section][name] = value
+    return c
+
+
+def params(workdir):
+    return checkpoint.load(workdir).params
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def losses(workdir):
+    return [(m["step"], m["train/loss"]) for m in read_metrics(workdir) if "train/loss" in m]
+
+
+@pytest.fixture(scope="module")
+def reference(corpus, tiny_tokenizer, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    assert train(config(corpus, tiny_tokenizer), workdir)["step"] == TOTAL
+    return workdir
+
+
+@pytest.fixture
+def stopped_at_6(corpus, tiny_tokenizer, tmp_path):
+    """A run stopped after its step-6 checkpoint (total_steps may grow on resume)."""
+    workdir = str(tmp_path / "run")
+    train(config(corpus, tiny_tokenizer, total=6), workdir)
+    return workdir
+
+
+def _truncate_arrays(step_dir):
+    files = glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*"))
+    assert files
+    for f in files:
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) // 2)
+
+
+def _remove_state(step_dir):
+    shutil.rmtree(os.path.join(step_dir, "state"))
+
+
+def _corrupt_metadata(step_dir):
+    with open(os.path.join(step_dir, "state", "_METADATA"), "w") as f:
+        f.write("{not json")
+
+
+@pytest.mark.parametrize("damage", [_truncate_arrays, _remove_state, _corrupt_metadata])
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(damage, stopped_at_6, reference, corpus,
+                                                                     tiny_tokenizer, capfd):
+    workdir = stopped_at_6
+    damage(os.path.join(workdir, "checkpoints", "6"))
+    result = train(config(corpus, tiny_tokenizer), workdir)
+    err = capfd.readouterr().err
+    assert f"checkpoint {workdir}/checkpoints/6 is damaged" in err and "Traceback" not in err, err
+    assert result["step"] == TOTAL
+    assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "6"))  # moved aside, never deleted
+    assert same(params(workdir), params(reference))
+    assert losses(workdir) == losses(reference)
+
+
+def test_partial_metrics_line_is_truncated_with_a_warning(stopped_at_6, reference, corpus, tiny_tokenizer, capfd):
+    path = os.path.join(stopped_at_6, "metrics.jsonl")
+    with open(path, "a") as f:
+        f.write('{"step": 7, "train/lo')  # a kill in the middle of a write
+    train(config(corpus, tiny_tokenizer), stopped_at_6)
+    err = capfd.readouterr().err
+    assert "metrics.jsonl line" in err and "truncating" in err
+    assert same(params(stopped_at_6), params(reference))
+    assert losses(stopped_at_6) == losses(reference)
+
+
+def test_second_process_is_refused_with_the_holders_pid(stopped_at_6, reference, corpus, tiny_tokenizer):
+    with open(os.path.join(stopped_at_6, LOCK_NAME), "a+") as holder:  # another training process's lock
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder.seek(0)
+        holder.truncate()
+        holder.write("4242\n")
+        holder.flush()
+        before = sorted(os.listdir(os.path.join(stopped_at_6, "checkpoints")))
+        with pytest.raises(UsageError, match="in use by another training process \\(pid 4242\\)"):
+            train(config(corpus, tiny_tokenizer), stopped_at_6)
+        assert sorted(os.listdir(os.path.join(stopped_at_6, "checkpoints"))) == before
+    train(config(corpus, tiny_tokenizer), stopped_at_6)  # once it is gone, the run resumes
+    assert same(params(stopped_at_6), params(reference))
+
+
+def test_resume_with_another_config_is_refused_and_changes_nothing(stopped_at_6, reference, corpus, tiny_tokenizer):
+    workdir = stopped_at_6
+    watched = ["config.json", "metrics.jsonl", os.path.join("model", "neojax.json")]
+    before = {name: open(os.path.join(workdir, name), "rb").read() for name in watched}
+    for changes, keys in [({"data__seed": 7}, "data.seed: 0 -> 7"), ({"data__seq_len": 8}, "data.seq_len: 16 -> 8"),
+                          ({"train__global_batch": 16}, "train.global_batch: 8 -> 16")]:
+        with pytest.raises(UsageError, match="holds a run with another config.*" + keys.replace(".", "\\.")):
+            train(config(corpus, tiny_tokenizer, **changes), workdir)
+        assert {name: open(os.path.join(workdir, name), "rb").read() for name in watched} == before
+    train(config(corpus, tiny_tokenizer, eval__every_steps=100), workdir)  # cadence may change
+    assert same(params(workdir), params(reference))
+
+
+def test_changed_learning_rate_is_allowed_and_said(stopped_at_6, corpus, tiny_tokenizer, capfd):
+    train(config(corpus, tiny_tokenizer, optimizer__lr=1e-3), stopped_at_6)
+    out = capfd.readouterr().out
+    assert "resuming with changed optimizer settings: optimizer.lr: 0.01 -> 0.001" in out
+    assert json.load(open(os.path.join(stopped_at_6, "config.json")))["optimizer"]["lr"] == 1e-3
+
+
+def test_every_checkpoint_damaged_is_an_error_not_a_silent_restart(stopped_at_6, corpus, tiny_tokenizer):
+    for step in ("3", "6"):
+        _remove_state(os.path.join(stopped_at_6, "checkpoints", step))
+    with pytest.raises(UsageError, match="every checkpoint is damaged"):
+        train(config(corpus, tiny_tokenizer), stopped_at_6)
+    assert sorted(os.listdir(os.path.join(stopped_at_6, "damaged_checkpoints"))) == ["3", "6"]
+
+
+def test_workdir_checks_come_before_any_write(tmp_path, corpus, tiny_tokenizer):
+    file = tmp_path / "a_file"
+    file.write_text("mine")
+    with pytest.raises(UsageError, match="is a file"):
+        train(config(corpus, tiny_tokenizer), str(file))
+    assert file.read_text() == "mine"
+    with Workdir.open(config(corpus, tiny_tokenizer), str(tmp_path / "w")):  # only the lock file so far
+        assert os.listdir(tmp_path / "w") == [LOCK_NAME]
