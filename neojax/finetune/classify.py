@@ -161,7 +161,13 @@ def evaluate(predict, params, tokens, mask, labels, names, batch: int) -> dict:
 
 # --- the loop -------------------------------------------------------------------------------------
 def train(config, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
+    from neojax.train.workdir import Workdir  # train imports finetune: deferred to keep dependencies one way
+    with Workdir.open(config, workdir) as wd:
+        return _train(config, wd)
+
+
+def _train(config, wd) -> dict:
+    workdir = wd.path
     c = config.classify
     train_texts, train_raw = read_examples(c.train, c.text_field, c.label_field, c.train_split, c.tfds_data_dir or None)
     names = list(c.labels) or sorted({str(r) for r in train_raw}, key=lambda s: (len(s), s))
@@ -174,8 +180,7 @@ def train(config, workdir: str) -> dict:
     if c.valid:
         valid_texts, valid_raw = read_examples(c.valid, c.text_field, c.label_field, c.valid_split, c.tfds_data_dir or None)
         valid = (*encode(tokenizer, valid_texts, seq_len, pad_id), label_ids(valid_raw, names))
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    wd.write_config()
 
     total, batch = config.train.total_steps, config.train.global_batch
     optimizer, _ = make_optimizer(config.optimizer, total)

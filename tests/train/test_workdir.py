@@ -52,10 +52,11 @@ def reference(corpus, tiny_tokenizer, tmp_path_factory):
 
 @pytest.fixture
 def stopped_at_6(corpus, tiny_tokenizer, tmp_path):
-    """A run stopped after its step-6 checkpoint (total_steps may grow on resume)."""
-    workdir = str(tmp_path / "run")
-    train(config(corpus, tiny_tokenizer, total=6), workdir)
-    return workdir
+    """A run stopped after its step-6 checkpoint (total_steps may grow on resume), moved to another
+    folder: tensorstore caches what this process wrote by path, and damage must reach the disk reads."""
+    train(config(corpus, tiny_tokenizer, total=6), str(tmp_path / "first"))
+    shutil.copytree(tmp_path / "first", tmp_path / "run")
+    return str(tmp_path / "run")
 
 
 def _truncate_arrays(step_dir):
