@@ -306,6 +306,8 @@ def env(tiny_hf_with_tokenizer, tmp_path_factory):
     paths["empty_jsonl"] = str(base / "empty.jsonl")
     (base / "binary.txt").write_bytes(b"\xff\xfe\x00\x81 not utf-8\n")
     paths["binary_file"] = str(base / "binary.txt")
+    (base / "broken.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
+    paths["broken_jsonl"] = str(base / "broken.jsonl")
     (base / "tokenizer.json").write_text("{not a tokenizer")
     paths["bad_tokenizer_json"] = str(base / "tokenizer.json")
     (base / "broken.py").write_text("def get_config(:\n")
@@ -389,8 +391,29 @@ def test_bad_task_file(task, content, expect, env, tmp_path, capsys):
     assert str(path) in err
 
 
+# Problems met once the run has started (reading data, training the tokenizer, loading the base
+# model): still one line, and the workdir gets no config.json or model card.
+LATE = ["--config", "quickstart:smoke", "--workdir", "{tmp}/run", "--config.train.global_batch=8"]
+LATE_CASES = [
+    (LATE + ["--config.data.source=text_files", '--config.data.source_args={"paths": "{binary_file}"}'], "binary.txt"),
+    (LATE + ["--config.data.source=text_files", '--config.data.source_args={"paths": "{empty_file}"}'], "yielded no text"),
+    (LATE + ["--config.data.source=text_files", '--config.data.source_args={"paths": "{file}"}',
+             "--config.data.train_sentencepiece=50000"], "cannot train a 50000-piece sentencepiece model"),
+    (LATE + ["--config.data.tokenizer={file}", "--config.data.train_sentencepiece=0"], "file.txt is neither"),
+    (LATE + ["--config.model.init_from={data}"], "cannot tell the checkpoint format"),
+    (LATE + ["--config.data.source=jsonl", '--config.data.source_args={"paths": "{broken_jsonl}"}'], "broken.jsonl"),
+]
+
+
+@pytest.mark.parametrize("argv,expect", LATE_CASES, ids=[str(i) for i in range(len(LATE_CASES))])
+def test_problems_met_while_starting_are_one_line(argv, expect, env, tmp_path, capsys):
+    code, err = run_main("train", [_fill(a, env, tmp_path) for a in argv], capsys)
+    assert_one_clear_line(code, err, expect)
+    assert not os.path.exists(tmp_path / "run" / "config.json") and not os.path.exists(tmp_path / "run" / "model")
+
+
 def test_count_of_bad_inputs():
-    assert len(CASES) + len(BAD_RECORDS) + len(BAD_FILES) >= 150
+    assert len(CASES) + len(BAD_RECORDS) + len(BAD_FILES) + len(LATE_CASES) >= 150
 
 
 @pytest.mark.parametrize("command,argv,expect", [

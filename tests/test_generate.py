@@ -252,4 +252,4 @@ def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("> ") == 3
     r = _cli("--checkpoint", tiny_hf_with_tokenizer, "--prompt", "x", "--top_p", "2")
-    assert r.returncode == 2 and "top_p=2.0 is outside (0, 1]" in r.stderr
+    assert r.returncode == 2 and "argument --top_p: '2' is not a number in (0, 1]" in r.stderr
