@@ -12,11 +12,11 @@ On an accelerator: python -m neojax.benchmark --dtype bfloat16 --presets gpt-neo
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 
@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from neojax import cli
 from neojax.flops import measure_peak_flops, train_flops_per_token
-from neojax.model import init_params, preset
+from neojax.model import PRESETS, init_params, preset
 
 
 def _best(fn, repeats=2):
@@ -206,19 +207,32 @@ def bench_eval(config, params, lambada_docs=64, wiki_pages=2, batch_size=8):
                 "tokenizer": bench_tokenize(tokenizer, [p["page"] for p in pages] * 20)}
 
 
+SECTIONS = ("peak", "train", "memory", "local", "decode", "eval", "data")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m neojax.benchmark", description=__doc__)
-    parser.add_argument("--only", default="peak,train,memory,local,decode,eval,data", help="comma-separated sections")
+    parser = cli.ArgumentParser(prog="python -m neojax.benchmark", description=__doc__)
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--presets", default="gpt-neo-125M", help="comma-separated model shapes to train")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--train_batch", type=int, default=1)
-    parser.add_argument("--seq_len", type=int, default=2048)
+    parser.add_argument("--train_batch", type=cli.positive_int, default=1)
+    parser.add_argument("--seq_len", type=cli.positive_int, default=2048)
     parser.add_argument("--remat", default="none", choices=["none", "full", "dots"], help="for the train rows")
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
-    sections = set(args.only.split(","))
-    presets = args.presets.split(",")
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    if not sections or sections - set(SECTIONS):
+        raise cli.UsageError(f"--only {args.only}: sections are {', '.join(SECTIONS)}")
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in PRESETS]
+    if not presets or unknown:
+        raise cli.UsageError(f"--presets {args.presets}: unknown {unknown}; presets: {', '.join(PRESETS)}")
+    for name in presets:
+        if args.seq_len > PRESETS[name].get("max_position_embeddings", 2048):
+            raise cli.UsageError(f"--seq_len {args.seq_len} exceeds {name}'s context")
+    if args.output:
+        cli.writable_output("--output", args.output)
     torch_too = not args.no_torch and not _on_accelerator()  # the reference is torch's CPU build
     config = preset(presets[0]).replace(dtype=args.dtype)
     params = init_params(config, jax.random.key(0))
@@ -276,7 +290,8 @@ def main(argv=None):
             json.dump({"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
                        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                        "rows": rows}, f, indent=2)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main))

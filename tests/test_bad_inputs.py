@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from neojax import benchmark as benchmark_cli
 from neojax import cli
 from neojax import convert as convert_cli
 from neojax import generate as generate_cli
@@ -18,7 +19,7 @@ from neojax.train import __main__ as train_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "generate": generate_cli.main,
-         "convert": convert_cli.main, "sharding": sharding_cli.main}
+         "convert": convert_cli.main, "sharding": sharding_cli.main, "benchmark": benchmark_cli.main}
 TRAIN = ["--config", "quickstart:smoke", "--workdir", "{tmp}/run"]
 
 # (command, arguments, text the one-line message must contain). {hf}: a tiny HF model with a
@@ -236,6 +237,13 @@ CASES = [
     ("sharding", ["--lora_rank", "4", "--lora_targets", "("], "--lora_targets"),
     ("sharding", ["--lora_rank", "4", "--lora_targets", "zzz"], "--lora_targets zzz"),
     ("sharding", ["--bogus"], "--bogus"),
+    # --- benchmark --------------------------------------------------------------------------------------
+    ("benchmark", ["--only", "decoding"], "--only decoding"),
+    ("benchmark", ["--presets", "gpt-neo-9B"], "--presets gpt-neo-9B"),
+    ("benchmark", ["--seq_len", "0"], "--seq_len"),
+    ("benchmark", ["--presets", "tiny", "--seq_len", "4096"], "--seq_len 4096"),
+    ("benchmark", ["--train_batch", "-1"], "--train_batch"),
+    ("benchmark", ["--output", "{tmp}/none/b.json"], "--output"),
 ]
 
 # Task records with one problem each: (task, record, text the message must contain).
