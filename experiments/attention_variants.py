@@ -12,8 +12,8 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from quickstart import get_config as quickstart_config  # noqa: E402
 
-from neojax import registry  # noqa: E402
 import neojax.model  # noqa: E402,F401  (registers the shipped variants)
+from neojax import registry  # noqa: E402
 
 
 def get_config(variant: str = "global"):

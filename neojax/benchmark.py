@@ -52,6 +52,7 @@ def _row(name, unit, ours, theirs=None):
 def _torch_model(config, params):
     import torch
     import transformers
+
     from neojax.checkpoint.hf import state_dict_from_params
     hf = {k: v for k, v in config.to_hf_dict().items() if k not in ("model_type", "architectures")}
     model = transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(**hf)).eval()
@@ -63,6 +64,7 @@ def _torch_model(config, params):
 
 def _train_setup(config, params, seq_len, batch):
     import optax
+
     from neojax.train.step import init_state, make_train_step
     tx = optax.adamw(1e-4)
     state = init_state(config, tx, jax.random.PRNGKey(0), jax.tree.map(jnp.copy, params))  # the step donates it
@@ -103,7 +105,8 @@ def bench_memory(config, params, seq_len=2048, batch=1):
     if _on_accelerator() and getattr(stats, "peak_memory_in_bytes", 0):
         return stats.peak_memory_in_bytes
     # XLA:CPU's peak_memory_in_bytes leaves out the temporaries: add up the buffers instead.
-    return stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+            + stats.temp_size_in_bytes)
 
 
 def bench_local_scaling(config, lengths=(512, 1024, 2048, 4096), batch=1):
@@ -184,6 +187,7 @@ def bench_eval(config, params, lambada_docs=64, wiki_pages=2, batch_size=8):
     examples/s (about 75 words each, as the real set) and wikitext tokens/s (rolling windows over
     about 4,000-token pages); the second, warm run of each. Also the tokenizer's encode rate."""
     from tokenizers import ByteLevelBPETokenizer
+
     from neojax.data.tokenizer import Tokenizer
     from neojax.evaluate import evaluate
     rng = np.random.default_rng(0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import math
 import os
 import re
@@ -106,6 +107,15 @@ finite_float = _typed(float, math.isfinite, "a finite number")
 nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 probability = _typed(float, lambda v: math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]")
+
+
+def require(module: str, feature: str, package: str):
+    """Import an optional heavy dependency for `feature`, or say which package to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{feature} needs the optional package {package}: pip install {package} "
+                         "(or pip install -r requirements-optional.txt)") from None
 
 
 def unescape(text: str) -> str:

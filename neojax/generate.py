@@ -220,7 +220,8 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
         copies = jax.default_backend() == "cpu" or config.dtype != "float32"
         transposed = _transposed_for(params, config.dtype) if copies else None
         out, lengths = _generate_program(
-            params, transposed, jnp.asarray(tokens), jnp.asarray(mask), rng if rng is not None else jax.random.key(seed),
+            params, transposed, jnp.asarray(tokens), jnp.asarray(mask),
+            rng if rng is not None else jax.random.key(seed),
             jnp.float32(temperature or 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.float32(repetition_penalty),
             jnp.asarray(stop_array), jnp.int32(max_new_tokens), config=config, max_new=max_new, greedy=temperature == 0,
             penalty=repetition_penalty != 1.0, host=host)
@@ -246,7 +247,8 @@ class _TextWatcher:
     """Host side of the loop: streams each row's new text and ends rows that produced a stop string."""
 
     def __init__(self, tokenizer, batch, stop_strings, on_text, stop_tokens):
-        self.tokenizer, self.stop_strings, self.on_text, self.stop_tokens = tokenizer, stop_strings, on_text, stop_tokens
+        self.tokenizer, self.stop_strings, self.on_text = tokenizer, stop_strings, on_text
+        self.stop_tokens = stop_tokens
         self.ids = [[] for _ in range(batch)]
         self.shown = [0] * batch
 

@@ -253,7 +253,8 @@ def format_plan(p, full: bool = False) -> str:
         lines.append(f"{label:<34} {str(shape):<16} {str(tuple(spec)):<28} {b / 2**20:>10.2f}")
     gb = lambda x: f"{x / 2**30:.2f} GB"
     if p["lora"] is not None:
-        lines.append(f"LoRA rank {p['lora'].rank} on {list(p['lora'].targets)}: {p['trained_params'] / 1e6:.2f}M trained "
+        lines.append(f"LoRA rank {p['lora'].rank} on {list(p['lora'].targets)}: "
+                     f"{p['trained_params'] / 1e6:.2f}M trained "
                      "parameters (replicated); the base is frozen and has no optimizer state")
     lines.append(f"per device: params {gb(p['params_per_device'])} + optimizer state {gb(p['optimizer_per_device'])} "
                  f"= {gb(p['total_per_device'])} (float32; activations not included)")

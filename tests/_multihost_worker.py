@@ -12,8 +12,8 @@ coordinator, process_id = sys.argv[1], int(sys.argv[2])
 from neojax import sharding  # noqa: E402
 
 sharding.initialize_distributed(coordinator, 2, process_id)
-import numpy as np  # noqa: E402
 from sharding_case import CASE_CONFIG, case_batch, case_optimizer, summarize  # noqa: E402
+
 from neojax.train.step import make_train_step, sharded_init  # noqa: E402
 
 mesh = sharding.make_mesh("data=2,fsdp=2,tensor=1")

@@ -91,6 +91,7 @@ TOKENIZER_TEXTS = ["The quick brown fox jumps over the lazy dog. " * 3, "Once up
 def tiny_tokenizer(tmp_path_factory):
     """A small GPT-2-style byte-level BPE tokenizer (with <|endoftext|>) trained here."""
     from tokenizers import ByteLevelBPETokenizer
+
     from neojax.data.tokenizer import Tokenizer
     trainer = ByteLevelBPETokenizer()
     trainer.train_from_iterator(TOKENIZER_TEXTS, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])

@@ -22,7 +22,8 @@ def case_optimizer():
 
 def summarize(state, metrics):
     """Loss and per-parameter sums (reduced to replicated scalars, so every process can read them)."""
-    sums = jax.jit(lambda p: jax.tree.map(lambda x: jnp.sum(x.astype(jnp.float64 if jax.config.x64_enabled else jnp.float32)), p),
+    wide = jnp.float64 if jax.config.x64_enabled else jnp.float32
+    sums = jax.jit(lambda p: jax.tree.map(lambda x: jnp.sum(x.astype(wide)), p),
                    out_shardings=None)(state.params)
     flat = {jax.tree_util.keystr(k): float(v) for k, v in jax.tree_util.tree_leaves_with_path(sums)}
     return {"loss": float(metrics["loss"]), "param_sums": flat, "step": int(state.step)}

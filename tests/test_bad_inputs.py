@@ -123,7 +123,8 @@ CASES = [
     ("train", TRAIN + ["--process_id", "-1"], "--process_id"),
     ("train", TRAIN + ["--bogus"], "--bogus"),
     ("train", ["--config", "quickstart:smoke", "--workdir", "{file}", "--config.train.global_batch=8"], "is a file"),
-    ("train", ["--config", "quickstart:smoke", "--workdir", "{file}/run", "--config.train.global_batch=8"], "cannot be created"),
+    ("train", ["--config", "quickstart:smoke", "--workdir", "{file}/run", "--config.train.global_batch=8"],
+     "cannot be created"),
     # --- evaluate ---------------------------------------------------------------------------------------
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}"], "nothing to evaluate"),
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", ","], "nothing to evaluate"),
@@ -404,7 +405,8 @@ def test_bad_task_file(task, content, expect, env, tmp_path, capsys):
 LATE = ["--config", "quickstart:smoke", "--workdir", "{tmp}/run", "--config.train.global_batch=8"]
 LATE_CASES = [
     (LATE + ["--config.data.source=text_files", '--config.data.source_args={"paths": "{binary_file}"}'], "binary.txt"),
-    (LATE + ["--config.data.source=text_files", '--config.data.source_args={"paths": "{empty_file}"}'], "yielded no text"),
+    (LATE + ["--config.data.source=text_files", '--config.data.source_args={"paths": "{empty_file}"}'],
+     "yielded no text"),
     (LATE + ["--config.data.source=text_files", '--config.data.source_args={"paths": "{file}"}',
              "--config.data.train_sentencepiece=50000"], "cannot train a 50000-piece sentencepiece model"),
     (LATE + ["--config.data.tokenizer={file}", "--config.data.train_sentencepiece=0"], "file.txt is neither"),

@@ -10,7 +10,7 @@ import pytest
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf
 from neojax.generate import _generate_program, _phase_ends, apply_repetition_penalty, filter_logits, generate
-from neojax.model import GPTNeo, position_ids_from_mask, preset
+from neojax.model import GPTNeo, preset
 from neojax.model.decode import decode_step, grow_cache, prefill, transposed_kernels
 
 
@@ -158,8 +158,10 @@ def test_filters_never_keep_excluded_tokens():
     kept = lambda **kw: np.isfinite(np.asarray(filter_logits(logits, **kw)))
     assert kept(temperature=one, top_k=jnp.int32(2), top_p=one)[0].tolist() == [False, True, True, False, False]
     # nucleus: 0.5 + 0.3 >= 0.7 -> {1, 2}; 0.5 alone is not enough
-    assert kept(temperature=one, top_k=jnp.int32(0), top_p=jnp.float32(0.7))[0].tolist() == [False, True, True, False, False]
-    assert kept(temperature=one, top_k=jnp.int32(0), top_p=jnp.float32(0.5))[0].tolist() == [False, True, False, False, False]
+    assert kept(temperature=one, top_k=jnp.int32(0), top_p=jnp.float32(0.7))[0].tolist() == [False, True, True, False,
+                                                                                             False]
+    assert kept(temperature=one, top_k=jnp.int32(0), top_p=jnp.float32(0.5))[0].tolist() == [False, True, False, False,
+                                                                                             False]
     assert kept(temperature=one, top_k=jnp.int32(0), top_p=one).all()
     # sampled tokens respect the filter
     # top-p acts on the renormalised top-3 (0.556, 0.333, 0.111): 0.95 keeps all three, 0.85 two

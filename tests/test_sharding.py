@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
+from sharding_case import CASE_CONFIG, case_batch, case_optimizer, summarize
 
 from neojax import sharding
 from neojax.model import preset
 from neojax.train.step import init_state, make_train_step, sharded_init
-from sharding_case import CASE_CONFIG, case_batch, case_optimizer, summarize
 
 HERE = os.path.dirname(__file__)
 
@@ -59,7 +59,8 @@ def test_sharded_step_matches_single_device(reference, mesh_spec):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5),
                  state.params, ref_state.params)
     moved = np.abs(np.asarray(state.params["h_0"]["mlp"]["c_fc"]["kernel"]) -
-                   np.asarray(sharded_init(CASE_CONFIG, optimizer, mesh, jax.random.key(0)).params["h_0"]["mlp"]["c_fc"]["kernel"]))
+                   np.asarray(sharded_init(CASE_CONFIG, optimizer, mesh,
+                                           jax.random.key(0)).params["h_0"]["mlp"]["c_fc"]["kernel"]))
     assert moved.max() > 1e-4  # the step really changed the params the comparison covers
     # Placement follows the rules: check the arrays themselves.
     q = state.params["h_0"]["attn"]["q_proj"]["kernel"]

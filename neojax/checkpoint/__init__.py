@@ -31,7 +31,8 @@ def detect_format(path: str) -> str:
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, NATIVE_MARKER)):
             return "neojax"
-        if os.path.exists(os.path.join(path, "model", NATIVE_MARKER)) and os.path.isdir(os.path.join(path, "checkpoints")):
+        if os.path.exists(os.path.join(path, "model", NATIVE_MARKER)) and os.path.isdir(os.path.join(path,
+                                                                                                     "checkpoints")):
             return "workdir"
         if os.path.exists(os.path.join(path, "config.json")):
             with open(os.path.join(path, "config.json"), "rb") as f:

@@ -115,6 +115,7 @@ def load_workdir(workdir: str, step=None):
     """(config, params, tokenizer) of a training workdir's latest intact (or the given) checkpoint."""
     import orbax.checkpoint as ocp
     from absl import logging as absl_logging
+
     from neojax.finetune.lora import is_lora, merge
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notices on every read-only open
     config, tokenizer = read_model_card(os.path.join(workdir, "model"))
@@ -172,6 +173,7 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 def save_native(directory: str, params, config: GPTNeoConfig, tokenizer=None, overwrite: bool = False) -> str:
     """Write a neojax model directory: neojax.json (config), params/ (orbax), tokenizer file."""
     import orbax.checkpoint as ocp
+
     from neojax import __version__
     with atomic_directory(directory, overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
@@ -190,6 +192,7 @@ def load_native(directory: str, target=None):
     `target` (a pytree of jax.ShapeDtypeStruct, optionally with shardings) restores straight onto
     devices; by default params come back as host numpy arrays of the config's shapes."""
     import orbax.checkpoint as ocp
+
     from neojax.model.gpt_neo import param_shapes
     config, tokenizer = read_model_card(directory)
     expected = param_shapes(config)
@@ -199,5 +202,6 @@ def load_native(directory: str, target=None):
         try:
             params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), target)
         except ValueError as e:
-            raise ValueError(f"cannot restore params from {directory} onto the shapes its neojax.json implies: {e}") from e
+            raise ValueError(f"cannot restore params from {directory} onto the shapes its neojax.json implies: "
+                             f"{e}") from e
     return config, params, tokenizer

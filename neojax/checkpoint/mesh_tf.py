@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from neojax.checkpoint.io import check_params, set_path
+from neojax.cli import require
 from neojax.model.config import GPTNeoConfig
 
 _SKIP = ("adam", "slot", "global_step", "beta1_power", "beta2_power")
@@ -51,7 +52,7 @@ def config_from_mtf_json(d: dict, **overrides) -> GPTNeoConfig:
 
 def find_checkpoint(path: str) -> str:
     """The checkpoint prefix for a directory (latest) or a prefix path."""
-    import tensorflow as tf
+    tf = require("tensorflow", "reading mesh-tensorflow checkpoints", "tensorflow-cpu")
     if os.path.exists(path + ".index"):
         return path
     if os.path.isdir(path):
@@ -83,7 +84,7 @@ def load_mesh_tf(path: str, config: GPTNeoConfig | None = None, **overrides):
 
     Without `config`, the run config JSON next to the checkpoint is used; the MLP width, which
     those configs do not state, is read off the weights."""
-    import tensorflow as tf
+    tf = require("tensorflow", "reading mesh-tensorflow checkpoints", "tensorflow-cpu")
     prefix = find_checkpoint(path)
     reader = tf.train.load_checkpoint(prefix)
     config = config or find_config(path, **overrides)

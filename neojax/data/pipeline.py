@@ -37,7 +37,8 @@ def token_dtype(vocab_size: int, requested: Optional[str] = None) -> np.dtype:
 
 
 def _tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
-    blob = tokenizer.backend.to_str().encode() if tokenizer.kind == "bpe" else tokenizer.backend.serialized_model_proto()
+    backend = tokenizer.backend
+    blob = backend.to_str().encode() if tokenizer.kind == "bpe" else backend.serialized_model_proto()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from neojax import registry
+from neojax.cli import require
 
 log = logging.getLogger("neojax.data")
 
@@ -145,7 +146,7 @@ def _python(value):
 
 
 def _tfds_numpy(name: str, split: str, data_dir: str | None, features: Iterable[str]) -> Iterator[dict]:
-    import tensorflow_datasets as tfds
+    tfds = require("tensorflow_datasets", "reading TFDS datasets", "tensorflow-datasets tensorflow-cpu")
     try:
         ds = tfds.load(name, split=split, data_dir=data_dir, download=False, shuffle_files=False)
     except Exception as e:

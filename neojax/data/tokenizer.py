@@ -121,7 +121,8 @@ class Tokenizer:
             converted.save(os.path.join(directory, "tokenizer.json"))
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "bos_token": eos,
                   "unk_token": eos if self.kind == "bpe" else self.backend.id_to_piece(self.backend.unk_id()),
-                  "model_max_length": model_max_length, "add_prefix_space": False, "clean_up_tokenization_spaces": False}
+                  "model_max_length": model_max_length, "add_prefix_space": False,
+                  "clean_up_tokenization_spaces": False}
         with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
             json.dump(config, f, indent=2)
 

@@ -124,7 +124,8 @@ def _run(args) -> dict:
         if texts is not None:
             scorer = ev.Scorer(model.params, model.config, model.tokenizer, args.batch_size, max_len)
             key = "pile" if args.paper_table and not (args.text_files or args.jsonl) else "perplexity"
-            results[key] = ev.perplexity_of_texts(scorer, texts[:args.limit] if args.limit else texts, args.stride or None)
+            results[key] = ev.perplexity_of_texts(scorer, texts[:args.limit] if args.limit else texts,
+                                                  args.stride or None)
         for task, metrics in results.items():
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
             print(f"{path} {task}: {shown}")

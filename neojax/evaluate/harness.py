@@ -111,7 +111,8 @@ class Scorer:
         """Total log-likelihood of each text, every token scored once."""
         owners, requests = [], []
         for i, text in enumerate(texts):
-            for window in rolling_windows(self.tokenizer.encode(text), self.tokenizer.eos_id, self.max_len, context_len):
+            for window in rolling_windows(self.tokenizer.encode(text), self.tokenizer.eos_id, self.max_len,
+                                          context_len):
                 owners.append(i)
                 requests.append(window)
         totals = [0.0] * len(texts)

@@ -141,7 +141,8 @@ def build_chat_data(config, tokenizer: Tokenizer, model_config):
     if "paths" not in args:
         raise ValueError("data.source='chat' needs data.source_args.paths (jsonl conversations)")
     if d.seq_len > model_config.max_position_embeddings:
-        raise ValueError(f"data.seq_len={d.seq_len} exceeds max_position_embeddings={model_config.max_position_embeddings}")
+        raise ValueError(f"data.seq_len={d.seq_len} exceeds max_position_embeddings="
+                         f"{model_config.max_position_embeddings}")
     conversations = read_conversations(args["paths"])
     if args.get("valid_paths"):
         valid = read_conversations(args["valid_paths"])

@@ -178,7 +178,8 @@ def _train(config, wd) -> dict:
     labels = label_ids(train_raw, names)
     valid = None
     if c.valid:
-        valid_texts, valid_raw = read_examples(c.valid, c.text_field, c.label_field, c.valid_split, c.tfds_data_dir or None)
+        valid_texts, valid_raw = read_examples(c.valid, c.text_field, c.label_field, c.valid_split,
+                                               c.tfds_data_dir or None)
         valid = (*encode(tokenizer, valid_texts, seq_len, pad_id), label_ids(valid_raw, names))
     wd.write_config()
 
@@ -204,7 +205,8 @@ def _train(config, wd) -> dict:
             elapsed = time.perf_counter() - start
             eta = elapsed / i * (total - i)
             print(f"step {i}/{total} loss {metrics['loss']:.4f} batch accuracy {metrics['accuracy']:.3f} "
-                  f"{i * batch / elapsed:,.1f} examples/s eta {time.strftime('%H:%M:%S', time.gmtime(eta))}", flush=True)
+                  f"{i * batch / elapsed:,.1f} examples/s eta {time.strftime('%H:%M:%S', time.gmtime(eta))}",
+                  flush=True)
             writer.write(i, {f"train/{k}": v for k, v in metrics.items()})
         if valid is not None and (i % config.eval.every_steps == 0 or i == total):
             report = evaluate(predict, params, *valid, names, batch)

@@ -76,11 +76,14 @@ def check_causality(name: str) -> float:
     rng, worst = np.random.default_rng(1), 0.0
     for t in (0, 5, 11, SEQ - 2):
         changed = tokens.copy()
-        changed[:, t + 1:] = (tokens[:, t + 1:] + 1 + rng.integers(0, config.vocab_size - 1, size=changed[:, t + 1:].shape)) % config.vocab_size
+        shift = 1 + rng.integers(0, config.vocab_size - 1, size=changed[:, t + 1:].shape)
+        changed[:, t + 1:] = (tokens[:, t + 1:] + shift) % config.vocab_size
         out = np.asarray(apply({"params": params}, changed))
         leak = float(np.abs(out[:, :t + 1] - base[:, :t + 1]).max())
-        assert leak <= 1e-5, f"{name} is not causal: changing tokens after {t} moved logits at or before {t} by {leak:.3g}"
-        assert np.abs(out[:, t + 1:] - base[:, t + 1:]).max() > 1e-4, "the changed tokens changed nothing: check is blind"
+        assert leak <= 1e-5, \
+            f"{name} is not causal: changing tokens after {t} moved logits at or before {t} by {leak:.3g}"
+        assert np.abs(out[:, t + 1:] - base[:,
+                                            t + 1:]).max() > 1e-4, "the changed tokens changed nothing: check is blind"
         worst = max(worst, leak)
     return worst
 
@@ -100,7 +103,8 @@ def check_window(name: str) -> int | None:
         assert delta[SEQ - 1] > 1e-6, f"{name} claims no window, but position {SEQ - 1} does not see token {s}"
     else:
         assert window + s < SEQ, "the check needs a sequence longer than the window"
-        assert delta[s + window - 1] > 1e-6, f"{name} claims window {window}, but position {s + window - 1} does not see token {s}"
+        assert delta[s + window - 1] > 1e-6, \
+            f"{name} claims window {window}, but position {s + window - 1} does not see token {s}"
         outside = float(delta[s + window:].max())
         assert outside <= 1e-6, f"{name} claims window {window}, but token {s} reaches past it (change {outside:.3g})"
     return window

@@ -138,7 +138,8 @@ class GPTNeoConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "GPTNeoConfig":
         if d.get("model_type") != "gpt_neo":
-            raise ValueError(f"model_type is {d.get('model_type')!r}, expected 'gpt_neo': this is not a GPT-Neo config.json")
+            raise ValueError(f"model_type is {d.get('model_type')!r}, expected 'gpt_neo': this is not a GPT-Neo "
+                             "config.json")
         if not d.get("tie_word_embeddings", True):
             raise ValueError("tie_word_embeddings=false is not GPT-Neo: neojax ties the output head to wte")
         keep = set(field_names()) - set(cls.EXECUTION_FIELDS)

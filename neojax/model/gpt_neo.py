@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from neojax import registry
-from neojax.model import attention as _attention, variants as _variants  # noqa: F401  (register attention)
+from neojax.model import attention as _attention  # noqa: F401  (registers global and local)
+from neojax.model import variants as _variants  # noqa: F401  (registers rotary, alibi, linear)
 from neojax.model.config import GPTNeoConfig
 
 ACTIVATION_AXES = ("act_batch", "act_length", "act_embed")
@@ -82,7 +83,8 @@ class SelfAttention(nn.Module):
         b, t, _ = x.shape
         split = lambda y: y.reshape(b, t, cfg.num_heads, cfg.head_dim)
         if self.has_variable("transposed", "qkv"):  # decoding on a CPU: one product for q, k and v
-            q, k, v = map(split, jnp.split(_rows_times(self.get_variable("transposed", "qkv").astype(x.dtype), x), 3, -1))
+            q, k, v = map(split, jnp.split(_rows_times(self.get_variable("transposed", "qkv").astype(x.dtype), x), 3,
+                                           -1))
         else:
             q, k, v = (split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), f"{n}_proj", use_bias=False)(x))
                        for n in "qkv")
@@ -154,7 +156,8 @@ class Block(nn.Module):
 def position_ids_from_segments(segment_ids):
     """Positions restarting at 0 where each packed segment begins."""
     t = segment_ids.shape[-1]
-    starts = jnp.concatenate([jnp.ones_like(segment_ids[..., :1], bool), segment_ids[..., 1:] != segment_ids[..., :-1]], -1)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[..., :1], bool), segment_ids[..., 1:] != segment_ids[...,
+                                                                                                             :-1]], -1)
     first = jax.lax.cummax(jnp.where(starts, jnp.arange(t), 0), axis=segment_ids.ndim - 1)
     return (jnp.arange(t) - first).astype(jnp.int32)
 
@@ -178,7 +181,8 @@ def check_tokens(tokens, config: GPTNeoConfig, positions=None):
             "truncate the input (keep the last tokens) or use a config with more positions")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
         bad = tokens[(tokens < 0) | (tokens >= config.vocab_size)]
-        raise ValueError(f"token ids {sorted(set(bad.tolist()))[:5]} are outside the vocabulary [0, {config.vocab_size}); "
+        raise ValueError(f"token ids {sorted(set(bad.tolist()))[:5]} are outside the vocabulary "
+                         f"[0, {config.vocab_size}); "
                          "was the text encoded with a different tokenizer?")
     if positions is not None:
         positions = np.asarray(positions)

@@ -81,8 +81,9 @@ def linear_attention(q, k, v, key_mask, config, dropout=lambda p: p, positions=N
     arXiv:2006.16236; the original GPT-Neo code offered a "linear" attention type):
     out_i = phi(q_i) . sum_{j<=i} phi(k_j) v_j^T / phi(q_i) . sum_{j<=i} phi(k_j).
 
-    Running sums cannot keep packed segments apart (registered with packed=False). O(T x head_dim^2): chunks of LINEAR_CHUNK positions attend to each other directly and to the
-    running sums of all earlier chunks. There are no attention probabilities, so no dropout."""
+    Running sums cannot keep packed segments apart (registered with packed=False). O(T x head_dim^2):
+    chunks of LINEAR_CHUNK positions attend to each other directly and to the running sums of all
+    earlier chunks. There are no attention probabilities, so no dropout."""
     b, t, h, d = q.shape
     c = min(LINEAR_CHUNK, t)
     n = -(-t // c)

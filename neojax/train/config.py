@@ -289,7 +289,8 @@ def _check_names(c: dict, errors: list) -> None:
         if d["source"] == "mixture":
             mixture = d.get("mixture") or []
             if not mixture:
-                errors.append("--config.data.mixture=[]: data.source='mixture' needs [{source, source_args, weight}, ...]")
+                errors.append("--config.data.mixture=[]: data.source='mixture' needs "
+                              "[{source, source_args, weight}, ...]")
             for i, part in enumerate(mixture):
                 if not isinstance(part, dict) or "source" not in part:
                     errors.append(f"--config.data.mixture[{i}]={part!r}: needs {{source, source_args, weight}}")
@@ -396,5 +397,6 @@ def config_changes(saved: dict, new: dict) -> tuple[list[str], list[str]]:
     for key in sorted(set(a) | set(b)):
         if key.startswith(RESUMABLE_CHANGES) or a.get(key) == b.get(key):
             continue
-        (noted if key in NOTED_CHANGES else refused).append(f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}")
+        change = f"{key}: {json.dumps(a.get(key))} -> {json.dumps(b.get(key))}"
+        (noted if key in NOTED_CHANGES else refused).append(change)
     return refused, noted

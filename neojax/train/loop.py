@@ -15,8 +15,8 @@ import numpy as np
 
 from neojax import registry, sharding
 from neojax.checkpoint.io import write_model_card
-from neojax.cli import UsageError
 from neojax.checkpoint.manager import Checkpointer
+from neojax.cli import UsageError
 from neojax.finetune import lora
 from neojax.train import hooks as _hooks  # noqa: F401  (registers the evaluation hooks)
 from neojax.train.config import check_config
@@ -146,7 +146,8 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
                 last["preempted"] = True
                 break
         if adapters is not None and main_process:
-            lora.save_adapters(os.path.join(workdir, "adapters"), jax.device_get(state.params), adapters, overwrite=True)
+            lora.save_adapters(os.path.join(workdir, "adapters"), jax.device_get(state.params), adapters,
+                               overwrite=True)
     finally:
         ckpt.close()
         writer.close()
@@ -165,7 +166,8 @@ def _teacher(config, model_config, mesh, rules):
     loaded = checkpoint.load(d.teacher, dtype=model_config.dtype)
     if loaded.config.vocab_size != model_config.vocab_size:
         raise ValueError(f"teacher {d.teacher} has a {loaded.config.vocab_size}-token vocabulary, the student "
-                         f"{model_config.vocab_size}: distillation needs one tokenizer (set data.tokenizer={d.teacher})")
+                         f"{model_config.vocab_size}: distillation needs one tokenizer "
+                         f"(set data.tokenizer={d.teacher})")
     placed = jax.device_put(loaded.params, sharding.shardings(mesh, sharding.param_specs(loaded.config, rules, mesh)))
     return Teacher(loaded.config, d.temperature, d.alpha), (placed,)
 

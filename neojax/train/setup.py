@@ -67,7 +67,8 @@ def build_model(config, workdir: str):
         loaded = checkpoint.load(m.init_from, **execution)
         tokenizer = _tokenizer(config, workdir, loaded.tokenizer)
         if tokenizer.vocab_size > loaded.config.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but {m.init_from} only {loaded.config.vocab_size}")
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but {m.init_from} only "
+                             f"{loaded.config.vocab_size}")
         return loaded.config, tokenizer, loaded.params
     tokenizer = _tokenizer(config, workdir, None)
     model_config = preset(m.preset, **execution)

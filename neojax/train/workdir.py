@@ -93,7 +93,8 @@ class Workdir:
         refused, noted = config_changes(saved, json.loads(self.config.to_json_best_effort()))
         if refused:
             raise UsageError(f"--workdir {self.path} holds a run with another config; a resume may change only "
-                             "steps, logging, checkpoint cadence, evaluation hooks, the mesh and optimizer rates. Use a "
+                             "steps, logging, checkpoint cadence, evaluation hooks, the mesh and optimizer rates. "
+                             "Use a "
                              "new --workdir, or the saved values. Differences: " + "; ".join(refused))
         if noted and jax.process_index() == 0:
             print("resuming with changed optimizer settings: " + "; ".join(noted), flush=True)

@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import hf_logits, random_hf_model
+
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf, save_hf
 from neojax.model import GPTNeo
@@ -152,7 +152,9 @@ def _corpus_strings():
 def test_sentencepiece_export_encodes_in_transformers_exactly_as_neojax(tmp_path):
     """The quickstart's tokenizer, exported to Hugging Face: AutoTokenizer gives neojax's ids on a corpus."""
     import stat
+
     import transformers
+
     from neojax.checkpoint.hf import save_hf
     from neojax.data.tokenizer import train_sentencepiece
     from neojax.model import init_params, preset

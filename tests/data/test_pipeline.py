@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from neojax.data import pipeline, sources
+from neojax.data import sources
 from neojax.data.pipeline import TrainBatches, build_token_cache, token_dtype, valid_batches
 
 DOCS = [f"document number {i}: " + " ".join(f"w{(i * 7 + j) % 50}" for j in range(5 + i % 9)) for i in range(60)]
@@ -89,7 +89,8 @@ def test_packing_covers_every_token_once_and_validation_is_disjoint(jsonl_file, 
     assert sorted(map(tuple, epoch)) == sorted(map(tuple, expected.astype(np.int32)))  # none lost or repeated
     assert [tuple(w) for w in epoch] != [tuple(w) for w in expected]  # really shuffled
     second = [next(batches)[0] for _ in range(n)]
-    assert sorted(map(tuple, second)) == sorted(map(tuple, epoch)) and [tuple(w) for w in second] != [tuple(w) for w in epoch]
+    assert sorted(map(tuple, second)) == sorted(map(tuple,
+                                                    epoch)) and [tuple(w) for w in second] != [tuple(w) for w in epoch]
     v = valid_batches([cache], seq, 2)
     assert all(b.shape == (2, seq + 1) for b in v)
 

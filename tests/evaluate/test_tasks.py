@@ -2,7 +2,6 @@
 transformers on a tiny random model."""
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -74,8 +73,8 @@ def test_lambada_matches_reference_and_ignores_batch_size(model, tmp_path):
     m, torch_model = model
     docs = [{"text": s} for s in SENTENCES] + [{"text": "x " * 80 + "end"}]  # the last one is left truncated
     _write(tmp_path, "lambada_openai", docs)
-    refs = [ref_loglikelihood(torch_model, m.tokenizer, *(d["text"].rsplit(" ", 1)[0], " " + d["text"].rsplit(" ", 1)[1]), 48)
-            for d in docs]
+    refs = [ref_loglikelihood(torch_model, m.tokenizer, d["text"].rsplit(" ", 1)[0], " " + d["text"].rsplit(" ", 1)[1],
+                              48) for d in docs]
     runs = [ev.evaluate(m.params, m.config, m.tokenizer, ["lambada_openai"], str(tmp_path), batch_size=b, max_len=48)
             for b in (1, 3)]
     assert runs[0]["lambada_openai"]["acc"] == runs[1]["lambada_openai"]["acc"]
@@ -98,8 +97,10 @@ def test_trailing_space_and_empty_context_rules(model):
 
 
 def test_wikitext_detokeniser():
-    page = ' = = Early life = = \n He was born in 1 @,@ 234 and ( in the city ) said " yes " ; it was 3 @.@ 5 @-@ 4 . \n'
-    assert wikitext_detokenize(page) == ' == Early life ==\nHe was born in 1,234 and (in the city) said "yes"; it was 3.5-4.\n'
+    page = (' = = Early life = = \n He was born in 1 @,@ 234 and ( in the city ) said " yes " ; '
+            'it was 3 @.@ 5 @-@ 4 . \n')
+    assert wikitext_detokenize(page) == (' == Early life ==\nHe was born in 1,234 and (in the city) said "yes"; '
+                                         'it was 3.5-4.\n')
     assert wikitext_detokenize("the dog 's toy , N years") == "the dog's toy, 1 years"
 
 
@@ -130,7 +131,8 @@ def _mc_reference(torch_model, tok, contexts, choices, golds):
 
 def test_hellaswag_and_piqa(model, tmp_path):
     m, torch_model = model
-    hs = [{"activity_label": "Cooking", "ctx_a": "A man stands in the kitchen.", "ctx_b": "he [header] picks up a knife",
+    hs = [{"activity_label": "Cooking", "ctx_a": "A man stands in the kitchen.",
+           "ctx_b": "he [header] picks up a knife",
            "endings": ["and cuts the bread.", "[title] jumps over the  lazy dog.", "once upon a time.", "def hello"],
            "label": i % 4} for i in range(6)]
     piqa = [{"goal": s, "sol1": SENTENCES[(i + 1) % 4], "sol2": "a much longer and rather odd answer " + s,
@@ -152,7 +154,8 @@ def test_winogrande_partial_scoring_and_fewshot(model, tmp_path):
     m, torch_model = model
     docs = [{"sentence": "The fox jumped over the dog because _ was quick.", "option1": "the fox",
              "option2": "the dog", "answer": "1"},
-            {"sentence": "Once upon a time _ wrote a model.", "option1": "GPT-Neo", "option2": "the fox", "answer": "2"}]
+            {"sentence": "Once upon a time _ wrote a model.", "option1": "GPT-Neo", "option2": "the fox",
+             "answer": "2"}]
     _write(tmp_path, "winogrande", docs)
     _write(tmp_path, "winogrande.train", docs * 2)
     r = ev.evaluate(m.params, m.config, m.tokenizer, ["winogrande"], str(tmp_path))["winogrande"]
@@ -177,7 +180,8 @@ def test_mathqa_and_pubmedqa(model, tmp_path):
     abstract = {"contexts": ["We trained a model.", "It generates text."], "labels": ["A", "B"]}
     pubmed = [{"question": s + "?", "context": abstract, "final_decision": ["yes", "no", "maybe"][i % 3]}
               for i, s in enumerate(SENTENCES)]
-    pubmed[3] = {"QUESTION": "Does it work?", "CONTEXTS": abstract["contexts"], "final_decision": "maybe"}  # original keys
+    pubmed[3] = {"QUESTION": "Does it work?", "CONTEXTS": abstract["contexts"],
+                 "final_decision": "maybe"}  # original keys
     _write(tmp_path, "mathqa", mathqa)
     _write(tmp_path, "pubmedqa", pubmed)
     r = ev.evaluate(m.params, m.config, m.tokenizer, ["mathqa", "pubmedqa"], str(tmp_path), batch_size=3)
@@ -193,6 +197,7 @@ def test_mathqa_and_pubmedqa(model, tmp_path):
 def test_tfds_task_data_without_download(model, tmp_path):
     """piqa, winogrande and mathqa read prepared TFDS datasets in the release's field names."""
     import tensorflow_datasets as tfds
+
     from neojax.data.sources import tfds_records
     from neojax.evaluate.tasks import TFDS, available, load_docs
     m, _ = model

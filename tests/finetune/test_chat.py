@@ -84,7 +84,8 @@ def test_response_only_loss_is_the_mean_over_masked_targets_in_float64():
     mask[0, len(a)] = 1  # b's first token: masked in anyway, as it cannot be predicted from a
     loss, aux = lm_loss(params, CFG, tokens, mask, segment_ids=seg)
     logits = np.asarray(GPTNeo(CFG).apply({"params": params}, tokens[:, :-1], segment_ids=seg[:, :-1]), np.float64)[0]
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1,
+                                                                                                               keepdims=True)
     targets = tokens[0, 1:]
     keep = (mask[0, 1:] == 1) & (seg[0, 1:] == seg[0, :-1])
     ref = -logp[np.arange(len(targets)), targets][keep].mean()
@@ -116,8 +117,10 @@ def test_packed_chat_finetune_then_chat_from_the_command_line(tiny_hf_with_token
     r = subprocess.run([sys.executable, "-m", "neojax.train", "--config", "finetune_chat", "--workdir", str(workdir),
                         f"--config.model.init_from={tiny_hf_with_tokenizer}",
                         f"--config.data.source_args.paths={tmp_path / 'chats.jsonl'}", "--config.data.seq_len=64",
-                        "--config.data.valid_fraction=0.2", "--config.train.total_steps=6", "--config.train.global_batch=4",
-                        "--config.train.log_every=3", "--config.eval.every_steps=6", "--config.checkpoint.every_steps=6",
+                        "--config.data.valid_fraction=0.2", "--config.train.total_steps=6",
+                        "--config.train.global_batch=4",
+                        "--config.train.log_every=3", "--config.eval.every_steps=6",
+                        "--config.checkpoint.every_steps=6",
                         "--config.optimizer.lr=1e-3", "--config.optimizer.warmup_steps=1"],
                        capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]

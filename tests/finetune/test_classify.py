@@ -1,7 +1,6 @@
 """Classification fine-tuning: a tiny model learns a separable task from jsonl through the train
 command, the exported head loads in transformers, and the metrics match their definitions."""
 import json
-import os
 import subprocess
 import sys
 
@@ -35,7 +34,8 @@ def test_tiny_model_learns_a_separable_task_from_the_command_line(tiny_hf_with_t
                         f"--config.classify.train={tmp_path / 'train.jsonl'}",
                         f"--config.classify.valid={tmp_path / 'valid.jsonl'}",
                         "--config.data.seq_len=64", "--config.train.total_steps=120", "--config.train.log_every=20",
-                        "--config.optimizer.lr=3e-3", "--config.optimizer.warmup_steps=5", "--config.eval.every_steps=60"],
+                        "--config.optimizer.lr=3e-3", "--config.optimizer.warmup_steps=5",
+                        "--config.eval.every_steps=60"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "examples/s" in r.stdout and "macro F1" in r.stdout

@@ -19,7 +19,8 @@ def test_kl_term_matches_float64_definition(alpha, temperature):
     s, t = init_params(STUDENT, jax.random.key(0)), init_params(TEACHER, jax.random.key(1))
     tokens = np.random.default_rng(0).integers(0, 40, size=(2, 12))
     loss, aux = lm_loss(s, STUDENT, tokens, teacher=Teacher(TEACHER, temperature, alpha), teacher_params=t)
-    logsoftmax = lambda x: x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    logsoftmax = lambda x: x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1,
+                                                                                                          keepdims=True))
     ls = np.asarray(GPTNeo(STUDENT).apply({"params": s}, tokens[:, :-1]), np.float64)
     lt = np.asarray(GPTNeo(TEACHER).apply({"params": t}, tokens[:, :-1]), np.float64)
     pt, qs = logsoftmax(lt / temperature), logsoftmax(ls / temperature)

@@ -7,7 +7,7 @@ import pytest
 
 from neojax import registry
 from neojax.model import GPTNeoConfig
-from neojax.model.attention import AttentionVariant, global_attention
+from neojax.model.attention import AttentionVariant
 from neojax.model.attention_checks import CHECKS, check_causality, check_config, check_window
 from neojax.model.variants import alibi_attention, alibi_slopes, linear_attention, rotary
 

@@ -5,7 +5,6 @@ import pytest
 
 from neojax.checkpoint.hf import load_hf_classifier, save_hf_classifier
 from neojax.model.classifier import GPTNeoClassifier, init_classifier
-from neojax.model import GPTNeoConfig
 
 KW = dict(vocab_size=60, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
           window_size=4, max_position_embeddings=40)

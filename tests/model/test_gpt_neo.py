@@ -3,10 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import SHAPES, hf_logits, left_padded_batch
+
 from neojax.checkpoint.hf import load_hf
-from neojax.model import GPTNeo, GPTNeoConfig, init_params, position_ids_from_mask, preset
+from neojax.model import GPTNeo, init_params, position_ids_from_mask, preset
 
 TOL = 1e-4
 

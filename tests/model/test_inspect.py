@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from neojax.model import GPTNeoConfig, GPTNeo, init_params
+from neojax.model import GPTNeo, GPTNeoConfig, init_params
 from neojax.model.inspect import attention_weights
 
 

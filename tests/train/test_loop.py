@@ -14,14 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
 from conftest import small_config
+from sharding_case import CASE_CONFIG, case_batch, case_optimizer
+
 from neojax import checkpoint, sharding
 from neojax.checkpoint.manager import Checkpointer
 from neojax.train.loop import NonFiniteError, train
 from neojax.train.metrics import read_metrics
 from neojax.train.step import init_state, make_train_step, sharded_init
-from sharding_case import CASE_CONFIG, case_batch, case_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
@@ -224,7 +224,8 @@ def _cli(*args):
 def test_cli_list_unknown_names_and_typos(tmp_path):
     r = _cli("--list")
     assert r.returncode == 0 and "quickstart" in r.stdout and "gpt_neo_2p7b_pile" in r.stdout
-    assert "attention: alibi, global, linear, local, rotary" in r.stdout and "schedule: constant, cosine, linear" in r.stdout
+    assert "attention: alibi, global, linear, local, rotary" in r.stdout
+    assert "schedule: constant, cosine, linear" in r.stdout
     r = _cli("--config", "quickstrat", "--workdir", str(tmp_path))
     assert r.returncode != 0 and "unknown experiment 'quickstrat'" in r.stderr and "quickstart" in r.stderr
     r = _cli("--config", "quickstart:smoke", "--workdir", str(tmp_path), "--config.train.totl_steps=3")
@@ -246,6 +247,7 @@ def test_quickstart_smoke_runs_from_the_command_line(tmp_path):
 
 def test_every_experiment_loads_and_documents_its_command():
     import importlib.util
+
     from neojax.train.__main__ import experiments
     found = experiments()
     assert {"quickstart", "gpt_neo_125m_pile", "gpt_neo_1p3b_pile", "gpt_neo_2p7b_pile", "finetune_hf"} <= set(found)
@@ -261,7 +263,8 @@ def test_every_experiment_loads_and_documents_its_command():
     big = importlib.util.module_from_spec(importlib.util.spec_from_file_location("x", found["gpt_neo_2p7b_pile"]))
     importlib.util.spec_from_file_location("x", found["gpt_neo_2p7b_pile"]).loader.exec_module(big)
     c = big.get_config()
-    assert (c.optimizer.b2, c.optimizer.warmup_steps, c.optimizer.final_lr_ratio, c.optimizer.clip) == (0.95, 3000, 0.1, 1.0)
+    assert (c.optimizer.b2, c.optimizer.warmup_steps, c.optimizer.final_lr_ratio, c.optimizer.clip) == (0.95, 3000,
+                                                                                                        0.1, 1.0)
     assert (c.train.global_batch, c.data.seq_len, c.model.dtype) == (512, 2048, "bfloat16")
     from neojax.train.optim import decay_mask
     mask = decay_mask({"ln_f": {"scale": 0, "bias": 0}, "h_0": {"mlp": {"c_fc": {"kernel": 0, "bias": 0}}}, "wte": 0})

@@ -1,7 +1,8 @@
 import logging
 
-from neojax.train.setup import build_model
 from conftest import small_config
+
+from neojax.train.setup import build_model
 
 
 def test_remat_on_cpu_warns_that_it_saves_no_memory(corpus, tiny_tokenizer, tmp_path, caplog):

@@ -10,8 +10,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
-
 from conftest import small_config
+
 from neojax import checkpoint
 from neojax.cli import UsageError
 from neojax.train.loop import train
