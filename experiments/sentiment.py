@@ -13,7 +13,7 @@ def get_config(variant: str = ""):
     if variant:
         raise ValueError(f"sentiment has no variants (got {variant!r})")
     c = base_config()
-    c.task = "classify"
+    c.objective = "classify"
     c.classify = dict(train="train.jsonl", valid="", train_split="train", valid_split="validation",
                       tfds_data_dir="", text_field="text", label_field="label",
                       labels=[])  # [] = the sorted labels of the training data
@@ -23,4 +23,5 @@ def get_config(variant: str = ""):
     c.optimizer.update(schedule="linear", lr=2e-5, warmup_steps=50, final_lr_ratio=0.0, weight_decay=0.01)
     c.train.update(total_steps=1000, global_batch=16, log_every=20)
     c.eval.every_steps = 200
+    c.eval.hooks = ["classification"]
     return lock(c)

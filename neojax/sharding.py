@@ -20,6 +20,12 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from neojax import cli
+from neojax.model.config import PRESETS, preset
+from neojax.model.gpt_neo import logical_axes, param_shapes
+from neojax.model.lora import Lora, adapter_bytes
+from neojax.tree import named_leaves, path_keys, path_name
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # (logical axis name, mesh axes or None). Parameters: model/gpt_neo.py; activations: act_*.
@@ -110,27 +116,13 @@ def spec_for(name: str, logical: Sequence[Optional[str]], shape: Sequence[int], 
     return PartitionSpec(*out)
 
 
-def _path_name(path) -> str:
-    return jax.tree_util.keystr(path, simple=True, separator="/")
-
-
-def _path_keys(path) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
-def _named_leaves(tree):
-    return [(_path_name(path), leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: isinstance(x, PartitionSpec))]
-
-
 def param_specs(config, rules=DEFAULT_RULES, mesh=None):
     """Tree of PartitionSpecs for every parameter of `config`."""
-    from neojax.model.gpt_neo import logical_axes, param_shapes
     shapes, axes = param_shapes(config), logical_axes(config)
-    flat_axes = dict(_named_leaves(axes))
+    flat_axes = named_leaves(axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
     def one(path, shape):
-        name = _path_name(path)
+        name = path_name(path)
         return spec_for(name, tuple(flat_axes[name]), shape.shape, rules, mesh)
     return jax.tree_util.tree_map_with_path(one, shapes)
 
@@ -139,11 +131,11 @@ def state_specs(abstract_state, params_specs):
     """Specs for a pytree that contains parameter-shaped subtrees (optimizer moments, EMA, ...):
     a leaf whose path ends with a parameter's path (and has at least the spec's rank) gets that
     parameter's spec; everything else (step counters, scalars) is replicated."""
-    by_path = {_path_keys(path): spec for path, spec in
+    by_path = {path_keys(path): spec for path, spec in
                jax.tree_util.tree_leaves_with_path(params_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))}
 
     def pick(path, leaf):
-        keys = _path_keys(path)
+        keys = path_keys(path)
         for n in range(len(keys)):
             spec = by_path.get(keys[n:])
             if spec is not None and len(spec) <= len(np.shape(leaf)):
@@ -215,19 +207,19 @@ def plan(config, mesh_spec, rules=DEFAULT_RULES, optimizer_moments: int = 2, num
     """Rows (name, shape, spec, bytes per device) and totals, from shapes alone (nothing allocated).
 
     optimizer_moments: float32 copies of the trained params the optimizer keeps (Adam: 2). With a
-    `neojax.finetune.lora.Lora`, only its (replicated) adapters are trained and have moments."""
-    from neojax.model.gpt_neo import param_shapes
+    `neojax.model.lora.Lora`, only its (replicated) adapters are trained and have moments."""
     sizes = parse_mesh(mesh_spec)
     if -1 in sizes.values() or num_devices is not None:  # a given device count must agree with the mesh
         sizes = resolve_mesh_shape(sizes, num_devices or jax.device_count())
     specs = param_specs(config, rules, sizes)
     rows = []
-    for (name, shape), (_, spec) in zip(_named_leaves(param_shapes(config)), _named_leaves(specs)):
+    specs = named_leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    for name, shape in named_leaves(param_shapes(config)).items():
+        spec = specs[name]
         split = math.prod(sizes[a] for entry in spec if entry for a in ((entry,) if isinstance(entry, str) else entry))
         rows.append((name, tuple(shape.shape), spec, shape.size * shape.dtype.itemsize / split))
     param_bytes = trained_bytes = sum(r[3] for r in rows)
     if lora is not None:
-        from neojax.finetune.lora import adapter_bytes
         trained_bytes = adapter_bytes(param_shapes(config), lora)
         param_bytes += trained_bytes
     return {"mesh": sizes, "rows": rows, "params_per_device": param_bytes,
@@ -238,7 +230,7 @@ def plan(config, mesh_spec, rules=DEFAULT_RULES, optimizer_moments: int = 2, num
 
 
 def format_plan(p, full: bool = False) -> str:
-    import re
+
     lines = [f"mesh {p['mesh']}  ({math.prod(p['mesh'].values())} devices), {p['num_params'] / 1e9:.3f}B parameters",
              f"{'parameter':<34} {'shape':<16} {'spec':<28} {'MB/device':>10}"]
     seen = {}
@@ -262,8 +254,6 @@ def format_plan(p, full: bool = False) -> str:
 
 
 def main(argv=None) -> int:
-    from neojax import cli
-    from neojax.model.config import PRESETS, preset
     parser = cli.ArgumentParser(prog="python -m neojax.sharding",
                                 description="Print the sharding plan of a preset on a mesh (allocates nothing).")
     parser.add_argument("--preset", default="gpt-neo-125M", choices=sorted(PRESETS))
@@ -276,7 +266,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     lora = None
     if args.lora_rank:
-        from neojax.finetune.lora import Lora
         targets = tuple(t for t in args.lora_targets.split(",") if t)
         for target in targets:
             try:
@@ -300,5 +289,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from neojax import cli
     sys.exit(cli.run(main))

@@ -103,7 +103,7 @@ CASES = [
     ("train", TRAIN + ["--config.distill.teacher={tmp}/none"], "distill.teacher"),
     ("train", TRAIN + ["--config.distill.temperature=0"], "distill.temperature=0"),
     ("train", TRAIN + ["--config.distill.alpha=2"], "distill.alpha=2"),
-    ("train", TRAIN + ["--config.task=regress"], 'task="regress"'),
+    ("train", TRAIN + ["--config.objective=regress"], "objective='regress'"),
     ("train", TRAIN + ["--config.mesh=data=2,data=4"], "axis 'data' is given twice"),
     ("train", TRAIN + ["--config.mesh=gpu=2"], "unknown mesh axes ['gpu']"),
     ("train", TRAIN + ["--config.mesh=data=0"], "config.mesh='data=0'"),

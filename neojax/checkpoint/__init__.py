@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any, NamedTuple, Optional
 
-from neojax.checkpoint.io import NATIVE_MARKER, atomic_directory, check_params, load_native, load_workdir, save_native
+from neojax.checkpoint.io import NATIVE_MARKER, check_params, load_native, load_workdir, save_native
 from neojax.data.tokenizer import Tokenizer
 from neojax.model.config import GPTNeoConfig
 

@@ -14,9 +14,11 @@ import safetensors
 import safetensors.numpy
 
 from neojax.checkpoint import torch_pickle
-from neojax.checkpoint.io import atomic_directory, check_params, get_path, set_path
+from neojax.checkpoint.io import check_params
 from neojax.data.tokenizer import Tokenizer
+from neojax.files import atomic_directory
 from neojax.model.config import GPTNeoConfig
+from neojax.tree import get_path, set_path
 
 # (hf name, neojax path, transposed). "{i}" is the block index.
 _GLOBAL = [("transformer.wte.weight", ("wte",), False), ("transformer.wpe.weight", ("wpe",), False),

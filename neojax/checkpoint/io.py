@@ -1,74 +1,31 @@
-"""Atomic directory writes, and the native neojax model format (orbax params + neojax.json)."""
+"""The native neojax model format (orbax params + neojax.json), training workdirs' model cards,
+and the parameter check every loader runs."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import sys
-import uuid
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
+from neojax import __version__
+from neojax.data.tokenizer import Tokenizer
+from neojax.files import atomic_directory, write_json
 from neojax.model.config import GPTNeoConfig
+from neojax.model.gpt_neo import param_shapes
+from neojax.model.lora import is_lora, merge
+from neojax.tree import named_leaves
 
 NATIVE_MARKER = "neojax.json"
 
 
-@contextlib.contextmanager
-def atomic_directory(directory: str, overwrite: bool = False):
-    """Yield a temporary sibling directory; it replaces `directory` only once the block succeeds,
-    so a crash never leaves a half-written model where a good one (or nothing) was."""
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)) and not overwrite:
-        raise FileExistsError(f"{directory} already exists and is not empty; choose another destination "
-                              "or pass overwrite=True (--overwrite)")
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(tmp)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _usual_modes(tmp)
-    old = None
-    if os.path.exists(directory):
-        old = f"{directory}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(directory, old)
-    os.rename(tmp, directory)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _usual_modes(directory: str) -> None:
-    """Files as any program writes them (0644 under the usual umask): some writers use 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, dirs, files in os.walk(directory):
-        os.chmod(root, 0o777 & ~umask)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o666 & ~umask)
-
-
-def set_path(tree: dict, path: tuple, value):
-    for key in path[:-1]:
-        tree = tree.setdefault(key, {})
-    tree[path[-1]] = value
-
-
-def get_path(tree, path: tuple):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
 def check_params(params, config: GPTNeoConfig, source: str = "params"):
     """Raise a ValueError naming the first parameter whose presence or shape disagrees with `config`."""
-    from neojax.model.gpt_neo import param_shapes
-    flat_want = {"/".join(map(str, k)): v.shape for k, v in _flatten(param_shapes(config))}
-    flat_have = {"/".join(map(str, k)): np.shape(v) for k, v in _flatten(params)}
+    flat_want = {k: v.shape for k, v in named_leaves(param_shapes(config)).items()}
+    flat_have = {k: np.shape(v) for k, v in named_leaves(params).items()}
     for name in sorted(set(flat_want) | set(flat_have)):
         if name not in flat_have:
             raise ValueError(f"{source}: parameter {name} is missing (config expects shape {flat_want[name]})")
@@ -79,25 +36,19 @@ def check_params(params, config: GPTNeoConfig, source: str = "params"):
                              f"expects {tuple(flat_want[name])}; does the config match the weights?")
 
 
-def _flatten(tree):
-    return [(tuple(getattr(k, "key", k) for k in path), v)
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]]
+def _card(config: GPTNeoConfig) -> dict:
+    return {"format": "neojax", "neojax_version": __version__, "model": config.to_dict()}
 
 
 def write_model_card(directory: str, config: GPTNeoConfig, tokenizer=None) -> None:
     """neojax.json (+ tokenizer) without params: a training workdir's model/ folder."""
-    from neojax import __version__
     os.makedirs(directory, exist_ok=True)
     if tokenizer is not None:
         tokenizer.save(directory)
-    tmp = os.path.join(directory, NATIVE_MARKER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"format": "neojax", "neojax_version": __version__, "model": config.to_dict()}, f, indent=2)
-    os.replace(tmp, os.path.join(directory, NATIVE_MARKER))
+    write_json(os.path.join(directory, NATIVE_MARKER), _card(config))
 
 
 def read_model_card(directory: str):
-    from neojax.data.tokenizer import Tokenizer
     path = os.path.join(directory, NATIVE_MARKER)
     try:
         with open(path) as f:
@@ -113,10 +64,7 @@ def read_model_card(directory: str):
 
 def load_workdir(workdir: str, step=None):
     """(config, params, tokenizer) of a training workdir's latest intact (or the given) checkpoint."""
-    import orbax.checkpoint as ocp
-    from absl import logging as absl_logging
 
-    from neojax.finetune.lora import is_lora, merge
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notices on every read-only open
     config, tokenizer = read_model_card(os.path.join(workdir, "model"))
     with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
@@ -139,6 +87,8 @@ def load_workdir(workdir: str, step=None):
     params = state["params"]
     if is_lora(params):  # a LoRA run: the adapters merged into the base
         params = merge(params)
+    if set(params) == {"transformer", "score"}:  # a classification run: its GPT-Neo (hf/ holds the head)
+        params = params["transformer"]
     params = jax.tree.map(np.asarray, params)
     check_params(params, config, f"{workdir} step {step}")
     return config, params, tokenizer
@@ -172,17 +122,14 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 
 def save_native(directory: str, params, config: GPTNeoConfig, tokenizer=None, overwrite: bool = False) -> str:
     """Write a neojax model directory: neojax.json (config), params/ (orbax), tokenizer file."""
-    import orbax.checkpoint as ocp
 
-    from neojax import __version__
     with atomic_directory(directory, overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, "params"), params)
             ckptr.wait_until_finished()
         if tokenizer is not None:
             tokenizer.save(tmp)
-        with open(os.path.join(tmp, NATIVE_MARKER), "w") as f:
-            json.dump({"format": "neojax", "neojax_version": __version__, "model": config.to_dict()}, f, indent=2)
+        write_json(os.path.join(tmp, NATIVE_MARKER), _card(config))
     return directory
 
 
@@ -191,9 +138,7 @@ def load_native(directory: str, target=None):
 
     `target` (a pytree of jax.ShapeDtypeStruct, optionally with shardings) restores straight onto
     devices; by default params come back as host numpy arrays of the config's shapes."""
-    import orbax.checkpoint as ocp
 
-    from neojax.model.gpt_neo import param_shapes
     config, tokenizer = read_model_card(directory)
     expected = param_shapes(config)
     if target is None:

@@ -13,9 +13,10 @@ import os
 
 import numpy as np
 
-from neojax.checkpoint.io import check_params, set_path
+from neojax.checkpoint.io import check_params
 from neojax.cli import require
 from neojax.model.config import GPTNeoConfig
+from neojax.tree import set_path
 
 _SKIP = ("adam", "slot", "global_step", "beta1_power", "beta2_power")
 _BLOCK = {  # mtf name under gpt2/h{i}/ -> (neojax path, 2-D shape as (in, out) or None for vectors)

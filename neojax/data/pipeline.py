@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from typing import Any, Optional
 
 import grain
@@ -23,6 +21,7 @@ import numpy as np
 
 from neojax.data import sources
 from neojax.data.tokenizer import Tokenizer
+from neojax.files import atomic_directory, write_json
 
 ENCODE_CHUNK = 512  # documents per tokenizer batch call
 
@@ -83,10 +82,7 @@ def build_token_cache(source: str, source_args: dict, tokenizer: Tokenizer, cach
     directory = os.path.join(cache_dir, f"{source}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
     if os.path.exists(os.path.join(directory, "meta.json")):
         return TokenCache(directory)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(tmp)
-    try:
+    with atomic_directory(directory, overwrite=True) as tmp:  # a killed run never leaves half a cache
         docs, policy = sources.documents(source, source_args, on_error)
         counts = {"train": 0, "valid": 0}
         n_docs = 0
@@ -116,12 +112,7 @@ def build_token_cache(source: str, source_args: dict, tokenizer: Tokenizer, cach
         meta = {"source": source, "source_args": source_args, "documents": n_docs, "train_tokens": counts["train"],
                 "valid_tokens": counts["valid"], "dtype": str(dt), "vocab_size": tokenizer.vocab_size,
                 "eos_id": tokenizer.eos_id, "skipped_records": policy.skipped}
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(os.path.join(tmp, "meta.json"), meta)
     return TokenCache(directory)
 
 
@@ -180,6 +171,40 @@ class TrainBatches:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._iter.set_state(state)
+
+
+class ArrayBatches:
+    """Shuffled epochs over the rows of equally long arrays (packed chat rows, labelled examples),
+    resumable (get_state / set_state), each process taking its rows of every global batch."""
+
+    def __init__(self, packed: dict[str, np.ndarray], global_batch: int, seed: int, process_index: int = 0,
+                 process_count: int = 1):
+        self.packed, self.batch, self.seed = packed, global_batch, seed
+        self.rows = slice(process_index * global_batch // process_count,
+                          (process_index + 1) * global_batch // process_count)
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self):
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(next(iter(self.packed.values()))))
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        n = len(next(iter(self.packed.values())))
+        picks = []
+        while len(picks) < self.batch:  # rows wrap into the next epoch
+            order = self._order()
+            take = order[self.cursor:self.cursor + self.batch - len(picks)]
+            picks += take.tolist()
+            self.cursor += len(take)
+            if self.cursor >= n:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        picks = np.asarray(picks)[self.rows]
+        return {k: v[picks] for k, v in self.packed.items()}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
 
 
 def valid_batches(caches: list[TokenCache], seq_len: int, batch: int, max_batches: int = 0) -> list[np.ndarray]:

@@ -14,10 +14,11 @@ or {"prompt": "...", "response": "..."}. GPT-Neo has no chat tokens, so the temp
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from neojax.data.pipeline import ArrayBatches
 from neojax.data.sources import DataError, json_lines
 from neojax.data.tokenizer import Tokenizer
 
@@ -98,40 +99,6 @@ def pack(examples: Sequence[tuple[list[int], list[int]]], length: int) -> dict[s
     return out
 
 
-class ChatBatches:
-    """Shuffled epochs over packed rows, resumable (get_state / set_state), each process taking its
-    rows of every global batch."""
-
-    def __init__(self, packed: dict[str, np.ndarray], global_batch: int, seed: int, process_index: int = 0,
-                 process_count: int = 1):
-        self.packed, self.batch, self.seed = packed, global_batch, seed
-        self.rows = slice(process_index * global_batch // process_count,
-                          (process_index + 1) * global_batch // process_count)
-        self.epoch, self.cursor = 0, 0
-
-    def _order(self):
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.packed["tokens"]))
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        n = len(self.packed["tokens"])
-        picks = []
-        while len(picks) < self.batch:  # rows wrap into the next epoch
-            order = self._order()
-            take = order[self.cursor:self.cursor + self.batch - len(picks)]
-            picks += take.tolist()
-            self.cursor += len(take)
-            if self.cursor >= n:
-                self.epoch, self.cursor = self.epoch + 1, 0
-        picks = np.asarray(picks)[self.rows]
-        return {k: v[picks] for k, v in self.packed.items()}
-
-    def get_state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "cursor": self.cursor}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-
-
 def build_chat_data(config, tokenizer: Tokenizer, model_config):
     """(train batches, fixed valid batches) from data.source_args: paths (and optional valid_paths;
     otherwise data.valid_fraction of the conversations)."""
@@ -152,7 +119,7 @@ def build_chat_data(config, tokenizer: Tokenizer, model_config):
         valid = [conversations[i] for i in order[:n_valid]]
         conversations = [conversations[i] for i in order[n_valid:]]
     encode = lambda convs: pack([encode_conversation(tokenizer, c) for c in convs], d.seq_len + 1)
-    train = ChatBatches(encode(conversations), t.global_batch, d.seed, jax.process_index(), jax.process_count())
+    train = ArrayBatches(encode(conversations), t.global_batch, d.seed, jax.process_index(), jax.process_count())
     valid_batches = []
     if valid:
         packed, size = encode(valid), min(t.global_batch, 8)

@@ -7,15 +7,18 @@ per-class report.
         --config.classify.train=train.jsonl --config.classify.valid=valid.jsonl
 
 Data: jsonl files of {"text": ..., "label": ...} (labels are strings or integers), or a prepared
-TFDS dataset as "tfds:NAME" (classify.train_split / valid_split; never downloaded). The workdir
-gets metrics.jsonl, report.json and `hf/`, a directory transformers'
+TFDS dataset as "tfds:NAME" (classify.train_split / valid_split; never downloaded). The training
+loop (`neojax.train.loop`, objective "classify") trains it like any run: sharded, checkpointed,
+resumable; the workdir gets report.json and `hf/`, a directory transformers'
 GPTNeoForSequenceClassification loads.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
-import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +27,12 @@ import optax
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf_classifier, save_hf_classifier
+from neojax.data.pipeline import ArrayBatches
 from neojax.data.sources import DataError, json_lines, tfds_records
 from neojax.data.tokenizer import Tokenizer
+from neojax.files import write_json
 from neojax.model.classifier import GPTNeoClassifier, init_classifier
 from neojax.model.config import preset
-from neojax.train.metrics import MetricsWriter
-from neojax.train.optim import make_optimizer
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -106,7 +109,7 @@ def _is_classifier(path: str) -> bool:
         return False
 
 
-def _start(config, num_labels: int):
+def start(config, num_labels: int):
     """(GPT-Neo config, classifier params, tokenizer): a classifier checkpoint as it is, a language
     model with a fresh head, or a random preset."""
     m = config.model
@@ -130,94 +133,68 @@ def _start(config, num_labels: int):
     return model_config, params, tokenizer
 
 
-def make_step(model, optimizer):
-    def loss_fn(params, tokens, mask, labels):
-        logits = model.apply({"params": params}, tokens, attention_mask=mask)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
-
-    @jax.jit
-    def predict(params, tokens, mask):
-        return jnp.argmax(model.apply({"params": params}, tokens, attention_mask=mask), -1)
-
-    def step(params, opt_state, tokens, mask, labels):
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, tokens, mask, labels)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, {"loss": loss, "accuracy": acc}
-    return jax.jit(step, donate_argnums=(0, 1)), predict
+def classifier_loss(model: GPTNeoClassifier):
+    """loss(params, batch, rng) -> (mean cross entropy, {"accuracy"}) for the training loop."""
+    def loss(params, batch, rng=None):
+        logits = model.apply({"params": params}, batch["tokens"], attention_mask=batch["mask"])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
+        return ce, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
+    return loss
 
 
-def evaluate(predict, params, tokens, mask, labels, names, batch: int) -> dict:
-    preds = []
-    for start in range(0, len(tokens), batch):
-        rows = slice(start, start + batch)
-        t, m = tokens[rows], mask[rows]
-        if len(t) < batch:  # pad the last batch with copies: one compiled shape
-            fill = batch - len(t)
-            t, m = np.concatenate([t, np.repeat(t[:1], fill, 0)]), np.concatenate([m, np.repeat(m[:1], fill, 0)])
-        preds.append(np.asarray(predict(params, t, m))[:len(tokens[rows])])
-    return classification_report(np.concatenate(preds), labels, names)
+@dataclasses.dataclass
+class ClassificationData:
+    train: ArrayBatches               # {"tokens", "mask", "labels"} rows, resumable
+    valid: Optional[tuple]            # (tokens, mask, labels) arrays, or None
+    names: list                       # label names, index = class id
+    caches: tuple = ()
 
 
-# --- the loop -------------------------------------------------------------------------------------
-def train(config, workdir: str) -> dict:
-    from neojax.train.workdir import Workdir  # train imports finetune: deferred to keep dependencies one way
-    with Workdir.open(config, workdir) as wd:
-        return _train(config, wd)
-
-
-def _train(config, wd) -> dict:
-    workdir = wd.path
+def build(config):
+    """(model config, tokenizer, classifier params, ClassificationData) of a `classify` config."""
     c = config.classify
-    train_texts, train_raw = read_examples(c.train, c.text_field, c.label_field, c.train_split, c.tfds_data_dir or None)
+    train_texts, train_raw = read_examples(c.train, c.text_field, c.label_field, c.train_split,
+                                           c.tfds_data_dir or None)
     names = list(c.labels) or sorted({str(r) for r in train_raw}, key=lambda s: (len(s), s))
-    model_config, params, tokenizer = _start(config, len(names))
+    model_config, params, tokenizer = start(config, len(names))
     pad_id = tokenizer.eos_id
     seq_len = min(config.data.seq_len, model_config.max_position_embeddings)
     tokens, mask = encode(tokenizer, train_texts, seq_len, pad_id)
-    labels = label_ids(train_raw, names)
+    rows = {"tokens": tokens, "mask": mask, "labels": label_ids(train_raw, names)}
+    train = ArrayBatches(rows, config.train.global_batch, config.train.seed, jax.process_index(), jax.process_count())
     valid = None
     if c.valid:
-        valid_texts, valid_raw = read_examples(c.valid, c.text_field, c.label_field, c.valid_split,
-                                               c.tfds_data_dir or None)
-        valid = (*encode(tokenizer, valid_texts, seq_len, pad_id), label_ids(valid_raw, names))
-    wd.write_config()
+        texts, raw = read_examples(c.valid, c.text_field, c.label_field, c.valid_split, c.tfds_data_dir or None)
+        valid = (*encode(tokenizer, texts, seq_len, pad_id), label_ids(raw, names))
+    return model_config, tokenizer, params, ClassificationData(train, valid, names)
 
-    total, batch = config.train.total_steps, config.train.global_batch
-    optimizer, _ = make_optimizer(config.optimizer, total)
-    opt_state = optimizer.init(params)
-    model = GPTNeoClassifier(model_config, len(names))
-    step, predict = make_step(model, optimizer)
-    writer = MetricsWriter(workdir)
-    rng = np.random.default_rng(config.train.seed)
-    order, cursor = rng.permutation(len(tokens)), 0
-    print(f"classifier: {len(tokens)} training examples, labels {names}, seq_len {seq_len}, {total} steps", flush=True)
-    start = time.perf_counter()
-    report = {}
-    for i in range(1, total + 1):
-        if cursor + batch > len(order):  # a new epoch
-            order, cursor = rng.permutation(len(tokens)), 0
-        rows = order[cursor:cursor + batch] if batch <= len(order) else rng.choice(len(tokens), batch)
-        cursor += batch
-        params, opt_state, metrics = step(params, opt_state, tokens[rows], mask[rows], labels[rows])
-        if i % config.train.log_every == 0 or i == total:
-            metrics = {k: float(v) for k, v in metrics.items()}
-            elapsed = time.perf_counter() - start
-            eta = elapsed / i * (total - i)
-            print(f"step {i}/{total} loss {metrics['loss']:.4f} batch accuracy {metrics['accuracy']:.3f} "
-                  f"{i * batch / elapsed:,.1f} examples/s eta {time.strftime('%H:%M:%S', time.gmtime(eta))}",
-                  flush=True)
-            writer.write(i, {f"train/{k}": v for k, v in metrics.items()})
-        if valid is not None and (i % config.eval.every_steps == 0 or i == total):
-            report = evaluate(predict, params, *valid, names, batch)
-            print(f"  valid @ {i}: accuracy {report['accuracy']:.4f} macro F1 {report['macro_f1']:.4f}", flush=True)
-            writer.write(i, {"valid/accuracy": report["accuracy"], "valid/macro_f1": report["macro_f1"]})
-    writer.close()
-    if report:
-        print(format_report(report))
-        with open(os.path.join(workdir, "report.json"), "w") as f:
-            json.dump(report, f, indent=2)
-    save_hf_classifier(os.path.join(workdir, "hf"), jax.device_get(params), model_config, names, tokenizer,
-                       pad_token_id=pad_id, overwrite=True)
+
+@functools.lru_cache(maxsize=4)
+def _predict(model: GPTNeoClassifier):
+    return jax.jit(lambda params, tokens, mask: jnp.argmax(model.apply({"params": params}, tokens,
+                                                                        attention_mask=mask), -1))
+
+
+def report(model: GPTNeoClassifier, params, data: ClassificationData, batch: int) -> dict:
+    """classification_report of the validation examples (batches padded with copies: one compiled shape)."""
+    tokens, mask, labels = data.valid
+    preds = []
+    for first in range(0, len(tokens), batch):
+        t, m = tokens[first:first + batch], mask[first:first + batch]
+        fill = batch - len(t)
+        if fill:
+            t, m = np.concatenate([t, np.repeat(t[:1], fill, 0)]), np.concatenate([m, np.repeat(m[:1], fill, 0)])
+        preds.append(np.asarray(_predict(model)(params, t, m))[:batch - fill])
+    return classification_report(np.concatenate(preds), labels, data.names)
+
+
+def export(workdir: str, model: GPTNeoClassifier, params, tokenizer, data: ClassificationData, batch: int) -> None:
+    """At the end of a run: report.json (validation accuracy, macro F1, per class) and hf/, a
+    directory transformers' GPTNeoForSequenceClassification loads."""
+    if data.valid is not None:
+        result = report(model, params, data, batch)
+        print(format_report(result))
+        write_json(os.path.join(workdir, "report.json"), result)
+    save_hf_classifier(os.path.join(workdir, "hf"), params, model.config, data.names, tokenizer,
+                       pad_token_id=tokenizer.eos_id, overwrite=True)
     print(f"saved {os.path.join(workdir, 'hf')} (transformers GPTNeoForSequenceClassification)")
-    return {"step": total, "wall_time_s": time.perf_counter() - start, **report}

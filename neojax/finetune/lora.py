@@ -1,93 +1,23 @@
-"""LoRA: low-rank adapters on chosen weight matrices (Hu et al. 2021, arXiv:2106.09685).
+"""LoRA adapters on disk: a few MB of adapters and their settings, saved and loaded without the base.
 
-A selected kernel W [in, out] is used as W + scale * A @ B with A [in, r] (random), B [r, out]
-(zeros, so training starts from the base model) and scale = alpha / r. Targets are regular
-expressions over parameter paths, like partition rules:
+    lora.save_adapters("adapters/", params, Lora(rank=8))       # params: {"base", "lora", "lora_scale"}
+    params, settings = lora.load_adapters("adapters/", base_params)
 
-    lora = Lora(rank=8, alpha=16, targets=(r"attn/(q|v)_proj/kernel",))
-    params = lora.attach(base_params, rng)      # {"base": ..., "lora": ..., "lora_scale": ...}
-    model_params = lora.merge(params)           # plain GPT-Neo params: forward, export
-
-During training only params["lora"] is differentiated and given to the optimizer (see
-`neojax.train.step`): the base stays bit-identical and has no optimizer state.
+The adapters themselves (attach, merge, which weights) are `neojax.model.lora`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
-import re
-from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from neojax.checkpoint.io import atomic_directory
-from neojax.sharding import _path_name
+from neojax.files import atomic_directory
+from neojax.model.lora import Lora, is_lora, merge
+from neojax.tree import named_leaves
 
-
-def _named(params) -> dict:
-    """{"h_0/attn/q_proj/kernel": leaf} for every leaf."""
-    return {_path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Lora:
-    rank: int = 8
-    alpha: float = 16.0
-    targets: Sequence[str] = (r"attn/(q|v)_proj/kernel",)
-
-    def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
-        object.__setattr__(self, "targets", tuple(self.targets))
-
-    def paths(self, params) -> list[str]:
-        """Paths of the 2-D kernels the targets select; none selected is an error listing candidates."""
-        leaves = _named(params)
-        chosen = [name for name, x in leaves.items()
-                  if np.ndim(x) == 2 and any(re.search(t, name) for t in self.targets)]
-        if not chosen:
-            kernels = sorted({re.sub(r"^h_\d+/", "h_*/", n) for n, x in leaves.items() if np.ndim(x) == 2})
-            raise ValueError(f"LoRA targets {list(self.targets)} select no 2-D weight; candidates: {kernels}")
-        return chosen
-
-    def init(self, params, rng) -> dict:
-        """{path: {"a", "b"}} for every selected kernel. A ~ N(0, 1/in) as the paper's code, B = 0."""
-        leaves = _named(params)
-        adapters = {}
-        for i, name in enumerate(self.paths(params)):
-            fan_in, fan_out = leaves[name].shape
-            a = jax.random.normal(jax.random.fold_in(rng, i), (fan_in, self.rank), jnp.float32) / math.sqrt(fan_in)
-            adapters[name] = {"a": a, "b": jnp.zeros((self.rank, fan_out), jnp.float32)}
-        return adapters
-
-    def attach(self, base, rng) -> dict:
-        return {"base": base, "lora": self.init(base, rng), "lora_scale": jnp.float32(self.alpha / self.rank)}
-
-
-def merge(params) -> dict:
-    """Plain GPT-Neo params from {"base", "lora", "lora_scale"}: W + scale * A @ B where adapted."""
-    adapters, scale = params["lora"], params["lora_scale"]
-
-    def one(path, w):
-        adapter = adapters.get(_path_name(path))
-        return w if adapter is None else w + scale * (adapter["a"] @ adapter["b"]).astype(w.dtype)
-    return jax.tree_util.tree_map_with_path(one, params["base"])
-
-
-def is_lora(params) -> bool:
-    return isinstance(params, dict) and set(params) == {"base", "lora", "lora_scale"}
-
-
-def adapter_bytes(params_shapes, lora: Lora) -> int:
-    """float32 bytes of the adapters `lora` would add to params of these shapes (nothing allocated)."""
-    leaves = _named(params_shapes)
-    return sum(4 * lora.rank * (leaves[n].shape[0] + leaves[n].shape[1]) for n in lora.paths(params_shapes))
-
+__all__ = ["ADAPTER_FILE", "Lora", "is_lora", "load_adapters", "merge", "save_adapters"]
 
 # --- adapters alone on disk -----------------------------------------------------------------------
 ADAPTER_FILE = "adapters.safetensors"
@@ -112,7 +42,7 @@ def load_adapters(directory: str, base) -> tuple[dict, Lora]:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     lora = Lora(int(meta["rank"]), float(meta["alpha"]), tuple(json.loads(meta["targets"])))
-    leaves = _named(base)
+    leaves = named_leaves(base)
     adapters: dict = {}
     for key, value in tensors.items():
         name, part = key.rsplit(".", 1)

@@ -91,8 +91,6 @@ def main(argv=None) -> int:
     from neojax import sharding
     sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     from neojax.train.loop import NonFiniteError, train
-    if config.task == "classify":
-        from neojax.finetune.classify import train
     try:
         result = train(config, args.workdir)
     except NonFiniteError as e:
@@ -101,7 +99,7 @@ def main(argv=None) -> int:
     if result.get("preempted"):
         print(f"preempted (SIGTERM) at step {result['step']}: saved; resume with the same command", flush=True)
         return PREEMPTED_EXIT
-    if config.task != "lm":
+    if config.objective != "lm":
         return 0
     workdir = args.workdir
     print(f"\ndone: step {result['step']} in {result.get('wall_time_s', 0):.0f}s. Next:\n"

@@ -26,7 +26,7 @@ EXPERIMENT_DIRS = [os.path.join(os.getcwd(), "experiments"),
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.task = "lm"                 # lm (neojax.train.loop) | classify (neojax.finetune.classify)
+    c.objective = "lm"            # what the loop trains: lm | classify (neojax.train.objectives)
     c.model = dict(
         preset="tiny",            # a neojax.model preset, or "" when init_from gives the model
         init_from="",             # HF / neojax checkpoint to start from (fine-tuning)
@@ -86,6 +86,7 @@ def _import_components() -> None:
     import neojax.evaluate  # noqa: F401
     import neojax.model  # noqa: F401
     import neojax.train.hooks  # noqa: F401
+    import neojax.train.objectives  # noqa: F401
     import neojax.train.optim  # noqa: F401
 
 
@@ -252,7 +253,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need("lora.alpha", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
     need("distill.temperature", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
     need("distill.alpha", lambda v: _is_num(v) and 0 <= v <= 1, "must be a number in [0, 1]")
-    need("task", lambda v: v in ("lm", "classify"), "choose 'lm' or 'classify'")
     need("model.dtype", lambda v: v in ("float32", "bfloat16"), "choose 'float32' or 'bfloat16'")
     need("model.remat", lambda v: v in ("none", "full", "dots"), "choose 'none', 'full' or 'dots'")
     need("data.on_error", lambda v: v in ("raise", "skip"), "choose 'raise' or 'skip'")
@@ -301,6 +301,8 @@ def _check_names(c: dict, errors: list) -> None:
                                        f"data.mixture[{i}].source_args", errors)
                 if not (_is_num(part.get("weight", 1.0)) and part.get("weight", 1.0) > 0):
                     errors.append(f"--config.data.mixture[{i}].weight={part.get('weight')!r}: must be a number > 0")
+    if "objective" in c:
+        _registered("objective", c["objective"], "objective", errors)
     if "schedule" in o:
         _registered("schedule", o["schedule"], "optimizer.schedule", errors)
     hooks = e.get("hooks", [])

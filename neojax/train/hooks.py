@@ -12,6 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from neojax import registry
+from neojax.evaluate import evaluate
+from neojax.finetune import classify
+from neojax.generate import generate
+from neojax.model.classifier import GPTNeoClassifier
 from neojax.train.step import batch_loss
 
 
@@ -37,7 +41,7 @@ def unigram_loss(data) -> float:
 def valid_loss(params, *, model_config, tokenizer, data, step, **_):
     """Loss, perplexity and bits per byte on the held-out split (fixed batches), beside the
     unigram baseline. For chat data (dict batches) the loss is over response tokens only."""
-    if not data.valid:
+    if not data.valid or getattr(data, "names", None) is not None:  # none, or a classification run's
         return {}
     if data.caches and not hasattr(data, "_unigram"):
         data._unigram = unigram_loss(data)
@@ -62,10 +66,20 @@ def valid_loss(params, *, model_config, tokenizer, data, step, **_):
     return out
 
 
+@registry.register("eval", "classification")
+def classification(params, *, model_config, data, config, step, **_):
+    """Accuracy and macro F1 on the validation examples of a `classify` run."""
+    if getattr(data, "names", None) is None or data.valid is None:
+        return {}
+    report = classify.report(GPTNeoClassifier(model_config, len(data.names)), params, data, config.train.global_batch)
+    if jax.process_index() == 0:
+        print(f"  valid @ {step}: accuracy {report['accuracy']:.4f} macro F1 {report['macro_f1']:.4f}", flush=True)
+    return {"valid/accuracy": report["accuracy"], "valid/macro_f1": report["macro_f1"]}
+
+
 @registry.register("eval", "samples")
 def samples(params, *, config, model_config, tokenizer, step, **_):
     """Generations from config.eval.sample_prompts, printed and logged as text."""
-    from neojax.generate import generate
     prompts = list(config.eval.sample_prompts)
     if not prompts:
         return {}
@@ -81,7 +95,6 @@ def samples(params, *, config, model_config, tokenizer, step, **_):
 @registry.register("eval", "tasks")
 def harness_tasks(params, *, config, model_config, tokenizer, step, **_):
     """The evaluation harness's tasks (neojax.evaluate) on config.eval.tasks files in task_data_dir."""
-    from neojax.evaluate import evaluate
     e = config.eval
     results = evaluate(params, model_config, tokenizer, list(e.tasks), e.task_data_dir, e.num_fewshot, e.task_limit)
     out = {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()

@@ -19,10 +19,10 @@ from neojax.checkpoint.manager import Checkpointer
 from neojax.cli import UsageError
 from neojax.finetune import lora
 from neojax.train import hooks as _hooks  # noqa: F401  (registers the evaluation hooks)
+from neojax.train import objectives as _objectives  # noqa: F401  (registers the objectives)
 from neojax.train.config import check_config
 from neojax.train.metrics import MetricsWriter
 from neojax.train.optim import make_optimizer
-from neojax.train.setup import build_data, build_model
 from neojax.train.step import init_state, make_train_step, model_params, state_specs
 from neojax.train.workdir import Workdir
 
@@ -55,8 +55,8 @@ def train(config, workdir: str) -> dict:
 def _train(config, wd: Workdir, mesh, rules) -> dict:
     workdir = wd.path
     main_process = jax.process_index() == 0
-    model_config, tokenizer, init_params = build_model(config, workdir)
-    data = build_data(config, tokenizer, workdir, model_config)
+    setup = registry.get("objective", config.objective)(config, workdir)
+    model_config, tokenizer, init_params, data = setup.model_config, setup.tokenizer, setup.params, setup.data
     optimizer, schedule = make_optimizer(config.optimizer, config.train.total_steps)
 
     adapters = lora.Lora(config.lora.rank, config.lora.alpha, tuple(config.lora.targets)) if config.lora.rank else None
@@ -86,7 +86,7 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
         print(_summary(config, state, mesh, start), flush=True)
     teacher, teacher_args = _teacher(config, model_config, mesh, rules)
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
-                              abstract_state=abstract, teacher=teacher)
+                              abstract_state=abstract, teacher=teacher, loss_fn=setup.loss)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)
@@ -120,16 +120,16 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
                 last = {"train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
                         "train/lr": float(schedule(step)), "train/tokens_per_sec": tps,
                         "train/nonfinite_total": int(state.nonfinite_total)}
-                if "kl" in m:
-                    last["train/kl"] = float(m["kl"])
+                for name in sorted(set(m) - {"loss", "grad_norm", "finite", "nll"}):  # kl, accuracy, ...
+                    last[f"train/{name}"] = float(m[name])
                 if flops.get("peak"):
                     last["train/mfu"] = tps * flops["per_token"] / flops["peak"]
                 eta = (total - step) * elapsed / window_steps
                 writer.write(step, last)
                 if main_process:
                     mfu = f" mfu {last['train/mfu']:.1%}" if "train/mfu" in last else ""
-                    kl = f" kl {last['train/kl']:.4f}" if "train/kl" in last else ""
-                    print(f"step {step}/{total} loss {last['train/loss']:.4f}{kl} lr {last['train/lr']:.2e} "
+                    extra = "".join(f" {k[6:]} {last[k]:.4f}" for k in ("train/kl", "train/accuracy") if k in last)
+                    print(f"step {step}/{total} loss {last['train/loss']:.4f}{extra} lr {last['train/lr']:.2e} "
                           f"grad_norm {last['train/grad_norm']:.3f} {tps:,.0f} tok/s{mfu} "
                           f"eta {_duration(eta)}", flush=True)
                 window_start, window_steps = time.perf_counter(), 0
@@ -148,6 +148,8 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
         if adapters is not None and main_process:
             lora.save_adapters(os.path.join(workdir, "adapters"), jax.device_get(state.params), adapters,
                                overwrite=True)
+        if setup.finish is not None and step == total and not stop["sigterm"] and main_process:
+            setup.finish(workdir, jax.device_get(model_params(state.params)))
     finally:
         ckpt.close()
         writer.close()

@@ -5,6 +5,7 @@ import jax
 import optax
 
 from neojax import registry
+from neojax.tree import path_keys
 
 
 @registry.register("schedule", "cosine")
@@ -33,8 +34,7 @@ def constant(lr, total_steps, warmup_steps=0, decay_steps=0, final_lr_ratio=1.0)
 def decay_mask(params):
     """True for the weights that get weight decay: matrices and embeddings, not LayerNorm or biases."""
     def decays(path, _):
-        names = [str(getattr(k, "key", k)) for k in path]
-        return names[-1] not in ("bias", "scale")
+        return path_keys(path)[-1] not in ("bias", "scale")
     return jax.tree_util.tree_map_with_path(decays, params)
 
 

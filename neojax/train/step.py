@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import optax
 
 from neojax import sharding
-from neojax.finetune import lora
+from neojax.model import lora
 from neojax.model.config import GPTNeoConfig
-from neojax.model.gpt_neo import GPTNeo
+from neojax.model.gpt_neo import GPTNeo, init_params
 
 
 @flax.struct.dataclass
@@ -49,7 +49,6 @@ def model_params(params):
 def init_state(config: GPTNeoConfig, optimizer, rng, params=None, adapters: lora.Lora | None = None) -> TrainState:
     """A fresh state (params from `rng` unless given; LoRA adapters attached when `adapters` is
     set). Call through `sharded_init` on a mesh."""
-    from neojax.model.gpt_neo import init_params
     init_rng, rng = jax.random.split(rng)
     params = init_params(config, init_rng) if params is None else params
     if adapters is not None:
@@ -121,24 +120,28 @@ def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=Non
 
 def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
                     rules=sharding.DEFAULT_RULES, microbatches: int = 1, z_loss: float = 0.0,
-                    abstract_state=None, teacher: Teacher | None = None):
+                    abstract_state=None, teacher: Teacher | None = None, loss_fn=None):
     """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`; with a `teacher`,
     `step(state, tokens, teacher_params)`.
 
     With a mesh, the state's shardings come from the rules and the batch is split over the
     data-parallel axes; activations get the model's logical constraints. `microbatches` > 1
     accumulates gradients over equal slices of the batch (a larger-than-memory global batch).
+    `loss_fn(params, batch, rng) -> (loss, aux)` replaces the next-token loss (another objective).
     A step whose gradients are not finite changes nothing but the skip counters."""
     train = config.embed_dropout > 0 or config.attention_dropout > 0 or config.resid_dropout > 0
 
     def grads_of(params, tokens, rng, teacher_params):
         """Loss, aux metrics and gradients with respect to the trainable part of the params only."""
         def one(tokens_mb, rng_mb):
-            loss_of = lambda t: batch_loss(model_params(with_trainable(params, t)), config, tokens_mb, z_loss,
-                                           rng_mb if train else None, teacher, teacher_params)
-            (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable(params))
-            aux.pop("tokens")
-            return loss, aux, grads
+            def loss_of(t):
+                merged, rng_ = model_params(with_trainable(params, t)), rng_mb if train else None
+                if loss_fn is not None:
+                    return loss_fn(merged, tokens_mb, rng_)
+                return batch_loss(merged, config, tokens_mb, z_loss, rng_, teacher, teacher_params)
+            (value, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable(params))
+            aux.pop("tokens", None)
+            return value, aux, grads
 
         if microbatches == 1:
             return one(tokens, rng)

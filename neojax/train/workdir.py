@@ -16,6 +16,7 @@ import os
 import jax
 
 from neojax.cli import UsageError
+from neojax.files import write_json
 from neojax.train.config import config_changes
 
 LOCK_NAME = ".lock"
@@ -102,7 +103,4 @@ class Workdir:
     def write_config(self) -> None:
         if jax.process_index() != 0:
             return
-        tmp = self.config_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(self.config.to_json_best_effort(indent=2))
-        os.replace(tmp, self.config_path)
+        write_json(self.config_path, self.config.to_json_best_effort(indent=2))

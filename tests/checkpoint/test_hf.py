@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import hf_logits, random_hf_model
+from support import hf_logits, random_hf_model
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf, save_hf

@@ -4,7 +4,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import hf_logits
+from support import hf_logits
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf

@@ -38,7 +38,7 @@ def test_tiny_model_learns_a_separable_task_from_the_command_line(tiny_hf_with_t
                         "--config.eval.every_steps=60"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "examples/s" in r.stdout and "macro F1" in r.stdout
+    assert "tok/s" in r.stdout and "accuracy" in r.stdout and "macro F1" in r.stdout
     report = json.loads((workdir / "report.json").read_text())
     assert report["accuracy"] >= 0.95 and report["n"] == 64 and set(report["per_class"]) == {"neg", "pos"}
     # The exported directory is a transformers classifier that agrees with the report.
@@ -81,3 +81,44 @@ def test_tfds_classification_data_without_download():
     with tfds.testing.mock_data(num_examples=5):
         texts, labels = read_examples("tfds:imdb_reviews", split="train")
     assert len(texts) == 5 and all(isinstance(t, str) for t in texts) and set(labels) <= {0, 1}
+
+
+def _sentiment(workdir, tmp_path, hf_dir):
+    return subprocess.Popen([sys.executable, "-m", "neojax.train", "--config", "sentiment", "--workdir", str(workdir),
+                             f"--config.model.init_from={hf_dir}",
+                             f"--config.classify.train={tmp_path / 'train.jsonl'}",
+                             f"--config.classify.valid={tmp_path / 'valid.jsonl'}", "--config.data.seq_len=32",
+                             "--config.train.total_steps=12", "--config.train.log_every=1",
+                             "--config.train.global_batch=8", "--config.checkpoint.every_steps=3",
+                             "--config.checkpoint.async_save=false", "--config.eval.every_steps=6",
+                             "--config.optimizer.lr=3e-3", "--config.optimizer.warmup_steps=2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _weights(workdir):
+    import safetensors.numpy
+    return safetensors.numpy.load_file(str(workdir / "hf" / "model.safetensors"))
+
+
+def test_classification_killed_and_rerun_is_bitwise_identical(tiny_hf_with_tokenizer, tmp_path):
+    """Classification trains in the one loop: checkpoints, SIGKILL and resume as every run."""
+    import signal
+    write_task(tmp_path / "train.jsonl", 64, 0)
+    write_task(tmp_path / "valid.jsonl", 16, 1)
+    ref = _sentiment(tmp_path / "ref", tmp_path, tiny_hf_with_tokenizer)
+    out = ref.communicate(timeout=600)[0]
+    assert ref.returncode == 0, out[-3000:]
+    killed = _sentiment(tmp_path / "killed", tmp_path, tiny_hf_with_tokenizer)
+    for line in killed.stdout:
+        if line.startswith("step 7/"):  # checkpoint 6 is on disk
+            killed.send_signal(signal.SIGKILL)
+            break
+    killed.wait(timeout=120)
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "killed" / "hf").exists()
+    rerun = _sentiment(tmp_path / "killed", tmp_path, tiny_hf_with_tokenizer)
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0 and "resumed from" in out, out[-3000:]
+    a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "ref" / "report.json").read_text()) == \
+        json.loads((tmp_path / "killed" / "report.json").read_text())

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import SHAPES, hf_logits, left_padded_batch
+from support import SHAPES, hf_logits, left_padded_batch
 
 from neojax.checkpoint.hf import load_hf
 from neojax.model import GPTNeo, init_params, position_ids_from_mask, preset

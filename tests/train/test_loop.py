@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import small_config
 from sharding_case import CASE_CONFIG, case_batch, case_optimizer
+from support import small_config
 
 from neojax import checkpoint, sharding
 from neojax.checkpoint.manager import Checkpointer
@@ -83,8 +83,8 @@ def _experiment_file(tmp_path, corpus, tokenizer_dir, total_steps):
     path.write_text(textwrap.dedent(f'''
         """python -m neojax.train --config {path} --workdir DIR"""
         import sys
-        sys.path.insert(0, {os.path.join(ROOT, "tests", "train")!r})
-        from conftest import small_config
+        sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
+        from support import small_config
         from neojax.train.config import lock
 
         def get_config():

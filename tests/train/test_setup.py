@@ -1,6 +1,6 @@
 import logging
 
-from conftest import small_config
+from support import small_config
 
 from neojax.train.setup import build_model
 

@@ -10,7 +10,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import small_config
+from support import small_config
 
 from neojax import checkpoint
 from neojax.cli import UsageError
