@@ -6,14 +6,9 @@ replaced by a registered attention variant, local layers kept: `global` (GPT-Neo
 `--config experiments/attention_variants.py:alibi,smoke`. notebooks/attention_variants.ipynb
 trains several and plots their validation losses side by side.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from quickstart import get_config as quickstart_config  # noqa: E402
-
-import neojax.model  # noqa: E402,F401  (registers the shipped variants)
-from neojax import registry  # noqa: E402
+import neojax.model  # noqa: F401  (registers the shipped variants)
+from neojax import registry
+from neojax.train.config import load_experiment
 
 
 def get_config(variant: str = "global"):
@@ -21,7 +16,7 @@ def get_config(variant: str = "global"):
     if attention not in registry.names("attention"):
         raise ValueError(f"unknown attention variant {attention!r}; registered: {registry.names('attention')} "
                          "(use NAME or NAME,smoke)")
-    c = quickstart_config(size)
+    c = load_experiment(f"quickstart:{size}")
     with c.unlocked():
         c.model.overrides.attention_types = [[[attention, "local"], c.model.overrides.num_layers // 2]]
         c.eval.hooks = ["valid_loss"]

@@ -3,13 +3,9 @@
 GPT-Neo 125M: GPT-3 small learning rate 6e-4, 256 x 2048 tokens a step, 300B tokens.
 The original recipe (experiments/_pile.py); shorten with --config.train.total_steps=N.
 """
-import os
-import sys
+from neojax.train.config import import_experiment, lock
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _pile import pile_config  # noqa: E402
-
-from neojax.train.config import lock  # noqa: E402
+pile_config = import_experiment("_pile").pile_config
 
 
 def get_config(variant: str = ""):

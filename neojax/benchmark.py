@@ -23,10 +23,18 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from tokenizers import ByteLevelBPETokenizer
 
 from neojax import cli
+from neojax.checkpoint.hf import state_dict_from_params
+from neojax.data.pipeline import TokenCache, TrainBatches
+from neojax.data.tokenizer import Tokenizer
+from neojax.evaluate import evaluate
 from neojax.flops import measure_peak_flops, train_flops_per_token
-from neojax.model import PRESETS, init_params, preset
+from neojax.generate import generate
+from neojax.model import PRESETS, GPTNeo, init_params, preset
+from neojax.train.step import init_state, make_train_step
 
 
 def _best(fn, repeats=2):
@@ -50,10 +58,9 @@ def _row(name, unit, ours, theirs=None):
 
 
 def _torch_model(config, params):
-    import torch
-    import transformers
+    import torch  # deferred: the reference is optional (requirements-test.txt)
+    import transformers  # deferred: the reference is optional (requirements-test.txt)
 
-    from neojax.checkpoint.hf import state_dict_from_params
     hf = {k: v for k, v in config.to_hf_dict().items() if k not in ("model_type", "architectures")}
     model = transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig(**hf)).eval()
     model.load_state_dict({k: torch.tensor(v) for k, v in state_dict_from_params(params, config).items()},
@@ -63,9 +70,7 @@ def _torch_model(config, params):
 
 
 def _train_setup(config, params, seq_len, batch):
-    import optax
 
-    from neojax.train.step import init_state, make_train_step
     tx = optax.adamw(1e-4)
     state = init_state(config, tx, jax.random.PRNGKey(0), jax.tree.map(jnp.copy, params))  # the step donates it
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, config.vocab_size, (batch, seq_len + 1)), jnp.int32)
@@ -85,7 +90,7 @@ def bench_train(config, params, seq_len=2048, batch=1, torch_too=True):
     ours = batch * seq_len / seconds
     theirs = None
     if torch_too:
-        import torch
+        import torch  # deferred: the reference is optional (requirements-test.txt)
         model = _torch_model(config, params).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         t = torch.tensor(np.asarray(tokens), dtype=torch.long)
@@ -111,7 +116,6 @@ def bench_memory(config, params, seq_len=2048, batch=1):
 
 def bench_local_scaling(config, lengths=(512, 1024, 2048, 4096), batch=1):
     """Forward seconds of a stack of local layers only, positions extended to the longest T."""
-    from neojax.model import GPTNeo
     local = config.replace(attention_types=[[["local"], config.num_layers]], max_position_embeddings=max(lengths))
     params = init_params(local, jax.random.key(1))
     forward = jax.jit(lambda p, t: GPTNeo(local).apply({"params": p}, t))
@@ -126,11 +130,10 @@ def bench_decode(config, params, batch, new_tokens=128, prompt_len=32, torch_too
     """Greedy decode tokens/s after the first token: (generation of new_tokens - one token's).
     Rounds alternate neojax and transformers, and each side keeps its fastest run of each length,
     so that a slow spell of a shared machine does not fall on one side only."""
-    from neojax.generate import generate
     prompts = [list(range(1, prompt_len + 1))] * batch
     sides = {"neojax": lambda n: generate(params, config, prompts, max_new_tokens=n, stop_tokens=())}
     if torch_too:
-        import torch
+        import torch  # deferred: the reference is optional (requirements-test.txt)
         model = _torch_model(config, params)
         ids = torch.tensor(prompts)
 
@@ -154,7 +157,6 @@ def bench_decode(config, params, batch, new_tokens=128, prompt_len=32, torch_too
 def bench_ttft(config, params, prompt_len=512):
     """Seconds to the first new token at batch 1 (prefill): (prompt length, seconds); the prompt
     is shortened to half the context for models with fewer positions."""
-    from neojax.generate import generate
     prompt_len = min(prompt_len, config.max_position_embeddings // 2)
     prompt = [list(np.random.default_rng(0).integers(0, config.vocab_size, prompt_len))]
     return prompt_len, _best(lambda: generate(params, config, prompt, max_new_tokens=1, stop_tokens=()))
@@ -162,7 +164,6 @@ def bench_ttft(config, params, prompt_len=512):
 
 def bench_data(tokens=20_000_000, seq_len=2048, batch=16):
     """Reading pre-tokenised shards: packed, shuffled batches per second -> tokens/s."""
-    from neojax.data.pipeline import TokenCache, TrainBatches
     with tempfile.TemporaryDirectory() as d:
         np.random.default_rng(0).integers(0, 50257, tokens, dtype=np.uint16).tofile(os.path.join(d, "train.bin"))
         with open(os.path.join(d, "meta.json"), "w") as f:
@@ -186,10 +187,7 @@ def bench_eval(config, params, lambada_docs=64, wiki_pages=2, batch_size=8):
     """Harness requests on synthetic text with a byte-level BPE trained here: lambada_openai
     examples/s (about 75 words each, as the real set) and wikitext tokens/s (rolling windows over
     about 4,000-token pages); the second, warm run of each. Also the tokenizer's encode rate."""
-    from tokenizers import ByteLevelBPETokenizer
 
-    from neojax.data.tokenizer import Tokenizer
-    from neojax.evaluate import evaluate
     rng = np.random.default_rng(0)
     words = ["".join(rng.choice(list("etaoinshrdlucmfwyp"), rng.integers(2, 9))) for _ in range(3000)]
     text = lambda n: " ".join(rng.choice(words, n)) + "."

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from neojax import cli, registry
+from neojax import checkpoint, cli, registry
+from neojax.finetune.chat import STOP, render_prompt
 from neojax.flops import matmul_params
 from neojax.model.config import GPTNeoConfig
 from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
@@ -323,7 +324,6 @@ def main(argv=None) -> int:
         prompts += lines
     if not prompts and not (args.chat or args.interactive):
         raise cli.UsageError("no prompt: give --prompt TEXT, --prompt_file FILE, --interactive or --chat")
-    from neojax import checkpoint
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(os.path.expanduser(args.checkpoint), dtype=args.dtype)
     if model.tokenizer is None:
@@ -381,7 +381,6 @@ def _typed_lines(prompt: str):
 
 def _chat(model, settings, seed, system: str = "") -> int:
     """Chat in the template the model was fine-tuned with: each answer ends at EOS or a new "User:"."""
-    from neojax.finetune.chat import STOP, render_prompt
     messages = [{"role": "system", "content": system}] if system else []
     settings = {**settings, "truncate": True, "stop_strings": list(settings["stop_strings"]) + [STOP]}
     print("neojax chat: empty line or Ctrl-D to quit.", file=sys.stderr)

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 _REGISTRY: dict[str, dict[str, Any]] = {}
@@ -21,6 +22,25 @@ def register(kind: str, name: str, replace: bool = False) -> Callable[[Any], Any
         entries[name] = obj
         return obj
     return wrap
+
+
+@contextlib.contextmanager
+def scoped(kind: str, name: str, obj: Any):
+    """Register `obj` for the duration of a `with` block (tests, experiments in a notebook), then
+    restore whatever was there."""
+    entries = _REGISTRY.setdefault(kind, {})
+    missing = object()
+    previous = entries.get(name, missing)
+    entries[name] = obj
+    try:
+        yield obj
+    finally:
+        if previous is missing:
+            del entries[name]
+            if not entries:
+                del _REGISTRY[kind]
+        else:
+            entries[name] = previous
 
 
 def get(kind: str, name: str) -> Any:

@@ -11,7 +11,9 @@ import json
 import os
 from typing import Any, NamedTuple, Optional
 
+from neojax.checkpoint.hf import load_hf, save_hf
 from neojax.checkpoint.io import NATIVE_MARKER, check_params, load_native, load_workdir, save_native
+from neojax.checkpoint.mesh_tf import config_from_mtf_json, load_mesh_tf
 from neojax.data.tokenizer import Tokenizer
 from neojax.model.config import GPTNeoConfig
 
@@ -64,12 +66,10 @@ def load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pre
     `config_overrides` set execution fields such as dtype="bfloat16" or remat="full"."""
     fmt = detect_format(path)
     if fmt == "hf":
-        from neojax.checkpoint.hf import load_hf
         return Pretrained(*load_hf(path, **config_overrides))
     if fmt in ("neojax", "workdir"):
         config, params, tokenizer = (load_native if fmt == "neojax" else load_workdir)(path)
         return Pretrained(config.replace(**config_overrides), params, tokenizer)
-    from neojax.checkpoint.mesh_tf import config_from_mtf_json, load_mesh_tf
     if mtf_config:
         with open(mtf_config) as f:
             return Pretrained(*load_mesh_tf(path, config_from_mtf_json(json.load(f), **config_overrides)))
@@ -79,7 +79,6 @@ def load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pre
 def save(path: str, model: Pretrained, to: str, overwrite: bool = False) -> str:
     """Write `model` as a Hugging Face ('hf') or neojax ('neojax') directory, atomically."""
     if to == "hf":
-        from neojax.checkpoint.hf import save_hf
         return save_hf(path, model.params, model.config, model.tokenizer, overwrite)
     if to == "neojax":
         return save_native(path, model.params, model.config, model.tokenizer, overwrite)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import grain
 import numpy as np
+from tqdm import tqdm
 
 from neojax.data import sources
 from neojax.data.tokenizer import Tokenizer
@@ -117,7 +118,6 @@ def build_token_cache(source: str, source_args: dict, tokenizer: Tokenizer, cach
 
 
 def _progress(enabled: bool, desc: str):
-    from tqdm import tqdm
     return tqdm(desc=desc, unit=" tok", unit_scale=True, disable=not enabled, mininterval=1.0)
 
 

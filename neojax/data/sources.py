@@ -18,6 +18,7 @@ import sysconfig
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import zstandard
 
 from neojax import registry
 from neojax.cli import require
@@ -88,7 +89,6 @@ def text_files(paths, split: str = "file", errors: ErrorPolicy = None) -> Iterat
 
 def _open_lines(path: str):
     if path.endswith(".zst"):
-        import zstandard
         stream = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
         return io.BufferedReader(stream)
     return open(path, "rb")

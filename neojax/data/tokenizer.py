@@ -11,6 +11,10 @@ import os
 import shutil
 from typing import Iterable, Sequence
 
+import sentencepiece as spm
+import tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
 EOT = "<|endoftext|>"
 
 
@@ -52,12 +56,10 @@ class Tokenizer:
         if not os.path.exists(path):
             raise FileNotFoundError(f"tokenizer file {path} does not exist")
         if path.endswith(".json"):
-            import tokenizers
             try:
                 return cls(tokenizers.Tokenizer.from_file(path), "bpe", path)
             except Exception as e:
                 raise ValueError(f"{path} is not a valid tokenizers JSON file: {e}") from e
-        import sentencepiece as spm
         try:
             return cls(spm.SentencePieceProcessor(model_file=path), "sentencepiece", path)
         except (RuntimeError, OSError) as e:
@@ -65,8 +67,6 @@ class Tokenizer:
 
     @classmethod
     def _from_vocab_merges(cls, vocab: str, merges: str) -> "Tokenizer":
-        import tokenizers
-        from tokenizers import decoders, models, pre_tokenizers, processors
         tok = tokenizers.Tokenizer(models.BPE.from_file(vocab, merges))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
@@ -134,8 +134,6 @@ def sentencepiece_as_tokenizers(sp):
     """A `tokenizers.Tokenizer` that encodes as the sentencepiece BPE processor `sp` (identity
     normalisation, no dummy prefix, byte fallback): spaces become U+2581, and every pair of pieces
     whose concatenation is a piece merges in the order of that piece's score, as sentencepiece does."""
-    import tokenizers
-    from tokenizers import decoders, models, normalizers
     vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
     normal = [i for i in range(sp.get_piece_size())
               if not (sp.is_byte(i) or sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i))]
@@ -168,7 +166,6 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str) 
     """Train a lossless sentencepiece model (identity normalisation, byte fallback) on `texts`.
 
     Lossless settings make decode(encode(text)) == text, which GPT-style LMs rely on."""
-    import sentencepiece as spm
     os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
     prefix = model_path[:-len(".model")] if model_path.endswith(".model") else model_path
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from neojax.data.pipeline import ArrayBatches
@@ -102,7 +103,6 @@ def pack(examples: Sequence[tuple[list[int], list[int]]], length: int) -> dict[s
 def build_chat_data(config, tokenizer: Tokenizer, model_config):
     """(train batches, fixed valid batches) from data.source_args: paths (and optional valid_paths;
     otherwise data.valid_fraction of the conversations)."""
-    import jax
     d, t = config.data, config.train
     args = dict(d.source_args)
     if "paths" not in args:

@@ -2,7 +2,7 @@
 
 A variant is an `AttentionVariant` registered under a name (see its docstring; GPT-Neo's "global"
 and "local" are at the bottom of this file, rotary / ALiBi / linear in `variants.py`). Every
-registered variant is checked by the same property tests (`neojax.model.attention_checks`).
+registered variant is checked by the same property tests (`neojax.testing`).
 
 GPT-Neo facts kept here: logits are NOT scaled by 1/sqrt(head_dim); logits and softmax are float32
 (q.k accumulates in float32, which for bfloat16 q and k equals the reference's upcast-then-multiply

@@ -5,7 +5,7 @@ absolute position embeddings stay (so a checkpoint's other weights still fit); t
 relative position information on top, or replace softmax attention altogether.
 
 A new variant needs no more than this file shows: write `attend` (and, if it is not a softmax over
-a KV cache, `prefill` / `step`), register it, and `neojax.model.attention_checks` tests it.
+a KV cache, `prefill` / `step`), register it, and `neojax.testing` tests it.
 """
 from __future__ import annotations
 

@@ -14,17 +14,17 @@ import argparse
 import ast
 import sys
 
-from neojax import cli
-from neojax.train.config import apply_overrides, experiments, load_experiment
+from absl import logging as absl_logging
+
+from neojax import cli, registry, sharding
+from neojax.model.config import PRESETS
+from neojax.train.config import apply_overrides, check_config, experiments, load_experiment
+from neojax.train.loop import NonFiniteError, train
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 
 def list_registry() -> str:
-    from neojax import registry
-    from neojax.model.config import PRESETS
-    from neojax.train.config import _import_components
-    _import_components()
     lines = ["experiments (--config NAME[:variant]):"]
     for name, path in experiments().items():
         doc = (_docstring(path) or "").strip().splitlines()
@@ -84,13 +84,9 @@ def main(argv=None) -> int:
         print(list_registry())
         return 0
     config, args = parse(argv)
-    from neojax.train.config import check_config
     check_config(config)
-    from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-save and read-only notices
-    from neojax import sharding
     sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
-    from neojax.train.loop import NonFiniteError, train
     try:
         result = train(config, args.workdir)
     except NonFiniteError as e:

@@ -16,8 +16,16 @@ import re
 
 import ml_collections
 
-from neojax import registry
+# Every component a config can name registers on import: attention variants, tasks, hooks, ...
+import neojax.evaluate  # noqa: F401
+import neojax.model  # noqa: F401
+import neojax.train.hooks  # noqa: F401
+import neojax.train.objectives  # noqa: F401
+import neojax.train.optim  # noqa: F401
+from neojax import registry, sharding
 from neojax.cli import UsageError
+from neojax.data.sources import expand_paths
+from neojax.model.config import PRESETS, preset
 
 EXPERIMENT_DIRS = [os.path.join(os.getcwd(), "experiments"),
                    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -81,33 +89,39 @@ def experiments() -> dict[str, str]:
     return found
 
 
-def _import_components() -> None:
-    """Register every component a config can name (attention variants, sources, schedules, hooks, tasks)."""
-    import neojax.evaluate  # noqa: F401
-    import neojax.model  # noqa: F401
-    import neojax.train.hooks  # noqa: F401
-    import neojax.train.objectives  # noqa: F401
-    import neojax.train.optim  # noqa: F401
-
-
-def load_experiment(spec: str) -> ml_collections.ConfigDict:
-    """The config of "name[:variant]" or "path/to/file.py[:variant]", as --config reads it
-    (for notebooks and scripts)."""
-    path, _, variant = spec.partition(":")
+def import_experiment(name_or_path: str):
+    """The module of an experiment file by name (shared pieces such as `_pile` included) or path:
+    how experiment files use each other, without sys.path edits."""
+    path = name_or_path
     if not os.path.exists(path):
-        known = experiments()
-        if path not in known:
-            raise ValueError(f"unknown experiment {spec!r}; registered experiments: {sorted(known)} "
+        found = [os.path.join(d, f"{name_or_path}.py") for d in EXPERIMENT_DIRS
+                 if os.path.exists(os.path.join(d, f"{name_or_path}.py"))]
+        if not found:
+            raise ValueError(f"unknown experiment {name_or_path!r}; registered experiments: {sorted(experiments())} "
                              "(or give a path to a config file)")
-        path = known[path]
+        path = found[0]
     if not os.path.isfile(path):
-        raise UsageError(f"--config {spec}: {path} is not a file; give an experiment name or a config .py file")
+        raise UsageError(f"--config {name_or_path}: {path} is not a file; give an experiment name or a config .py file")
     module_spec = importlib.util.spec_from_file_location(f"experiment_{os.path.basename(path)[:-3]}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
     except SyntaxError as e:
         raise UsageError(f"--config {path}: line {e.lineno}: {e.msg}") from None
+    return module
+
+
+def split_variant(spec: str) -> tuple[str, str]:
+    """"name:variant" -> ("name", "variant"); the one parser of experiment strings."""
+    name, _, variant = spec.partition(":")
+    return name, variant
+
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+    """The config of "name[:variant]" or "path/to/file.py[:variant]", as --config reads it
+    (for notebooks, scripts and experiments built on others)."""
+    path, variant = split_variant(spec)
+    module = import_experiment(path)
     if not callable(getattr(module, "get_config", None)):
         raise UsageError(f"--config {path} defines no get_config(); an experiment file returns its config from "
                          "get_config(variant='')")
@@ -223,7 +237,6 @@ def _is_num(v) -> bool:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Validate a whole training config before any work: types, ranges, registered names, paths.
     Raises a UsageError with one line per problem, each naming the key and the fix."""
-    _import_components()
     errors = []
     c = config.to_dict()
     get = lambda key: _flat(c).get(key)
@@ -280,7 +293,6 @@ def _registered(kind: str, name, key: str, errors: list, extra=()) -> None:
 
 
 def _check_names(c: dict, errors: list) -> None:
-    from neojax import sharding
     d, e, o = c.get("data", {}), c.get("eval", {}), c.get("optimizer", {})
     if "source" in d:
         _registered("data_source", d["source"], "data.source", errors, extra=("mixture", "chat"))
@@ -339,7 +351,6 @@ def _check_source_args(source: str, args: dict, key: str, errors: list) -> None:
         if p.default is inspect.Parameter.empty and name != "errors" and name not in args:
             errors.append(f"--config.{key}.{name}: data source {source!r} needs it (options: {accepted})")
     if "paths" in params and args.get("paths"):
-        from neojax.data.sources import expand_paths
         try:
             expand_paths(args["paths"])
         except ValueError as err:
@@ -347,7 +358,6 @@ def _check_source_args(source: str, args: dict, key: str, errors: list) -> None:
 
 
 def _check_model(c: dict, errors: list) -> None:
-    from neojax.model.config import PRESETS, preset
     m = c.get("model", {})
     if not m:
         return

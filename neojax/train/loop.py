@@ -13,17 +13,18 @@ import time
 import jax
 import numpy as np
 
-from neojax import registry, sharding
+from neojax import checkpoint, registry, sharding
 from neojax.checkpoint.io import write_model_card
 from neojax.checkpoint.manager import Checkpointer
 from neojax.cli import UsageError
 from neojax.finetune import lora
+from neojax.flops import measure_peak_flops, train_flops_per_token
 from neojax.train import hooks as _hooks  # noqa: F401  (registers the evaluation hooks)
 from neojax.train import objectives as _objectives  # noqa: F401  (registers the objectives)
 from neojax.train.config import check_config
 from neojax.train.metrics import MetricsWriter
 from neojax.train.optim import make_optimizer
-from neojax.train.step import init_state, make_train_step, model_params, state_specs
+from neojax.train.step import Teacher, init_state, make_train_step, model_params, state_specs
 from neojax.train.workdir import Workdir
 
 log = logging.getLogger("neojax.train")
@@ -163,8 +164,6 @@ def _teacher(config, model_config, mesh, rules):
     d = config.distill
     if not d.teacher:
         return None, ()
-    from neojax import checkpoint
-    from neojax.train.step import Teacher
     loaded = checkpoint.load(d.teacher, dtype=model_config.dtype)
     if loaded.config.vocab_size != model_config.vocab_size:
         raise ValueError(f"teacher {d.teacher} has a {loaded.config.vocab_size}-token vocabulary, the student "
@@ -175,7 +174,6 @@ def _teacher(config, model_config, mesh, rules):
 
 
 def _flops_per_step(config, model_config) -> dict:
-    from neojax.flops import measure_peak_flops, train_flops_per_token
     out = {"per_token": train_flops_per_token(model_config, config.data.seq_len)}
     if config.train.report_mfu:
         out["peak"] = measure_peak_flops(seconds=0.5) * jax.device_count() / jax.local_device_count()

@@ -5,6 +5,8 @@ import json
 import os
 import sys
 
+from tensorboardX import SummaryWriter
+
 
 class MetricsWriter:
     def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
@@ -17,7 +19,6 @@ class MetricsWriter:
             kept = [line for line in _intact_lines(self.path) if json.loads(line)["step"] <= resume_step]
             with open(self.path, "w") as f:
                 f.writelines(kept)
-        from tensorboardX import SummaryWriter
         self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, values: dict) -> None:

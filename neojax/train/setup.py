@@ -10,8 +10,10 @@ from typing import Optional
 
 import jax
 
+from neojax import checkpoint
 from neojax.data import pipeline, sources
 from neojax.data.tokenizer import Tokenizer, train_sentencepiece
+from neojax.finetune.chat import build_chat_data
 from neojax.model.config import GPTNeoConfig, preset
 
 log = logging.getLogger("neojax.train")
@@ -63,7 +65,6 @@ def build_model(config, workdir: str):
         log.warning("model.remat=%s does not lower memory on CPUs: XLA:CPU drops the barriers that keep the "
                     "recomputation apart and merges it back into the forward pass (it works on GPUs and TPUs)", m.remat)
     if m.init_from:
-        from neojax import checkpoint
         loaded = checkpoint.load(m.init_from, **execution)
         tokenizer = _tokenizer(config, workdir, loaded.tokenizer)
         if tokenizer.vocab_size > loaded.config.vocab_size:
@@ -97,7 +98,6 @@ class Data:
 def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoConfig) -> Data:
     d, t = config.data, config.train
     if d.source == "chat":  # packed conversations, loss on responses (neojax.finetune.chat)
-        from neojax.finetune.chat import build_chat_data
         return Data(*build_chat_data(config, tokenizer, model_config), caches=[])
     cache_dir = d.cache_dir or os.path.join(workdir, "data_cache")
     components = _components(config)

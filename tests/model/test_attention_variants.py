@@ -8,8 +8,8 @@ import pytest
 from neojax import registry
 from neojax.model import GPTNeoConfig
 from neojax.model.attention import AttentionVariant
-from neojax.model.attention_checks import CHECKS, check_causality, check_config, check_window
 from neojax.model.variants import alibi_attention, alibi_slopes, linear_attention, rotary
+from neojax.testing import CHECKS, check_causality, check_config, check_window
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))
@@ -22,20 +22,21 @@ def test_shipped_variants_are_registered():
     assert {"global", "local", "rotary", "alibi", "linear"} <= set(registry.names("attention"))
 
 
-def test_checks_catch_a_variant_that_sees_the_future(monkeypatch):
+def test_checks_catch_a_variant_that_sees_the_future():
     def leaky(q, k, v, key_mask, config, dropout=lambda p: p, positions=None):
         return v + jnp.roll(v, -1, axis=1)  # position t reads t + 1
-    monkeypatch.setitem(registry._REGISTRY["attention"], "leaky", AttentionVariant(leaky))
-    with pytest.raises(AssertionError, match="not causal"):
-        check_causality("leaky")
+    with registry.scoped("attention", "leaky", AttentionVariant(leaky)):
+        with pytest.raises(AssertionError, match="not causal"):
+            check_causality("leaky")
+    assert "leaky" not in registry.names("attention")
 
 
-def test_checks_catch_a_wrong_window_claim(monkeypatch):
+def test_checks_catch_a_wrong_window_claim():
     local = registry.get("attention", "local")
-    monkeypatch.setitem(registry._REGISTRY["attention"], "claims_less",
-                        AttentionVariant(local.attend, window=lambda config: config.window_size - 2))
-    with pytest.raises(AssertionError, match="reaches past it"):
-        check_window("claims_less")
+    claims_less = AttentionVariant(local.attend, window=lambda config: config.window_size - 2)
+    with registry.scoped("attention", "claims_less", claims_less):
+        with pytest.raises(AssertionError, match="reaches past it"):
+            check_window("claims_less")
 
 
 def _qkv(t=37, b=2, h=4, d=8, seed=0):

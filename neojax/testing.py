@@ -5,7 +5,7 @@ tested by registering it; notebooks call `check_variant(name)` on a variant defi
 Each check builds a tiny model whose layers all use the variant, raises AssertionError naming
 what broke, and returns the measured figure.
 
-    from neojax.model.attention_checks import check_variant
+    from neojax.testing import check_variant
     check_variant("rotary")   # {'shapes': ..., 'causality': 0.0, 'window': ..., 'decoding': 3e-7, 'sharding': 2e-7}
 """
 from __future__ import annotations
