@@ -6,6 +6,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+import neojax.model  # noqa: F401  (registers the attention variants)
+from neojax import registry
 from neojax.model.config import GPTNeoConfig
 
 
@@ -22,7 +24,7 @@ def attention_flops_per_token(config: GPTNeoConfig, seq_len: int) -> float:
     d, t = config.hidden_size, seq_len
     total = 0.0
     for kind in config.attention_layers:
-        w = config.window_size if kind == "local" else None
+        w = registry.get("attention", kind).window(config)  # the variant's own window, not its name
         if w is None or w >= t:
             total += 2 * t * d
         else:

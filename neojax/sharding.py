@@ -21,6 +21,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from neojax import cli
+from neojax.data import pipeline
 from neojax.model.config import PRESETS, preset
 from neojax.model.gpt_neo import logical_axes, param_shapes
 from neojax.model.lora import Lora, adapter_bytes
@@ -194,11 +195,7 @@ def global_batch(local_batch: np.ndarray, mesh: Mesh, rules=DEFAULT_RULES):
 
 def process_rows(global_batch_size: int) -> slice:
     """The rows of a global batch that this process loads."""
-    n, i = jax.process_count(), jax.process_index()
-    if global_batch_size % n:
-        raise ValueError(f"global batch {global_batch_size} is not divisible by {n} processes")
-    per = global_batch_size // n
-    return slice(i * per, (i + 1) * per)
+    return pipeline.process_rows(global_batch_size, jax.process_index(), jax.process_count())
 
 
 # --- the plan -------------------------------------------------------------------------------------

@@ -120,18 +120,11 @@ def read_state_dict(directory: str) -> dict[str, np.ndarray]:
                             "(or their sharded *.index.json forms)")
 
 
-def _tokenizer_or_none(directory: str):
-    try:
-        return Tokenizer.from_path(directory)
-    except FileNotFoundError:
-        return None
-
-
 def load_hf(directory: str, **config_overrides):
     """(config, params, tokenizer or None) from a Hugging Face GPT-Neo directory."""
     config = read_config(directory, **config_overrides)
     params = params_from_state_dict(read_state_dict(directory), config, source=directory)
-    tokenizer = _tokenizer_or_none(directory)
+    tokenizer = Tokenizer.find(directory)
     return config, params, tokenizer
 
 
@@ -165,7 +158,7 @@ def load_hf_classifier(directory: str, **config_overrides):
     with open(os.path.join(directory, "config.json")) as f:
         id2label = json.load(f).get("id2label") or {}
     labels = [id2label.get(str(i), f"LABEL_{i}") for i in range(score.shape[0])]
-    tokenizer = _tokenizer_or_none(directory)
+    tokenizer = Tokenizer.find(directory)
     return config, params, tokenizer, labels
 
 

@@ -55,11 +55,7 @@ def read_model_card(directory: str):
             config = GPTNeoConfig.from_dict(json.load(f)["model"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is damaged or not a neojax model card ({' '.join(str(e).split())})") from None
-    try:
-        tokenizer = Tokenizer.from_path(directory)
-    except FileNotFoundError:
-        tokenizer = None
-    return config, tokenizer
+    return config, Tokenizer.find(directory)
 
 
 def load_workdir(workdir: str, step=None):

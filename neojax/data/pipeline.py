@@ -173,6 +173,14 @@ class TrainBatches:
         self._iter.set_state(state)
 
 
+def process_rows(global_batch: int, process_index: int, process_count: int) -> slice:
+    """The rows of a global batch that one process loads: the process_index-th contiguous share."""
+    if global_batch % process_count:
+        raise ValueError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    per = global_batch // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
 class ArrayBatches:
     """Shuffled epochs over the rows of equally long arrays (packed chat rows, labelled examples),
     resumable (get_state / set_state), each process taking its rows of every global batch."""
@@ -180,8 +188,7 @@ class ArrayBatches:
     def __init__(self, packed: dict[str, np.ndarray], global_batch: int, seed: int, process_index: int = 0,
                  process_count: int = 1):
         self.packed, self.batch, self.seed = packed, global_batch, seed
-        self.rows = slice(process_index * global_batch // process_count,
-                          (process_index + 1) * global_batch // process_count)
+        self.rows = process_rows(global_batch, process_index, process_count)
         self.epoch, self.cursor = 0, 0
 
     def _order(self):

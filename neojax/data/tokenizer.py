@@ -66,6 +66,14 @@ class Tokenizer:
             raise ValueError(f"{path} is neither a tokenizer.json nor a valid sentencepiece model: {e}") from e
 
     @classmethod
+    def find(cls, directory: str) -> "Tokenizer | None":
+        """The tokenizer saved in a model directory, or None when it has none."""
+        try:
+            return cls.from_path(directory)
+        except FileNotFoundError:
+            return None
+
+    @classmethod
     def _from_vocab_merges(cls, vocab: str, merges: str) -> "Tokenizer":
         tok = tokenizers.Tokenizer(models.BPE.from_file(vocab, merges))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
