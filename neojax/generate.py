@@ -51,10 +51,9 @@ def _bucket(n: int, limit: int) -> int:
 
 def _phase_ends(max_new: int, batch: int, prompt_len: int, config: GPTNeoConfig) -> list[int]:
     """The steps at which the decode loop's phases end. A step reads its layers' whole caches, so
-    each phase's cache holds only the slots that phase reaches: 16 rows x 128 new tokens after a
-    32-token prompt read 112 instead of 160 entries a step on average with 4 phases. Each phase is
-    compiled, so one phase unless the caches are a good part of what a step reads (at 125M,
-    batch 16: 188 MB of caches beside 500 MB of weights; batch 1: 12 MB)."""
+    each phase's cache holds only the slots that phase reaches. Each phase is compiled, so one
+    phase unless the caches are a good part of what a step reads (8 x cached values >= matmul
+    weights; docs/performance.md has the figures)."""
     slots = sum(registry.get("attention", kind).capacity(prompt_len + max_new, config)
                 for kind in config.attention_layers)
     entries = batch * slots * 2 * config.hidden_size
@@ -142,7 +141,7 @@ _TRANSPOSED: dict = {}  # the last params' leaves (kept alive, so their ids stay
 
 def _transposed_for(params, dtype):
     """transposed_kernels(params, dtype), reused while the same arrays are passed (interactive
-    sessions, repeated calls): the copy costs about 0.2 s for 125M on a CPU."""
+    sessions, repeated calls): the copy is a pass over every weight, not worth repeating."""
     leaves = jax.tree.leaves(params)
     if [id(x) for x in _TRANSPOSED.get("leaves", ())] != [id(x) for x in leaves] or _TRANSPOSED.get("dtype") != dtype:
         _TRANSPOSED.clear()  # free the previous copy first

@@ -19,6 +19,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from neojax import registry
 from neojax.data.pipeline import ArrayBatches
 from neojax.data.sources import DataError, json_lines
 from neojax.data.tokenizer import Tokenizer
@@ -100,6 +101,7 @@ def pack(examples: Sequence[tuple[list[int], list[int]]], length: int) -> dict[s
     return out
 
 
+@registry.register("batch_source", "chat")
 def build_chat_data(config, tokenizer: Tokenizer, model_config):
     """(train batches, fixed valid batches) from data.source_args: paths (and optional valid_paths;
     otherwise data.valid_fraction of the conversations)."""

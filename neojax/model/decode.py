@@ -38,10 +38,10 @@ def grow_cache(cache, config: GPTNeoConfig, cache_length: int):
 
 def transposed_kernels(params, dtype="float32"):
     """Copies of the dense kernels for decode steps, made once per generation in their own program:
-    [out, in] (q, k and v stacked into one "qkv"), which makes decode matmuls about twice as fast on
-    CPUs (gpt_neo._rows_times), and in the compute `dtype`, so that a step does not convert float32
-    weights every token (125M bfloat16 on an H100: 1.3K -> 2.6K tokens/s at batch 1, 24.9K -> 36.1K
-    at batch 16). The tied head's wte is already [out, in]; it is copied only into another dtype."""
+    [out, in] (q, k and v stacked into one "qkv"), the faster layout for XLA:CPU's few-row matmuls
+    (gpt_neo._rows_times), and in the compute `dtype`, so that a step does not convert float32
+    weights every token (figures in docs/performance.md). The tied head's wte is already [out, in];
+    it is copied only into another dtype."""
     flat = flax.traverse_util.flatten_dict(params)
     out = {("wte",): flat[("wte",)]} if jnp.dtype(dtype) != jnp.float32 else {}
     for path, w in flat.items():

@@ -43,7 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
         remat="none",             # none | full | dots
     )
     c.data = dict(
-        source="stdlib",          # a registered data_source, "mixture", or "chat" (neojax.finetune.chat)
+        source="stdlib",          # a registered data_source or batch_source (chat), or "mixture"
         source_args={},           # options of that source
         mixture=[],               # for source="mixture": [{"source", "source_args", "weight"}]
         tokenizer="",             # a tokenizer file/dir; "" = the checkpoint's, or train_sentencepiece
@@ -295,7 +295,8 @@ def _registered(kind: str, name, key: str, errors: list, extra=()) -> None:
 def _check_names(c: dict, errors: list) -> None:
     d, e, o = c.get("data", {}), c.get("eval", {}), c.get("optimizer", {})
     if "source" in d:
-        _registered("data_source", d["source"], "data.source", errors, extra=("mixture", "chat"))
+        _registered("data_source", d["source"], "data.source", errors,
+                    extra=("mixture", *registry.names("batch_source")))
         if d["source"] in registry.names("data_source"):
             _check_source_args(d["source"], d.get("source_args") or {}, "data.source_args", errors)
         if d["source"] == "mixture":

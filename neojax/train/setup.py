@@ -10,10 +10,10 @@ from typing import Optional
 
 import jax
 
-from neojax import checkpoint
+from neojax import checkpoint, registry
 from neojax.data import pipeline, sources
 from neojax.data.tokenizer import Tokenizer, train_sentencepiece
-from neojax.finetune.chat import build_chat_data
+from neojax.finetune import chat as _chat  # noqa: F401  (registers the chat batch source)
 from neojax.model.config import GPTNeoConfig, preset
 
 log = logging.getLogger("neojax.train")
@@ -97,8 +97,8 @@ class Data:
 
 def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoConfig) -> Data:
     d, t = config.data, config.train
-    if d.source == "chat":  # packed conversations, loss on responses (neojax.finetune.chat)
-        return Data(*build_chat_data(config, tokenizer, model_config), caches=[])
+    if d.source in registry.names("batch_source"):  # already batches, e.g. chat (neojax.finetune.chat)
+        return Data(*registry.get("batch_source", d.source)(config, tokenizer, model_config), caches=[])
     cache_dir = d.cache_dir or os.path.join(workdir, "data_cache")
     components = _components(config)
     caches = [pipeline.build_token_cache(source, args, tokenizer, cache_dir, d.valid_fraction, d.seed, d.on_error,
