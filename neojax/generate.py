@@ -29,6 +29,7 @@ from jax.experimental import io_callback
 from neojax import checkpoint, cli, registry
 from neojax.finetune.chat import STOP, render_prompt
 from neojax.flops import matmul_params
+from neojax.model import backend
 from neojax.model.config import GPTNeoConfig
 from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
 from neojax.model.gpt_neo import check_tokens
@@ -217,7 +218,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     try:
         # Decode steps multiply by weight copies made once per call: [out, in] (twice as fast on
         # CPUs) and in the compute dtype (no per-token conversion of float32 weights).
-        copies = jax.default_backend() == "cpu" or config.dtype != "float32"
+        copies = backend.xla_cpu_workarounds(config) or config.dtype != "float32"
         transposed = _transposed_for(params, config.dtype) if copies else None
         out, lengths = _generate_program(
             params, transposed, jnp.asarray(tokens), jnp.asarray(mask),

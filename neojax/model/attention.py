@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from neojax import registry
+from neojax.model import backend
 
 MASKED = float(jnp.finfo(jnp.float32).min)
 
@@ -196,7 +197,7 @@ def _fused(q, key_mask, config) -> bool:
     no [T, T] scores in memory, masked blocks skipped. Same maths (float32 softmax, no scaling).
     cuDNN takes head sizes that are multiples of 8 up to 128; others use the blocked kernels."""
     return (key_mask is None and q.dtype == jnp.bfloat16 and config.attention_dropout == 0
-            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 and jax.default_backend() == "gpu")
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128 and backend.fused_attention(config))
 
 
 def _fused_attention(q, k, v, window: Optional[int]):

@@ -39,7 +39,7 @@ def grow_cache(cache, config: GPTNeoConfig, cache_length: int):
 def transposed_kernels(params, dtype="float32"):
     """Copies of the dense kernels for decode steps, made once per generation in their own program:
     [out, in] (q, k and v stacked into one "qkv"), the faster layout for XLA:CPU's few-row matmuls
-    (gpt_neo._rows_times), and in the compute `dtype`, so that a step does not convert float32
+    (backend.rows_times), and in the compute `dtype`, so that a step does not convert float32
     weights every token (figures in docs/performance.md). The tied head's wte is already [out, in];
     it is copied only into another dtype."""
     flat = flax.traverse_util.flatten_dict(params)

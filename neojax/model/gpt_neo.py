@@ -18,6 +18,7 @@ import numpy as np
 
 from neojax import registry
 from neojax.model import attention as _attention  # noqa: F401  (registers global and local)
+from neojax.model import backend
 from neojax.model import variants as _variants  # noqa: F401  (registers rotary, alibi, linear)
 from neojax.model.config import GPTNeoConfig
 
@@ -32,14 +33,6 @@ def _init(std, axes):
     return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
 
-def _rows_times(weight_t, x):
-    """x @ weight_t.T for a few rows (decoding) with the [out, in] weight as the left operand and a
-    feature-major result: XLA's CPU matmuls run about twice as fast so at 16 rows. The barrier keeps
-    the transpose back a separate, small copy instead of a change of the product's layout."""
-    y = jnp.einsum("nk,mk->nm", weight_t, x.reshape(-1, x.shape[-1]), preferred_element_type=jnp.float32)
-    return jax.lax.optimization_barrier(y).T.reshape(*x.shape[:-1], -1)
-
-
 class Dense(nn.Dense):
     """nn.Dense that multiplies by an [out, in] copy of its kernel when the "transposed"
     collection holds one (decode steps; see neojax.model.decode.transposed_kernels)."""
@@ -48,7 +41,7 @@ class Dense(nn.Dense):
     def __call__(self, x):
         if not self.has_variable("transposed", "kernel"):
             return super().__call__(x)
-        y = _rows_times(self.get_variable("transposed", "kernel").astype(self.dtype), x.astype(self.dtype))
+        y = backend.rows_times(self.get_variable("transposed", "kernel").astype(self.dtype), x.astype(self.dtype))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return y.astype(self.dtype)
@@ -83,8 +76,8 @@ class SelfAttention(nn.Module):
         b, t, _ = x.shape
         split = lambda y: y.reshape(b, t, cfg.num_heads, cfg.head_dim)
         if self.has_variable("transposed", "qkv"):  # decoding on a CPU: one product for q, k and v
-            q, k, v = map(split, jnp.split(_rows_times(self.get_variable("transposed", "qkv").astype(x.dtype), x), 3,
-                                           -1))
+            qkv = backend.rows_times(self.get_variable("transposed", "qkv").astype(x.dtype), x)
+            q, k, v = map(split, jnp.split(qkv, 3, -1))
         else:
             q, k, v = (split(_dense(cfg, cfg.hidden_size, ("embed", "heads"), f"{n}_proj", use_bias=False)(x))
                        for n in "qkv")
@@ -118,24 +111,6 @@ class MLP(nn.Module):
         return nn.Dropout(cfg.resid_dropout)(y, deterministic=self.deterministic)
 
 
-@jax.custom_vjp
-def _gradient_boundary(x):
-    """Identity whose gradient is materialised. Otherwise XLA:CPU fuses the residual stream's
-    gradient chain, through every layer above, into each consumer and recomputes it there: that
-    was 8 of the 49 s of a 125M training step at T=2048."""
-    return x
-
-
-def _materialise(g):
-    """g in a buffer of its own. XLA:CPU fuses straight through optimization_barrier, but a
-    conditional is a fusion boundary; a predicate read from the data, and branches that differ
-    in form (+ 0) but not in value, keep it from being folded away."""
-    return jax.lax.cond(g.ravel()[0] == g.ravel()[0], lambda y: y, lambda y: y + 0, g)
-
-
-_gradient_boundary.defvjp(lambda x: (x, None), lambda _, g: (_materialise(g),))
-
-
 class Block(nn.Module):
     config: GPTNeoConfig
     attention_type: str
@@ -144,8 +119,8 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, key_mask, positions, cache=None, slot=None, cache_length=None):
         cfg = self.config
-        if jax.default_backend() == "cpu":
-            x = _gradient_boundary(x)
+        if backend.xla_cpu_workarounds(cfg):
+            x = backend.gradient_boundary(x)
         y, cache = SelfAttention(cfg, self.attention_type, self.deterministic, name="attn")(
             _layer_norm(cfg, "ln_1")(x), key_mask, positions, cache, slot, cache_length)
         x = x + y
@@ -249,9 +224,9 @@ class GPTNeo(nn.Module):
         if cache_length is not None:  # prefill: only the next token's logits are needed
             x = x[:, -1:]
         # Tied head; logits (and so the loss) in float32 whatever the compute dtype.
-        if "transposed" in self.variables:  # decoding: see _rows_times (wte is [out, in])
+        if "transposed" in self.variables:  # decoding: see backend.rows_times (wte is [out, in])
             head = self.get_variable("transposed", "wte") if self.has_variable("transposed", "wte") else wte
-            logits = _rows_times(head.astype(dtype), x)
+            logits = backend.rows_times(head.astype(dtype), x)
         else:
             logits = jnp.einsum("btd,vd->btv", x, wte.astype(dtype), preferred_element_type=jnp.float32)
         return (logits, new_cache) if decoding else logits

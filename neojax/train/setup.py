@@ -14,6 +14,7 @@ from neojax import checkpoint, registry
 from neojax.data import pipeline, sources
 from neojax.data.tokenizer import Tokenizer, train_sentencepiece
 from neojax.finetune import chat as _chat  # noqa: F401  (registers the chat batch source)
+from neojax.model import backend
 from neojax.model.config import GPTNeoConfig, preset
 
 log = logging.getLogger("neojax.train")
@@ -61,7 +62,7 @@ def build_model(config, workdir: str):
     """(GPTNeoConfig, tokenizer, initial params or None for random init)."""
     m = config.model
     execution = dict(dtype=m.dtype, remat=m.remat, **dict(m.overrides))
-    if m.remat != "none" and jax.default_backend() == "cpu":
+    if m.remat != "none" and backend.xla_cpu_workarounds(preset("tiny", **execution)):
         log.warning("model.remat=%s does not lower memory on CPUs: XLA:CPU drops the barriers that keep the "
                     "recomputation apart and merges it back into the forward pass (it works on GPUs and TPUs)", m.remat)
     if m.init_from:

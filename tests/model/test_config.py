@@ -47,3 +47,23 @@ def test_hf_dict_round_trip_and_transformers_reads_it(tmp_path):
 def test_wrong_model_type_is_rejected():
     with pytest.raises(ValueError, match="model_type is 'gpt2'"):
         GPTNeoConfig.from_hf_dict({"model_type": "gpt2"})
+
+
+def test_platform_option_switches_the_xla_cpu_workarounds_explicitly():
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    from neojax.model import GPTNeo, init_params, preset
+    with pytest.raises(ValueError, match="platform='cuda'"):
+        preset("tiny", platform="cuda")
+    tokens = jnp.zeros((1, 8), jnp.int32)
+
+    def grad_jaxpr(platform):
+        config = preset("tiny", platform=platform)
+        params = init_params(config, jax.random.key(0))
+        loss = lambda p: GPTNeo(config).apply({"params": p}, tokens).sum()
+        return str(jax.make_jaxpr(jax.grad(loss))(params))
+    # the materialised residual gradient (a conditional) is there on "cpu" only, whatever this machine is
+    assert "cond" in grad_jaxpr("cpu") and "cond" not in grad_jaxpr("gpu")
+    assert preset("tiny").to_hf_dict().get("platform") is None  # an execution choice, not the architecture
