@@ -12,6 +12,7 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
 from neojax import __version__
+from neojax.cli import message
 from neojax.data.tokenizer import Tokenizer
 from neojax.files import atomic_directory, write_json
 from neojax.model.config import GPTNeoConfig
@@ -54,13 +55,12 @@ def read_model_card(directory: str):
         with open(path) as f:
             config = GPTNeoConfig.from_dict(json.load(f)["model"])
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is damaged or not a neojax model card ({' '.join(str(e).split())})") from None
+        raise ValueError(f"{path} is damaged or not a neojax model card ({first_line(e)})") from None
     return config, Tokenizer.find(directory)
 
 
 def load_workdir(workdir: str, step=None):
     """(config, params, tokenizer) of a training workdir's latest intact (or the given) checkpoint."""
-
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notices on every read-only open
     config, tokenizer = read_model_card(os.path.join(workdir, "model"))
     with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
@@ -109,16 +109,14 @@ def quiet_orbax_coroutines() -> None:
     sys.unraisablehook = hook
 
 
-
-
 def first_line(error: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    """The error in one line (as the command lines print it), cut at `limit` characters."""
+    text = message(error)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
 def save_native(directory: str, params, config: GPTNeoConfig, tokenizer=None, overwrite: bool = False) -> str:
     """Write a neojax model directory: neojax.json (config), params/ (orbax), tokenizer file."""
-
     with atomic_directory(directory, overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, "params"), params)
@@ -134,7 +132,6 @@ def load_native(directory: str, target=None):
 
     `target` (a pytree of jax.ShapeDtypeStruct, optionally with shardings) restores straight onto
     devices; by default params come back as host numpy arrays of the config's shapes."""
-
     config, tokenizer = read_model_card(directory)
     expected = param_shapes(config)
     if target is None:

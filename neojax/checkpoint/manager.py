@@ -9,7 +9,6 @@ array file, a missing item, corrupt metadata) is moved aside and the newest inta
 from __future__ import annotations
 
 import glob
-import logging
 import os
 import shutil
 import sys
@@ -21,7 +20,6 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from neojax.checkpoint.io import first_line, quiet_orbax_coroutines
 
-log = logging.getLogger("neojax.checkpoint")
 # orbax's words for a checkpoint that is intact but holds another state (a changed config).
 MISMATCH = ("Structure mismatch", "is not compatible with the stored shape")
 

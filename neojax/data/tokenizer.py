@@ -15,6 +15,8 @@ import sentencepiece as spm
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from neojax.cli import message
+
 EOT = "<|endoftext|>"
 
 
@@ -185,7 +187,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_path: str) 
             unk_id=0, bos_id=-1, eos_id=1, pad_id=-1, user_defined_symbols=[], minloglevel=2)
     except RuntimeError as e:  # sentencepiece's own checks, e.g. a vocabulary larger than the text allows
         raise ValueError(f"cannot train a {vocab_size}-piece sentencepiece model for {model_path}: "
-                         f"{' '.join(str(e).split())}") from None
+                         f"{message(e)}") from None
     if prefix + ".model" != model_path:
         shutil.move(prefix + ".model", model_path)
     return Tokenizer.from_path(model_path)

@@ -39,14 +39,14 @@ PERCENT = {"Lambada Acc", "Winogrande", "Hellaswag", "MathQA", "PubMedQA", "PIQA
 
 def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str, num_fewshot: int = 0,
              limit: int = 0, batch_size: int = 8, max_len: Optional[int] = None,
-             tfds_data_dir: Optional[str] = None) -> dict:
-    """task -> metric -> value, plus n (examples), seconds and tokens scored per task."""
+             tfds_data_dir: Optional[str] = None, loaded: Optional[dict] = None) -> dict:
+    """task -> metric -> value, plus n (examples), seconds and tokens scored per task. `loaded`
+    (task -> (records, few-shot records)) spares reading files a caller already read and checked."""
     out = {}
     for name in task_names:
         fn = registry.get("task", name)
-        docs = load_docs(data_dir, name, tfds_data_dir=tfds_data_dir)
+        docs, train_docs = (loaded or {}).get(name) or load_task(data_dir, name, num_fewshot, tfds_data_dir)
         docs = docs[:limit] if limit else docs
-        train_docs = load_docs(data_dir, name, "train", tfds_data_dir) if num_fewshot else []
         scorer = Scorer(params, config, tokenizer, batch_size, max_len)
         start = time.perf_counter()
         metrics = fn(scorer, docs, train_docs, num_fewshot)
@@ -54,6 +54,12 @@ def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str
         out[name] = {**metrics, "n": len(docs), "num_fewshot": num_fewshot, "seconds": seconds,
                      "tokens_scored": scorer.tokens_scored}
     return out
+
+
+def load_task(data_dir: str, name: str, num_fewshot: int = 0, tfds_data_dir: Optional[str] = None):
+    """(records, few-shot records) of a task, each record checked."""
+    train_docs = load_docs(data_dir, name, "train", tfds_data_dir) if num_fewshot else []
+    return load_docs(data_dir, name, tfds_data_dir=tfds_data_dir), train_docs
 
 
 def published_row(config) -> Optional[str]:
@@ -101,5 +107,5 @@ def format_table(table: dict, markdown: bool = True) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PUBLISHED", "COLUMNS", "Scorer", "evaluate", "format_table", "paper_table", "perplexity_of_texts",
-           "published_row"]
+__all__ = ["PUBLISHED", "COLUMNS", "Scorer", "evaluate", "format_table", "load_task", "paper_table",
+           "perplexity_of_texts", "published_row"]

@@ -19,7 +19,7 @@ import sys
 from neojax import __version__, checkpoint, cli, registry
 from neojax import evaluate as ev
 from neojax.data import sources
-from neojax.evaluate.tasks import available, load_docs
+from neojax.evaluate.tasks import available
 
 
 def _texts(args) -> list[str]:
@@ -48,8 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--output")
     args = parser.parse_args(argv)
-    _check_args(args)
-    out = _run(args)
+    loaded = _check_args(args)
+    out = _run(args, loaded)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(out, f, indent=2)
@@ -57,9 +57,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _check_args(args) -> None:
-    """Everything that can be checked before a model is loaded: names, files, the output path."""
-    task_names = [t for t in args.tasks.split(",") if t.strip()]
+def _check_args(args) -> dict:
+    """Everything that can be checked before a model is loaded: names, files, the output path.
+    Returns the tasks' records (task -> (records, few-shot records)), read and checked once."""
+    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not (task_names or args.text_files or args.jsonl or args.paper_table):
         raise cli.UsageError("nothing to evaluate: give --tasks (e.g. lambada_openai,piqa), --text_files, --jsonl or "
                              "--paper_table")
@@ -72,8 +73,8 @@ def _check_args(args) -> None:
     if args.text_files and args.jsonl:
         raise cli.UsageError("give --text_files or --jsonl, not both")
     for t in task_names:
-        if t.strip() not in registry.names("task"):
-            raise cli.UsageError(f"--tasks: unknown task {t.strip()!r}; tasks: {', '.join(registry.names('task'))}")
+        if t not in registry.names("task"):
+            raise cli.UsageError(f"--tasks: unknown task {t!r}; tasks: {', '.join(registry.names('task'))}")
     if (task_names or args.paper_table) and not os.path.isdir(args.data_dir):
         raise cli.UsageError(f"--data_dir {args.data_dir} is not a directory; give the folder of <task>.jsonl files")
     if args.stride and args.max_len and args.stride > args.max_len:
@@ -83,20 +84,20 @@ def _check_args(args) -> None:
         raise cli.UsageError("--stride applies to --text_files / --jsonl perplexity; give one of them")
     if args.num_fewshot and "wikitext" in task_names:
         raise cli.UsageError("--num_fewshot: wikitext is a perplexity task, scored without examples; use 0")
-    for t in task_names:
-        load_docs(args.data_dir, t.strip(), tfds_data_dir=args.tfds_data_dir)
-        if args.num_fewshot:
-            load_docs(args.data_dir, t.strip(), "train", args.tfds_data_dir)
+    names = task_names
+    if args.paper_table and not names:
+        names = [t for t in registry.names("task") if available(t, args.data_dir, args.tfds_data_dir)]
+    loaded = {t: ev.load_task(args.data_dir, t, args.num_fewshot, args.tfds_data_dir) for t in names}
     for flag, pattern in (("--text_files", args.text_files), ("--jsonl", args.jsonl)):
         if pattern:
             with cli.about(f"{flag} {pattern}"):
                 sources.expand_paths(pattern)
     if args.output:
         cli.writable_output("--output", args.output)
+    return loaded
 
 
-def _run(args) -> dict:
-    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+def _run(args, loaded: dict) -> dict:
     rows, results_all = {}, {}
     for path in args.checkpoint:
         with cli.about(f"--checkpoint {path}"):
@@ -111,12 +112,8 @@ def _run(args) -> dict:
             raise cli.UsageError(f"--stride {args.stride} exceeds the {args.max_len or context}-token context; a "
                                  "window predicts at most that many tokens")
         max_len = args.max_len or None
-        if args.paper_table:
-            names = task_names or [t for t in registry.names("task") if available(t, args.data_dir, args.tfds_data_dir)]
-        else:
-            names = task_names
-        results = ev.evaluate(model.params, model.config, model.tokenizer, names, args.data_dir, args.num_fewshot,
-                              args.limit, args.batch_size, max_len, args.tfds_data_dir)
+        results = ev.evaluate(model.params, model.config, model.tokenizer, list(loaded), args.data_dir,
+                              args.num_fewshot, args.limit, args.batch_size, max_len, args.tfds_data_dir, loaded)
         pile = [p for p in (os.path.join(args.data_dir, "pile.jsonl"), os.path.join(args.data_dir, "pile.jsonl.zst"))
                 if os.path.exists(p)]
         texts = _texts(args) if (args.text_files or args.jsonl) else (

@@ -18,7 +18,7 @@ from absl import logging as absl_logging
 
 from neojax import cli, registry, sharding
 from neojax.model.config import PRESETS
-from neojax.train.config import apply_overrides, check_config, experiments, load_experiment
+from neojax.train.config import apply_overrides, experiments, load_experiment
 from neojax.train.loop import NonFiniteError, train
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by it
@@ -83,8 +83,7 @@ def main(argv=None) -> int:
     if "--list" in argv:
         print(list_registry())
         return 0
-    config, args = parse(argv)
-    check_config(config)
+    config, args = parse(argv)  # train() validates the whole config before any work
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-save and read-only notices
     sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     try:

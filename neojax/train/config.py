@@ -239,13 +239,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     Raises a UsageError with one line per problem, each naming the key and the fix."""
     errors = []
     c = config.to_dict()
-    get = lambda key: _flat(c).get(key)
+    flat = _flat(c)
+    get = flat.get
 
     def need(key, ok, what):
-        if get(key) is None and key not in _flat(c):
-            return
-        if not ok(get(key)):
-            errors.append(f"--config.{key}={json.dumps(get(key), default=str)}: {what}")
+        if key in flat and not ok(flat[key]):
+            errors.append(f"--config.{key}={json.dumps(flat[key], default=str)}: {what}")
 
     for key in ("train.total_steps", "train.global_batch", "train.microbatches", "train.log_every",
                 "train.max_nonfinite_streak", "checkpoint.every_steps", "checkpoint.keep", "data.seq_len",
@@ -279,7 +278,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       "sentencepiece model needs at least 260 pieces (256 bytes + specials)")
     _check_names(c, errors)
     _check_model(c, errors)
-    _check_paths(c, errors)
+    _check_paths(c, flat, errors)
     if errors:
         raise UsageError("\n".join(errors))
 
@@ -381,12 +380,11 @@ def _check_model(c: dict, errors: list) -> None:
                           "model.overrides.max_position_embeddings")
 
 
-def _check_paths(c: dict, errors: list) -> None:
+def _check_paths(c: dict, flat: dict, errors: list) -> None:
     """Files and directories the config names must exist (data globs are checked by the sources)."""
     keys = ["model.init_from", "data.tokenizer", "distill.teacher"]
     if "tasks" in (c.get("eval", {}).get("hooks") or []):
         keys.append("eval.task_data_dir")
-    flat = _flat(c)
     for key in keys:
         value = flat.get(key)
         if value and not os.path.exists(os.path.expanduser(str(value))):

@@ -84,7 +84,7 @@ def samples(params, *, config, model_config, tokenizer, step, **_):
     if not prompts:
         return {}
     out = generate(params, model_config, prompts, tokenizer, max_new_tokens=config.eval.sample_max_new_tokens,
-                   temperature=config.eval.sample_temperature, top_p=config.eval.get("sample_top_p", 1.0),
+                   temperature=config.eval.sample_temperature, top_p=config.eval.sample_top_p,
                    seed=step, truncate=True)
     text = "\n".join(f"[{p!r}] -> {t!r}" for p, t in zip(prompts, out.texts))
     if jax.process_index() == 0:

@@ -24,7 +24,7 @@ from neojax.train import objectives as _objectives  # noqa: F401  (registers the
 from neojax.train.config import check_config
 from neojax.train.metrics import MetricsWriter
 from neojax.train.optim import make_optimizer
-from neojax.train.step import Teacher, init_state, make_train_step, model_params, state_specs
+from neojax.train.step import Teacher, init_state, make_train_step, model_params, state_specs, trainable
 from neojax.train.workdir import Workdir
 
 log = logging.getLogger("neojax.train")
@@ -182,7 +182,7 @@ def _flops_per_step(config, model_config) -> dict:
 
 def _summary(config, state, mesh, start: int) -> str:
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-    trained = count(state.params["lora"]) if "lora" in state.params else count(state.params)
+    trained = count(trainable(state.params))
     axes = ",".join(f"{k}={v}" for k, v in mesh.shape.items())
     t = config.train
     return (f"model {count(state.params) / 1e6:,.2f}M parameters ({trained / 1e6:,.2f}M trained) | mesh {axes} on "
