@@ -12,6 +12,7 @@ def get_config(variant: str = ""):
     if variant:
         raise ValueError(f"distill has no variants (got {variant!r})")
     c = base_config()
+    c.objective = "distill"
     c.model.preset = "gpt-neo-125M"
     c.model.overrides = dict(num_layers=6, attention_types=[[["global", "local"], 3]])
     c.distill.update(teacher="/models/gpt-neo-1.3B", temperature=2.0, alpha=0.5)

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+import time
 from typing import Callable, Optional, Sequence
 
 USAGE_EXIT, INTERNAL_EXIT = 2, 1
@@ -144,3 +145,28 @@ def writable_output(flag: str, path: str) -> str:
     if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
         raise UsageError(f"{flag} {path} cannot be written (permissions); choose another path")
     return path
+
+
+def duration(seconds: float) -> str:
+    """h:mm:ss, hours unbounded (an ETA of days stays readable)."""
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """One line on stderr at most every `every` seconds, and at the end: done/total, rate, ETA."""
+
+    def __init__(self, label: str, total: int, unit: str = "requests", every: float = 5.0):
+        self.label, self.total, self.unit, self.every = label, total, unit, every
+        self.done, self.start = 0, time.perf_counter()
+        self.shown = self.start
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.shown >= self.every or self.done >= self.total:
+            self.shown = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate else 0.0
+            print(f"  {self.label}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, eta {duration(eta)}",
+                  file=sys.stderr, flush=True)

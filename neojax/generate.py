@@ -32,7 +32,7 @@ from neojax.flops import matmul_params
 from neojax.model import backend
 from neojax.model.config import GPTNeoConfig
 from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
-from neojax.model.gpt_neo import check_tokens
+from neojax.model.layers import check_tokens
 
 NEW_TOKEN_BUCKET = 32
 MAX_PHASES = 4  # decode-loop phases with growing caches (each is compiled: see _phase_ends)

@@ -9,6 +9,8 @@ import time
 from typing import Optional, Sequence
 
 from neojax import registry
+from neojax.evaluate import bias as _bias  # noqa: F401  (registers the bias suites)
+from neojax.evaluate import generation as _generation  # noqa: F401  (registers the generation tasks)
 from neojax.evaluate import tasks as _tasks  # noqa: F401  (registers the tasks)
 from neojax.evaluate.harness import Scorer
 from neojax.evaluate.tasks import load_docs, perplexity_of_texts
@@ -47,12 +49,14 @@ def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str
         fn = registry.get("task", name)
         docs, train_docs = (loaded or {}).get(name) or load_task(data_dir, name, num_fewshot, tfds_data_dir)
         docs = docs[:limit] if limit else docs
-        scorer = Scorer(params, config, tokenizer, batch_size, max_len)
+        scorer = Scorer(params, config, tokenizer, batch_size, max_len, label=name)
         start = time.perf_counter()
         metrics = fn(scorer, docs, train_docs, num_fewshot)
         seconds = time.perf_counter() - start
         out[name] = {**metrics, "n": len(docs), "num_fewshot": num_fewshot, "seconds": seconds,
                      "tokens_scored": scorer.tokens_scored}
+        if scorer.tokens_generated:
+            out[name]["tokens_generated"] = scorer.tokens_generated
     return out
 
 

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from neojax.cli import Progress
+from neojax.generate import generate
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
 
@@ -69,11 +71,13 @@ def rolling_windows(tokens: list[int], prefix: int, max_len: int, context_len: i
 class Scorer:
     """Runs (context tokens, continuation tokens) requests through the model in batches."""
 
-    def __init__(self, params, config: GPTNeoConfig, tokenizer, batch_size: int = 8, max_len: Optional[int] = None):
+    def __init__(self, params, config: GPTNeoConfig, tokenizer, batch_size: int = 8, max_len: Optional[int] = None,
+                 label: str = "scoring"):
         self.params, self.config, self.tokenizer, self.batch_size = params, config, tokenizer, batch_size
         self.max_len = max_len or config.max_position_embeddings
         self.score = _scorer(config)
-        self.tokens_scored = 0
+        self.tokens_scored = self.tokens_generated = 0
+        self.label = label
 
     def _bucket(self, n: int) -> int:
         for b in BUCKETS:
@@ -90,6 +94,7 @@ class Scorer:
             whole = (list(context) + list(continuation))[-(self.max_len + 1):]
             inputs.append((i, whole, len(continuation)))
         inputs.sort(key=lambda r: -len(r[1]))  # longest first: similar lengths share a batch
+        progress = Progress(self.label, len(inputs))
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start:start + self.batch_size]
             width = self._bucket(max(len(w) for _, w, _ in chunk))
@@ -102,6 +107,34 @@ class Scorer:
                 span = slice(len(whole) - 1 - n_cont, len(whole) - 1)
                 results[i] = (float(ll[row, span].sum()), bool(greedy[row, span].all()))
                 self.tokens_scored += len(whole)
+            progress.update(len(chunk))
+        return results
+
+    def generate_until(self, requests: Sequence[tuple[str, Sequence[str], int]]) -> list[str]:
+        """Greedy continuations of (context, until, max_gen_toks) requests, as the harness's
+        generate_until: the context keeps its last max_len - max_gen_toks tokens; a row stops at EOS,
+        at any `until` string or after max_gen_toks tokens, and its text is cut before the first
+        stop string. Batched by length (left-padded buckets in neojax.generate)."""
+        encoded = []
+        for i, (context, until, max_gen_toks) in enumerate(requests):
+            if not 0 < max_gen_toks < self.max_len:
+                raise ValueError(f"request {i}: max_gen_toks={max_gen_toks} must be in [1, {self.max_len}) "
+                                 "(the context length)")
+            encoded.append(self.tokenizer.encode(context)[-(self.max_len - max_gen_toks):] or [self.tokenizer.eos_id])
+        order = sorted(range(len(requests)), key=lambda i: (tuple(requests[i][1]), requests[i][2], -len(encoded[i])))
+        results: list = [None] * len(requests)
+        progress = Progress(self.label, len(requests))
+        while order:
+            first = order[0]
+            same = lambda i: (tuple(requests[i][1]), requests[i][2]) == (tuple(requests[first][1]), requests[first][2])
+            chunk = [i for i in order[:self.batch_size] if same(i)]
+            order = order[len(chunk):]
+            out = generate(self.params, self.config, [encoded[i] for i in chunk], self.tokenizer,
+                           max_new_tokens=requests[first][2], stop_strings=list(requests[first][1]))
+            for i, text, new in zip(chunk, out.texts, out.tokens):
+                results[i] = text
+                self.tokens_generated += len(new)
+            progress.update(len(chunk))
         return results
 
     def loglikelihood(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[float, bool]]:

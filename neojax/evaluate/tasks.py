@@ -42,10 +42,26 @@ NOT_IN_TFDS = {  # why these tasks cannot read TFDS's datasets of the same name
     "lambada_openai": "TFDS's lambada is the original LAMBADA text, not OpenAI's detokenised test set",
 }
 FEWSHOT_SEED = 1234
+_CHECKS: dict[str, Callable[[dict], Optional[str]]] = {}  # task -> its record check (see describe)
+GENERATES: set[str] = set()  # tasks that generate text (not log-likelihood only)
+_FILES: dict[str, tuple[str, Optional[Callable[[dict], bool]]]] = {}  # task -> (file stem, record filter)
+
+
+def describe(task: str, record_format: str, check: Callable[[dict], Optional[str]], generates: bool = False,
+             file: Optional[str] = None, select: Optional[Callable[[dict], bool]] = None):
+    """Declare a task's record format (shown in errors) and its check (record -> problem or None);
+    a subset task reads `file`'s records for which `select` holds (e.g. one bias category)."""
+    FORMATS[task] = record_format
+    _CHECKS[task] = check
+    if generates:
+        GENERATES.add(task)
+    if file is not None:
+        _FILES[task] = (file, select)
 
 
 def _jsonl_path(data_dir: str, task: str, split: str) -> str:
-    return os.path.join(data_dir, f"{task}{'.' + split if split else ''}.jsonl")
+    stem = _FILES.get(task, (task,))[0]
+    return os.path.join(data_dir, f"{stem}{'.' + split if split else ''}.jsonl")
 
 
 def available(task: str, data_dir: str, tfds_data_dir: Optional[str] = None) -> bool:
@@ -89,6 +105,11 @@ def load_docs(data_dir: str, task: str, split: str = "", tfds_data_dir: Optional
             raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not docs:
         raise ValueError(f"{path} holds no records; expected one JSON object per line: {FORMATS.get(task, '')}")
+    select = _FILES.get(task, (None, None))[1]
+    if select is not None:
+        docs = [d for d in docs if select(d)]
+        if not docs:
+            raise ValueError(f"{task}: no record of {path} belongs to this subset")
     return docs
 
 
@@ -115,6 +136,8 @@ def _problem(task: str, doc) -> Optional[str]:
             return f"field {field!r} is missing"
         if not isinstance(doc[field], str):
             return f"field {field!r} must be a string, not {type(doc[field]).__name__}"
+    if task in _CHECKS:
+        return _CHECKS[task](doc)
     if task == "lambada_openai" and " " not in doc["text"].strip():
         return "field 'text' has no space: the last word is the target, the rest the context"
     if task == "hellaswag":
@@ -234,7 +257,7 @@ def wikitext(scorer, docs, train_docs, num_fewshot=0):
             "bits_per_byte": -total / n_bytes / math.log(2)}
 
 
-def _multiple_choice(scorer, contexts, choices, golds):
+def multiple_choice(scorer, contexts, choices, golds):
     """acc (argmax ll) and acc_norm (argmax ll / characters of the choice), as the harness."""
     pairs = [(c, " " + ch) for c, chs in zip(contexts, choices) for ch in chs]
     lls = iter(r[0] for r in scorer.loglikelihood(pairs))
@@ -252,7 +275,7 @@ def hellaswag(scorer, docs, train_docs, num_fewshot=0):
     rnd = random.Random(FEWSHOT_SEED)
     render = lambda d: hellaswag_query(d) + " " + hellaswag_clean(d["endings"][int(d["label"])])
     contexts = [fewshot_prefix(train_docs, num_fewshot, rnd, render, d) + hellaswag_query(d) for d in docs]
-    return _multiple_choice(scorer, contexts, [[hellaswag_clean(e) for e in d["endings"]] for d in docs],
+    return multiple_choice(scorer, contexts, [[hellaswag_clean(e) for e in d["endings"]] for d in docs],
                             [int(d["label"]) for d in docs])
 
 
@@ -262,7 +285,7 @@ def piqa(scorer, docs, train_docs, num_fewshot=0):
     query = lambda d: f"Question: {d['goal']}\nAnswer:"
     render = lambda d: query(d) + " " + d[f"sol{int(d['label']) + 1}"]
     contexts = [fewshot_prefix(train_docs, num_fewshot, rnd, render, d) + query(d) for d in docs]
-    return _multiple_choice(scorer, contexts, [[d["sol1"], d["sol2"]] for d in docs], [int(d["label"]) for d in docs])
+    return multiple_choice(scorer, contexts, [[d["sol1"], d["sol2"]] for d in docs], [int(d["label"]) for d in docs])
 
 
 @registry.register("task", "winogrande")
@@ -297,7 +320,7 @@ def mathqa(scorer, docs, train_docs, num_fewshot=0):
     gold = lambda d: "abcde".index(d["correct"])
     render = lambda d: query(d) + " " + mathqa_choices(d["options"])[gold(d)]
     contexts = [fewshot_prefix(train_docs, num_fewshot, rnd, render, d) + query(d) for d in docs]
-    return _multiple_choice(scorer, contexts, [mathqa_choices(d["options"]) for d in docs], [gold(d) for d in docs])
+    return multiple_choice(scorer, contexts, [mathqa_choices(d["options"]) for d in docs], [gold(d) for d in docs])
 
 
 PUBMEDQA_CHOICES = ["yes", "no", "maybe"]
@@ -315,7 +338,7 @@ def pubmedqa(scorer, docs, train_docs, num_fewshot=0):
     rnd = random.Random(FEWSHOT_SEED)
     render = lambda d: pubmedqa_query(d) + " " + d["final_decision"]
     contexts = [fewshot_prefix(train_docs, num_fewshot, rnd, render, d) + pubmedqa_query(d) for d in docs]
-    metrics = _multiple_choice(scorer, contexts, [PUBMEDQA_CHOICES] * len(docs),
+    metrics = multiple_choice(scorer, contexts, [PUBMEDQA_CHOICES] * len(docs),
                                [PUBMEDQA_CHOICES.index(d["final_decision"]) for d in docs])
     return {"acc": metrics["acc"], "acc_stderr": metrics["acc_stderr"]}
 

@@ -29,8 +29,7 @@ class GPTNeoClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, attention_mask=None, position_ids=None, deterministic: bool = True):
-        hidden = GPTNeo(self.config, name="transformer")(tokens, attention_mask, position_ids, deterministic,
-                                                         return_hidden=True)
+        hidden = GPTNeo(self.config, name="transformer").hidden(tokens, attention_mask, position_ids, deterministic)
         last = last_token_index(attention_mask, tokens.shape[1])
         pooled = jnp.take_along_axis(hidden, jnp.broadcast_to(last, (tokens.shape[0],))[:, None, None], axis=1)[:, 0]
         score = nn.Dense(self.num_labels, use_bias=False, name="score", dtype=jnp.float32, param_dtype=jnp.float32,

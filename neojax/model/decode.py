@@ -11,16 +11,16 @@ import jax.numpy as jnp
 
 from neojax import registry
 from neojax.model.config import GPTNeoConfig
-from neojax.model.gpt_neo import GPTNeo, position_ids_from_mask
+from neojax.model.gpt_neo import GPTNeo
+from neojax.model.layers import position_ids_from_mask
 
 
 def prefill(params, config: GPTNeoConfig, tokens, attention_mask, cache_length: int):
     """Run the prompt ([batch, P], left padded) once. Returns (logits of the last slot [batch, vocab],
     cache sized for `cache_length` slots, position of the last prompt token per row)."""
-    positions = position_ids_from_mask(attention_mask)
-    logits, cache = GPTNeo(config).apply({"params": params}, tokens, attention_mask=attention_mask,
-                                         position_ids=positions, cache_length=cache_length)
-    return logits[:, -1], cache, positions[:, -1]
+    logits, cache = GPTNeo(config).apply({"params": params}, tokens, attention_mask, cache_length,
+                                         method=GPTNeo.prefill)
+    return logits, cache, position_ids_from_mask(attention_mask)[:, -1]
 
 
 def can_grow(config: GPTNeoConfig) -> bool:
@@ -57,6 +57,4 @@ def decode_step(params, config: GPTNeoConfig, cache, token, position, slot, tran
     """One token per row ([batch]) at cache `slot` and per-row `position`. Returns (logits, cache).
     `transposed`: transposed_kernels(params, config.dtype), optional (the same maths, faster)."""
     variables = {"params": params} if transposed is None else {"params": params, "transposed": transposed}
-    logits, cache = GPTNeo(config).apply(variables, token[:, None], position_ids=position[:, None],
-                                         cache=cache, slot=slot)
-    return logits[:, 0], cache
+    return GPTNeo(config).apply(variables, token[:, None], position[:, None], cache, slot, method=GPTNeo.decode)

@@ -34,7 +34,7 @@ EXPERIMENT_DIRS = [os.path.join(os.getcwd(), "experiments"),
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.objective = "lm"            # what the loop trains: lm | classify (neojax.train.objectives)
+    c.objective = "lm"            # what the loop trains: lm | distill | classify (neojax.train.objectives)
     c.model = dict(
         preset="tiny",            # a neojax.model preset, or "" when init_from gives the model
         init_from="",             # HF / neojax checkpoint to start from (fine-tuning)
@@ -265,6 +265,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need("lora.alpha", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
     need("distill.temperature", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
     need("distill.alpha", lambda v: _is_num(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+    teacher, objective = c.get("distill", {}).get("teacher"), c.get("objective")
+    if objective == "distill" and not teacher:
+        errors.append("--config.objective=distill: needs a teacher; set --config.distill.teacher=CHECKPOINT")
+    elif teacher and objective != "distill":
+        errors.append(f"--config.distill.teacher={teacher}: only the distill objective reads it; "
+                      "add --config.objective=distill (or drop the teacher)")
     need("model.dtype", lambda v: v in ("float32", "bfloat16"), "choose 'float32' or 'bfloat16'")
     need("model.remat", lambda v: v in ("none", "full", "dots"), "choose 'none', 'full' or 'dots'")
     need("data.on_error", lambda v: v in ("raise", "skip"), "choose 'raise' or 'skip'")

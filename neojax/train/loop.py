@@ -13,10 +13,10 @@ import time
 import jax
 import numpy as np
 
-from neojax import checkpoint, registry, sharding
+from neojax import registry, sharding
 from neojax.checkpoint.io import write_model_card
 from neojax.checkpoint.manager import Checkpointer
-from neojax.cli import UsageError
+from neojax.cli import UsageError, duration
 from neojax.finetune import lora
 from neojax.flops import measure_peak_flops, train_flops_per_token
 from neojax.train import hooks as _hooks  # noqa: F401  (registers the evaluation hooks)
@@ -24,7 +24,7 @@ from neojax.train import objectives as _objectives  # noqa: F401  (registers the
 from neojax.train.config import check_config
 from neojax.train.metrics import MetricsWriter
 from neojax.train.optim import make_optimizer
-from neojax.train.step import Teacher, init_state, make_train_step, model_params, state_specs, trainable
+from neojax.train.step import init_state, make_train_step, model_params, state_specs, trainable
 from neojax.train.workdir import Workdir
 
 log = logging.getLogger("neojax.train")
@@ -85,9 +85,11 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     if main_process:
         write_model_card(os.path.join(workdir, "model"), model_config, tokenizer)
         print(_summary(config, state, mesh, start), flush=True)
-    teacher, teacher_args = _teacher(config, model_config, mesh, rules)
+    frozen_config = None if setup.frozen is None else setup.frozen[0]
+    frozen = () if setup.frozen is None else (jax.device_put(
+        setup.frozen[1], sharding.shardings(mesh, sharding.param_specs(frozen_config, rules, mesh))),)
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
-                              abstract_state=abstract, teacher=teacher, loss_fn=setup.loss)
+                              abstract_state=abstract, frozen_config=frozen_config, loss_fn=setup.loss)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)
@@ -103,7 +105,7 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     try:
         while step < total:
             batch = jax.tree.map(lambda x: sharding.global_batch(x, mesh, rules), next(data.train))
-            state, metrics = step_fn(state, batch, *teacher_args)
+            state, metrics = step_fn(state, batch, *frozen)
             step += 1
             window_steps += 1
             streak = int(state.nonfinite_streak)
@@ -132,7 +134,7 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
                     extra = "".join(f" {k[6:]} {last[k]:.4f}" for k in ("train/kl", "train/accuracy") if k in last)
                     print(f"step {step}/{total} loss {last['train/loss']:.4f}{extra} lr {last['train/lr']:.2e} "
                           f"grad_norm {last['train/grad_norm']:.3f} {tps:,.0f} tok/s{mfu} "
-                          f"eta {_duration(eta)}", flush=True)
+                          f"eta {duration(eta)}", flush=True)
                 window_start, window_steps = time.perf_counter(), 0
             if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total):
                 params = model_params(state.params)  # LoRA adapters merged in; otherwise the params as they are
@@ -159,20 +161,6 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     return {"step": step, "state": state, **last}
 
 
-def _teacher(config, model_config, mesh, rules):
-    """(Teacher, (teacher params placed on the mesh,)) for distillation, else (None, ())."""
-    d = config.distill
-    if not d.teacher:
-        return None, ()
-    loaded = checkpoint.load(d.teacher, dtype=model_config.dtype)
-    if loaded.config.vocab_size != model_config.vocab_size:
-        raise ValueError(f"teacher {d.teacher} has a {loaded.config.vocab_size}-token vocabulary, the student "
-                         f"{model_config.vocab_size}: distillation needs one tokenizer "
-                         f"(set data.tokenizer={d.teacher})")
-    placed = jax.device_put(loaded.params, sharding.shardings(mesh, sharding.param_specs(loaded.config, rules, mesh)))
-    return Teacher(loaded.config, d.temperature, d.alpha), (placed,)
-
-
 def _flops_per_step(config, model_config) -> dict:
     out = {"per_token": train_flops_per_token(model_config, config.data.seq_len)}
     if config.train.report_mfu:
@@ -188,8 +176,3 @@ def _summary(config, state, mesh, start: int) -> str:
     return (f"model {count(state.params) / 1e6:,.2f}M parameters ({trained / 1e6:,.2f}M trained) | mesh {axes} on "
             f"{jax.device_count()} {jax.default_backend()} device(s) | {t.global_batch * config.data.seq_len:,} tokens "
             f"a step (batch {t.global_batch} x {config.data.seq_len}) | step {start} of {t.total_steps}")
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

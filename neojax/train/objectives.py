@@ -4,20 +4,22 @@ builds the model, the data and the loss, and may export something when the run e
     @registry.register("objective", "mine")
     def mine(config, workdir) -> Setup: ...
 
-`lm` is language modelling (and, with a `distill.teacher`, distillation; with `data.source=chat`,
-chat fine-tuning); `classify` is sequence classification (`neojax.finetune.classify`).
+`lm` is language modelling (with `data.source=chat`, chat fine-tuning); `distill` is language
+modelling plus the KL to a teacher's predictions (`distill.*`); `classify` is sequence
+classification (`neojax.finetune.classify`).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Optional
 
-from neojax import registry
+from neojax import checkpoint, registry
 from neojax.data.tokenizer import Tokenizer
 from neojax.finetune import classify
 from neojax.model.classifier import GPTNeoClassifier
 from neojax.model.config import GPTNeoConfig
 from neojax.train.setup import build_data, build_model
+from neojax.train.step import Teacher, batch_loss
 
 
 @dataclasses.dataclass
@@ -26,7 +28,8 @@ class Setup:
     tokenizer: Tokenizer
     params: Any                      # initial params (host arrays), or None for a random GPT-Neo
     data: Any                        # .train (next(), get_state, set_state), .valid, .caches
-    loss: Optional[Callable] = None  # loss(params, batch, rng) -> (loss, aux); None: next-token loss
+    loss: Optional[Callable] = None  # loss(params, batch, rng, *frozen params) -> (loss, aux); None: next-token
+    frozen: Optional[tuple] = None   # (GPTNeoConfig, params): a frozen model the loss reads, e.g. a teacher
     finish: Optional[Callable] = None  # finish(workdir, params) once the last step is done
 
 
@@ -43,3 +46,20 @@ def classification(config, workdir: str) -> Setup:
     batch = config.train.global_batch
     return Setup(model_config, tokenizer, params, data, loss=classify.classifier_loss(model),
                  finish=lambda workdir, params: classify.export(workdir, model, params, tokenizer, data, batch))
+
+
+@registry.register("objective", "distill")
+def distillation(config, workdir: str) -> Setup:
+    """Knowledge distillation from the checkpoint `distill.teacher` (same tokenizer): the teacher's
+    params are a frozen argument of the step, sharded by the same rules as the student's."""
+    d = config.distill
+    lm = language_model(config, workdir)
+    teacher = checkpoint.load(d.teacher, dtype=lm.model_config.dtype)
+    if teacher.config.vocab_size != lm.model_config.vocab_size:
+        raise ValueError(f"teacher {d.teacher} has a {teacher.config.vocab_size}-token vocabulary, the student "
+                         f"{lm.model_config.vocab_size}: distillation needs one tokenizer "
+                         f"(set data.tokenizer={d.teacher})")
+    how = Teacher(teacher.config, d.temperature, d.alpha)
+    loss = lambda params, batch, rng, teacher_params: batch_loss(
+        params, lm.model_config, batch, config.train.z_loss, rng, how, teacher_params)
+    return dataclasses.replace(lm, loss=loss, frozen=(teacher.config, teacher.params))

@@ -120,25 +120,25 @@ def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=Non
 
 def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
                     rules=sharding.DEFAULT_RULES, microbatches: int = 1, z_loss: float = 0.0,
-                    abstract_state=None, teacher: Teacher | None = None, loss_fn=None):
-    """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`; with a `teacher`,
-    `step(state, tokens, teacher_params)`.
+                    abstract_state=None, frozen_config: GPTNeoConfig | None = None, loss_fn=None):
+    """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`; with `frozen_config`,
+    `step(state, tokens, frozen_params)` passes a frozen model's params (e.g. a teacher) to `loss_fn`.
 
     With a mesh, the state's shardings come from the rules and the batch is split over the
     data-parallel axes; activations get the model's logical constraints. `microbatches` > 1
     accumulates gradients over equal slices of the batch (a larger-than-memory global batch).
-    `loss_fn(params, batch, rng) -> (loss, aux)` replaces the next-token loss (another objective).
+    `loss_fn(params, batch, rng, *frozen) -> (loss, aux)` replaces the next-token loss (another objective).
     A step whose gradients are not finite changes nothing but the skip counters."""
     train = config.embed_dropout > 0 or config.attention_dropout > 0 or config.resid_dropout > 0
 
-    def grads_of(params, tokens, rng, teacher_params):
+    def grads_of(params, tokens, rng, frozen):
         """Loss, aux metrics and gradients with respect to the trainable part of the params only."""
         def one(tokens_mb, rng_mb):
             def loss_of(t):
                 merged, rng_ = model_params(with_trainable(params, t)), rng_mb if train else None
                 if loss_fn is not None:
-                    return loss_fn(merged, tokens_mb, rng_)
-                return batch_loss(merged, config, tokens_mb, z_loss, rng_, teacher, teacher_params)
+                    return loss_fn(merged, tokens_mb, rng_, *frozen)
+                return batch_loss(merged, config, tokens_mb, z_loss, rng_)
             (value, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable(params))
             aux.pop("tokens", None)
             return value, aux, grads
@@ -158,11 +158,11 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
         total, _ = jax.lax.scan(body, zeros, (chunks, jax.random.split(rng, microbatches)))
         return jax.tree.map(lambda x: x / microbatches, total)
 
-    def step(state: TrainState, tokens, teacher_params=None):
+    def step(state: TrainState, tokens, *frozen):
         rng, step_rng = jax.random.split(state.rng)
         ctx = nn.logical_axis_rules(rules) if mesh is not None else contextlib.nullcontext()
         with ctx:
-            loss, aux, grads = grads_of(state.params, tokens, step_rng, teacher_params)
+            loss, aux, grads = grads_of(state.params, tokens, step_rng, frozen)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable(state.params))
@@ -184,14 +184,14 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     state_sh = sharding.shardings(mesh, state_specs(config, abstract_state, rules, mesh))
     batch_sh = jax.sharding.NamedSharding(mesh, sharding.batch_spec(rules))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    teacher_sh = () if teacher is None else (
-        sharding.shardings(mesh, sharding.param_specs(teacher.config, rules, mesh)),)
-    jitted = jax.jit(step, in_shardings=(state_sh, batch_sh) + teacher_sh, out_shardings=(state_sh, replicated),
+    frozen_sh = () if frozen_config is None else (
+        sharding.shardings(mesh, sharding.param_specs(frozen_config, rules, mesh)),)
+    jitted = jax.jit(step, in_shardings=(state_sh, batch_sh) + frozen_sh, out_shardings=(state_sh, replicated),
                      donate_argnums=0)
 
-    def run(state, tokens, *teacher_params):
+    def run(state, tokens, *frozen):
         with jax.set_mesh(mesh):
-            return jitted(state, tokens, *teacher_params)
+            return jitted(state, tokens, *frozen)
     run.jitted = jitted
     return run
 

@@ -36,6 +36,7 @@ def test_student_loss_and_kl_to_teacher_fall(tiny_hf_with_tokenizer, tmp_path):
     c = base_config()
     c.model.preset = "tiny"
     c.model.overrides = dict(hidden_size=32, num_layers=2, num_heads=4, window_size=16, max_position_embeddings=128)
+    c.objective = "distill"
     c.distill.update(teacher=tiny_hf_with_tokenizer, temperature=2.0, alpha=0.9)
     c.data.tokenizer = tiny_hf_with_tokenizer
     c.data.source_args = dict(max_bytes=200_000)

@@ -32,6 +32,7 @@ def test_every_shipped_experiment_validates():
         c.model.preset = c.model.preset or "gpt-neo-125M"
         c.data.tokenizer = ""
         c.distill.teacher = ""
+        c.objective = "lm" if c.objective == "distill" else c.objective
         if c.data.source in ("jsonl", "text_files", "chat"):
             c.data.source = "stdlib"
             c.data.source_args = {}
