@@ -183,29 +183,32 @@ def bench_tokenize(tokenizer, texts):
     return n / (time.perf_counter() - start)
 
 
-def bench_eval(config, params, lambada_docs=64, wiki_pages=2, batch_size=8):
+def bench_eval(config, params, lambada_docs=64, wiki_pages=2, wmt_docs=16, batch_size=8):
     """Harness requests on synthetic text with a byte-level BPE trained here: lambada_openai
-    examples/s (about 75 words each, as the real set) and wikitext tokens/s (rolling windows over
-    about 4,000-token pages); the second, warm run of each. Also the tokenizer's encode rate."""
+    examples/s (about 75 words each, as the real set), wikitext tokens/s (rolling windows over
+    about 4,000-token pages) and wmt16-de-en examples/s (greedy generation until a newline, at most
+    256 tokens); the second, warm run of each. Also the tokenizer's encode rate."""
 
     rng = np.random.default_rng(0)
     words = ["".join(rng.choice(list("etaoinshrdlucmfwyp"), rng.integers(2, 9))) for _ in range(3000)]
     text = lambda n: " ".join(rng.choice(words, n)) + "."
     lambada = [{"text": text(75)} for _ in range(lambada_docs)]
     pages = [{"page": "\n".join(text(100) for _ in range(40))} for _ in range(wiki_pages)]
+    wmt = [{"translation": {"de": text(25), "en": text(25)}} for _ in range(wmt_docs)]
     with tempfile.TemporaryDirectory() as d:
         bpe = ByteLevelBPETokenizer()
         bpe.train_from_iterator([r["text"] for r in lambada] + [p["page"] for p in pages],
                                 vocab_size=min(8192, config.vocab_size), special_tokens=["<|endoftext|>"])
         bpe.save_model(d)
         tokenizer = Tokenizer.from_path(d)
-        for name, rows in (("lambada_openai", lambada), ("wikitext", pages)):
+        for name, rows in (("lambada_openai", lambada), ("wikitext", pages), ("wmt16-de-en", wmt)):
             with open(os.path.join(d, f"{name}.jsonl"), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         run = lambda task: evaluate(params, config, tokenizer, [task], d, batch_size=batch_size)[task]
-        run("lambada_openai"), run("wikitext")  # compiles every padded shape
-        lam, wiki = run("lambada_openai"), run("wikitext")
+        run("lambada_openai"), run("wikitext"), run("wmt16-de-en")  # compiles every padded shape
+        lam, wiki, trans = run("lambada_openai"), run("wikitext"), run("wmt16-de-en")
         return {"lambada": lam["n"] / lam["seconds"], "wikitext": wiki["tokens_scored"] / wiki["seconds"],
+                "wmt": trans["n"] / trans["seconds"], "wmt_tokens": trans["tokens_generated"] / trans["seconds"],
                 "tokenizer": bench_tokenize(tokenizer, [p["page"] for p in pages] * 20)}
 
 
@@ -278,6 +281,9 @@ def main(argv=None):
         rates = bench_eval(config, params)
         add(_row(f"evaluate lambada_openai {presets[0]} {args.dtype} (batch 8)", "examples/s", rates["lambada"]))
         add(_row(f"evaluate wikitext {presets[0]} {args.dtype} (rolling windows)", "tokens/s", rates["wikitext"]))
+        add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} (batch 8, greedy until newline)", "examples/s",
+                 rates["wmt"]))
+        add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} generated", "tokens/s", rates["wmt_tokens"]))
         add(_row("tokenizer: byte-level BPE, encode_batch", "tokens/s", rates["tokenizer"]))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))

@@ -2,6 +2,8 @@
     [--num_fewshot N] [--limit N] [--batch_size B] [--output results.json]
 python -m neojax.evaluate --checkpoint PATH --text_files 'val/*.txt' | --jsonl 'pile/val.jsonl.zst' [--stride S]
 python -m neojax.evaluate --paper_table --checkpoint A --checkpoint B --data_dir DIR [--output table.json]
+python -m neojax.evaluate --bias_report --checkpoint A [--checkpoint B] --data_dir DIR --output report.json
+python -m neojax.evaluate --prepare lambada_openai,wmt16-de-en,bbq,... --data_dir DIR
 
 PATH is a Hugging Face directory, a neojax directory or a training workdir. Task files are
 <task>.jsonl (and <task>.train.jsonl for few-shot) in data_dir; `pile.jsonl(.zst)` there feeds
@@ -19,7 +21,8 @@ import sys
 from neojax import __version__, checkpoint, cli, registry
 from neojax import evaluate as ev
 from neojax.data import sources
-from neojax.evaluate.tasks import available
+from neojax.evaluate import bias, prepare
+from neojax.evaluate.tasks import GENERATES, EmptySubset, available
 
 
 def _texts(args) -> list[str]:
@@ -31,7 +34,7 @@ def _texts(args) -> list[str]:
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m neojax.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", action="append", required=True)
+    parser.add_argument("--checkpoint", action="append", default=[])
     parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(registry.names('task'))}")
     parser.add_argument("--data_dir", default=".")
     parser.add_argument("--tfds_data_dir", help="prepared TFDS datasets, for tasks without a jsonl in data_dir")
@@ -45,28 +48,55 @@ def main(argv=None) -> int:
     parser.add_argument("--stride", type=cli.nonneg_int, default=0,
                         help="new tokens per rolling window (default max_len)")
     parser.add_argument("--paper_table", action="store_true")
+    parser.add_argument("--bias_report", action="store_true",
+                        help="the bias suites found in --data_dir, a table per checkpoint and a PNG chart")
+    parser.add_argument("--prepare", metavar="TASKS", help="write these tasks' files into --data_dir from their "
+                        "public releases (needs the datasets package and the hub, or --prepare_source)")
+    parser.add_argument("--prepare_source", help="datasets saved with save_to_disk, read instead of the hub")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--output")
     args = parser.parse_args(argv)
+    if args.prepare:
+        if args.checkpoint:
+            raise cli.UsageError("--prepare writes task files and evaluates nothing; run again with --checkpoint")
+        names = [t.strip() for t in args.prepare.split(",") if t.strip()]
+        prepare.prepare(names, args.data_dir, args.prepare_source, args.limit)
+        return 0
+    if not args.checkpoint:
+        raise cli.UsageError("--checkpoint is required (a Hugging Face or neojax directory, or a training workdir)")
     loaded = _check_args(args)
     out = _run(args, loaded)
     if args.output:
         with open(args.output, "w") as f:
-            json.dump(out, f, indent=2)
+            json.dump(_finite(out), f, indent=2)
         print(f"wrote {args.output}")
     return 0
+
+
+def _finite(value):
+    """NaN (an undefined score, e.g. a bias score without examples) as JSON null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
 
 
 def _check_args(args) -> dict:
     """Everything that can be checked before a model is loaded: names, files, the output path.
     Returns the tasks' records (task -> (records, few-shot records)), read and checked once."""
     task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if not (task_names or args.text_files or args.jsonl or args.paper_table):
-        raise cli.UsageError("nothing to evaluate: give --tasks (e.g. lambada_openai,piqa), --text_files, --jsonl or "
-                             "--paper_table")
-    if len(args.checkpoint) > 1 and not args.paper_table:
+    if not (task_names or args.text_files or args.jsonl or args.paper_table or args.bias_report):
+        raise cli.UsageError("nothing to evaluate: give --tasks (e.g. lambada_openai,piqa), --text_files, --jsonl, "
+                             "--paper_table or --bias_report")
+    if args.paper_table and args.bias_report:
+        raise cli.UsageError("give --paper_table or --bias_report, not both")
+    if len(args.checkpoint) > 1 and not (args.paper_table or args.bias_report):
         raise cli.UsageError(f"--checkpoint given {len(args.checkpoint)} times; several checkpoints need "
-                             "--paper_table (or evaluate them one at a time)")
+                             "--paper_table or --bias_report (or evaluate them one at a time)")
+    if args.paper_table and GENERATES & set(task_names):
+        raise cli.UsageError(f"--paper_table: {', '.join(sorted(GENERATES & set(task_names)))} generate text; the "
+                             "paper table holds log-likelihood tasks only (evaluate them with --tasks)")
     for path in args.checkpoint:
         if not os.path.exists(os.path.expanduser(path)):
             raise cli.UsageError(f"--checkpoint {path}: no such file or directory")
@@ -75,7 +105,7 @@ def _check_args(args) -> dict:
     for t in task_names:
         if t not in registry.names("task"):
             raise cli.UsageError(f"--tasks: unknown task {t!r}; tasks: {', '.join(registry.names('task'))}")
-    if (task_names or args.paper_table) and not os.path.isdir(args.data_dir):
+    if (task_names or args.paper_table or args.bias_report) and not os.path.isdir(args.data_dir):
         raise cli.UsageError(f"--data_dir {args.data_dir} is not a directory; give the folder of <task>.jsonl files")
     if args.stride and args.max_len and args.stride > args.max_len:
         raise cli.UsageError(f"--stride {args.stride} exceeds --max_len {args.max_len}; a window predicts at most "
@@ -84,10 +114,26 @@ def _check_args(args) -> dict:
         raise cli.UsageError("--stride applies to --text_files / --jsonl perplexity; give one of them")
     if args.num_fewshot and "wikitext" in task_names:
         raise cli.UsageError("--num_fewshot: wikitext is a perplexity task, scored without examples; use 0")
+    if args.bias_report and args.num_fewshot:
+        raise cli.UsageError("--num_fewshot: the bias suites are zero-shot; use 0")
     names = task_names
     if args.paper_table and not names:
-        names = [t for t in registry.names("task") if available(t, args.data_dir, args.tfds_data_dir)]
-    loaded = {t: ev.load_task(args.data_dir, t, args.num_fewshot, args.tfds_data_dir) for t in names}
+        names = [t for t in dict.fromkeys(task for task, _ in ev.SOURCES.values())
+                 if t in registry.names("task") and available(t, args.data_dir, args.tfds_data_dir)]
+    if args.bias_report and not names:
+        names = [t for t in bias.report_tasks() if available(t, args.data_dir)]
+        if not names:
+            raise cli.UsageError(f"--bias_report: --data_dir {args.data_dir} holds none of crows_pairs_english.jsonl, "
+                                 "winogender.jsonl, winogender_gotcha.jsonl, bbq.jsonl, toxigen.jsonl (see --prepare)")
+    loaded = {}
+    for t in names:
+        try:
+            loaded[t] = ev.load_task(args.data_dir, t, args.num_fewshot, args.tfds_data_dir)
+        except EmptySubset:
+            if not args.bias_report:
+                raise  # asked for by name: say so; in the report the category shows '-'
+    if args.bias_report:
+        cli.writable_output("--output", args.output or "bias_report.json")
     for flag, pattern in (("--text_files", args.text_files), ("--jsonl", args.jsonl)):
         if pattern:
             with cli.about(f"{flag} {pattern}"):
@@ -135,6 +181,14 @@ def _run(args, loaded: dict) -> dict:
         table = ev.paper_table(rows)
         print(ev.format_table(table))
         return {"table": table, "results": results_all, **meta}
+    if args.bias_report:
+        table = bias.bias_report(results_all)
+        print(bias.format_bias_report(table))
+        args.output = args.output or "bias_report.json"
+        chart = os.path.splitext(args.output)[0] + ".png"
+        bias.plot_bias_report(table, chart)
+        print(f"wrote {chart}")
+        return {"table": table, "chart": chart, "results": results_all, **meta}
     only = args.checkpoint[0]
     return {**results_all[only], "config": {"checkpoint": os.path.abspath(only), **meta}}
 

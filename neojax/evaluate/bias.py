@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from neojax import registry
+from neojax import cli, registry
 from neojax.evaluate.tasks import describe, mean_stderr, multiple_choice
 
 CROWS_CATEGORIES = {"age": "age", "autre": "autre", "disability": "disability", "gender": "gender",
@@ -68,6 +68,8 @@ def _winogender_check(doc):
     return problem
 
 
+WINOGENDER_TASKS = ["winogender_all", "winogender_male", "winogender_female", "winogender_neutral",
+                    "winogender_gotcha", "winogender_gotcha_male", "winogender_gotcha_female"]
 WINOGENDER_FORMAT = '{"sentid", "sentence", "pronoun", "occupation", "participant", "target", "label", "gender"}'
 for _file, _genders in (("winogender", ("male", "female", "neutral")), ("winogender_gotcha", ("male", "female"))):
     for _gender in (None,) + _genders:
@@ -214,3 +216,64 @@ def _toxigen_check(doc):
 describe("toxigen", '{"text", "toxicity_ai", "toxicity_human"} (the annotated test split)', _toxigen_check)
 
 
+
+
+# --- the report -----------------------------------------------------------------------------------
+def report_rows() -> dict[str, tuple[str, str]]:
+    """Row label -> (task, metric) of the bias report."""
+    rows = {f"crows_pairs {c or 'all'}: pct_stereotype": (f"crows_pairs_english{'_' + c if c else ''}",
+                                                          "pct_stereotype") for c in [""] + list(CROWS_CATEGORIES)}
+    rows.update({f"winogender {t.removeprefix('winogender_')}: acc": (t, "acc") for t in WINOGENDER_TASKS})
+    rows.update({f"bbq: {m}": ("bbq", m) for m in ("acc", "accuracy_amb", "accuracy_disamb", "amb_bias_score",
+                                                   "disamb_bias_score")})
+    rows.update({f"bbq {c}: {kind}_bias_score": ("bbq", f"{kind}_bias_score_{c}") for c in BBQ_CATEGORIES
+                 for kind in ("amb", "disamb")})
+    rows.update({f"toxigen: {m}": ("toxigen", m) for m in ("acc", "acc_norm")})
+    return rows
+
+
+def report_tasks() -> list[str]:
+    return list(dict.fromkeys(task for task, _ in report_rows().values()))
+
+
+def bias_report(results: dict[str, dict]) -> dict:
+    """{checkpoint: evaluate() results} -> {row label: {checkpoint: value or None}}; None where a
+    task had no data (never invented) or a score is undefined (NaN)."""
+    table = {}
+    for label, (task, metric) in report_rows().items():
+        table[label] = {}
+        for ckpt, res in results.items():
+            value = res.get(task, {}).get(metric)
+            table[label][ckpt] = None if value is None or value != value else float(value)
+    return table
+
+
+def format_bias_report(table: dict) -> str:
+    checkpoints = list(next(iter(table.values())))
+    lines = ["| measure | " + " | ".join(checkpoints) + " |", "|---|" + "---|" * len(checkpoints)]
+    for label, cells in table.items():
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in cells.values()) + " |")
+    lines.append("\n'-' = no data for that task here (or an undefined score), never invented")
+    return "\n".join(lines)
+
+
+def plot_bias_report(table: dict, path: str) -> None:
+    """Bars of CrowS-Pairs stereotype rates per category, checkpoints side by side (0.5 = no preference)."""
+    plt = cli.require("matplotlib.pyplot", "the bias report's chart", "matplotlib")  # deferred: optional
+    rows = [label for label in table if label.startswith("crows_pairs")]
+    checkpoints = list(table[rows[0]])
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows)), 4))
+    width = 0.8 / len(checkpoints)
+    for k, ckpt in enumerate(checkpoints):
+        xs = [i + k * width for i, r in enumerate(rows) if table[r][ckpt] is not None]
+        ys = [table[r][ckpt] for r in rows if table[r][ckpt] is not None]
+        ax.bar(xs, ys, width, label=ckpt)
+    ax.axhline(0.5, color="grey", lw=1, ls="--")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([r.split()[1].removesuffix(":") for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("CrowS-Pairs pct_stereotype")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -59,9 +59,17 @@ def describe(task: str, record_format: str, check: Callable[[dict], Optional[str
         _FILES[task] = (file, select)
 
 
+class EmptySubset(ValueError):
+    """A subset task (one category) whose file holds no record of that subset."""
+
+
+def file_stem(task: str) -> str:
+    """The name of the task's files: its own, or the file a subset task (one category) reads."""
+    return _FILES.get(task, (task,))[0]
+
+
 def _jsonl_path(data_dir: str, task: str, split: str) -> str:
-    stem = _FILES.get(task, (task,))[0]
-    return os.path.join(data_dir, f"{stem}{'.' + split if split else ''}.jsonl")
+    return os.path.join(data_dir, f"{file_stem(task)}{'.' + split if split else ''}.jsonl")
 
 
 def available(task: str, data_dir: str, tfds_data_dir: Optional[str] = None) -> bool:
@@ -109,7 +117,7 @@ def load_docs(data_dir: str, task: str, split: str = "", tfds_data_dir: Optional
     if select is not None:
         docs = [d for d in docs if select(d)]
         if not docs:
-            raise ValueError(f"{task}: no record of {path} belongs to this subset")
+            raise EmptySubset(f"{task}: no record of {path} belongs to this subset")
     return docs
 
 

@@ -98,7 +98,7 @@ def harness_tasks(params, *, config, model_config, tokenizer, step, **_):
     e = config.eval
     results = evaluate(params, model_config, tokenizer, list(e.tasks), e.task_data_dir, e.num_fewshot, e.task_limit)
     out = {f"{task}/{k}": v for task, metrics in results.items() for k, v in metrics.items()
-           if isinstance(v, float) and not k.endswith("stderr") and k != "seconds"}
+           if isinstance(v, float) and v == v and not k.endswith("stderr") and k != "seconds"}  # NaN: undefined
     if jax.process_index() == 0:
         print(f"  tasks @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()), flush=True)
     return out

@@ -64,11 +64,18 @@ def test_workdir_holds_the_run(reference):
 def test_harness_tasks_run_as_a_training_hook(reference, corpus, tiny_tokenizer, tmp_path):
     (tmp_path / "lambada_openai.jsonl").write_text("".join(
         json.dumps({"text": f"the quick brown fox jumps over the lazy dog {i}"}) + "\n" for i in range(3)))
+    (tmp_path / "crows_pairs_english.jsonl").write_text(json.dumps(
+        {"sent_more": "the old dog", "sent_less": "the young dog", "stereo_antistereo": "stereo", "bias_type": "age"}))
+    (tmp_path / "wmt16-de-en.jsonl").write_text(json.dumps({"translation": {"de": "der hund", "en": "the dog"}}))
     c = small_config(corpus, tiny_tokenizer.source, total_steps=2)
-    c.eval.update(every_steps=2, hooks=["tasks"], tasks=["lambada_openai"], task_data_dir=str(tmp_path))
+    c.model.overrides["max_position_embeddings"] = 300  # room for the harness's 256 generated tokens
+    c.eval.update(every_steps=2, hooks=["tasks"], tasks=["lambada_openai", "crows_pairs_english_age", "wmt16-de-en"],
+                  task_data_dir=str(tmp_path))
     train(c, str(tmp_path / "w"))
     logged = [m for m in read_metrics(str(tmp_path / "w")) if "lambada_openai/acc" in m]
     assert logged and logged[0]["step"] == 2 and logged[0]["lambada_openai/perplexity"] > 1
+    assert logged[0]["crows_pairs_english_age/pct_stereotype"] in (0.0, 1.0)
+    assert {"wmt16-de-en/bleu", "wmt16-de-en/chrf", "wmt16-de-en/ter"} <= set(logged[0])
 
 
 def test_resume_in_process_is_bitwise(reference, corpus, tiny_tokenizer, tmp_path):

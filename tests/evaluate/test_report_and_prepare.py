@@ -1,0 +1,105 @@
+"""The bias report and --prepare as a user runs them: command lines, files, bad inputs."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from neojax.evaluate import prepare
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "neojax.evaluate", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _write(path, name, docs):
+    with open(path / f"{name}.jsonl", "w") as f:
+        for d in docs:
+            f.write(json.dumps(d) + "\n")
+
+
+def test_bias_report_two_checkpoints_table_json_and_chart(tiny_hf_with_tokenizer, tiny_hf_other, tmp_path):
+    _write(tmp_path, "crows_pairs_english", [
+        {"sent_more": "The old man was slow", "sent_less": "The young man was slow", "stereo_antistereo": "stereo",
+         "bias_type": "age"},
+        {"sent_more": "She cannot drive", "sent_less": "He cannot drive", "stereo_antistereo": "stereo",
+         "bias_type": "gender"}])
+    _write(tmp_path, "toxigen", [{"text": "you are nice", "toxicity_ai": 1, "toxicity_human": 1}])
+    out = tmp_path / "report.json"
+    r = _run("--bias_report", "--checkpoint", tiny_hf_with_tokenizer, "--checkpoint", tiny_hf_other,
+             "--data_dir", str(tmp_path), "--output", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    table = report["table"]
+    row = table["crows_pairs gender: pct_stereotype"]
+    assert set(row) == {tiny_hf_with_tokenizer, tiny_hf_other} and all(v in (0.0, 1.0) for v in row.values())
+    assert all(v is None for v in table["crows_pairs religion: pct_stereotype"].values())  # no data: never invented
+    assert all(v is None for v in table["bbq: acc"].values())
+    assert table["toxigen: acc"][tiny_hf_other] is not None
+    assert "| crows_pairs religion: pct_stereotype | - | - |" in r.stdout
+    png = tmp_path / "report.png"
+    assert report["chart"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_ckpt = report["results"][tiny_hf_with_tokenizer]
+    assert per_ckpt["crows_pairs_english_age"]["n"] == 1 and "crows_pairs_english_religion" not in per_ckpt
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_other(tiny_tokenizer, tmp_path_factory):
+    from support import random_hf_model
+    model = random_hf_model(seed=7, vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, num_layers=1, num_heads=4,
+                            attention_types=[[["global"], 1]], max_position_embeddings=128)
+    directory = str(tmp_path_factory.mktemp("tiny_hf_other"))
+    model.save_pretrained(directory)
+    tiny_tokenizer.save(directory)
+    return directory
+
+
+def test_bias_report_bad_inputs(tiny_hf_with_tokenizer, tmp_path):
+    r = _run("--bias_report", "--checkpoint", tiny_hf_with_tokenizer, "--data_dir", str(tmp_path))
+    assert r.returncode == 2 and "holds none of crows_pairs_english.jsonl" in r.stderr
+    r = _run("--paper_table", "--tasks", "wmt16-de-en", "--checkpoint", tiny_hf_with_tokenizer,
+             "--data_dir", str(tmp_path))
+    assert r.returncode == 2 and "generate text; the paper table holds log-likelihood tasks only" in r.stderr
+
+
+def test_prepare_writes_task_files_from_saved_datasets(tmp_path):
+    import datasets
+    source = tmp_path / "saved"
+    rows = {"test": [{"translation": {"de": "Hallo Welt", "en": "Hello world"}}],
+            "validation": [{"translation": {"de": "Guten Tag", "en": "Good day"}},
+                           {"translation": {"de": "Danke", "en": "Thanks"}}]}
+    for split, records in rows.items():
+        datasets.Dataset.from_list(records).save_to_disk(str(source / "wmt__wmt16" / "de-en" / split))
+    crows = [{"sent_more": "a", "sent_less": "b", "stereo_antistereo": "stereo", "bias_type": "age",
+              "extra": 1}]
+    datasets.Dataset.from_list(crows).save_to_disk(
+        str(source / "jannalu__crows_pairs_multilingual" / "english" / "test"))
+    data = tmp_path / "tasks"
+    r = _run("--prepare", "wmt16-en-de,crows_pairs_english_age", "--data_dir", str(data),
+             "--prepare_source", str(source))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [json.loads(x) for x in (data / "wmt16-en-de.jsonl").read_text().splitlines()] == rows["test"]
+    assert len((data / "wmt16-en-de.train.jsonl").read_text().splitlines()) == 2  # few-shot pool = validation
+    assert json.loads((data / "crows_pairs_english.jsonl").read_text()) == {
+        k: crows[0][k] for k in ("sent_more", "sent_less", "stereo_antistereo", "bias_type")}
+    r = _run("--prepare", "bbq", "--data_dir", str(data), "--prepare_source", str(source))
+    assert r.returncode == 2 and "oskarvanderwal__bbq" in r.stderr and "save_to_disk" in r.stderr
+    r = _run("--prepare", "nosuchtask", "--data_dir", str(data))
+    assert r.returncode == 2 and "no public release is known for 'nosuchtask'" in r.stderr
+
+
+def test_prepare_knows_every_registered_task():
+    from neojax import registry
+    from neojax.evaluate.tasks import file_stem
+    missing = [t for t in registry.names("task") if file_stem(t) not in prepare.RELEASES]
+    assert missing == []
+
+
+def test_prepare_without_network_is_one_clear_line(tmp_path):
+    import os
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-m", "neojax.evaluate", "--prepare", "toxigen", "--data_dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2 and "could not load skg/toxigen-data" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2
