@@ -235,7 +235,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     if tokenizer is not None:
         texts = [_cut(tokenizer.decode(ids), stop_strings) for ids in new]
         if host:
-            watcher.flush(texts)  # text held back as a possible stop-string prefix
+            watcher.flush()  # text held back as a possible stop-string prefix
     return Generation(tokens=new, prompt_tokens=encoded, texts=texts)
 
 
@@ -244,42 +244,63 @@ def _cut(text: str, stop_strings: Sequence[str]) -> str:
     return text[:min(cuts)] if cuts else text
 
 
-class _TextWatcher:
-    """Host side of the loop: streams each row's new text and ends rows that produced a stop string."""
+class TextStream:
+    """One row's text as its tokens arrive. `add(token)` returns (new visible text, stopped): text is
+    held back while it may be the start of a stop string or an incomplete UTF-8 character, and a
+    stop string ends the row with the text cut before it. `text` is what has been shown."""
 
-    def __init__(self, tokenizer, batch, stop_strings, on_text, stop_tokens):
-        self.tokenizer, self.stop_strings, self.on_text = tokenizer, stop_strings, on_text
-        self.stop_tokens = stop_tokens
-        self.ids = [[] for _ in range(batch)]
-        self.shown = [0] * batch
+    def __init__(self, tokenizer, stop_strings: Sequence[str] = ()):
+        self.tokenizer, self.stop_strings = tokenizer, [s for s in stop_strings if s]
+        self.ids: list[int] = []
+        self.text = ""
 
-    def __call__(self, tokens, step, done):
-        stop = np.zeros(len(tokens), bool)
-        for row, token in enumerate(tokens):
-            if done[row] or int(token) in self.stop_tokens:
-                continue
-            self.ids[row].append(int(token))
-            text = self.tokenizer.decode(self.ids[row])
-            visible = _cut(text, self.stop_strings)
-            stop[row] = len(visible) < len(text)
-            if text.endswith("\ufffd") and not stop[row]:
-                continue  # an incomplete UTF-8 sequence: wait for the next byte token
-            self._show(row, visible if stop[row] else visible[:len(visible) - self._held(visible)])
-        return stop
+    def add(self, token: int) -> tuple[str, bool]:
+        self.ids.append(int(token))
+        full = self.tokenizer.decode(self.ids)
+        visible = _cut(full, self.stop_strings)
+        if len(visible) < len(full):
+            return self._show(visible), True
+        if full.endswith("\ufffd"):
+            return "", False  # an incomplete UTF-8 sequence: wait for the next byte token
+        return self._show(visible[:len(visible) - self._held(visible)]), False
+
+    def flush(self) -> str:
+        """The text held back, once the row has ended."""
+        return self._show(_cut(self.tokenizer.decode(self.ids), self.stop_strings))
 
     def _held(self, text: str) -> int:
         """Characters at the end of `text` that may be the start of a stop string: not shown yet."""
         return max((k for s in self.stop_strings for k in range(min(len(s) - 1, len(text)), 0, -1)
                     if text.endswith(s[:k])), default=0)
 
-    def _show(self, row, visible):
-        if self.on_text and len(visible) > self.shown[row]:
-            self.on_text(row, visible[self.shown[row]:])
-            self.shown[row] = len(visible)
+    def _show(self, visible: str) -> str:
+        new = visible[len(self.text):]
+        self.text = max(self.text, visible, key=len)
+        return new
 
-    def flush(self, texts):
-        for row, text in enumerate(texts):
-            self._show(row, text)
+
+class _TextWatcher:
+    """Host side of the loop: streams each row's new text and ends rows that produced a stop string."""
+
+    def __init__(self, tokenizer, batch, stop_strings, on_text, stop_tokens):
+        self.rows = [TextStream(tokenizer, stop_strings) for _ in range(batch)]
+        self.on_text, self.stop_tokens = on_text, stop_tokens
+
+    def __call__(self, tokens, step, done):
+        stop = np.zeros(len(tokens), bool)
+        for row, token in enumerate(tokens):
+            if done[row] or int(token) in self.stop_tokens:
+                continue
+            piece, stop[row] = self.rows[row].add(token)
+            if piece and self.on_text:
+                self.on_text(row, piece)
+        return stop
+
+    def flush(self):
+        for row, stream in enumerate(self.rows):
+            piece = stream.flush()
+            if piece and self.on_text:
+                self.on_text(row, piece)
 
 
 # --- command line -------------------------------------------------------------------------------

@@ -1,5 +1,12 @@
 """Helpers the tests share (conftest.py holds only fixtures): random transformers GPT-Neo models,
-their logits, padded batches, and a seconds-long training config."""
+their logits, padded batches, a seconds-long training config, and a server in a subprocess."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
 import numpy as np
 
 from neojax.train.config import base_config
@@ -83,3 +90,45 @@ def small_config(corpus_path: str, tokenizer_dir: str, **train):
     c.eval.update(every_steps=4, valid_batches=2)
     c.mesh = "data=-1"
     return c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, checkpoint: str, *extra: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user runs it
+        self.proc = subprocess.Popen([sys.executable, "-m", "neojax.serve", "--checkpoint", checkpoint, "--port",
+                                      str(self.port), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env)
+        self.lines = []
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                raise RuntimeError("server exited:\n" + "".join(self.lines))
+            self.lines.append(line)
+            if line.startswith("serving "):
+                return
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.lines))
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.lines += self.proc.stdout.readlines()
+        return self.proc.returncode

@@ -15,7 +15,7 @@ LAYERS = [  # a module may import its own layer (no cycle) or a lower one
     ("neojax.checkpoint",),
     ("neojax.finetune",),
     ("neojax.evaluate", "neojax.generate"),
-    ("neojax.train",),
+    ("neojax.train", "neojax.serve"),
     ("neojax.testing", "neojax.benchmark", "neojax.convert", "neojax.evaluate.__main__", "neojax.train.__main__"),
 ]
 

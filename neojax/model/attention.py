@@ -132,6 +132,14 @@ class AttentionVariant:
             return self.grow(cache, length, config)
         return pad_cache(cache, self.capacity(length, config))
 
+    def extend(self, q, k, v, cache, starts, config):
+        """New tokens of independent rows at their own cache slots (a server's batch): (out, cache)."""
+        if self.step is not None:
+            raise ValueError("this attention variant keeps a running state, not a KV cache per slot; serving needs "
+                             "softmax attention variants")
+        bias = None if self.bias is None else functools.partial(self.bias, config)
+        return extend_attention(q, k, v, cache, starts, self.window(config), bias)
+
     def decode(self, q, k, v, cache, slot, config):
         """One new token at `slot` against the decoding state: (out, cache)."""
         if self.step is not None:
@@ -190,6 +198,34 @@ def cached_attention(q, k, v, cache, slot, window: Optional[int], bias=None):
     scores = jnp.where(visible[:, None, None, :], scores, MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bhkd->bqhd", probs, cache["v"]), cache
+
+
+def slot_cache(batch: int, heads: int, capacity: int, head_dim: int, dtype):
+    """An empty per-row layer cache for extend_attention: [batch, heads, capacity, head_dim] k and v."""
+    zeros = lambda: jnp.zeros((batch, heads, capacity, head_dim), dtype)  # distinct buffers: both are donated
+    return {"k": zeros(), "v": zeros()}
+
+
+def extend_attention(q, k, v, cache, starts, window: Optional[int], bias=None):
+    """C new tokens per row (q, k, v: [batch, C, heads, head_dim]) at slots starts[b] .. starts[b]+C-1
+    of that row's own cache (a slot_cache; rows are independent requests at their own lengths).
+    A query sees the keys at slots up to its own (inside the window): entries past it, padding or a
+    previous request's leftovers, never. The cache needs room for starts + C: writes never wrap."""
+    c = q.shape[1]
+    capacity = cache["k"].shape[2]
+    write = jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice_in_dim(buf, x, s, axis=1))
+    heads_major = lambda x: x.transpose(0, 2, 1, 3).astype(cache["k"].dtype)
+    cache = {"k": write(cache["k"], heads_major(k), starts), "v": write(cache["v"], heads_major(v), starts)}
+    distance = (starts[:, None, None] + jnp.arange(c)[None, :, None]) - jnp.arange(capacity)[None, None, :]
+    visible = distance >= 0
+    if window is not None:
+        visible &= distance < window
+    scores = jnp.einsum("bqhd,bhkd->bhqk", q, cache["k"].astype(q.dtype), preferred_element_type=jnp.float32)
+    if bias is not None:
+        scores = scores + bias(jnp.maximum(distance, 0)).transpose(1, 0, 2, 3)
+    scores = jnp.where(visible[:, None], scores, MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bhkd->bqhd", probs, cache["v"].astype(v.dtype)), cache
 
 
 def _fused(q, key_mask, config) -> bool:

@@ -41,16 +41,19 @@ class SelfAttention(nn.Module):
     attention_type: str
 
     @nn.compact
-    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None):
+    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None, starts=None):
         """Returns (output, layer cache): attend over x (and start a cache of `cache_length` slots if
-        given), or, with `cache`, attend from x's one new token at `slot` over the cache."""
+        given); with `cache`, attend from x's one new token at `slot` over the cache, or with
+        `starts`, from each row's new tokens at its own slots (serving)."""
         cfg = self.config
         b, t, _ = x.shape
         q, k, v = (y.reshape(b, t, cfg.num_heads, cfg.head_dim) for y in qkv(self, cfg, x))
         variant = registry.get("attention", self.attention_type)
         if variant.qk is not None:  # rotary and other position-dependent query/key maps
             q, k = variant.qk(q, k, positions, cfg)
-        if cache is not None:
+        if starts is not None:
+            y, cache = variant.extend(q, k, v, cache, starts, cfg)
+        elif cache is not None:
             y, cache = variant.decode(q, k, v, cache, slot, cfg)
         else:
             drop = nn.Dropout(cfg.attention_dropout)
@@ -81,12 +84,12 @@ class Block(nn.Module):
     attention_type: str
 
     @nn.compact
-    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None):
+    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None, starts=None):
         cfg = self.config
         if backend.xla_cpu_workarounds(cfg):
             x = backend.gradient_boundary(x)
         y, cache = SelfAttention(cfg, self.attention_type, name="attn")(
-            layer_norm(cfg, "ln_1")(x), key_mask, positions, deterministic, cache, slot, cache_length)
+            layer_norm(cfg, "ln_1")(x), key_mask, positions, deterministic, cache, slot, cache_length, starts)
         x = x + y
         x = x + MLP(cfg, name="mlp")(layer_norm(cfg, "ln_2")(x), deterministic)
         return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
@@ -140,6 +143,13 @@ class GPTNeo(nn.Module):
         x, cache = self._blocks(tokens, None, position_ids, None, True, cache=cache, slot=slot)
         return self.head(x[:, 0]), cache
 
+    def extend(self, tokens, starts, cache):
+        """Serving: row b's tokens ([batch, C]) at its cache slots starts[b] .. starts[b]+C-1 (a prompt
+        chunk, or C = 1 to decode), rows independent. Returns (logits [batch, C, vocab], cache)."""
+        positions = jnp.minimum(starts[:, None] + jnp.arange(tokens.shape[1]), self.config.max_position_embeddings - 1)
+        x, cache = self._blocks(tokens, None, positions, None, True, cache=cache, starts=starts)
+        return self.head(x), cache
+
     def head(self, x):
         """Logits of the tied head, in float32 whatever the compute dtype."""
         dtype = jnp.dtype(self.config.dtype)
@@ -149,7 +159,7 @@ class GPTNeo(nn.Module):
         return jnp.einsum("...d,vd->...v", x, self.wte.astype(dtype), preferred_element_type=jnp.float32)
 
     def _blocks(self, tokens, key_mask, positions, attention_mask, deterministic, cache=None, slot=None,
-                cache_length=None):
+                cache_length=None, starts=None):
         check_tokens(tokens, self.config, positions)
         if positions is None:
             positions = (position_ids_from_mask(attention_mask) if attention_mask is not None
@@ -159,7 +169,7 @@ class GPTNeo(nn.Module):
         caches = []
         for i, block in enumerate(self.h):
             x, layer_cache = block(x, key_mask, positions, deterministic, None if cache is None else cache[i], slot,
-                                   cache_length)
+                                   cache_length, starts)
             caches.append(layer_cache)
         return self.ln_f(x), caches
 

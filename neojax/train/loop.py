@@ -88,8 +88,17 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     frozen_config = None if setup.frozen is None else setup.frozen[0]
     frozen = () if setup.frozen is None else (jax.device_put(
         setup.frozen[1], sharding.shardings(mesh, sharding.param_specs(frozen_config, rules, mesh))),)
+    nonfinite = {"step": 0, "streak": 0}  # written by the step's device callback, read here without a sync
+
+    def on_nonfinite(at, streak):
+        at, streak = int(at), int(streak)
+        if at > nonfinite["step"]:  # once per step, however many devices call back
+            nonfinite.update(step=at, streak=streak)
+            log.warning("step %d: non-finite gradients, update skipped (%d in a row)", at, streak)
+
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
-                              abstract_state=abstract, frozen_config=frozen_config, loss_fn=setup.loss)
+                              abstract_state=abstract, frozen_config=frozen_config, loss_fn=setup.loss,
+                              on_nonfinite=on_nonfinite)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)
@@ -102,21 +111,31 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     last, window_start, window_steps = {}, time.perf_counter(), 0
     run_start = time.perf_counter()
     step = start
+
+    def fetch():
+        """The next batch, already on its way to the devices (sharded), and the data state after it."""
+        batch = jax.tree.map(lambda x: sharding.global_batch(x, mesh, rules), next(data.train))
+        return batch, data.train.get_state()
+
+    # The loop reads nothing back from the devices between log steps: the non-finite guard reports
+    # through a callback, and the next batch is put on the devices while this step runs.
+    pending = fetch() if step < total else None
     try:
         while step < total:
-            batch = jax.tree.map(lambda x: sharding.global_batch(x, mesh, rules), next(data.train))
+            batch, data_state = pending
             state, metrics = step_fn(state, batch, *frozen)
             step += 1
             window_steps += 1
-            streak = int(state.nonfinite_streak)
-            if streak:
-                log.warning("step %d: non-finite gradients, update skipped (%d in a row)", step, streak)
-                if streak >= config.train.max_nonfinite_streak:
-                    raise NonFiniteError(
-                        f"{streak} consecutive steps had NaN/Inf gradients (step {step}); stopping. The last good "
-                        f"checkpoint is {ckpt.directory}/{ckpt.latest_step()}: lower optimizer.lr, raise "
-                        "optimizer.warmup_steps, or check the data")
-            if step % config.train.log_every == 0 or step == total:
+            pending = fetch() if step < total else None
+            log_step = step % config.train.log_every == 0 or step == total
+            if nonfinite["streak"] >= config.train.max_nonfinite_streak or (log_step and int(state.nonfinite_streak)
+                                                                          >= config.train.max_nonfinite_streak):
+                raise NonFiniteError(
+                    f"{max(nonfinite['streak'], int(state.nonfinite_streak))} consecutive steps had NaN/Inf gradients "
+                    f"(step {max(nonfinite['step'], step)}); stopping. The last good checkpoint is "
+                    f"{ckpt.directory}/{ckpt.latest_step()}: lower optimizer.lr, raise optimizer.warmup_steps, or "
+                    "check the data")
+            if log_step:
                 elapsed = time.perf_counter() - window_start
                 m = jax.device_get(metrics)
                 tps = window_steps * tokens_per_step / elapsed
@@ -142,7 +161,7 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
                     writer.write(step, hook(params, step=step, **ctx))
                 window_start = time.perf_counter()  # tokens/s measures training only
             if step % config.checkpoint.every_steps == 0 or step == total or stop["sigterm"]:
-                ckpt.save(step, state, data.train.get_state(), {"step": step, "config": config.to_dict()})
+                ckpt.save(step, state, data_state, {"step": step, "config": config.to_dict()})
                 window_start = time.perf_counter()
             if stop["sigterm"]:
                 print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume", flush=True)

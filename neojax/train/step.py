@@ -120,7 +120,8 @@ def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=Non
 
 def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
                     rules=sharding.DEFAULT_RULES, microbatches: int = 1, z_loss: float = 0.0,
-                    abstract_state=None, frozen_config: GPTNeoConfig | None = None, loss_fn=None):
+                    abstract_state=None, frozen_config: GPTNeoConfig | None = None, loss_fn=None,
+                    on_nonfinite=None):
     """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`; with `frozen_config`,
     `step(state, tokens, frozen_params)` passes a frozen model's params (e.g. a teacher) to `loss_fn`.
 
@@ -128,7 +129,8 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     data-parallel axes; activations get the model's logical constraints. `microbatches` > 1
     accumulates gradients over equal slices of the batch (a larger-than-memory global batch).
     `loss_fn(params, batch, rng, *frozen) -> (loss, aux)` replaces the next-token loss (another objective).
-    A step whose gradients are not finite changes nothing but the skip counters."""
+    A step whose gradients are not finite changes nothing but the skip counters, and calls
+    `on_nonfinite(step, streak)` on the host from the device (a callback: dispatch never waits)."""
     train = config.embed_dropout > 0 or config.attention_dropout > 0 or config.resid_dropout > 0
 
     def grads_of(params, tokens, rng, frozen):
@@ -175,6 +177,9 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
         metrics = {"loss": loss, **aux, "grad_norm": grad_norm, "finite": finite}
+        if on_nonfinite is not None:
+            jax.lax.cond(finite, lambda: None,
+                         lambda: jax.debug.callback(on_nonfinite, new_state.step, new_state.nonfinite_streak))
         return new_state, metrics
 
     if mesh is None:

@@ -1,0 +1,278 @@
+"""Continuous batching: one thread owns the model and a slot KV cache.
+
+The cache has `max_batch` rows (slots) of `max_len` positions. A request (one choice of it) waits
+in a bounded queue, takes a free slot, has its prompt prefilled in chunks of `chunk` tokens, one
+chunk per engine step, interleaved with decode steps of every slot already generating, and leaves
+its slot the step it finishes. Every program has fixed shapes ([max_batch] decode, [chunk] prefill),
+so after warm-up no request compiles anything. Rows never see each other's cache entries
+(`extend_attention`: a query sees only its own row's slots up to its own position).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import itertools
+import threading
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neojax.generate import TextStream, filter_logits
+from neojax.model.attention import slot_cache
+from neojax.model.config import GPTNeoConfig
+from neojax.model.gpt_neo import GPTNeo
+
+TOP_LOGPROBS = 5  # the most top logprobs a request may ask for (OpenAI's completions limit)
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the queue holds."""
+
+
+@dataclasses.dataclass
+class Settings:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple = ()
+    seed: Optional[int] = None
+
+
+@dataclasses.dataclass
+class Sequence:
+    """One choice: a prompt, its slot, and what has been generated."""
+    prompt: list[int]
+    settings: Settings
+    on_event: Callable[[dict], None]  # called from the engine thread: {"text", "tokens"} or {"finish_reason"}
+    choice: int = 0
+    tokens: list = dataclasses.field(default_factory=list)      # generated ids (the stop token excluded)
+    logprobs: list = dataclasses.field(default_factory=list)    # their log-probabilities
+    top: list = dataclasses.field(default_factory=list)         # their top-5 (id, logprob) pairs
+    prompt_logprobs: list = dataclasses.field(default_factory=list)  # of prompt tokens 1.. (echo)
+    prompt_top: list = dataclasses.field(default_factory=list)
+    finish_reason: Optional[str] = None
+    cancelled: bool = False
+    stream: Optional[TextStream] = None
+    filled: int = 0          # prompt tokens in the cache
+    slot: int = -1
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache: the prompt's, then one per decode step."""
+        return self.filled + max(len(self.tokens) - 1, 0)
+
+
+def _sample(logits, temperature, top_k, top_p, key):
+    """One row's next token: argmax at temperature 0, else a draw after temperature / top-k / top-p."""
+    drawn = jax.random.categorical(key, filter_logits(logits, jnp.maximum(temperature, 1e-6), top_k, top_p))
+    return jnp.where(temperature == 0, jnp.argmax(logits), drawn).astype(jnp.int32)
+
+
+def _next(logits, temperature, top_k, top_p, seeds, draws):
+    """Per row: the sampled token, its log-probability and the top-5 (ids, log-probabilities)."""
+    keys = jax.vmap(lambda s, d: jax.random.fold_in(jax.random.key(s), d))(seeds, draws)
+    token = jax.vmap(_sample)(logits, temperature, top_k, top_p, keys)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
+    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], top_ids, top_lp
+
+
+class Engine:
+    def __init__(self, params, config: GPTNeoConfig, tokenizer, max_batch: int = 16, max_len: Optional[int] = None,
+                 chunk: int = 64, max_queue: int = 256):
+        self.params, self.config, self.tokenizer = params, config, tokenizer
+        self.max_batch, self.chunk, self.max_queue = max_batch, chunk, max_queue
+        self.max_len = min(max_len or config.max_position_embeddings, config.max_position_embeddings)
+        heads, head_dim = config.num_heads, config.head_dim
+        dtype = jnp.dtype(config.dtype)
+        # room for a whole chunk past max_len: a chunk's writes never wrap onto earlier entries
+        self.cache = [slot_cache(max_batch, heads, self.max_len + chunk, head_dim, dtype)
+                      for _ in config.attention_layers]
+        self.slots: list[Optional[Sequence]] = [None] * max_batch
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.steps = 0
+        self._prefill = jax.jit(functools.partial(_prefill, config=config), donate_argnums=1)
+        self._decode = jax.jit(functools.partial(_decode, config=config), donate_argnums=1)
+        self.thread = threading.Thread(target=self._run, name="neojax-engine", daemon=True)
+
+    # --- the API side ---------------------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Compile both programs (fixed shapes: nothing compiles after this)."""
+        b, c = self.max_batch, self.chunk
+        zeros = lambda n, dtype=np.int32: np.zeros(n, dtype)
+        self.cache, *_ = self._prefill(self.params, self.cache, zeros(c), np.int32(0), np.int32(0), np.int32(1),
+                                       zeros(c), *self._settings_arrays([None]), )
+        self.cache, *_ = self._decode(self.params, self.cache, zeros(b), zeros(b),
+                                      *self._settings_arrays([None] * b))
+        jax.block_until_ready(self.cache)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, seqs: list[Sequence]) -> None:
+        with self.cond:
+            if self.stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self.waiting) + len(seqs) > self.max_queue:
+                raise QueueFull(f"{len(self.waiting)} requests are waiting (the queue holds {self.max_queue})")
+            self.waiting.extend(seqs)
+            self.cond.notify()
+
+    def cancel(self, seqs: list[Sequence]) -> None:
+        """The client went away: the slots are freed at the next step."""
+        with self.cond:
+            for seq in seqs:
+                seq.cancelled = True
+            self.cond.notify()
+
+    def shutdown(self) -> None:
+        """End every waiting and running sequence with finish_reason "abort", then stop the thread."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout=60)
+
+    def busy(self) -> dict:
+        with self.cond:
+            return {"running": sum(s is not None for s in self.slots), "waiting": len(self.waiting),
+                    "slots": self.max_batch, "steps": self.steps}
+
+    # --- the engine thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.stopping and not self.waiting and not any(self.slots):
+                    self.cond.wait()
+                if self.stopping:
+                    break
+                self._admit()
+            self._drop_cancelled()
+            filling = [s for s in self.slots if s is not None and s.filled < len(s.prompt)]
+            if filling:
+                self._prefill_chunk(min(filling, key=lambda s: s.slot))
+            if any(s is not None and s.filled == len(s.prompt) and s.tokens for s in self.slots):
+                self._decode_step()
+            self.steps += 1
+        for seq in list(self.waiting) + [s for s in self.slots if s is not None]:
+            self._finish(seq, "abort")
+        self.waiting.clear()
+
+    def _admit(self) -> None:
+        for i in range(self.max_batch):
+            if self.slots[i] is None and self.waiting:
+                seq = self.waiting.popleft()
+                if seq.cancelled:
+                    continue
+                seq.slot, seq.filled = i, 0
+                seq.stream = TextStream(self.tokenizer, seq.settings.stop)
+                self.slots[i] = seq
+
+    def _drop_cancelled(self) -> None:
+        for i, seq in enumerate(self.slots):
+            if seq is not None and seq.cancelled:
+                self.slots[i] = None
+
+    def _settings_arrays(self, seqs):
+        """Per row: temperature, top_k, top_p, seed and draw index (a row's n-th sampled token)."""
+        get = lambda f, default, dtype: np.array([default if s is None else f(s) for s in seqs], dtype)
+        return (get(lambda s: s.settings.temperature, 0.0, np.float32), get(lambda s: s.settings.top_k, 0, np.int32),
+                get(lambda s: s.settings.top_p, 1.0, np.float32),
+                get(lambda s: _seed(s), 0, np.uint32), get(lambda s: len(s.tokens), 0, np.int32))
+
+    def _prefill_chunk(self, seq: Sequence) -> None:
+        c, start = self.chunk, seq.filled
+        piece = seq.prompt[start:start + c]
+        tokens, targets = np.zeros(c, np.int32), np.zeros(c, np.int32)
+        tokens[:len(piece)] = piece
+        following = seq.prompt[start + 1:start + 1 + c]
+        targets[:len(following)] = following
+        self.cache, target_lp, top_ids, top_lp, token, token_lp, t_ids, t_lp = self._prefill(
+            self.params, self.cache, tokens, np.int32(seq.slot), np.int32(start), np.int32(len(piece)), targets,
+            *self._settings_arrays([seq]))
+        target_lp, top_ids, top_lp = jax.device_get((target_lp, top_ids, top_lp))
+        for i in range(len(following)):
+            seq.prompt_logprobs.append(float(target_lp[i]))
+            seq.prompt_top.append(list(zip(top_ids[i].tolist(), top_lp[i].tolist())))
+        seq.filled += len(piece)
+        if seq.filled == len(seq.prompt):  # the prompt's last position gives the first new token
+            if seq.settings.max_tokens == 0:
+                self._finish(seq, "length")
+            else:
+                token, token_lp, t_ids, t_lp = jax.device_get((token, token_lp, t_ids, t_lp))
+                self._accept(seq, int(token[0]), float(token_lp[0]), t_ids[0], t_lp[0])
+
+    def _decode_step(self) -> None:
+        rows = [s if s is not None and s.filled == len(s.prompt) and s.tokens else None for s in self.slots]
+        tokens = np.array([0 if s is None else s.tokens[-1] for s in rows], np.int32)
+        # a row not decoding writes its (ignored) entry where its next prefill chunk will write anyway
+        starts = np.array([s.length if s is not None else (0 if p is None else p.filled)
+                           for s, p in zip(rows, self.slots)], np.int32)
+        self.cache, token, token_lp, top_ids, top_lp = self._decode(self.params, self.cache, tokens, starts,
+                                                                     *self._settings_arrays(rows))
+        token, token_lp, top_ids, top_lp = jax.device_get((token, token_lp, top_ids, top_lp))
+        for i, seq in enumerate(rows):
+            if seq is not None and not seq.cancelled:
+                self._accept(seq, int(token[i]), float(token_lp[i]), top_ids[i], top_lp[i])
+
+    def _accept(self, seq: Sequence, token: int, logprob: float, top_ids, top_lp) -> None:
+        """A new token for seq: stop at EOS, a stop string, max_tokens or the end of the context."""
+        if token == self.tokenizer.eos_id:
+            return self._finish(seq, "stop")
+        seq.tokens.append(token)
+        seq.logprobs.append(logprob)
+        seq.top.append(list(zip(top_ids.tolist(), top_lp.tolist())))
+        text, stopped = seq.stream.add(token)
+        if text:
+            seq.on_event({"text": text, "tokens": len(seq.tokens)})
+        if stopped:
+            return self._finish(seq, "stop")
+        if len(seq.tokens) >= seq.settings.max_tokens or seq.length + 1 >= self.max_len:
+            self._finish(seq, "length")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if seq.finish_reason is not None:
+            return
+        rest = seq.stream.flush() if seq.stream is not None else ""
+        if rest:
+            seq.on_event({"text": rest, "tokens": len(seq.tokens)})
+        seq.finish_reason = reason
+        if 0 <= seq.slot < self.max_batch and self.slots[seq.slot] is seq:
+            self.slots[seq.slot] = None
+        seq.on_event({"finish_reason": reason})
+
+
+_SEEDS = itertools.count(1)
+
+
+def _seed(seq: Sequence) -> int:
+    """The request's seed (each choice its own stream), or a fresh one per sequence."""
+    if seq.settings.seed is None:
+        seq.settings.seed = next(_SEEDS) * 7919 % (2 ** 31)
+    return (seq.settings.seed * 1_000_003 + seq.choice) % (2 ** 32)
+
+
+def _prefill(params, cache, tokens, slot, start, count, targets, temperature, top_k, top_p, seeds, draws, *,
+             config):
+    """One prompt chunk into one slot. Returns the cache, each position's log-probability of the
+    next prompt token and top-5, and the token sampled after the chunk's last valid position."""
+    rows = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, slot, 1, axis=0), cache)
+    logits, rows = GPTNeo(config).apply({"params": params}, tokens[None], start[None], rows, method=GPTNeo.extend)
+    cache = jax.tree.map(lambda x, r: jax.lax.dynamic_update_slice_in_dim(x, r, slot, axis=0), cache, rows)
+    logp = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
+    target_lp = jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0]
+    top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
+    last = jax.lax.dynamic_index_in_dim(logits[0], count - 1, axis=0, keepdims=True)
+    return (cache, target_lp, top_ids, top_lp, *_next(last, temperature, top_k, top_p, seeds, draws))
+
+
+def _decode(params, cache, tokens, starts, temperature, top_k, top_p, seeds, draws, *, config):
+    """One token for every row at its own position. Returns the cache and each row's next token."""
+    logits, cache = GPTNeo(config).apply({"params": params}, tokens[:, None], starts, cache, method=GPTNeo.extend)
+    return (cache, *_next(logits[:, 0], temperature, top_k, top_p, seeds, draws))
