@@ -1,10 +1,11 @@
-"""python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,data] [--output bench.json]
+"""python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,serve,data] [--output bench.json]
 
 Measures, on whatever devices are present, side by side with transformers (torch, CPU) where that
 applies: the matmul peak, training tokens/s and MFU at T=2048, the compiled peak memory of a
 training step with and without rematerialisation, the forward time of a local-only stack at
 T=512..4096 (linear in T), greedy decode tokens/s at batch 1 and 16 with time to first token,
-harness evaluation rates (lambada examples/s, wikitext tokens/s) and the data pipeline.
+harness evaluation rates (lambada examples/s, wikitext tokens/s, wmt examples/s), the server
+(continuous batching against one request at a time, time to first token) and the data pipeline.
 Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the tests.
 
 On an accelerator: python -m neojax.benchmark --dtype bfloat16 --presets gpt-neo-125M,gpt-neo-1.3B
@@ -12,18 +13,23 @@ On an accelerator: python -m neojax.benchmark --dtype bfloat16 --presets gpt-neo
 """
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
+import http.client
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
+import threading
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import uvicorn
 from tokenizers import ByteLevelBPETokenizer
 
 from neojax import cli
@@ -34,6 +40,8 @@ from neojax.evaluate import evaluate
 from neojax.flops import measure_peak_flops, train_flops_per_token
 from neojax.generate import generate
 from neojax.model import PRESETS, GPTNeo, init_params, preset
+from neojax.serve.api import build_app
+from neojax.serve.engine import Engine
 from neojax.train.step import init_state, make_train_step
 
 
@@ -189,18 +197,12 @@ def bench_eval(config, params, lambada_docs=64, wiki_pages=2, wmt_docs=16, batch
     about 4,000-token pages) and wmt16-de-en examples/s (greedy generation until a newline, at most
     256 tokens); the second, warm run of each. Also the tokenizer's encode rate."""
 
-    rng = np.random.default_rng(0)
-    words = ["".join(rng.choice(list("etaoinshrdlucmfwyp"), rng.integers(2, 9))) for _ in range(3000)]
-    text = lambda n: " ".join(rng.choice(words, n)) + "."
+    text = _synthetic_text()
     lambada = [{"text": text(75)} for _ in range(lambada_docs)]
     pages = [{"page": "\n".join(text(100) for _ in range(40))} for _ in range(wiki_pages)]
     wmt = [{"translation": {"de": text(25), "en": text(25)}} for _ in range(wmt_docs)]
     with tempfile.TemporaryDirectory() as d:
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator([r["text"] for r in lambada] + [p["page"] for p in pages],
-                                vocab_size=min(8192, config.vocab_size), special_tokens=["<|endoftext|>"])
-        bpe.save_model(d)
-        tokenizer = Tokenizer.from_path(d)
+        tokenizer = _synthetic_tokenizer([r["text"] for r in lambada] + [p["page"] for p in pages], config, d)
         for name, rows in (("lambada_openai", lambada), ("wikitext", pages), ("wmt16-de-en", wmt)):
             with open(os.path.join(d, f"{name}.jsonl"), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -212,7 +214,91 @@ def bench_eval(config, params, lambada_docs=64, wiki_pages=2, wmt_docs=16, batch
                 "tokenizer": bench_tokenize(tokenizer, [p["page"] for p in pages] * 20)}
 
 
-SECTIONS = ("peak", "train", "memory", "local", "decode", "eval", "data")
+def _synthetic_text():
+    """text(n): n random words of English-like letters and a period (a fixed seed)."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("etaoinshrdlucmfwyp"), rng.integers(2, 9))) for _ in range(3000)]
+    return lambda n: " ".join(rng.choice(words, n)) + "."
+
+
+def _synthetic_tokenizer(texts, config, directory) -> Tokenizer:
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=min(8192, config.vocab_size), special_tokens=["<|endoftext|>"])
+    bpe.save_model(directory)
+    return Tokenizer.from_path(directory)
+
+
+def _serving(params, config, tokenizer, max_batch, max_len):
+    """(port, stop) of a server on 127.0.0.1 in this process, warmed up."""
+    engine = Engine(params, config, tokenizer, max_batch=max_batch, max_len=max_len, chunk=64)
+    engine.warm_up()
+    engine.start()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(build_app(engine, "bench"), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+
+    def stop():
+        server.should_exit = True
+        thread.join(timeout=30)
+        engine.shutdown()
+    return port, stop
+
+
+def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
+    """The server over HTTP: `clients` concurrent greedy streams (prompts of 32-256 tokens, `new_tokens`
+    each) on `clients` slots with continuous batching, against the same requests sent one at a time
+    to a one-slot server. Returns generated tokens/s of both and the concurrent run's
+    time-to-first-token percentiles."""
+    text = _synthetic_text()
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer = _synthetic_tokenizer([text(200) for _ in range(200)], config, d)
+    prompts = [tokenizer.encode(text(400))[:n] for n in rng.integers(32, 257, clients)]
+
+    def one(port, prompt):
+        """(seconds to the first token, generated tokens) of one streamed request."""
+        body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": new_tokens, "temperature": 0,
+                           "stream": True, "stream_options": {"include_usage": True}})
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+        start, first, tokens = time.perf_counter(), None, 0
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        for line in conn.getresponse():
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                if first is None and chunk["choices"] and chunk["choices"][0]["text"]:
+                    first = time.perf_counter() - start
+                tokens = chunk.get("usage", {}).get("completion_tokens", tokens) if chunk.get("usage") else tokens
+        conn.close()
+        return first or 0.0, tokens
+
+    port, stop = _serving(params, config, tokenizer, clients, max_len)
+    try:
+        one(port, prompts[0])  # the HTTP path warm
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(lambda p: one(port, p), prompts))
+        batched = sum(n for _, n in results) / (time.perf_counter() - start)
+    finally:
+        stop()
+    port, stop = _serving(params, config, tokenizer, 1, max_len)
+    try:
+        one(port, prompts[0])
+        start = time.perf_counter()
+        alone = sum(one(port, p)[1] for p in prompts) / (time.perf_counter() - start)
+    finally:
+        stop()
+    ttft = np.array([t for t, _ in results])
+    return {"batched": batched, "alone": alone, "ttft_p50": float(np.percentile(ttft, 50)),
+            "ttft_p99": float(np.percentile(ttft, 99))}
+
+
+SECTIONS = ("peak", "train", "memory", "local", "decode", "eval", "serve", "data")
 
 
 def main(argv=None):
@@ -285,6 +371,13 @@ def main(argv=None):
                  rates["wmt"]))
         add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} generated", "tokens/s", rates["wmt_tokens"]))
         add(_row("tokenizer: byte-level BPE, encode_batch", "tokens/s", rates["tokenizer"]))
+    if "serve" in sections:
+        served = bench_serve(config, params)
+        label = f"serve {presets[0]} {args.dtype}, 16 concurrent streams (prompts 32-256, 64 new tokens)"
+        add(_row(f"{label}: continuous batching", "tokens/s", served["batched"]))
+        add(_row(f"{label}: one request at a time", "tokens/s", served["alone"]))
+        add(_row(f"{label}: time to first token p50", "s", served["ttft_p50"]))
+        add(_row(f"{label}: time to first token p99", "s", served["ttft_p99"]))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
     width = max(len(r["name"]) for r in rows)

@@ -170,3 +170,16 @@ class Progress:
             eta = (self.total - self.done) / rate if rate else 0.0
             print(f"  {self.label}: {self.done}/{self.total} {self.unit}, {rate:.1f}/s, eta {duration(eta)}",
                   file=sys.stderr, flush=True)
+
+
+def add_model_options(parser) -> None:
+    """--dtype, --quantize and --kv_cache: how a command runs a checkpoint (see model_options)."""
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    parser.add_argument("--quantize", choices=["int8"], help="int8 weights (per output channel) in memory")
+    parser.add_argument("--kv_cache", default="auto", choices=["auto", "int8"],
+                        help="decoding caches in the compute dtype (auto) or int8 with per-position scales")
+
+
+def model_options(args) -> dict:
+    """The keyword arguments of neojax.checkpoint.load for add_model_options' flags."""
+    return {"dtype": args.dtype, "kv_cache": args.kv_cache, "quantize": args.quantize}

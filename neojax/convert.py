@@ -2,6 +2,7 @@
 
     python -m neojax.convert SRC DST --to neojax      # HF dir / mesh-tensorflow -> neojax
     python -m neojax.convert SRC DST --to hf          # neojax / mesh-tensorflow -> HF directory
+    python -m neojax.convert SRC DST --quantize int8  # int8 weights + scales (a neojax directory, ~1/4 the bytes)
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import jax
 
 from neojax import checkpoint, cli
 from neojax.data.tokenizer import Tokenizer
+from neojax.model.quant import dequantize_params, is_quantized, param_bytes, quantize_params
 
 
 def main(argv=None) -> int:
@@ -20,11 +22,19 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="Hugging Face directory, neojax directory, or mesh-tensorflow checkpoint")
     parser.add_argument("dst", help="output directory (must not exist unless --overwrite)")
-    parser.add_argument("--to", required=True, choices=["neojax", "hf"])
+    parser.add_argument("--to", choices=["neojax", "hf"], help="default: neojax")
+    parser.add_argument("--quantize", choices=["int8"], help="int8 weights, per-output-channel scales (neojax only)")
+    parser.add_argument("--dequantize", action="store_true", help="float32 weights from an int8 source (e.g. for hf)")
     parser.add_argument("--mtf_config", help="original GPT-Neo run config JSON for a mesh-tensorflow source")
     parser.add_argument("--tokenizer", help="tokenizer file or directory to bundle (default: the source's own)")
     parser.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     args = parser.parse_args(argv)
+    args.to = args.to or "neojax"
+    if args.quantize and args.to != "neojax":
+        raise cli.UsageError(f"--quantize {args.quantize} writes a neojax directory; Hugging Face GPT-Neo "
+                             "checkpoints hold float weights (drop --to hf)")
+    if args.quantize and args.dequantize:
+        raise cli.UsageError("give --quantize or --dequantize, not both")
     src, dst = os.path.abspath(os.path.expanduser(args.src)), os.path.abspath(os.path.expanduser(args.dst))
     if src == dst:
         raise cli.UsageError(f"DST {args.dst} is SRC; write the converted model to another directory")
@@ -40,11 +50,19 @@ def main(argv=None) -> int:
         model = checkpoint.load(args.src, mtf_config=args.mtf_config)
     if tokenizer is not None:
         model = model._replace(tokenizer=tokenizer)
+    if args.quantize:
+        model = model._replace(params=jax.device_get(quantize_params(model.params)))
+    elif args.dequantize:
+        if not is_quantized(model.params):
+            raise cli.UsageError(f"--dequantize: SRC {args.src} holds float weights already; drop --dequantize")
+        model = model._replace(params=jax.device_get(dequantize_params(model.params)))
     with cli.about(f"DST {args.dst}"):
         checkpoint.save(args.dst, model, to=args.to, overwrite=args.overwrite)
     n = sum(x.size for x in jax.tree.leaves(model.params))
-    print(f"wrote {args.to} checkpoint to {args.dst} ({n / 1e6:.1f}M parameters, "
-          f"{checkpoint.detect_format(args.src)} source{', with tokenizer' if model.tokenizer else ''})")
+    size = param_bytes(model.params) / 1e6
+    print(f"wrote {args.to} checkpoint to {args.dst} ({n / 1e6:.1f}M parameters, {size:.1f} MB"
+          f"{', int8' if is_quantized(model.params) else ''}, {checkpoint.detect_format(args.src)} source"
+          f"{', with tokenizer' if model.tokenizer else ''})")
     return 0
 
 

@@ -63,20 +63,43 @@ def _phase_ends(max_new: int, batch: int, prompt_len: int, config: GPTNeoConfig)
     return [-(-buckets * (j + 1) // phases) * NEW_TOKEN_BUCKET for j in range(phases)]
 
 
-def filter_logits(logits, temperature, top_k, top_p):
-    """Temperature, then top-k, then nucleus (top-p) filtering; removed tokens get -inf.
+FAST_FILTER = 256  # candidates of the filters' fast path
 
-    Settings are traced values, so changing them never recompiles. top_k=0 and top_p=1 keep all."""
-    logits = logits / temperature
-    desc = jnp.sort(logits, axis=-1)[..., ::-1]
-    k_index = jnp.broadcast_to(jnp.clip(top_k - 1, 0, logits.shape[-1] - 1), logits.shape[:-1])
-    kth = jnp.take_along_axis(desc, k_index[..., None], axis=-1)
-    logits = jnp.where((top_k > 0) & (logits < kth), -jnp.inf, logits)
-    desc = jnp.sort(logits, axis=-1)[..., ::-1]
-    probs = jax.nn.softmax(desc, axis=-1)
-    keep = jnp.sum((jnp.cumsum(probs, axis=-1) - probs) < top_p, axis=-1, keepdims=True)  # >= 1
-    threshold = jnp.take_along_axis(desc, keep - 1, axis=-1)
-    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+def filter_logits(logits, temperature, top_k, top_p):
+    """Temperature, then top-k, then nucleus (top-p) filtering of logits [..., vocab]; removed
+    tokens get -inf. Settings are scalars or one per row ([...]), traced: changing them never
+    recompiles. top_k=0 and top_p=1 keep all.
+
+    Exact, and fast where it can be: the thresholds come from the FAST_FILTER largest logits when
+    top_k and the nucleus fit in them (a sort of the whole vocabulary costs far more on CPUs), from
+    a full sort otherwise."""
+    col = lambda a: jnp.asarray(a)[..., None]  # a per-row setting against [..., vocab]
+    logits = logits / col(temperature)
+    vocab = logits.shape[-1]
+    top_k = jnp.broadcast_to(top_k, logits.shape[:-1])
+    top_p = jnp.broadcast_to(top_p, logits.shape[:-1])
+
+    def thresholds(desc):
+        """(top-k threshold, nucleus threshold) from the largest logits in descending order."""
+        kth = jnp.take_along_axis(desc, jnp.clip(top_k - 1, 0, desc.shape[-1] - 1)[..., None], axis=-1)
+        desc = jnp.where((top_k[..., None] > 0) & (desc < kth), -jnp.inf, desc)
+        kept = jnp.where((top_k[..., None] > 0) & (logits < kth), -jnp.inf, logits)
+        unnormalised = jnp.exp(desc - jnp.max(kept, axis=-1, keepdims=True))  # as jax.nn.softmax computes
+        probs = unnormalised / jnp.sum(jnp.exp(kept - jnp.max(kept, axis=-1, keepdims=True)), axis=-1, keepdims=True)
+        cum = jnp.cumsum(probs, axis=-1)
+        keep = jnp.sum((cum - probs) < top_p[..., None], axis=-1, keepdims=True)  # >= 1
+        return kth, jnp.take_along_axis(desc, keep - 1, axis=-1), cum[..., -1]
+
+    if vocab > FAST_FILTER:
+        fast_kth, fast_threshold, covered = thresholds(jax.lax.top_k(logits, FAST_FILTER)[0])
+        fits = jnp.all(top_k <= FAST_FILTER) & jnp.all((top_p >= 1) | (covered >= top_p))
+        kth, threshold = jax.lax.cond(fits, lambda: (fast_kth, fast_threshold),
+                                      lambda: thresholds(jnp.sort(logits, axis=-1)[..., ::-1])[:2])
+    else:
+        kth, threshold, _ = thresholds(jnp.sort(logits, axis=-1)[..., ::-1])
+    logits = jnp.where((top_k[..., None] > 0) & (logits < kth), -jnp.inf, logits)
+    return jnp.where((top_p[..., None] < 1) & (logits < threshold), -jnp.inf, logits)
 
 
 def apply_repetition_penalty(logits, seen, penalty):
@@ -331,7 +354,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stop", action="append", default=[], type=cli.unescape,
                         help=r'stop string (repeatable); \n, \t and \\ are escapes, e.g. --stop "\n\n"')
     parser.add_argument("--truncate", action="store_true", help="left-truncate prompts that do not fit")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    cli.add_model_options(parser)
     args = parser.parse_args(argv)
     if any(not s for s in args.stop):
         raise cli.UsageError("--stop: an empty stop string would end every row at once; give text")
@@ -346,7 +369,7 @@ def main(argv=None) -> int:
     if not prompts and not (args.chat or args.interactive):
         raise cli.UsageError("no prompt: give --prompt TEXT, --prompt_file FILE, --interactive or --chat")
     with cli.about(f"--checkpoint {args.checkpoint}"):
-        model = checkpoint.load(os.path.expanduser(args.checkpoint), dtype=args.dtype)
+        model = checkpoint.load(os.path.expanduser(args.checkpoint), **cli.model_options(args))
     if model.tokenizer is None:
         raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
                              "merges.txt), e.g. python -m neojax.convert SRC DST --to neojax --tokenizer DIR")

@@ -16,7 +16,8 @@ LAYERS = [  # a module may import its own layer (no cycle) or a lower one
     ("neojax.finetune",),
     ("neojax.evaluate", "neojax.generate"),
     ("neojax.train", "neojax.serve"),
-    ("neojax.testing", "neojax.benchmark", "neojax.convert", "neojax.evaluate.__main__", "neojax.train.__main__"),
+    ("neojax.testing", "neojax.benchmark", "neojax.convert", "neojax.prune", "neojax.evaluate.__main__",
+     "neojax.train.__main__", "neojax.serve.__main__"),
 ]
 
 

@@ -11,11 +11,14 @@ import json
 import os
 from typing import Any, NamedTuple, Optional
 
+import jax
+
 from neojax.checkpoint.hf import load_hf, save_hf
 from neojax.checkpoint.io import NATIVE_MARKER, check_params, load_native, load_workdir, save_native
 from neojax.checkpoint.mesh_tf import config_from_mtf_json, load_mesh_tf
 from neojax.data.tokenizer import Tokenizer
 from neojax.model.config import GPTNeoConfig
+from neojax.model.quant import is_quantized, quantize_params
 
 FORMATS = ("hf", "neojax", "workdir", "mesh_tf")
 
@@ -60,10 +63,21 @@ def detect_format(path: str) -> str:
                      "mesh-tensorflow checkpoint (*.index + *.data-*)")
 
 
-def load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pretrained:
+def load(path: str, mtf_config: Optional[str] = None, quantize: Optional[str] = None,
+         **config_overrides) -> Pretrained:
     """Config, params (host numpy float32) and tokenizer from any supported format.
 
-    `config_overrides` set execution fields such as dtype="bfloat16" or remat="full"."""
+    `config_overrides` set execution fields such as dtype="bfloat16", remat="full" or
+    kv_cache="int8"; quantize="int8" returns int8 weights with scales (neojax.model.quant)."""
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize={quantize!r}: choose 'int8' (or None)")
+    model = _load(path, mtf_config, **config_overrides)
+    if quantize:
+        model = model._replace(params=jax.device_get(quantize_params(model.params)))
+    return model
+
+
+def _load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pretrained:
     fmt = detect_format(path)
     if fmt == "hf":
         return Pretrained(*load_hf(path, **config_overrides))
@@ -79,6 +93,9 @@ def load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pre
 def save(path: str, model: Pretrained, to: str, overwrite: bool = False) -> str:
     """Write `model` as a Hugging Face ('hf') or neojax ('neojax') directory, atomically."""
     if to == "hf":
+        if is_quantized(model.params):
+            raise ValueError("the model's weights are int8 (quantised); a Hugging Face GPT-Neo checkpoint holds "
+                             "float weights: dequantise them first (convert --dequantize) or convert the float source")
         return save_hf(path, model.params, model.config, model.tokenizer, overwrite)
     if to == "neojax":
         return save_native(path, model.params, model.config, model.tokenizer, overwrite)

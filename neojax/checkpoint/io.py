@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Optional
 
 import jax
 import numpy as np
@@ -18,6 +19,7 @@ from neojax.files import atomic_directory, write_json
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import param_shapes
 from neojax.model.lora import is_lora, merge
+from neojax.model.quant import is_quantized, quantized_shapes
 from neojax.tree import named_leaves
 
 NATIVE_MARKER = "neojax.json"
@@ -25,7 +27,9 @@ NATIVE_MARKER = "neojax.json"
 
 def check_params(params, config: GPTNeoConfig, source: str = "params"):
     """Raise a ValueError naming the first parameter whose presence or shape disagrees with `config`."""
-    flat_want = {k: v.shape for k, v in named_leaves(param_shapes(config)).items()}
+    shapes = param_shapes(config)
+    flat_want = {k: v.shape for k, v in named_leaves(quantized_shapes(shapes) if is_quantized(params)
+                                                     else shapes).items()}
     flat_have = {k: np.shape(v) for k, v in named_leaves(params).items()}
     for name in sorted(set(flat_want) | set(flat_have)):
         if name not in flat_have:
@@ -37,8 +41,9 @@ def check_params(params, config: GPTNeoConfig, source: str = "params"):
                              f"expects {tuple(flat_want[name])}; does the config match the weights?")
 
 
-def _card(config: GPTNeoConfig) -> dict:
-    return {"format": "neojax", "neojax_version": __version__, "model": config.to_dict()}
+def _card(config: GPTNeoConfig, quantization: Optional[str] = None) -> dict:
+    card = {"format": "neojax", "neojax_version": __version__, "model": config.to_dict()}
+    return {**card, "quantization": quantization} if quantization else card
 
 
 def write_model_card(directory: str, config: GPTNeoConfig, tokenizer=None) -> None:
@@ -50,19 +55,24 @@ def write_model_card(directory: str, config: GPTNeoConfig, tokenizer=None) -> No
 
 
 def read_model_card(directory: str):
+    """(config, tokenizer or None, quantization or None) of a neojax directory."""
     path = os.path.join(directory, NATIVE_MARKER)
     try:
         with open(path) as f:
-            config = GPTNeoConfig.from_dict(json.load(f)["model"])
+            card = json.load(f)
+        config = GPTNeoConfig.from_dict(card["model"])
+        quantization = card.get("quantization")
+        if quantization not in (None, "int8"):
+            raise ValueError(f"unknown quantization {quantization!r}")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is damaged or not a neojax model card ({first_line(e)})") from None
-    return config, Tokenizer.find(directory)
+    return config, Tokenizer.find(directory), quantization
 
 
 def load_workdir(workdir: str, step=None):
     """(config, params, tokenizer) of a training workdir's latest intact (or the given) checkpoint."""
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notices on every read-only open
-    config, tokenizer = read_model_card(os.path.join(workdir, "model"))
+    config, tokenizer, _ = read_model_card(os.path.join(workdir, "model"))
     with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                item_names=("state", "data", "meta"),
                                options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
@@ -116,14 +126,15 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 
 
 def save_native(directory: str, params, config: GPTNeoConfig, tokenizer=None, overwrite: bool = False) -> str:
-    """Write a neojax model directory: neojax.json (config), params/ (orbax), tokenizer file."""
+    """Write a neojax model directory: neojax.json (config), params/ (orbax), tokenizer file. int8
+    params (neojax.model.quant) are written as they are, marked "quantization": "int8"."""
     with atomic_directory(directory, overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(os.path.join(tmp, "params"), params)
             ckptr.wait_until_finished()
         if tokenizer is not None:
             tokenizer.save(tmp)
-        write_json(os.path.join(tmp, NATIVE_MARKER), _card(config))
+        write_json(os.path.join(tmp, NATIVE_MARKER), _card(config, "int8" if is_quantized(params) else None))
     return directory
 
 
@@ -132,8 +143,10 @@ def load_native(directory: str, target=None):
 
     `target` (a pytree of jax.ShapeDtypeStruct, optionally with shardings) restores straight onto
     devices; by default params come back as host numpy arrays of the config's shapes."""
-    config, tokenizer = read_model_card(directory)
+    config, tokenizer, quantization = read_model_card(directory)
     expected = param_shapes(config)
+    if quantization == "int8":
+        expected = quantized_shapes(expected)
     if target is None:
         target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), expected)
     with ocp.StandardCheckpointer() as ckptr:

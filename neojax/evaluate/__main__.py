@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prepare", metavar="TASKS", help="write these tasks' files into --data_dir from their "
                         "public releases (needs the datasets package and the hub, or --prepare_source)")
     parser.add_argument("--prepare_source", help="datasets saved with save_to_disk, read instead of the hub")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    cli.add_model_options(parser)
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     if args.prepare:
@@ -147,7 +147,7 @@ def _run(args, loaded: dict) -> dict:
     rows, results_all = {}, {}
     for path in args.checkpoint:
         with cli.about(f"--checkpoint {path}"):
-            model = checkpoint.load(os.path.expanduser(path), dtype=args.dtype)
+            model = checkpoint.load(os.path.expanduser(path), **cli.model_options(args))
         if model.tokenizer is None:
             raise cli.UsageError(f"--checkpoint {path} has no tokenizer; add tokenizer.json (or vocab.json + "
                                  "merges.txt)")

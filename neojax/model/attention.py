@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from neojax import registry
 from neojax.model import backend
+from neojax.model.quant import quantize_kv
 
 MASKED = float(jnp.finfo(jnp.float32).min)
 
@@ -120,7 +121,7 @@ class AttentionVariant:
         """The decoding state after a prompt of k, v, for `length` slots in all."""
         if self.prefill is not None:
             return self.prefill(k, v, key_mask, length, config)
-        return fill_cache(k, v, key_mask, self.capacity(length, config))
+        return fill_cache(k, v, key_mask, self.capacity(length, config), int8=config.kv_cache == "int8")
 
     @property
     def growable(self) -> bool:
@@ -132,13 +133,13 @@ class AttentionVariant:
             return self.grow(cache, length, config)
         return pad_cache(cache, self.capacity(length, config))
 
-    def extend(self, q, k, v, cache, starts, config):
+    def extend(self, q, k, v, cache, starts, config, row=None):
         """New tokens of independent rows at their own cache slots (a server's batch): (out, cache)."""
         if self.step is not None:
             raise ValueError("this attention variant keeps a running state, not a KV cache per slot; serving needs "
                              "softmax attention variants")
         bias = None if self.bias is None else functools.partial(self.bias, config)
-        return extend_attention(q, k, v, cache, starts, self.window(config), bias)
+        return extend_attention(q, k, v, cache, starts, self.window(config), bias, row)
 
     def decode(self, q, k, v, cache, slot, config):
         """One new token at `slot` against the decoding state: (out, cache)."""
@@ -148,20 +149,41 @@ class AttentionVariant:
         return cached_attention(q, k, v, cache, slot, self.window(config), bias)
 
 
-def fill_cache(k, v, key_mask, capacity: int):
+def _entries(k, v):
+    """Heads-major cache entries [batch, heads, time, head_dim] of k, v ([batch, time, heads, head_dim])."""
+    return {"k": k.transpose(0, 2, 1, 3), "v": v.transpose(0, 2, 1, 3)}
+
+
+def _store(entries, like):
+    """entries in the form of the cache `like`: its dtype, or int8 + scales if it holds scales."""
+    if "k_scale" not in like:
+        return {n: x.astype(like[n].dtype) for n, x in entries.items()}
+    out = {}
+    for n, x in entries.items():
+        out[n], out[n + "_scale"] = quantize_kv(x)
+    return out
+
+
+def _slot_axis(name: str) -> int:
+    return 1 if name == "valid" else 2  # valid: [batch, slots]; k, v and scales: [batch, heads, slots, ...]
+
+
+def fill_cache(k, v, key_mask, capacity: int, int8: bool = False):
     """A layer cache holding the k/v of slots 0..T-1 (prefill). Slot s lives at entry s % capacity.
 
     Caches are heads-major, [batch, heads, capacity, head_dim]: a decode step then reads each
-    head's keys contiguously instead of transposing the whole cache every token."""
+    head's keys contiguously instead of transposing the whole cache every token. An int8 cache
+    stores int8 values and a float32 scale per batch row, head and slot."""
     b, t = k.shape[:2]
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    valid = jnp.ones((b, t), bool) if key_mask is None else key_mask > 0
+    cache = _entries(k, v)
+    if int8:
+        cache = _store(cache, {"k_scale": None})
+    cache["valid"] = jnp.ones((b, t), bool) if key_mask is None else key_mask > 0
     if t >= capacity:  # keep the last `capacity` slots, rolled into ring order
         shift = (t - capacity) % capacity
-        return {"k": jnp.roll(k[:, :, t - capacity:], shift, axis=2),
-                "v": jnp.roll(v[:, :, t - capacity:], shift, axis=2),
-                "valid": jnp.roll(valid[:, t - capacity:], shift, axis=1)}
-    return pad_cache({"k": k, "v": v, "valid": valid}, capacity)
+        return {n: jnp.roll(jax.lax.slice_in_dim(x, t - capacity, t, axis=_slot_axis(n)), shift, axis=_slot_axis(n))
+                for n, x in cache.items()}
+    return pad_cache(cache, capacity)
 
 
 def pad_cache(cache, capacity: int):
@@ -173,7 +195,21 @@ def pad_cache(cache, capacity: int):
     if pad == 0:
         return cache
     slots = lambda x, axis: jnp.pad(x, [(0, pad) if a == axis else (0, 0) for a in range(x.ndim)])
-    return {"k": slots(cache["k"], 2), "v": slots(cache["v"], 2), "valid": slots(cache["valid"], 1)}
+    return {n: slots(x, _slot_axis(n)) for n, x in cache.items()}
+
+
+def _attend_cache(q, cache, visible, bias_scores=None):
+    """Softmax attention of q [batch, q, heads, head_dim] over a heads-major cache (int8 or not):
+    scales multiply the scores (keys) and the probabilities (values), never a dequantised cache."""
+    scores = jnp.einsum("bqhd,bhkd->bhqk", q, cache["k"].astype(q.dtype), preferred_element_type=jnp.float32)
+    if "k_scale" in cache:
+        scores = scores * cache["k_scale"][:, :, None, :]
+    if bias_scores is not None:
+        scores = scores + bias_scores
+    probs = jax.nn.softmax(jnp.where(visible, scores, MASKED), axis=-1)
+    if "v_scale" in cache:
+        probs = probs * cache["v_scale"][:, :, None, :]
+    return jnp.einsum("bhqk,bhkd->bqhd", probs.astype(q.dtype), cache["v"].astype(q.dtype))
 
 
 def cached_attention(q, k, v, cache, slot, window: Optional[int], bias=None):
@@ -184,48 +220,51 @@ def cached_attention(q, k, v, cache, slot, window: Optional[int], bias=None):
     so the window and causality tests need no stored positions."""
     capacity = cache["k"].shape[2]
     entry = slot % capacity
-    heads_major = lambda x: x.transpose(0, 2, 1, 3).astype(cache["k"].dtype)
-    update = lambda c, x, axis: jax.lax.dynamic_update_slice_in_dim(c, x, entry, axis=axis)
-    cache = {"k": update(cache["k"], heads_major(k), 2), "v": update(cache["v"], heads_major(v), 2),
-             "valid": update(cache["valid"], jnp.ones((q.shape[0], 1), bool), 1)}
+    new = {**_store(_entries(k, v), cache), "valid": jnp.ones((q.shape[0], 1), bool)}
+    cache = {n: jax.lax.dynamic_update_slice_in_dim(cache[n], x, entry, axis=_slot_axis(n)) for n, x in new.items()}
     held = slot - (slot - jnp.arange(capacity)) % capacity
     visible = (held >= 0) & cache["valid"]
     if window is not None:
         visible &= held > slot - window
-    scores = jnp.einsum("bqhd,bhkd->bhqk", q, cache["k"].astype(q.dtype), preferred_element_type=jnp.float32)
-    if bias is not None:
-        scores = scores + bias((slot - held)[None, :])[None]
-    scores = jnp.where(visible[:, None, None, :], scores, MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bhkd->bqhd", probs, cache["v"]), cache
+    bias_scores = None if bias is None else bias((slot - held)[None, :])[None]
+    return _attend_cache(q, cache, visible[:, None, None, :], bias_scores).astype(v.dtype), cache
 
 
-def slot_cache(batch: int, heads: int, capacity: int, head_dim: int, dtype):
-    """An empty per-row layer cache for extend_attention: [batch, heads, capacity, head_dim] k and v."""
-    zeros = lambda: jnp.zeros((batch, heads, capacity, head_dim), dtype)  # distinct buffers: both are donated
-    return {"k": zeros(), "v": zeros()}
+def slot_cache(batch: int, heads: int, capacity: int, head_dim: int, dtype, int8: bool = False):
+    """An empty per-row layer cache for extend_attention: [batch, heads, capacity, head_dim] k and v
+    (int8 with a float32 scale per row, head and slot if `int8`)."""
+    zeros = lambda shape, dt: jnp.zeros(shape, dt)  # distinct buffers: all are donated
+    shape = (batch, heads, capacity, head_dim)
+    if not int8:
+        return {"k": zeros(shape, dtype), "v": zeros(shape, dtype)}
+    return {"k": zeros(shape, jnp.int8), "v": zeros(shape, jnp.int8), "k_scale": zeros(shape[:3], jnp.float32),
+            "v_scale": zeros(shape[:3], jnp.float32)}
 
 
-def extend_attention(q, k, v, cache, starts, window: Optional[int], bias=None):
+def extend_attention(q, k, v, cache, starts, window: Optional[int], bias=None, row=None):
     """C new tokens per row (q, k, v: [batch, C, heads, head_dim]) at slots starts[b] .. starts[b]+C-1
     of that row's own cache (a slot_cache; rows are independent requests at their own lengths).
     A query sees the keys at slots up to its own (inside the window): entries past it, padding or a
-    previous request's leftovers, never. The cache needs room for starts + C: writes never wrap."""
+    previous request's leftovers, never. The cache needs room for starts + C: writes never wrap.
+    `row` (one request, batch 1): the cache holds every request and row is this one's; it is
+    written in place and only its row is read."""
     c = q.shape[1]
     capacity = cache["k"].shape[2]
-    write = jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice_in_dim(buf, x, s, axis=1))
-    heads_major = lambda x: x.transpose(0, 2, 1, 3).astype(cache["k"].dtype)
-    cache = {"k": write(cache["k"], heads_major(k), starts), "v": write(cache["v"], heads_major(v), starts)}
+    new = _store(_entries(k, v), cache)
+    if row is None:
+        write = jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice_in_dim(buf, x, s, axis=1))
+        cache = {n: write(cache[n], x, starts) for n, x in new.items()}
+        view = cache
+    else:
+        at = lambda x: (row, 0, starts[0]) + (0,) * (x.ndim - 3)
+        cache = {n: jax.lax.dynamic_update_slice(cache[n], x, at(x)) for n, x in new.items()}
+        view = {n: jax.lax.dynamic_slice_in_dim(x, row, 1, axis=0) for n, x in cache.items()}
     distance = (starts[:, None, None] + jnp.arange(c)[None, :, None]) - jnp.arange(capacity)[None, None, :]
     visible = distance >= 0
     if window is not None:
         visible &= distance < window
-    scores = jnp.einsum("bqhd,bhkd->bhqk", q, cache["k"].astype(q.dtype), preferred_element_type=jnp.float32)
-    if bias is not None:
-        scores = scores + bias(jnp.maximum(distance, 0)).transpose(1, 0, 2, 3)
-    scores = jnp.where(visible[:, None], scores, MASKED)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bhkd->bqhd", probs, cache["v"].astype(v.dtype)), cache
+    bias_scores = None if bias is None else bias(jnp.maximum(distance, 0)).transpose(1, 0, 2, 3)
+    return _attend_cache(q, view, visible[:, None], bias_scores).astype(v.dtype), cache
 
 
 def _fused(q, key_mask, config) -> bool:

@@ -67,6 +67,7 @@ class GPTNeoConfig:
     local_block_size: int = 128  # query block of the O(T x window) local attention
     global_block_size: int = 256  # query block of causal global attention (skips masked blocks); 0: dense
     platform: str = "auto"  # backend-specific kernels: auto (jax.default_backend()) | cpu | gpu | tpu
+    kv_cache: str = "auto"  # decoding caches: auto (the compute dtype) | int8 (per head and position scales)
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "window_size", "max_position_embeddings"):
@@ -88,6 +89,8 @@ class GPTNeoConfig:
             raise ValueError(f"dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
         if self.platform not in ("auto", "cpu", "gpu", "tpu"):
             raise ValueError(f"platform={self.platform!r}: choose 'auto', 'cpu', 'gpu' or 'tpu'")
+        if self.kv_cache not in ("auto", "int8"):
+            raise ValueError(f"kv_cache={self.kv_cache!r}: choose 'auto' or 'int8'")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"remat={self.remat!r}: choose 'none', 'full' or 'dots'")
 
@@ -122,7 +125,7 @@ class GPTNeoConfig:
             raise ValueError(f"unknown config field(s) {sorted(unknown)}; valid fields: {field_names()}")
         return cls(**d)
 
-    EXECUTION_FIELDS = ("dtype", "remat", "local_block_size", "global_block_size", "platform")
+    EXECUTION_FIELDS = ("dtype", "remat", "local_block_size", "global_block_size", "platform", "kv_cache")
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The `config.json` that transformers' GPTNeoForCausalLM reads."""

@@ -41,7 +41,8 @@ class SelfAttention(nn.Module):
     attention_type: str
 
     @nn.compact
-    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None, starts=None):
+    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None, starts=None,
+                 row=None):
         """Returns (output, layer cache): attend over x (and start a cache of `cache_length` slots if
         given); with `cache`, attend from x's one new token at `slot` over the cache, or with
         `starts`, from each row's new tokens at its own slots (serving)."""
@@ -52,7 +53,7 @@ class SelfAttention(nn.Module):
         if variant.qk is not None:  # rotary and other position-dependent query/key maps
             q, k = variant.qk(q, k, positions, cfg)
         if starts is not None:
-            y, cache = variant.extend(q, k, v, cache, starts, cfg)
+            y, cache = variant.extend(q, k, v, cache, starts, cfg, row)
         elif cache is not None:
             y, cache = variant.decode(q, k, v, cache, slot, cfg)
         else:
@@ -84,12 +85,13 @@ class Block(nn.Module):
     attention_type: str
 
     @nn.compact
-    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None, starts=None):
+    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None, starts=None,
+                 row=None):
         cfg = self.config
         if backend.xla_cpu_workarounds(cfg):
             x = backend.gradient_boundary(x)
         y, cache = SelfAttention(cfg, self.attention_type, name="attn")(
-            layer_norm(cfg, "ln_1")(x), key_mask, positions, deterministic, cache, slot, cache_length, starts)
+            layer_norm(cfg, "ln_1")(x), key_mask, positions, deterministic, cache, slot, cache_length, starts, row)
         x = x + y
         x = x + MLP(cfg, name="mlp")(layer_norm(cfg, "ln_2")(x), deterministic)
         return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
@@ -143,11 +145,15 @@ class GPTNeo(nn.Module):
         x, cache = self._blocks(tokens, None, position_ids, None, True, cache=cache, slot=slot)
         return self.head(x[:, 0]), cache
 
-    def extend(self, tokens, starts, cache):
+    def extend(self, tokens, starts, cache, row=None, last=None):
         """Serving: row b's tokens ([batch, C]) at its cache slots starts[b] .. starts[b]+C-1 (a prompt
-        chunk, or C = 1 to decode), rows independent. Returns (logits [batch, C, vocab], cache)."""
+        chunk, or C = 1 to decode), rows independent; `row`: one request's chunk in a cache of many
+        (see extend_attention). Returns (logits [batch, C, vocab], cache), or with `last` only the
+        logits at that position ([batch, vocab])."""
         positions = jnp.minimum(starts[:, None] + jnp.arange(tokens.shape[1]), self.config.max_position_embeddings - 1)
-        x, cache = self._blocks(tokens, None, positions, None, True, cache=cache, starts=starts)
+        x, cache = self._blocks(tokens, None, positions, None, True, cache=cache, starts=starts, row=row)
+        if last is not None:
+            x = jax.lax.dynamic_index_in_dim(x, last, axis=1, keepdims=False)
         return self.head(x), cache
 
     def head(self, x):
@@ -155,21 +161,31 @@ class GPTNeo(nn.Module):
         dtype = jnp.dtype(self.config.dtype)
         if "transposed" in self.variables:  # decoding on a CPU: see backend.rows_times (wte is [out, in])
             wte = self.get_variable("transposed", "wte") if self.has_variable("transposed", "wte") else self.wte
-            return backend.rows_times(wte.astype(dtype), x)
-        return jnp.einsum("...d,vd->...v", x, self.wte.astype(dtype), preferred_element_type=jnp.float32)
+            logits = backend.rows_times(wte.astype(dtype), x)
+        else:
+            logits = jnp.einsum("...d,vd->...v", x, self.wte.astype(dtype), preferred_element_type=jnp.float32)
+        if self.has_variable("params", "wte_scale"):  # int8 rows (neojax.model.quant)
+            logits = logits * self.get_variable("params", "wte_scale")
+        return logits
+
+    def embed(self, tokens, positions):
+        wte = jnp.take(self.wte, tokens, axis=0).astype(jnp.float32)
+        if self.has_variable("params", "wte_scale"):
+            wte = wte * jnp.take(self.get_variable("params", "wte_scale"), tokens, axis=0)[..., None]
+        return (wte + jnp.take(self.wpe, positions, axis=0)).astype(self.config.dtype)
 
     def _blocks(self, tokens, key_mask, positions, attention_mask, deterministic, cache=None, slot=None,
-                cache_length=None, starts=None):
+                cache_length=None, starts=None, row=None):
         check_tokens(tokens, self.config, positions)
         if positions is None:
             positions = (position_ids_from_mask(attention_mask) if attention_mask is not None
                          else jnp.arange(tokens.shape[1])[None, :])
-        x = (jnp.take(self.wte, tokens, axis=0) + jnp.take(self.wpe, positions, axis=0)).astype(self.config.dtype)
-        x = nn.with_logical_constraint(self.embed_dropout(x, deterministic=deterministic), ACTIVATION_AXES)
+        x = nn.with_logical_constraint(self.embed_dropout(self.embed(tokens, positions), deterministic=deterministic),
+                                       ACTIVATION_AXES)
         caches = []
         for i, block in enumerate(self.h):
             x, layer_cache = block(x, key_mask, positions, deterministic, None if cache is None else cache[i], slot,
-                                   cache_length, starts)
+                                   cache_length, starts, row)
             caches.append(layer_cache)
         return self.ln_f(x), caches
 

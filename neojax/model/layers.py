@@ -1,10 +1,10 @@
 """The pieces the model is built from: a Dense layer that also runs decode-time and int8 forms
 of its kernel, LayerNorm, and the model's input checks and position ids.
 
-A Dense multiplies by its "params" kernel unless another collection holds a form of it:
-"transposed" (an [out, in] copy in the compute dtype, the faster layout for XLA:CPU's few-row
-decode products, see neojax.model.decode.transposed_kernels) or "int8" (per-output-channel
-scales of an int8 kernel, see neojax.quantize). The model's code is the same for all three.
+A Dense multiplies by its "params" kernel, or by a "transposed" copy of it ([out, in] in the
+compute dtype, the faster layout for XLA:CPU's few-row decode products, see
+neojax.model.decode.transposed_kernels); an int8 kernel has a `scale` param next to it
+(neojax.model.quant) that multiplies the product. The model's code is the same for all.
 """
 from __future__ import annotations
 
@@ -24,23 +24,20 @@ def init(std, axes):
 class Dense(nn.Dense):
     @nn.compact
     def __call__(self, x):
+        int8 = self.has_variable("params", "scale")
+        if not int8 and not self.has_variable("transposed", "kernel"):
+            return super().__call__(x)
         if self.has_variable("transposed", "kernel"):
             y = backend.rows_times(self.get_variable("transposed", "kernel").astype(self.dtype), x.astype(self.dtype))
-        elif self.has_variable("int8", "scale"):
-            kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
-            y = int8_times(x.astype(self.dtype), kernel, self.get_variable("int8", "scale"))
         else:
-            return super().__call__(x)
+            kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+            y = jnp.einsum("...k,kn->...n", x.astype(self.dtype), kernel.astype(self.dtype),
+                           preferred_element_type=jnp.float32)
+        if int8:
+            y = y * self.get_variable("params", "scale")
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return y.astype(self.dtype)
-
-
-def int8_times(x, kernel, scale):
-    """x @ (kernel * scale) without a float copy of the kernel: the int8 values are converted inside
-    the product and the per-output-channel scale applied to its (much smaller) result."""
-    y = jnp.einsum("...k,kn->...n", x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
-    return y * scale
 
 
 def dense(config: GPTNeoConfig, features, axes, name, use_bias=True, std=None):
@@ -54,7 +51,10 @@ def qkv(module: nn.Module, config: GPTNeoConfig, x):
     """The query, key and value projections (no bias) of x: three Dense layers, or while decoding on
     a CPU one product with their stacked transposed kernels."""
     if module.has_variable("transposed", "qkv"):
-        return jnp.split(backend.rows_times(module.get_variable("transposed", "qkv").astype(x.dtype), x), 3, -1)
+        y = backend.rows_times(module.get_variable("transposed", "qkv").astype(x.dtype), x)
+        if module.has_variable("transposed", "qkv_scale"):  # int8 kernels
+            y = (y * module.get_variable("transposed", "qkv_scale")).astype(x.dtype)
+        return jnp.split(y, 3, -1)
     return [dense(config, config.hidden_size, ("embed", "heads"), f"{n}_proj", use_bias=False)(x) for n in "qkv"]
 
 

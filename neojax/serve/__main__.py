@@ -1,5 +1,5 @@
 """python -m neojax.serve --checkpoint PATH [--host 127.0.0.1] [--port 8000] [--max_batch 16] [--max_len N]
-    [--chunk 64] [--max_queue 256] [--dtype float32|bfloat16] [--model_name NAME]
+    [--chunk 64] [--max_queue 256] [--dtype float32|bfloat16] [--quantize int8] [--kv_cache int8] [--model_name NAME]
 
 An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health) with
 continuous batching, and a chat page at /. PATH is anything `generate` takes: a Hugging Face
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max_len", type=cli.positive_int, default=0, help="tokens per slot (default: the context)")
     parser.add_argument("--chunk", type=cli.positive_int, default=64, help="prompt tokens prefilled per step")
     parser.add_argument("--max_queue", type=cli.positive_int, default=256, help="waiting requests before 429")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    cli.add_model_options(parser)
     parser.add_argument("--model_name", help="the model's name in the API (default: the checkpoint's folder name)")
     args = parser.parse_args(argv)
     if args.port > 65535:
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     if not os.path.exists(path):
         raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
     with cli.about(f"--checkpoint {args.checkpoint}"):
-        model = checkpoint.load(path, dtype=args.dtype)
+        model = checkpoint.load(path, **cli.model_options(args))
     if model.tokenizer is None:
         raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
                              "merges.txt)")

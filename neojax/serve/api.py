@@ -167,7 +167,8 @@ class Api:
         if len(prompts) * n > MAX_N:
             raise BadRequest(f"{len(prompts)} prompts x n={n} is {len(prompts) * n} choices; at most {MAX_N}", "n")
         settings_for = lambda: Settings(**vars(settings))
-        seqs = [Sequence(ids, settings_for(), None, choice=j) for ids in prompts for j in range(n)]
+        seqs = [Sequence(ids, settings_for(), None, choice=j, echo_logprobs=echo and logprobs is not None)
+                for ids in prompts for j in range(n)]
         return await self._respond(request, seqs, stream, "cmpl", "text_completion",
                                    lambda seq: self._choice_text(seq, echo, logprobs), body)
 

@@ -21,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from neojax.generate import TextStream, filter_logits
+from neojax.model import backend
 from neojax.model.attention import slot_cache
 from neojax.model.config import GPTNeoConfig
+from neojax.model.decode import transposed_kernels
 from neojax.model.gpt_neo import GPTNeo
 
 TOP_LOGPROBS = 5  # the most top logprobs a request may ask for (OpenAI's completions limit)
@@ -49,6 +51,7 @@ class Sequence:
     settings: Settings
     on_event: Callable[[dict], None]  # called from the engine thread: {"text", "tokens"} or {"finish_reason"}
     choice: int = 0
+    echo_logprobs: bool = False  # score the prompt's own tokens too (echo with logprobs)
     tokens: list = dataclasses.field(default_factory=list)      # generated ids (the stop token excluded)
     logprobs: list = dataclasses.field(default_factory=list)    # their log-probabilities
     top: list = dataclasses.field(default_factory=list)         # their top-5 (id, logprob) pairs
@@ -66,16 +69,18 @@ class Sequence:
         return self.filled + max(len(self.tokens) - 1, 0)
 
 
-def _sample(logits, temperature, top_k, top_p, key):
-    """One row's next token: argmax at temperature 0, else a draw after temperature / top-k / top-p."""
-    drawn = jax.random.categorical(key, filter_logits(logits, jnp.maximum(temperature, 1e-6), top_k, top_p))
-    return jnp.where(temperature == 0, jnp.argmax(logits), drawn).astype(jnp.int32)
-
-
 def _next(logits, temperature, top_k, top_p, seeds, draws):
-    """Per row: the sampled token, its log-probability and the top-5 (ids, log-probabilities)."""
-    keys = jax.vmap(lambda s, d: jax.random.fold_in(jax.random.key(s), d))(seeds, draws)
-    token = jax.vmap(_sample)(logits, temperature, top_k, top_p, keys)
+    """Per row: the next token (argmax at temperature 0, else a draw after temperature / top-k /
+    top-p), its log-probability and the top-5 (ids, log-probabilities). Steps where every row is
+    greedy skip the draw."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def draw():
+        keys = jax.vmap(lambda s, d: jax.random.fold_in(jax.random.key(s), d))(seeds, draws)
+        filtered = filter_logits(logits, jnp.maximum(temperature, 1e-6), top_k, top_p)
+        return jnp.where(temperature == 0, greedy, jax.vmap(jax.random.categorical)(keys, filtered)).astype(jnp.int32)
+
+    token = jax.lax.cond(jnp.any(temperature > 0), draw, lambda: greedy)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], top_ids, top_lp
@@ -90,15 +95,20 @@ class Engine:
         heads, head_dim = config.num_heads, config.head_dim
         dtype = jnp.dtype(config.dtype)
         # room for a whole chunk past max_len: a chunk's writes never wrap onto earlier entries
-        self.cache = [slot_cache(max_batch, heads, self.max_len + chunk, head_dim, dtype)
+        self.cache = [slot_cache(max_batch, heads, self.max_len + chunk, head_dim, dtype, config.kv_cache == "int8")
                       for _ in config.attention_layers]
         self.slots: list[Optional[Sequence]] = [None] * max_batch
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.cond = threading.Condition()
         self.stopping = False
         self.steps = 0
-        self._prefill = jax.jit(functools.partial(_prefill, config=config), donate_argnums=1)
-        self._decode = jax.jit(functools.partial(_decode, config=config), donate_argnums=1)
+        # decode steps multiply by weight copies made once, as generate's: [out, in] (XLA:CPU's faster
+        # layout for few rows) and in the compute dtype (int8 weights stay int8)
+        copies = backend.xla_cpu_workarounds(config) or config.dtype != "float32"
+        self.transposed = jax.jit(transposed_kernels, static_argnums=1)(params, config.dtype) if copies else None
+        self._prefill = jax.jit(functools.partial(_prefill, config=config), donate_argnums=1,
+                                static_argnames="scored")
+        self._decode = jax.jit(functools.partial(_decode, config=config), donate_argnums=2)
         self.thread = threading.Thread(target=self._run, name="neojax-engine", daemon=True)
 
     # --- the API side ---------------------------------------------------------------------------
@@ -106,9 +116,10 @@ class Engine:
         """Compile both programs (fixed shapes: nothing compiles after this)."""
         b, c = self.max_batch, self.chunk
         zeros = lambda n, dtype=np.int32: np.zeros(n, dtype)
-        self.cache, *_ = self._prefill(self.params, self.cache, zeros(c), np.int32(0), np.int32(0), np.int32(1),
-                                       zeros(c), *self._settings_arrays([None]), )
-        self.cache, *_ = self._decode(self.params, self.cache, zeros(b), zeros(b),
+        for scored in (False, True):
+            self.cache, *_ = self._prefill(self.params, self.cache, zeros(c), np.int32(0), np.int32(0), np.int32(1),
+                                           zeros(c), *self._settings_arrays([None]), scored=scored)
+        self.cache, *_ = self._decode(self.params, self.transposed, self.cache, zeros(b), zeros(b),
                                       *self._settings_arrays([None] * b))
         jax.block_until_ready(self.cache)
 
@@ -195,11 +206,12 @@ class Engine:
         targets[:len(following)] = following
         self.cache, target_lp, top_ids, top_lp, token, token_lp, t_ids, t_lp = self._prefill(
             self.params, self.cache, tokens, np.int32(seq.slot), np.int32(start), np.int32(len(piece)), targets,
-            *self._settings_arrays([seq]))
-        target_lp, top_ids, top_lp = jax.device_get((target_lp, top_ids, top_lp))
-        for i in range(len(following)):
-            seq.prompt_logprobs.append(float(target_lp[i]))
-            seq.prompt_top.append(list(zip(top_ids[i].tolist(), top_lp[i].tolist())))
+            *self._settings_arrays([seq]), scored=seq.echo_logprobs)
+        if seq.echo_logprobs:
+            target_lp, top_ids, top_lp = jax.device_get((target_lp, top_ids, top_lp))
+            for i in range(len(following)):
+                seq.prompt_logprobs.append(float(target_lp[i]))
+                seq.prompt_top.append(list(zip(top_ids[i].tolist(), top_lp[i].tolist())))
         seq.filled += len(piece)
         if seq.filled == len(seq.prompt):  # the prompt's last position gives the first new token
             if seq.settings.max_tokens == 0:
@@ -214,8 +226,8 @@ class Engine:
         # a row not decoding writes its (ignored) entry where its next prefill chunk will write anyway
         starts = np.array([s.length if s is not None else (0 if p is None else p.filled)
                            for s, p in zip(rows, self.slots)], np.int32)
-        self.cache, token, token_lp, top_ids, top_lp = self._decode(self.params, self.cache, tokens, starts,
-                                                                     *self._settings_arrays(rows))
+        self.cache, token, token_lp, top_ids, top_lp = self._decode(self.params, self.transposed, self.cache, tokens,
+                                                                     starts, *self._settings_arrays(rows))
         token, token_lp, top_ids, top_lp = jax.device_get((token, token_lp, top_ids, top_lp))
         for i, seq in enumerate(rows):
             if seq is not None and not seq.cancelled:
@@ -259,12 +271,18 @@ def _seed(seq: Sequence) -> int:
 
 
 def _prefill(params, cache, tokens, slot, start, count, targets, temperature, top_k, top_p, seeds, draws, *,
-             config):
-    """One prompt chunk into one slot. Returns the cache, each position's log-probability of the
-    next prompt token and top-5, and the token sampled after the chunk's last valid position."""
-    rows = jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, slot, 1, axis=0), cache)
-    logits, rows = GPTNeo(config).apply({"params": params}, tokens[None], start[None], rows, method=GPTNeo.extend)
-    cache = jax.tree.map(lambda x, r: jax.lax.dynamic_update_slice_in_dim(x, r, slot, axis=0), cache, rows)
+             config, scored):
+    """One prompt chunk into one slot (written in place). Returns the cache, with `scored` each
+    position's log-probability of the next prompt token and its top-5 (else zeros: only the last
+    position's logits are computed), and the token sampled after the chunk's last valid position."""
+    model = GPTNeo(config)
+    if not scored:
+        last, cache = model.apply({"params": params}, tokens[None], start[None], cache, slot, count - 1,
+                                  method=GPTNeo.extend)
+        c = tokens.shape[0]
+        return (cache, jnp.zeros(c), jnp.zeros((c, TOP_LOGPROBS), jnp.int32), jnp.zeros((c, TOP_LOGPROBS)),
+                *_next(last, temperature, top_k, top_p, seeds, draws))
+    logits, cache = model.apply({"params": params}, tokens[None], start[None], cache, slot, method=GPTNeo.extend)
     logp = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
     target_lp = jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0]
     top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
@@ -272,7 +290,8 @@ def _prefill(params, cache, tokens, slot, start, count, targets, temperature, to
     return (cache, target_lp, top_ids, top_lp, *_next(last, temperature, top_k, top_p, seeds, draws))
 
 
-def _decode(params, cache, tokens, starts, temperature, top_k, top_p, seeds, draws, *, config):
+def _decode(params, transposed, cache, tokens, starts, temperature, top_k, top_p, seeds, draws, *, config):
     """One token for every row at its own position. Returns the cache and each row's next token."""
-    logits, cache = GPTNeo(config).apply({"params": params}, tokens[:, None], starts, cache, method=GPTNeo.extend)
+    variables = {"params": params} if transposed is None else {"params": params, "transposed": transposed}
+    logits, cache = GPTNeo(config).apply(variables, tokens[:, None], starts, cache, method=GPTNeo.extend)
     return (cache, *_next(logits[:, 0], temperature, top_k, top_p, seeds, draws))

@@ -63,7 +63,8 @@ def base_config() -> ml_collections.ConfigDict:
                      temperature=2.0,     # softening of both distributions
                      alpha=0.5)           # weight of T^2 * KL(teacher || student) against the LM loss
     c.train = dict(total_steps=1000, global_batch=16, microbatches=1, z_loss=0.0, seed=0,
-                   max_nonfinite_streak=10, log_every=10, report_mfu=True)
+                   max_nonfinite_streak=10, log_every=10, report_mfu=True,
+                   keep_zeros=False)  # pruned fine-tuning: block kernels' zero weights stay exactly zero
     c.checkpoint = dict(every_steps=200, keep=3, keep_period=0, async_save=True)
     c.eval = dict(every_steps=200, valid_batches=8, hooks=["valid_loss"], sample_prompts=[],
                   sample_max_new_tokens=48, sample_temperature=0.8, sample_top_p=0.95,  # sampled, as people read
@@ -272,6 +273,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         errors.append(f"--config.distill.teacher={teacher}: only the distill objective reads it; "
                       "add --config.objective=distill (or drop the teacher)")
     need("model.dtype", lambda v: v in ("float32", "bfloat16"), "choose 'float32' or 'bfloat16'")
+    need("train.keep_zeros", lambda v: isinstance(v, bool), "must be true or false")
     need("model.remat", lambda v: v in ("none", "full", "dots"), "choose 'none', 'full' or 'dots'")
     need("data.on_error", lambda v: v in ("raise", "skip"), "choose 'raise' or 'skip'")
     t = c.get("train", {})

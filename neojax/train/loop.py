@@ -98,7 +98,7 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
 
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
                               abstract_state=abstract, frozen_config=frozen_config, loss_fn=setup.loss,
-                              on_nonfinite=on_nonfinite)
+                              on_nonfinite=on_nonfinite, keep_zeros=config.train.keep_zeros)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)

@@ -19,6 +19,7 @@ from neojax import sharding
 from neojax.model import lora
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo, init_params
+from neojax.model.sparsity import prunable
 
 
 @flax.struct.dataclass
@@ -118,10 +119,18 @@ def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=Non
                    teacher, teacher_params)
 
 
+def zeros_kept(new, old):
+    """new, with every prunable kernel weight that is zero in old set back to zero."""
+    old_flat = flax.traverse_util.flatten_dict(old)
+    return flax.traverse_util.unflatten_dict({
+        p: jnp.where(old_flat[p] == 0, 0, w) if prunable(p) else w
+        for p, w in flax.traverse_util.flatten_dict(new).items()})
+
+
 def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
                     rules=sharding.DEFAULT_RULES, microbatches: int = 1, z_loss: float = 0.0,
                     abstract_state=None, frozen_config: GPTNeoConfig | None = None, loss_fn=None,
-                    on_nonfinite=None):
+                    on_nonfinite=None, keep_zeros: bool = False):
     """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`; with `frozen_config`,
     `step(state, tokens, frozen_params)` passes a frozen model's params (e.g. a teacher) to `loss_fn`.
 
@@ -129,8 +138,10 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     data-parallel axes; activations get the model's logical constraints. `microbatches` > 1
     accumulates gradients over equal slices of the batch (a larger-than-memory global batch).
     `loss_fn(params, batch, rng, *frozen) -> (loss, aux)` replaces the next-token loss (another objective).
-    A step whose gradients are not finite changes nothing but the skip counters, and calls
-    `on_nonfinite(step, streak)` on the host from the device (a callback: dispatch never waits)."""
+    `keep_zeros`: the blocks' kernel weights that are exactly zero stay zero (a pruned model's masks,
+    kept without storing them). A step whose gradients are not finite changes nothing but the skip
+    counters, and calls `on_nonfinite(step, streak)` on the host from the device (a callback:
+    dispatch never waits)."""
     train = config.embed_dropout > 0 or config.attention_dropout > 0 or config.resid_dropout > 0
 
     def grads_of(params, tokens, rng, frozen):
@@ -169,6 +180,8 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, trainable(state.params))
         params = with_trainable(state.params, optax.apply_updates(trainable(state.params), updates))
+        if keep_zeros:
+            params = zeros_kept(params, state.params)
         # Select, never multiply: 0 * NaN is NaN.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         new_state = state.replace(

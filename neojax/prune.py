@@ -1,0 +1,169 @@
+"""Prune a GPT-Neo checkpoint, or measure compression against quality.
+
+    python -m neojax.prune --checkpoint PATH --method magnitude --sparsity 0.5 [--scope layer] --output DST
+    python -m neojax.prune --checkpoint PATH --method 2:4 --output DST
+    python -m neojax.prune --checkpoint PATH --report report.json --text_files 'valid/*.txt'
+        [--tasks lambada_openai --data_dir tasks/] [--sparsities 0.1,0.3,0.5,0.7]
+
+Pruning zeroes the blocks' matmul kernels (attention q/k/v/out, MLP): magnitude (the smallest |w|,
+over all kernels together or per layer) or 2:4 (2 of every 4 inputs). A pruned model recovers by
+fine-tuning with its zeros kept: experiments/prune_finetune.py (train.keep_zeros).
+The report measures, for float32, int8 weights, an int8 KV cache, and each pruning method and
+sparsity: parameters, bytes, validation perplexity and the given harness tasks, and plots
+perplexity against sparsity (report.png).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+
+from neojax import checkpoint, cli
+from neojax import evaluate as ev
+from neojax.data import sources
+from neojax.files import write_json
+from neojax.model.quant import param_bytes, quantize_params
+from neojax.model.sparsity import apply_masks, magnitude_masks, sparsity, two_four_masks
+
+METHODS = ("magnitude", "2:4")
+
+
+def prune(params, method: str, sparsity_: float = 0.5, scope: str = "global"):
+    """Params with the method's masks applied."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose {' or '.join(METHODS)}")
+    if method == "2:4":
+        if sparsity_ != 0.5:
+            raise ValueError(f"sparsity={sparsity_}: 2:4 is 50% sparse by construction (give 0.5 or leave it out)")
+        return apply_masks(params, two_four_masks(params))
+    return apply_masks(params, magnitude_masks(params, sparsity_, scope))
+
+
+def main(argv=None) -> int:
+    parser = cli.ArgumentParser(prog="python -m neojax.prune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="HF directory, neojax directory or training workdir")
+    parser.add_argument("--method", help="magnitude or 2:4")
+    parser.add_argument("--sparsity", type=float, help="share of the kernels' weights to zero, in [0, 1)")
+    parser.add_argument("--scope", default="global", choices=["global", "layer"], help="magnitude: where to rank")
+    parser.add_argument("--output", help="the pruned model (a neojax directory)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--report", help="JSON report of compression against quality (and a PNG next to it)")
+    parser.add_argument("--text_files", help="validation text for the report's perplexity (glob)")
+    parser.add_argument("--jsonl", help="validation .jsonl(.zst) for the report's perplexity (glob)")
+    parser.add_argument("--tasks", default="", help="harness tasks for the report (files in --data_dir)")
+    parser.add_argument("--data_dir", default=".")
+    parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task / texts")
+    parser.add_argument("--sparsities", default="0.1,0.3,0.5,0.7", help="magnitude sparsities in the report")
+    args = parser.parse_args(argv)
+    if not os.path.exists(os.path.expanduser(args.checkpoint)):
+        raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
+    if args.report:
+        return _report(args)
+    if args.method not in METHODS:
+        raise cli.UsageError(f"--method {args.method}: choose {' or '.join(METHODS)} (or --report)")
+    if args.method == "magnitude" and args.sparsity is None:
+        raise cli.UsageError("--method magnitude needs --sparsity S, a share in [0, 1) (e.g. 0.5)")
+    s = 0.5 if args.sparsity is None else args.sparsity
+    if not 0 <= s < 1:
+        raise cli.UsageError(f"--sparsity {args.sparsity}: must lie in [0, 1) (the share of weights zeroed)")
+    if args.method == "2:4" and s != 0.5:
+        raise cli.UsageError(f"--sparsity {args.sparsity}: 2:4 is 50% sparse by construction; leave --sparsity out")
+    if not args.output:
+        raise cli.UsageError("--output DST is required: where to write the pruned model")
+    if os.path.exists(args.output) and not args.overwrite and (not os.path.isdir(args.output)
+                                                                or os.listdir(args.output)):
+        raise cli.UsageError(f"--output {args.output} already exists; choose another path or pass --overwrite")
+    with cli.about(f"--checkpoint {args.checkpoint}"):
+        model = checkpoint.load(os.path.expanduser(args.checkpoint))
+    with cli.about(f"--method {args.method}"):
+        params = prune(model.params, args.method, s, args.scope)
+    with cli.about(f"--output {args.output}"):
+        checkpoint.save(args.output, model._replace(params=params), to="neojax", overwrite=args.overwrite)
+    print(f"wrote {args.output}: {args.method} pruning, {sparsity(params):.2%} of the block kernels' weights are zero")
+    return 0
+
+
+def _report(args) -> int:
+    task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not (args.text_files or args.jsonl):
+        raise cli.UsageError("--report needs validation text: --text_files GLOB or --jsonl GLOB")
+    try:
+        levels = [float(x) for x in args.sparsities.split(",") if x.strip()]
+    except ValueError:
+        raise cli.UsageError(f"--sparsities {args.sparsities}: give numbers in [0, 1), comma-separated") from None
+    if not levels or not all(0 <= x < 1 for x in levels):
+        raise cli.UsageError(f"--sparsities {args.sparsities}: give numbers in [0, 1), comma-separated")
+    cli.writable_output("--report", args.report)
+    with cli.about("--text_files" if args.text_files else "--jsonl"):
+        texts = list(sources.text_files(args.text_files) if args.text_files else sources.jsonl(args.jsonl))
+    texts = texts[:args.limit] if args.limit else texts
+    loaded = {t: ev.load_task(args.data_dir, t) for t in task_names}
+    with cli.about(f"--checkpoint {args.checkpoint}"):
+        model = checkpoint.load(os.path.expanduser(args.checkpoint))
+    float_params = model.params
+    variants = [("float32", {}, float_params, 0.0), ("int8 weights", {}, None, 0.0),
+                ("int8 KV cache", {"kv_cache": "int8"}, float_params, 0.0)]
+    variants += [(f"magnitude {s:.0%}", {}, ("magnitude", s), s) for s in levels]
+    variants += [("2:4", {}, ("2:4", 0.5), 0.5)]
+    rows = []
+    for label, overrides, params, level in variants:
+        if params is None:
+            params = jax.device_get(quantize_params(float_params))
+        elif isinstance(params, tuple):
+            params = prune(float_params, *params)
+        config = model.config.replace(**overrides)
+        scorer = ev.Scorer(params, config, model.tokenizer, 8, label=f"{label} perplexity")
+        row = {"variant": label, "sparsity": level, "bytes": param_bytes(params),
+               "perplexity": ev.perplexity_of_texts(scorer, texts)["perplexity"]}
+        results = ev.evaluate(params, config, model.tokenizer, task_names, args.data_dir, limit=args.limit,
+                              loaded=loaded)
+        for task, metrics in results.items():
+            for key in ("acc", "perplexity", "bleu"):
+                if key in metrics:
+                    row[f"{task}/{key}"] = metrics[key]
+        rows.append(row)
+        print(f"  {label}: {row['bytes'] / 1e6:.1f} MB, perplexity {row['perplexity']:.3f}", flush=True)
+    base = rows[0]
+    for row in rows:
+        row["bytes_vs_float32"] = row["bytes"] / base["bytes"]
+        row["perplexity_change"] = row["perplexity"] / base["perplexity"] - 1
+    print(_table(rows))
+    chart = os.path.splitext(args.report)[0] + ".png"
+    _plot(rows, chart)
+    write_json(args.report, {"checkpoint": os.path.abspath(args.checkpoint), "rows": rows, "chart": chart})
+    print(f"wrote {args.report} and {chart}")
+    return 0
+
+
+def _table(rows) -> str:
+    keys = [k for k in rows[0] if "/" in k]
+    lines = ["| variant | MB | x float32 | perplexity | change | " + " | ".join(keys) + " |",
+             "|---|---|---|---|---|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['bytes'] / 1e6:.1f} | {r['bytes_vs_float32']:.2f} | {r['perplexity']:.3f} "
+                     f"| {r['perplexity_change']:+.2%} | " + " | ".join(f"{r[k]:.4f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _plot(rows, path) -> None:
+    plt = cli.require("matplotlib.pyplot", "the report's plot", "matplotlib")  # deferred: optional
+    fig, ax = plt.subplots(figsize=(6, 4))
+    base = rows[0]["perplexity"]
+    magnitude = [(0.0, base)] + [(r["sparsity"], r["perplexity"]) for r in rows if r["variant"].startswith("magn")]
+    ax.plot(*zip(*magnitude), "o-", label="magnitude (global)")
+    ax.plot([0.5], [next(r["perplexity"] for r in rows if r["variant"] == "2:4")], "s", label="2:4")
+    ax.axhline(base, color="grey", lw=1, ls="--", label="float32")
+    ax.set_xlabel("sparsity of the block kernels")
+    ax.set_ylabel("validation perplexity")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))

@@ -1,0 +1,124 @@
+"""Pruning reaches the requested sparsity exactly per method, 2:4 keeps its pattern, and pruned
+fine-tuning keeps the zeros."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from neojax.model import GPTNeoConfig, init_params
+from neojax.model.sparsity import apply_masks, is_two_four, magnitude_masks, prunable, sparsity, two_four_masks
+from neojax.prune import prune
+
+CFG = GPTNeoConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, window_size=8,
+                   attention_types=[[["global", "local"], 1]], max_position_embeddings=32)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return jax.device_get(init_params(CFG, jax.random.key(0)))
+
+
+def _kernels(p):
+    return {k: v for k, v in jax.tree_util.tree_flatten_with_path(p)[0]}
+
+
+def test_magnitude_global_and_per_layer_are_exact(params):
+    total = sum(np.asarray(w).size for path, w in _flat(params).items() if prunable(path))
+    for s in (0.0, 0.3, 0.5, 0.77):
+        pruned = apply_masks(params, magnitude_masks(params, s))
+        assert sparsity(pruned) == round(s * total) / total
+        per_layer = apply_masks(params, magnitude_masks(params, s, scope="layer"))
+        for path, w in _flat(per_layer).items():
+            if prunable(path):
+                assert (w == 0).sum() == round(s * w.size)
+    # the kept weights are the largest: every kept |w| >= every pruned |w| (global)
+    masks = magnitude_masks(params, 0.5)
+    kept = np.concatenate([np.abs(np.asarray(_flat(params)[p]))[m] for p, m in masks.items()])
+    dropped = np.concatenate([np.abs(np.asarray(_flat(params)[p]))[~m] for p, m in masks.items()])
+    assert kept.min() >= dropped.max()
+    untouched = [p for p in _flat(params) if not prunable(p)]
+    for p in untouched:  # embeddings, norms, biases
+        np.testing.assert_array_equal(_flat(pruned)[p], _flat(params)[p])
+
+
+def test_two_four_pattern(params):
+    pruned = apply_masks(params, two_four_masks(params))
+    assert sparsity(pruned) == 0.5 and is_two_four(pruned) and not is_two_four(params)
+    w = np.asarray(_flat(params)[("h_0", "mlp", "c_fc", "kernel")])
+    got = np.asarray(_flat(pruned)[("h_0", "mlp", "c_fc", "kernel")])
+    for col in range(3):
+        for g in range(0, 8, 4):
+            group = np.abs(w[g:g + 4, col])
+            assert set(np.nonzero(got[g:g + 4, col])[0]) == set(np.argsort(group)[2:])
+
+
+def test_bad_pruning_requests(params):
+    with pytest.raises(ValueError, match="sparsity=1.0"):
+        magnitude_masks(params, 1.0)
+    with pytest.raises(ValueError, match="2:4 is 50% sparse"):
+        prune(params, "2:4", 0.3)
+    with pytest.raises(ValueError, match="method='random'"):
+        prune(params, "random", 0.3)
+    odd = {"h_0": {"mlp": {"c_fc": {"kernel": np.ones((6, 4), np.float32)}}}}
+    with pytest.raises(ValueError, match="multiple of 4 inputs; h_0/mlp/c_fc/kernel has 6"):
+        two_four_masks(odd)
+
+
+def test_keep_zeros_training_keeps_the_masks(params):
+    import optax
+
+    from neojax.train.step import init_state, make_train_step
+    pruned = prune(params, "magnitude", 0.6)
+    state = init_state(CFG, optax.adamw(1e-2, weight_decay=0.1), jax.random.key(0), pruned)
+    step = make_train_step(CFG, optax.adamw(1e-2, weight_decay=0.1), keep_zeros=True)
+    tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, (4, 17))
+    for _ in range(3):
+        state, _ = step(state, tokens)
+    after = jax.device_get(state.params)
+    for path, w in _flat(pruned).items():
+        if prunable(path):
+            new = np.asarray(_flat(after)[path])
+            assert (new[np.asarray(w) == 0] == 0).all() and (new != np.asarray(w)).any()
+    free = make_train_step(CFG, optax.adamw(1e-2, weight_decay=0.1))
+    state2, _ = free(init_state(CFG, optax.adamw(1e-2, weight_decay=0.1), jax.random.key(0), pruned), tokens)
+    assert sparsity(jax.device_get(state2.params)) < 0.1  # without keep_zeros the zeros fill in
+
+
+def _flat(tree):
+    import flax
+    return flax.traverse_util.flatten_dict(tree)
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "neojax.prune", *args], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, XLA_FLAGS=""))
+
+
+def test_prune_command_and_report(tiny_hf_with_tokenizer, tmp_path):
+    from neojax import checkpoint
+    out = tmp_path / "pruned"
+    r = _run("--checkpoint", tiny_hf_with_tokenizer, "--method", "2:4", "--output", str(out))
+    assert r.returncode == 0 and "50.00%" in r.stdout, r.stderr
+    assert is_two_four(checkpoint.load(str(out)).params)
+    for args, message in ((["--method", "random", "--output", "x"], "--method random"),
+                          (["--method", "magnitude", "--sparsity", "1.0", "--output", "x"], "[0, 1)"),
+                          (["--method", "magnitude", "--sparsity", "nan", "--output", "x"], "[0, 1)"),
+                          (["--method", "2:4", "--sparsity", "0.3", "--output", "x"], "50% sparse"),
+                          (["--method", "2:4", "--output", str(out)], "already exists")):
+        r = _run("--checkpoint", tiny_hf_with_tokenizer, *args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    text = tmp_path / "valid.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. Once upon a time there was a model.\n" * 4)
+    report = tmp_path / "report.json"
+    r = _run("--checkpoint", tiny_hf_with_tokenizer, "--report", str(report), "--text_files", str(text),
+             "--sparsities", "0.3,0.6")
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+    rows = {row["variant"]: row for row in json.loads(report.read_text())["rows"]}
+    assert set(rows) == {"float32", "int8 weights", "int8 KV cache", "magnitude 30%", "magnitude 60%", "2:4"}
+    assert rows["int8 weights"]["bytes_vs_float32"] < 0.5 and rows["float32"]["perplexity_change"] == 0
+    assert rows["magnitude 60%"]["perplexity"] != rows["float32"]["perplexity"]
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
