@@ -50,9 +50,9 @@ def transposed_kernels(params, dtype="float32"):
         elif path[-2:] == ("q_proj", "kernel"):
             out[path[:-2] + ("qkv",)] = jnp.concatenate(
                 [jnp.swapaxes(flat[path[:-2] + (f"{n}_proj", "kernel")], 0, 1) for n in "qkv"])
-            if path[:-1] + ("scale",) in flat:  # int8 kernels: their scales, stacked the same way
+            if path[:-1] + ("kernel_scale",) in flat:  # int8 kernels: their scales, stacked the same way
                 out[path[:-2] + ("qkv_scale",)] = jnp.concatenate(
-                    [flat[path[:-2] + (f"{n}_proj", "scale")] for n in "qkv"])
+                    [flat[path[:-2] + (f"{n}_proj", "kernel_scale")] for n in "qkv"])
     keep = lambda v: v if v.dtype == jnp.int8 or v.ndim == 1 else v.astype(dtype)  # int8 stays int8
     return flax.traverse_util.unflatten_dict({k: keep(v) for k, v in out.items()})
 

@@ -3,7 +3,7 @@ of its kernel, LayerNorm, and the model's input checks and position ids.
 
 A Dense multiplies by its "params" kernel, or by a "transposed" copy of it ([out, in] in the
 compute dtype, the faster layout for XLA:CPU's few-row decode products, see
-neojax.model.decode.transposed_kernels); an int8 kernel has a `scale` param next to it
+neojax.model.decode.transposed_kernels); an int8 kernel has a `kernel_scale` param next to it
 (neojax.model.quant) that multiplies the product. The model's code is the same for all.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def init(std, axes):
 class Dense(nn.Dense):
     @nn.compact
     def __call__(self, x):
-        int8 = self.has_variable("params", "scale")
+        int8 = self.has_variable("params", "kernel_scale")
         if not int8 and not self.has_variable("transposed", "kernel"):
             return super().__call__(x)
         if self.has_variable("transposed", "kernel"):
@@ -34,7 +34,7 @@ class Dense(nn.Dense):
             y = jnp.einsum("...k,kn->...n", x.astype(self.dtype), kernel.astype(self.dtype),
                            preferred_element_type=jnp.float32)
         if int8:
-            y = y * self.get_variable("params", "scale")
+            y = y * self.get_variable("params", "kernel_scale")
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return y.astype(self.dtype)

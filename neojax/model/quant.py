@@ -3,8 +3,8 @@
     qparams = quantize_params(params)           # matmul kernels and the tied wte -> int8 + scales
     logits = GPTNeo(config).apply({"params": qparams}, tokens)   # the same model code
 
-A Dense kernel [in, out] becomes int8 values and a float32 `scale` [out] next to it (so that
-w ~= kernel * scale); the tied embedding/head `wte` [vocab, embed] gets per-row scales
+A Dense kernel [in, out] becomes int8 values and a float32 `kernel_scale` [out] next to it (so
+that w ~= kernel * kernel_scale); the tied embedding/head `wte` [vocab, embed] gets per-row scales
 `wte_scale` [vocab]. Every other parameter (position embeddings, LayerNorms, biases) stays float32.
 The model multiplies by the int8 kernel converted inside the product and scales the result, so no
 float copy of the weights is kept.
@@ -38,7 +38,7 @@ def quantize_params(params):
     out = {}
     for path, w in flat.items():
         if path[-1] == "kernel":
-            out[path], out[path[:-1] + ("scale",)] = quantize(w, axis=0)
+            out[path], out[path[:-1] + ("kernel_scale",)] = quantize(w, axis=0)
         elif path == ("wte",):
             out[path], out[("wte_scale",)] = quantize(w, axis=1)
         else:
@@ -53,11 +53,11 @@ def dequantize_params(params):
     flat = flax.traverse_util.flatten_dict(params)
     out = {}
     for path, w in flat.items():
-        if path[-1] == "kernel" and path[:-1] + ("scale",) in flat:
-            out[path] = w.astype(jnp.float32) * flat[path[:-1] + ("scale",)][None, :]
+        if path[-1] == "kernel" and path[:-1] + ("kernel_scale",) in flat:
+            out[path] = w.astype(jnp.float32) * flat[path[:-1] + ("kernel_scale",)][None, :]
         elif path == ("wte",):
             out[path] = w.astype(jnp.float32) * flat[("wte_scale",)][:, None]
-        elif path[-1] != "scale" and path != ("wte_scale",):
+        elif path[-1] != "kernel_scale" and path != ("wte_scale",):
             out[path] = w
     return flax.traverse_util.unflatten_dict(out)
 
