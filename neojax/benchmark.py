@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,9 +38,10 @@ from neojax.checkpoint.hf import state_dict_from_params
 from neojax.data.pipeline import TokenCache, TrainBatches
 from neojax.data.tokenizer import Tokenizer
 from neojax.evaluate import evaluate
-from neojax.flops import measure_peak_flops, train_flops_per_token
+from neojax.flops import measure_bandwidth, measure_peak_flops, train_flops_per_token
 from neojax.generate import generate
 from neojax.model import PRESETS, GPTNeo, init_params, preset
+from neojax.model.quant import quantize_params
 from neojax.serve.api import build_app
 from neojax.serve.engine import Engine
 from neojax.train.step import init_state, make_train_step
@@ -162,6 +164,17 @@ def bench_decode(config, params, batch, new_tokens=128, prompt_len=32, torch_too
     return rate["neojax"], rate.get("transformers")
 
 
+def decode_weight_bytes(params, config) -> int:
+    """Bytes of weights a decode step reads: every kernel and the tied head (whole), in the form
+    generate multiplies by (compute-dtype copies; int8 stays int8), and the scales."""
+    dtype = jnp.dtype(config.dtype).itemsize
+    total = 0
+    for path, x in flax.traverse_util.flatten_dict(params).items():
+        if path[-1] in ("kernel", "kernel_scale") or path[0] in ("wte", "wte_scale"):
+            total += x.size * (x.dtype.itemsize if x.dtype in (np.int8,) or x.ndim == 1 else dtype)
+    return total
+
+
 def bench_ttft(config, params, prompt_len=512):
     """Seconds to the first new token at batch 1 (prefill): (prompt length, seconds); the prompt
     is shortened to half the context for models with fewer positions."""
@@ -207,10 +220,13 @@ def bench_eval(config, params, lambada_docs=64, wiki_pages=2, wmt_docs=16, batch
             with open(os.path.join(d, f"{name}.jsonl"), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         run = lambda task: evaluate(params, config, tokenizer, [task], d, batch_size=batch_size)[task]
-        run("lambada_openai"), run("wikitext"), run("wmt16-de-en")  # compiles every padded shape
-        lam, wiki, trans = run("lambada_openai"), run("wikitext"), run("wmt16-de-en")
+        translate = config.max_position_embeddings > 2 * 256  # the task generates up to 256 tokens
+        run("lambada_openai"), run("wikitext"), translate and run("wmt16-de-en")  # compiles every padded shape
+        lam, wiki = run("lambada_openai"), run("wikitext")
+        trans = run("wmt16-de-en") if translate else None
         return {"lambada": lam["n"] / lam["seconds"], "wikitext": wiki["tokens_scored"] / wiki["seconds"],
-                "wmt": trans["n"] / trans["seconds"], "wmt_tokens": trans["tokens_generated"] / trans["seconds"],
+                **({"wmt": trans["n"] / trans["seconds"], "wmt_tokens": trans["tokens_generated"] / trans["seconds"]}
+                   if trans else {}),
                 "tokenizer": bench_tokenize(tokenizer, [p["page"] for p in pages] * 20)}
 
 
@@ -237,7 +253,7 @@ def _serving(params, config, tokenizer, max_batch, max_len):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(build_app(engine, "bench"), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+                                           log_config=None, access_log=False))  # this process's logging as it is
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -259,7 +275,9 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as d:
         tokenizer = _synthetic_tokenizer([text(200) for _ in range(200)], config, d)
-    prompts = [tokenizer.encode(text(400))[:n] for n in rng.integers(32, 257, clients)]
+    max_len = min(max_len, config.max_position_embeddings)
+    longest = min(256, max_len - new_tokens - 1)  # a small shape's context holds less
+    prompts = [tokenizer.encode(text(400))[:n] for n in rng.integers(min(32, longest), longest + 1, clients)]
 
     def one(port, prompt):
         """(seconds to the first token, generated tokens) of one streamed request."""
@@ -294,8 +312,10 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     finally:
         stop()
     ttft = np.array([t for t, _ in results])
+    lengths = [len(p) for p in prompts]
     return {"batched": batched, "alone": alone, "ttft_p50": float(np.percentile(ttft, 50)),
-            "ttft_p99": float(np.percentile(ttft, 99))}
+            "ttft_p99": float(np.percentile(ttft, 99)),
+            "workload": f"prompts {min(lengths)}-{max(lengths)} tokens, {new_tokens} new tokens"}
 
 
 SECTIONS = ("peak", "train", "memory", "local", "decode", "eval", "serve", "data")
@@ -310,6 +330,8 @@ def main(argv=None):
     parser.add_argument("--seq_len", type=cli.positive_int, default=2048)
     parser.add_argument("--remat", default="none", choices=["none", "full", "dots"], help="for the train rows")
     parser.add_argument("--no_torch", action="store_true")
+    parser.add_argument("--quantize", choices=["int8"], help="decode rows: also int8 weights (and bfloat16), against "
+                        "the weight-bandwidth bound")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -363,17 +385,32 @@ def main(argv=None):
                      ours, theirs))
         prompt_len, seconds = bench_ttft(config, params)
         add(_row(f"time to first token, {prompt_len}-token prompt, batch 1", "s", seconds))
+        if args.quantize:
+            bandwidth = measure_bandwidth()
+            add(_row("memory bandwidth (x + 1 over 256 MB, read + written)", "GB/s", bandwidth / 1e9))
+            variants = [("float32", config, params), ("bfloat16", config.replace(dtype="bfloat16"), params),
+                        ("int8 weights", config, jax.device_get(quantize_params(params)))]
+            for label, cfg, p in variants:
+                step_bytes = decode_weight_bytes(p, cfg)
+                bound = bandwidth / step_bytes
+                add(_row(f"decode bound {presets[0]} {label}: weight bytes a step {step_bytes / 1e6:.0f} MB / "
+                         "bandwidth", "tokens/s", bound))
+                for batch in (1, 16):
+                    ours, _ = bench_decode(cfg, p, batch, torch_too=False)
+                    add(_row(f"greedy decode {presets[0]} {label} batch {batch} ({100 * ours / batch / bound:.0f}% "
+                             "of the bound)", "tokens/s", ours))
     if "eval" in sections:
         rates = bench_eval(config, params)
         add(_row(f"evaluate lambada_openai {presets[0]} {args.dtype} (batch 8)", "examples/s", rates["lambada"]))
         add(_row(f"evaluate wikitext {presets[0]} {args.dtype} (rolling windows)", "tokens/s", rates["wikitext"]))
-        add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} (batch 8, greedy until newline)", "examples/s",
-                 rates["wmt"]))
-        add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} generated", "tokens/s", rates["wmt_tokens"]))
+        if "wmt" in rates:
+            add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} (batch 8, greedy until newline)", "examples/s",
+                     rates["wmt"]))
+            add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} generated", "tokens/s", rates["wmt_tokens"]))
         add(_row("tokenizer: byte-level BPE, encode_batch", "tokens/s", rates["tokenizer"]))
     if "serve" in sections:
         served = bench_serve(config, params)
-        label = f"serve {presets[0]} {args.dtype}, 16 concurrent streams (prompts 32-256, 64 new tokens)"
+        label = f"serve {presets[0]} {args.dtype}, 16 concurrent streams ({served['workload']})"
         add(_row(f"{label}: continuous batching", "tokens/s", served["batched"]))
         add(_row(f"{label}: one request at a time", "tokens/s", served["alone"]))
         add(_row(f"{label}: time to first token p50", "s", served["ttft_p50"]))

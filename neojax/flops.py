@@ -49,3 +49,16 @@ def measure_peak_flops(dtype=jnp.float32, size: int = 2048, seconds: float = 1.0
         jax.block_until_ready(outs)
         n += 10
     return 2 * size ** 3 * n * jax.local_device_count() / (time.perf_counter() - start)
+
+
+def measure_bandwidth(megabytes: int = 256, seconds: float = 1.0) -> float:
+    """Bytes/s the default device reads plus writes in a streaming elementwise pass over a large
+    array (x + 1: each element read once and written once): the bound of weight-bound decoding."""
+    x = jnp.zeros((megabytes * 2 ** 20 // 4,), jnp.float32)
+    f = jax.jit(lambda x: x + 1)
+    f(x).block_until_ready()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or n < 3:
+        jax.block_until_ready(f(x))
+        n += 1
+    return 2 * x.nbytes * n / (time.perf_counter() - start)

@@ -1,5 +1,6 @@
 """Helpers the tests share (conftest.py holds only fixtures): random transformers GPT-Neo models,
 their logits, padded batches, a seconds-long training config, and a server in a subprocess."""
+import json
 import os
 import signal
 import socket
@@ -132,3 +133,33 @@ class Server:
                 self.proc.wait()
         self.lines += self.proc.stdout.readlines()
         return self.proc.returncode
+
+
+def torch_logprobs(torch_model, tokens):
+    import torch
+    with torch.no_grad():
+        logits = torch_model(torch.tensor([tokens])).logits[0].double()
+    return torch.log_softmax(logits, -1).numpy()
+
+
+def ref_loglikelihood(torch_model, tok, context, continuation, max_len):
+    """The harness's loglikelihood, written out plainly (one request at a time)."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    if context:
+        whole, n = tok.encode(context + continuation), len(tok.encode(context))
+        ctx, cont = whole[:n], whole[n:]
+    else:
+        ctx, cont = [tok.eos_id], tok.encode(continuation)
+    inp = (ctx + cont)[-(max_len + 1):][:-1]
+    lp = torch_logprobs(torch_model, inp)
+    rows = lp[len(inp) - len(cont):]
+    return float(sum(rows[i, t] for i, t in enumerate(cont))), all(rows[i].argmax() == t for i, t in enumerate(cont))
+
+
+def write_jsonl(directory, name, docs):
+    """directory/name.jsonl with one JSON object per line."""
+    with open(os.path.join(directory, f"{name}.jsonl"), "w") as f:
+        for d in docs:
+            f.write(json.dumps(d) + "\n")

@@ -11,8 +11,8 @@ from neojax.model import init_params, preset
 
 def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    benchmark.main(["--presets", "tiny", "--seq_len", "64", "--train_batch", "2", "--only", "train,memory,decode,eval",
-                    "--output", str(out)])
+    benchmark.main(["--presets", "tiny", "--seq_len", "64", "--train_batch", "2", "--only",
+                    "train,memory,decode,eval,serve", "--quantize", "int8", "--output", str(out)])
     report = json.loads(out.read_text())
     rows = {r["name"]: r for r in report["rows"]}
     assert set(report) == {"date", "device", "machine", "rows"}
@@ -32,4 +32,9 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
         assert decode["neojax"] > 0 and decode["transformers"] > 0
         assert decode["ratio"] == pytest.approx(decode["neojax"] / decode["transformers"])
     assert rows["time to first token, 128-token prompt, batch 1"]["neojax"] > 0  # half the tiny context
+    bounds = {name: r["neojax"] for name, r in rows.items() if name.startswith("decode bound tiny")}
+    assert len(bounds) == 3 and all(v > 0 for v in bounds.values())
+    assert any(name.startswith("greedy decode tiny int8 weights batch 16") for name in rows)
+    serve = [r for name, r in rows.items() if name.startswith("serve tiny")]
+    assert len(serve) == 4 and all(r["neojax"] > 0 for r in serve)
     assert "train tiny T=64 batch 2" in capsys.readouterr().out

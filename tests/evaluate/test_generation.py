@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from support import random_hf_model
+from support import random_hf_model, write_jsonl
 
 from neojax import checkpoint
 from neojax import evaluate as ev
@@ -43,11 +43,6 @@ def reference_generate(torch_model, tok, context, until, max_gen_toks, max_len):
     return text
 
 
-def _write(path, name, docs):
-    with open(path / f"{name}.jsonl", "w") as f:
-        for d in docs:
-            f.write(json.dumps(d) + "\n")
-
 
 def _sentence(rng, n):
     return " ".join(rng.choice(WORDS, n))
@@ -82,8 +77,8 @@ def test_wmt_prompt_fewshot_and_corpus_metrics_match_the_harness(long_model, tmp
     rng = np.random.default_rng(2)
     docs = [{"translation": {"de": _sentence(rng, 6), "en": _sentence(rng, 7)}} for _ in range(5)]
     pool = [{"translation": {"de": _sentence(rng, 4), "en": _sentence(rng, 4)}} for _ in range(6)]
-    _write(tmp_path, "wmt16-de-en", docs)
-    _write(tmp_path, "wmt16-de-en.train", pool)
+    write_jsonl(tmp_path, "wmt16-de-en", docs)
+    write_jsonl(tmp_path, "wmt16-de-en.train", pool)
     results = ev.evaluate(m.params, m.config, m.tokenizer, ["wmt16-de-en"], str(tmp_path), num_fewshot=2,
                           batch_size=4)["wmt16-de-en"]
     # the prompts, rebuilt: two examples "German phrase: ..\nEnglish phrase:  ..\n\n" then the query
@@ -132,10 +127,10 @@ def test_truthfulqa_and_cnn_dailymail_end_to_end(long_model, tmp_path):
     m, torch_model, _ = long_model
     rng = np.random.default_rng(4)
     articles = [{"article": _sentence(rng, 30), "highlights": _sentence(rng, 8)} for _ in range(3)]
-    _write(tmp_path, "cnn_dailymail", articles)
+    write_jsonl(tmp_path, "cnn_dailymail", articles)
     qa = [{"question": _sentence(rng, 5) + "?", "best_answer": "x", "correct_answers": [_sentence(rng, 3)],
            "incorrect_answers": [_sentence(rng, 3), _sentence(rng, 2)]} for _ in range(3)]
-    _write(tmp_path, "truthfulqa_gen", qa)
+    write_jsonl(tmp_path, "truthfulqa_gen", qa)
     out = ev.evaluate(m.params, m.config, m.tokenizer, ["cnn_dailymail", "truthfulqa_gen"], str(tmp_path),
                       batch_size=2)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
@@ -156,7 +151,7 @@ def test_truthfulqa_and_cnn_dailymail_end_to_end(long_model, tmp_path):
 
 def test_bad_generation_task_files(long_model, tmp_path):
     m, _, _ = long_model
-    _write(tmp_path, "wmt16-en-ro", [{"translation": {"en": "hello", "ro": "salut"}},
+    write_jsonl(tmp_path, "wmt16-en-ro", [{"translation": {"en": "hello", "ro": "salut"}},
                                      {"translation": {"en": "x", "de": "y"}}])
     with pytest.raises(ValueError, match=r"wmt16-en-ro.jsonl line 2: field 'translation.ro' must be a string"):
         ev.evaluate(m.params, m.config, m.tokenizer, ["wmt16-en-ro"], str(tmp_path))
@@ -167,7 +162,7 @@ def test_bad_generation_task_files(long_model, tmp_path):
 
 def test_cli_translation_task_and_bad_pair(long_model, tmp_path):
     _, _, directory = long_model
-    _write(tmp_path, "wmt14-fr-en", [{"translation": {"fr": "bonjour le monde", "en": "hello world"}}] * 2)
+    write_jsonl(tmp_path, "wmt14-fr-en", [{"translation": {"fr": "bonjour le monde", "en": "hello world"}}] * 2)
     out = tmp_path / "r.json"
     run = lambda *a: subprocess.run([sys.executable, "-m", "neojax.evaluate", "--checkpoint", directory,
                                      "--data_dir", str(tmp_path), *a], capture_output=True, text=True, timeout=300)

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from support import ref_loglikelihood, torch_logprobs, write_jsonl
 
 from neojax import checkpoint
 from neojax import evaluate as ev
@@ -25,29 +26,6 @@ def model(tiny_hf_with_tokenizer):
     return m, torch_model.eval()
 
 
-def torch_logprobs(torch_model, tokens):
-    import torch
-    with torch.no_grad():
-        logits = torch_model(torch.tensor([tokens])).logits[0].double()
-    return torch.log_softmax(logits, -1).numpy()
-
-
-def ref_loglikelihood(torch_model, tok, context, continuation, max_len):
-    """The harness's loglikelihood, written out plainly (one request at a time)."""
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    if context:
-        whole, n = tok.encode(context + continuation), len(tok.encode(context))
-        ctx, cont = whole[:n], whole[n:]
-    else:
-        ctx, cont = [tok.eos_id], tok.encode(continuation)
-    inp = (ctx + cont)[-(max_len + 1):][:-1]
-    lp = torch_logprobs(torch_model, inp)
-    rows = lp[len(inp) - len(cont):]
-    return float(sum(rows[i, t] for i, t in enumerate(cont))), all(rows[i].argmax() == t for i, t in enumerate(cont))
-
-
 def ref_rolling(torch_model, tok, text, max_len):
     """Every token scored once: the first window after EOS, each later window predicting up to
     max_len new tokens from the max_len tokens before its last one."""
@@ -63,16 +41,10 @@ def ref_rolling(torch_model, tok, text, max_len):
     return total
 
 
-def _write(tmp_path, name, docs):
-    with open(tmp_path / f"{name}.jsonl", "w") as f:
-        for d in docs:
-            f.write(json.dumps(d) + "\n")
-
-
 def test_lambada_matches_reference_and_ignores_batch_size(model, tmp_path):
     m, torch_model = model
     docs = [{"text": s} for s in SENTENCES] + [{"text": "x " * 80 + "end"}]  # the last one is left truncated
-    _write(tmp_path, "lambada_openai", docs)
+    write_jsonl(tmp_path, "lambada_openai", docs)
     refs = [ref_loglikelihood(torch_model, m.tokenizer, d["text"].rsplit(" ", 1)[0], " " + d["text"].rsplit(" ", 1)[1],
                               48) for d in docs]
     runs = [ev.evaluate(m.params, m.config, m.tokenizer, ["lambada_openai"], str(tmp_path), batch_size=b, max_len=48)
@@ -107,7 +79,7 @@ def test_wikitext_detokeniser():
 def test_wikitext_rolling_windows_score_every_token_once(model, tmp_path):
     m, torch_model = model
     pages = [" = Heading = \n " + " ".join(SENTENCES) + " . \n", " " + " ".join(SENTENCES[::-1]) * 2 + " \n"]
-    _write(tmp_path, "wikitext", [{"page": p} for p in pages])
+    write_jsonl(tmp_path, "wikitext", [{"page": p} for p in pages])
     r = ev.evaluate(m.params, m.config, m.tokenizer, ["wikitext"], str(tmp_path), max_len=16, batch_size=4)["wikitext"]
     total = sum(ref_rolling(torch_model, m.tokenizer, wikitext_detokenize(p), 16) for p in pages)
     words = sum(len(__import__("re").split(r"\s+", p)) for p in pages)
@@ -137,8 +109,8 @@ def test_hellaswag_and_piqa(model, tmp_path):
            "label": i % 4} for i in range(6)]
     piqa = [{"goal": s, "sol1": SENTENCES[(i + 1) % 4], "sol2": "a much longer and rather odd answer " + s,
              "label": i % 2} for i, s in enumerate(SENTENCES)]
-    _write(tmp_path, "hellaswag", hs)
-    _write(tmp_path, "piqa", piqa)
+    write_jsonl(tmp_path, "hellaswag", hs)
+    write_jsonl(tmp_path, "piqa", piqa)
     r = ev.evaluate(m.params, m.config, m.tokenizer, ["hellaswag", "piqa"], str(tmp_path), batch_size=5)
     assert hellaswag_clean("he [header] picks up [title] the  knife") == "he picks up. the knife"
     ctx = [hellaswag_clean(d["activity_label"] + ": " + d["ctx_a"] + " " + d["ctx_b"].capitalize()) for d in hs]
@@ -156,8 +128,8 @@ def test_winogrande_partial_scoring_and_fewshot(model, tmp_path):
              "option2": "the dog", "answer": "1"},
             {"sentence": "Once upon a time _ wrote a model.", "option1": "GPT-Neo", "option2": "the fox",
              "answer": "2"}]
-    _write(tmp_path, "winogrande", docs)
-    _write(tmp_path, "winogrande.train", docs * 2)
+    write_jsonl(tmp_path, "winogrande", docs)
+    write_jsonl(tmp_path, "winogrande.train", docs * 2)
     r = ev.evaluate(m.params, m.config, m.tokenizer, ["winogrande"], str(tmp_path))["winogrande"]
     expected = []
     for d in docs:
@@ -182,8 +154,8 @@ def test_mathqa_and_pubmedqa(model, tmp_path):
               for i, s in enumerate(SENTENCES)]
     pubmed[3] = {"QUESTION": "Does it work?", "CONTEXTS": abstract["contexts"],
                  "final_decision": "maybe"}  # original keys
-    _write(tmp_path, "mathqa", mathqa)
-    _write(tmp_path, "pubmedqa", pubmed)
+    write_jsonl(tmp_path, "mathqa", mathqa)
+    write_jsonl(tmp_path, "pubmedqa", pubmed)
     r = ev.evaluate(m.params, m.config, m.tokenizer, ["mathqa", "pubmedqa"], str(tmp_path), batch_size=3)
     acc, norm = _mc_reference(torch_model, m.tokenizer, [f"Question: {d['Problem']}\nAnswer:" for d in mathqa],
                               [choices] * 4, [0, 1, 2, 3])
@@ -228,9 +200,9 @@ def test_missing_task_file_names_path_and_format(model, tmp_path):
 
 
 def test_cli_results_and_paper_table(tiny_hf_with_tokenizer, tmp_path):
-    _write(tmp_path, "lambada_openai", [{"text": s} for s in SENTENCES])
-    _write(tmp_path, "piqa", [{"goal": s, "sol1": "yes", "sol2": "no", "label": 0} for s in SENTENCES])
-    _write(tmp_path, "pile", [{"text": s, "meta": {}} for s in SENTENCES])
+    write_jsonl(tmp_path, "lambada_openai", [{"text": s} for s in SENTENCES])
+    write_jsonl(tmp_path, "piqa", [{"goal": s, "sol1": "yes", "sol2": "no", "label": 0} for s in SENTENCES])
+    write_jsonl(tmp_path, "pile", [{"text": s, "meta": {}} for s in SENTENCES])
     out = tmp_path / "results.json"
     run = lambda *a: subprocess.run([sys.executable, "-m", "neojax.evaluate", "--checkpoint", tiny_hf_with_tokenizer,
                                      "--data_dir", str(tmp_path), *a], capture_output=True, text=True, timeout=300)
