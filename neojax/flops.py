@@ -52,13 +52,16 @@ def measure_peak_flops(dtype=jnp.float32, size: int = 2048, seconds: float = 1.0
 
 
 def measure_bandwidth(megabytes: int = 256, seconds: float = 1.0) -> float:
-    """Bytes/s the default device reads plus writes in a streaming elementwise pass over a large
-    array (x + 1: each element read once and written once): the bound of weight-bound decoding."""
-    x = jnp.zeros((megabytes * 2 ** 20 // 4,), jnp.float32)
-    f = jax.jit(lambda x: x + 1)
-    f(x).block_until_ready()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds or n < 3:
-        jax.block_until_ready(f(x))
-        n += 1
-    return 2 * x.nbytes * n / (time.perf_counter() - start)
+    """Bytes/s at which the default device streams a weight matrix through a one-row product (a
+    float32 [n, n] matrix of `megabytes`): what a batch-1 decode step does with every weight, so the
+    bound of weight-bound decoding. (An elementwise pass is not it: XLA:CPU runs those on one core.)"""
+    n = int((megabytes * 2 ** 20 // 4) ** 0.5)
+    w = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    x = jnp.ones((1, n), jnp.float32)
+    f = jax.jit(lambda x, w: x @ w)
+    f(x, w).block_until_ready()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or runs < 3:
+        jax.block_until_ready(f(x, w))
+        runs += 1
+    return w.nbytes * runs / (time.perf_counter() - start)

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import itertools
 import threading
+import traceback
 from typing import Callable, Optional
 
 import jax
@@ -164,16 +165,26 @@ class Engine:
                 if self.stopping:
                     break
                 self._admit()
-            self._drop_cancelled()
-            filling = [s for s in self.slots if s is not None and s.filled < len(s.prompt)]
-            if filling:
-                self._prefill_chunk(min(filling, key=lambda s: s.slot))
-            if any(s is not None and s.filled == len(s.prompt) and s.tokens for s in self.slots):
-                self._decode_step()
-            self.steps += 1
+            try:
+                self._step()
+            except Exception:  # a failed step ends the running sequences, not the server
+                traceback.print_exc()
+                for seq in [s for s in self.slots if s is not None]:
+                    self._finish(seq, "error")
         for seq in list(self.waiting) + [s for s in self.slots if s is not None]:
             self._finish(seq, "abort")
         self.waiting.clear()
+
+    def _step(self) -> None:
+        """At most one prompt chunk (running streams wait for no more than that), then one decode
+        step of every slot that is generating."""
+        self._drop_cancelled()
+        filling = [s for s in self.slots if s is not None and s.filled < len(s.prompt)]
+        if filling:
+            self._prefill_chunk(min(filling, key=lambda s: s.slot))
+        if any(s is not None and s.filled == len(s.prompt) and s.tokens for s in self.slots):
+            self._decode_step()
+        self.steps += 1
 
     def _admit(self) -> None:
         for i in range(self.max_batch):
@@ -242,7 +253,7 @@ class Engine:
         seq.top.append(list(zip(top_ids.tolist(), top_lp.tolist())))
         text, stopped = seq.stream.add(token)
         if text:
-            seq.on_event({"text": text, "tokens": len(seq.tokens)})
+            _emit(seq, {"text": text, "tokens": len(seq.tokens)})
         if stopped:
             return self._finish(seq, "stop")
         if len(seq.tokens) >= seq.settings.max_tokens or seq.length + 1 >= self.max_len:
@@ -253,11 +264,19 @@ class Engine:
             return
         rest = seq.stream.flush() if seq.stream is not None else ""
         if rest:
-            seq.on_event({"text": rest, "tokens": len(seq.tokens)})
+            _emit(seq, {"text": rest, "tokens": len(seq.tokens)})
         seq.finish_reason = reason
         if 0 <= seq.slot < self.max_batch and self.slots[seq.slot] is seq:
             self.slots[seq.slot] = None
-        seq.on_event({"finish_reason": reason})
+        _emit(seq, {"finish_reason": reason})
+
+
+def _emit(seq: Sequence, event: dict) -> None:
+    """Hand an event to the request; one whose listener is gone (closed loop) is dropped."""
+    try:
+        seq.on_event(event)
+    except RuntimeError:
+        seq.cancelled = True
 
 
 _SEEDS = itertools.count(1)
