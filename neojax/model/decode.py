@@ -7,6 +7,7 @@ positions (cumsum of the mask - 1), so left padding never shifts a row's positio
 from __future__ import annotations
 
 import flax
+import jax
 import jax.numpy as jnp
 
 from neojax import registry
@@ -62,3 +63,24 @@ def decode_step(params, config: GPTNeoConfig, cache, token, position, slot, tran
     `transposed`: transposed_kernels(params, config.dtype), optional (the same maths, faster)."""
     variables = {"params": params} if transposed is None else {"params": params, "transposed": transposed}
     return GPTNeo(config).apply(variables, token[:, None], position[:, None], cache, slot, method=GPTNeo.decode)
+
+
+def cached_logprobs(params, config: GPTNeoConfig, tokens):
+    """log p(tokens[:, t+1] | tokens[:, :t+1]) for t = 0..T-2 ([batch, T-1]), computed the way
+    generation computes it: the first token prefilled, every later one a decode step through the
+    KV cache (so an int8 cache or another variant's decoding state is what is measured)."""
+    tokens = jnp.asarray(tokens)
+    b, t = tokens.shape
+    mask = jnp.ones((b, 1), jnp.int32)
+    logits, cache, position = prefill(params, config, tokens[:, :1], mask, t)
+
+    def step(carry, i):
+        logits, cache, position = carry
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        target = jax.lax.dynamic_index_in_dim(tokens, i + 1, axis=1, keepdims=False)
+        scored = jnp.take_along_axis(logp, target[:, None], axis=-1)[:, 0]
+        logits, cache = decode_step(params, config, cache, target, position + 1, i + 1)
+        return (logits, cache, position + 1), scored
+
+    _, scored = jax.lax.scan(step, (logits, cache, position), jnp.arange(t - 1))
+    return scored.T

@@ -51,6 +51,19 @@ def test_quantized_logits_and_greedy_tokens_stay_close():
     assert a[0][:4] == b[0][:4]
 
 
+def test_decoding_path_logprobs_equal_the_forward_pass_and_int8_cache_stays_close():
+    from neojax.model.decode import cached_logprobs
+    params = _params(2)
+    tokens = np.random.default_rng(3).integers(0, CFG.vocab_size, (2, 40))  # past the local window
+    logits = np.asarray(GPTNeo(CFG).apply({"params": params}, tokens), np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    want = np.take_along_axis(logp[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(cached_logprobs(params, CFG, tokens)), want, atol=2e-4)
+    int8 = np.asarray(cached_logprobs(params, CFG.replace(kv_cache="int8"), tokens))
+    assert 0 < np.abs(int8 - want).max() < 0.1  # the int8 cache is used (not identical) and stays close
+
+
 def test_int8_kv_cache_decodes_like_the_float_cache():
     params = _params(1)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]  # a ring (local window 8) and left padding

@@ -121,4 +121,6 @@ def test_prune_command_and_report(tiny_hf_with_tokenizer, tmp_path):
     assert set(rows) == {"float32", "int8 weights", "int8 KV cache", "magnitude 30%", "magnitude 60%", "2:4"}
     assert rows["int8 weights"]["bytes_vs_float32"] < 0.5 and rows["float32"]["perplexity_change"] == 0
     assert rows["magnitude 60%"]["perplexity"] != rows["float32"]["perplexity"]
+    assert rows["int8 KV cache"]["cached_perplexity"] != rows["float32"]["cached_perplexity"]  # the cache is measured
+    assert rows["int8 KV cache"]["perplexity"] == rows["float32"]["perplexity"]  # full-sequence scoring has no cache
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
