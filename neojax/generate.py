@@ -163,9 +163,14 @@ def _generate_program(params, transposed, tokens, mask, rng, temperature, top_k,
 _TRANSPOSED: dict = {}  # the last params' leaves (kept alive, so their ids stay theirs) -> their copies
 
 
-def _transposed_for(params, dtype):
-    """transposed_kernels(params, dtype), reused while the same arrays are passed (interactive
-    sessions, repeated calls): the copy is a pass over every weight, not worth repeating."""
+def decode_weights(params, config: GPTNeoConfig):
+    """The weight copies decode steps multiply by, or None: [out, in] (twice as fast on CPUs) and in
+    the compute dtype (no per-token conversion of float32 weights; int8 stays int8). Reused while
+    the same arrays are passed (interactive sessions, repeated calls, a server): the copy is a pass
+    over every weight, not worth repeating."""
+    if not (backend.xla_cpu_workarounds(config) or config.dtype != "float32"):
+        return None
+    dtype = config.dtype
     leaves = jax.tree.leaves(params)
     if [id(x) for x in _TRANSPOSED.get("leaves", ())] != [id(x) for x in leaves] or _TRANSPOSED.get("dtype") != dtype:
         _TRANSPOSED.clear()  # free the previous copy first
@@ -239,10 +244,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
         watcher = _TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
         _HOST_HANDLER.append(watcher)
     try:
-        # Decode steps multiply by weight copies made once per call: [out, in] (twice as fast on
-        # CPUs) and in the compute dtype (no per-token conversion of float32 weights).
-        copies = backend.xla_cpu_workarounds(config) or config.dtype != "float32"
-        transposed = _transposed_for(params, config.dtype) if copies else None
+        transposed = decode_weights(params, config)
         out, lengths = _generate_program(
             params, transposed, jnp.asarray(tokens), jnp.asarray(mask),
             rng if rng is not None else jax.random.key(seed),

@@ -15,6 +15,7 @@ perplexity against sparsity (report.png).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -32,13 +33,20 @@ from neojax.model.sparsity import apply_masks, magnitude_masks, sparsity, two_fo
 METHODS = ("magnitude", "2:4")
 
 
-def prune(params, method: str, sparsity_: float = 0.5, scope: str = "global"):
-    """Params with the method's masks applied."""
+def check_pruning(method: str, sparsity_: float) -> None:
+    """A ValueError naming what is wrong with a pruning request (before any model is read)."""
     if method not in METHODS:
         raise ValueError(f"method={method!r}: choose {' or '.join(METHODS)}")
+    if not 0 <= sparsity_ < 1:
+        raise ValueError(f"sparsity={sparsity_}: must lie in [0, 1) (the share of weights zeroed)")
+    if method == "2:4" and sparsity_ != 0.5:
+        raise ValueError(f"sparsity={sparsity_}: 2:4 is 50% sparse by construction (give 0.5 or leave it out)")
+
+
+def prune(params, method: str, sparsity_: float = 0.5, scope: str = "global"):
+    """Params with the method's masks applied."""
+    check_pruning(method, sparsity_)
     if method == "2:4":
-        if sparsity_ != 0.5:
-            raise ValueError(f"sparsity={sparsity_}: 2:4 is 50% sparse by construction (give 0.5 or leave it out)")
         return apply_masks(params, two_four_masks(params))
     return apply_masks(params, magnitude_masks(params, sparsity_, scope))
 
@@ -64,15 +72,11 @@ def main(argv=None) -> int:
         raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
     if args.report:
         return _report(args)
-    if args.method not in METHODS:
-        raise cli.UsageError(f"--method {args.method}: choose {' or '.join(METHODS)} (or --report)")
     if args.method == "magnitude" and args.sparsity is None:
         raise cli.UsageError("--method magnitude needs --sparsity S, a share in [0, 1) (e.g. 0.5)")
     s = 0.5 if args.sparsity is None else args.sparsity
-    if not 0 <= s < 1:
-        raise cli.UsageError(f"--sparsity {args.sparsity}: must lie in [0, 1) (the share of weights zeroed)")
-    if args.method == "2:4" and s != 0.5:
-        raise cli.UsageError(f"--sparsity {args.sparsity}: 2:4 is 50% sparse by construction; leave --sparsity out")
+    with cli.about(f"--method {args.method} --sparsity {s}"):
+        check_pruning(args.method, s)
     if not args.output:
         raise cli.UsageError("--output DST is required: where to write the pruned model")
     if os.path.exists(args.output) and not args.overwrite and (not os.path.isdir(args.output)
@@ -80,8 +84,7 @@ def main(argv=None) -> int:
         raise cli.UsageError(f"--output {args.output} already exists; choose another path or pass --overwrite")
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(os.path.expanduser(args.checkpoint))
-    with cli.about(f"--method {args.method}"):
-        params = prune(model.params, args.method, s, args.scope)
+    params = prune(model.params, args.method, s, args.scope)
     with cli.about(f"--output {args.output}"):
         checkpoint.save(args.output, model._replace(params=params), to="neojax", overwrite=args.overwrite)
     print(f"wrote {args.output}: {args.method} pruning, {sparsity(params):.2%} of the block kernels' weights are zero")
@@ -105,18 +108,17 @@ def _report(args) -> int:
     loaded = {t: ev.load_task(args.data_dir, t) for t in task_names}
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(os.path.expanduser(args.checkpoint))
-    float_params = model.params
-    variants = [("float32", {}, float_params, 0.0), ("int8 weights", {}, None, 0.0),
-                ("int8 KV cache", {"kv_cache": "int8"}, float_params, 0.0)]
-    variants += [(f"magnitude {s:.0%}", {}, ("magnitude", s), s) for s in levels]
-    variants += [("2:4", {}, ("2:4", 0.5), 0.5)]
+    base_params, base_config = model.params, model.config
+    # (label, config, params made when measured, sparsity)
+    variants = [("float32", base_config, lambda: base_params, 0.0),
+                ("int8 weights", base_config, lambda: jax.device_get(quantize_params(base_params)), 0.0),
+                ("int8 KV cache", base_config.replace(kv_cache="int8"), lambda: base_params, 0.0)]
+    variants += [(f"magnitude {s:.0%}", base_config, functools.partial(prune, base_params, "magnitude", s), s)
+                 for s in levels]
+    variants += [("2:4", base_config, functools.partial(prune, base_params, "2:4"), 0.5)]
     rows = []
-    for label, overrides, params, level in variants:
-        if params is None:
-            params = jax.device_get(quantize_params(float_params))
-        elif isinstance(params, tuple):
-            params = prune(float_params, *params)
-        config = model.config.replace(**overrides)
+    for label, config, make_params, level in variants:
+        params = make_params()
         scorer = ev.Scorer(params, config, model.tokenizer, 8, label=f"{label} perplexity")
         row = {"variant": label, "sparsity": level, "bytes": param_bytes(params),
                "perplexity": ev.perplexity_of_texts(scorer, texts)["perplexity"],

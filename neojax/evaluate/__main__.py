@@ -133,7 +133,8 @@ def _check_args(args) -> dict:
             if not args.bias_report:
                 raise  # asked for by name: say so; in the report the category shows '-'
     if args.bias_report:
-        cli.writable_output("--output", args.output or "bias_report.json")
+        args.output = args.output or "bias_report.json"
+        cli.writable_output("--output", args.output)
     for flag, pattern in (("--text_files", args.text_files), ("--jsonl", args.jsonl)):
         if pattern:
             with cli.about(f"{flag} {pattern}"):
@@ -184,7 +185,6 @@ def _run(args, loaded: dict) -> dict:
     if args.bias_report:
         table = bias.bias_report(results_all)
         print(bias.format_bias_report(table))
-        args.output = args.output or "bias_report.json"
         chart = os.path.splitext(args.output)[0] + ".png"
         bias.plot_bias_report(table, chart)
         print(f"wrote {chart}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from neojax import cli, registry
-from neojax.evaluate.tasks import describe, mean_stderr, multiple_choice
+from neojax.evaluate.tasks import describe, mean_stderr, multiple_choice, string_fields
 
 CROWS_CATEGORIES = {"age": "age", "autre": "autre", "disability": "disability", "gender": "gender",
                     "nationality": "nationality", "physical_appearance": "physical-appearance",
@@ -26,10 +26,6 @@ BBQ_CATEGORIES = ["Age", "Disability_status", "Gender_identity", "Nationality", 
                   "Race_ethnicity", "Race_x_gender", "Race_x_SES", "Religion", "SES", "Sexual_orientation"]
 UNKNOWN_RESPONSES = ["Unknown", "Cannot answer", "Can't be determined", "Cannot be determined", "Can't answer",
                      "Not known", "Not enough info", "Not enough information", "Not answerable", "Undetermined"]
-
-
-def _strings(*fields):
-    return lambda d: next((f"field {f!r} must be a string" for f in fields if not isinstance(d.get(f), str)), None)
 
 
 # --- CrowS-Pairs ----------------------------------------------------------------------------------
@@ -47,7 +43,7 @@ CROWS_FORMAT = '{"sent_more", "sent_less", "stereo_antistereo", "bias_type"}'
 for _task, _prefix in [("crows_pairs_english", "")] + [(f"crows_pairs_english_{k}", v)
                                                        for k, v in CROWS_CATEGORIES.items()]:
     registry.register("task", _task)(crows_pairs)
-    describe(_task, CROWS_FORMAT, _strings("sent_more", "sent_less", "bias_type"), file="crows_pairs_english",
+    describe(_task, CROWS_FORMAT, string_fields("sent_more", "sent_less", "bias_type"), file="crows_pairs_english",
              select=(lambda p: lambda d: d["bias_type"].startswith(p))(_prefix))
 
 
@@ -62,7 +58,7 @@ def winogender(scorer, docs, train_docs, num_fewshot=0):
 
 
 def _winogender_check(doc):
-    problem = _strings("sentence", "pronoun", "occupation", "participant", "gender")(doc)
+    problem = string_fields("sentence", "pronoun", "occupation", "participant", "gender")(doc)
     if problem is None and doc.get("label") not in (0, 1):
         return f"field 'label' must be 0 (occupation) or 1 (participant), not {doc.get('label')!r}"
     return problem
@@ -173,7 +169,7 @@ def _bbq_scores(rows: list[dict], suffix: str) -> dict:
 
 
 def _bbq_check(doc):
-    problem = _strings("context", "question", "ans0", "ans1", "ans2", "category", "context_condition",
+    problem = string_fields("context", "question", "ans0", "ans1", "ans2", "category", "context_condition",
                        "question_polarity")(doc)
     if problem:
         return problem

@@ -18,7 +18,7 @@ import re
 import numpy as np
 
 from neojax import cli, registry
-from neojax.evaluate.tasks import FEWSHOT_SEED, describe, fewshot_prefix, mean_stderr
+from neojax.evaluate.tasks import FEWSHOT_SEED, describe, fewshot_prefix, mean_stderr, string_fields
 
 LANGUAGES = {"de": "German", "en": "English", "fr": "French", "ro": "Romanian"}
 TRANSLATION = {"wmt16": [("de", "en"), ("en", "de"), ("ro", "en"), ("en", "ro")], "wmt14": [("fr", "en"), ("en", "fr")]}
@@ -190,6 +190,5 @@ def cnn_dailymail(scorer, docs, train_docs, num_fewshot=0):
     return _means([summary_rouge(d["highlights"], s) for d, s in zip(docs, summaries)])
 
 
-describe("cnn_dailymail", '{"article", "highlights"} (3.0.0 test split)',
-         lambda d: next((f"field {f!r} must be a string" for f in ("article", "highlights")
-                         if not isinstance(d.get(f), str)), None), generates=True)
+describe("cnn_dailymail", '{"article", "highlights"} (3.0.0 test split)', string_fields("article", "highlights"),
+         generates=True)

@@ -47,6 +47,12 @@ GENERATES: set[str] = set()  # tasks that generate text (not log-likelihood only
 _FILES: dict[str, tuple[str, Optional[Callable[[dict], bool]]]] = {}  # task -> (file stem, record filter)
 
 
+def string_fields(*fields) -> Callable[[dict], Optional[str]]:
+    """A record check: each of `fields` is present and a string."""
+    return lambda doc: next((f"field {f!r} must be a string" for f in fields if not isinstance(doc.get(f), str)),
+                            None)
+
+
 def describe(task: str, record_format: str, check: Callable[[dict], Optional[str]], generates: bool = False,
              file: Optional[str] = None, select: Optional[Callable[[dict], bool]] = None):
     """Declare a task's record format (shown in errors) and its check (record -> problem or None);

@@ -133,9 +133,14 @@ class AttentionVariant:
             return self.grow(cache, length, config)
         return pad_cache(cache, self.capacity(length, config))
 
+    @property
+    def servable(self) -> bool:
+        """Whether its decoding state is a softmax KV cache, which `extend` keeps per slot."""
+        return self.step is None
+
     def extend(self, q, k, v, cache, starts, config, row=None):
         """New tokens of independent rows at their own cache slots (a server's batch): (out, cache)."""
-        if self.step is not None:
+        if not self.servable:
             raise ValueError("this attention variant keeps a running state, not a KV cache per slot; serving needs "
                              "softmax attention variants")
         bias = None if self.bias is None else functools.partial(self.bias, config)

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     if model.tokenizer is None:
         raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
                              "merges.txt)")
-    unservable = sorted({k for k in model.config.attention_layers if registry.get("attention", k).step is not None})
+    unservable = sorted({k for k in model.config.attention_layers if not registry.get("attention", k).servable})
     if unservable:
         raise cli.UsageError(f"--checkpoint {args.checkpoint}: attention {unservable} keeps a running state, not a "
                              "KV cache per slot; the server needs softmax attention variants")

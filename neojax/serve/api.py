@@ -166,8 +166,7 @@ class Api:
             raise BadRequest("'echo' with 'stream' is not supported; ask for one of them", "echo")
         if len(prompts) * n > MAX_N:
             raise BadRequest(f"{len(prompts)} prompts x n={n} is {len(prompts) * n} choices; at most {MAX_N}", "n")
-        settings_for = lambda: Settings(**vars(settings))
-        seqs = [Sequence(ids, settings_for(), None, choice=j, echo_logprobs=echo and logprobs is not None)
+        seqs = [Sequence(ids, settings, None, choice=j, echo_logprobs=echo and logprobs is not None)
                 for ids in prompts for j in range(n)]
         return await self._respond(request, seqs, stream, "cmpl", "text_completion",
                                    lambda seq: self._choice_text(seq, echo, logprobs), body)
@@ -192,7 +191,7 @@ class Api:
                 "max_completion_tokens" not in body:
             settings.max_tokens = max(self.max_len - len(ids), 0)
         self._fits([ids], settings)
-        seqs = [Sequence(ids, Settings(**vars(settings)), None, choice=j) for j in range(n)]
+        seqs = [Sequence(ids, settings, None, choice=j) for j in range(n)]
         return await self._respond(request, seqs, _flag(body, "stream"), "chatcmpl", "chat.completion",
                                    lambda seq: {"message": {"role": "assistant", "content": seq.stream.text.lstrip()},
                                                 "logprobs": None}, body, chat=True)
@@ -208,10 +207,9 @@ class Api:
             raise BadRequest(f"too many requests waiting: {e}; retry later", status=429,
                              kind="rate_limit_error") from None
         head = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.model_name}
-        usage = lambda: _usage(seqs)
         if stream:
             include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
-            return StreamingResponse(self._events(request, seqs, queue, head, kind, chat, usage, include_usage),
+            return StreamingResponse(self._events(seqs, queue, head, kind, chat, include_usage),
                                      media_type="text/event-stream")
         done = 0
         try:
@@ -226,9 +224,9 @@ class Api:
         finally:
             self.engine.cancel([s for s in seqs if s.finish_reason is None])
         choices = [{"index": i, **choice_of(s), "finish_reason": s.finish_reason} for i, s in enumerate(seqs)]
-        return JSONResponse({**head, "object": kind, "choices": choices, "usage": usage()})
+        return JSONResponse({**head, "object": kind, "choices": choices, "usage": _usage(seqs)})
 
-    async def _events(self, request, seqs, queue, head, kind, chat, usage, include_usage):
+    async def _events(self, seqs, queue, head, kind, chat, include_usage):
         kind = kind + ".chunk" if chat else kind
         started, texted = set(), set()
         done = 0
@@ -255,7 +253,7 @@ class Api:
                     yield sse({**head, "object": kind, "choices": [
                         {"index": index, **piece, "finish_reason": event["finish_reason"]}]})
             if include_usage:
-                yield sse({**head, "object": kind, "choices": [], "usage": usage()})
+                yield sse({**head, "object": kind, "choices": [], "usage": _usage(seqs)})
             yield "data: [DONE]\n\n"
         finally:
             self.engine.cancel([s for s in seqs if s.finish_reason is None])

@@ -21,14 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neojax.generate import TextStream, filter_logits
-from neojax.model import backend
+from neojax.generate import TextStream, decode_weights, filter_logits
 from neojax.model.attention import slot_cache
 from neojax.model.config import GPTNeoConfig
-from neojax.model.decode import transposed_kernels
 from neojax.model.gpt_neo import GPTNeo
 
 TOP_LOGPROBS = 5  # the most top logprobs a request may ask for (OpenAI's completions limit)
+_SEEDS = itertools.count(1)  # fresh seeds for requests that give none
 
 
 class QueueFull(Exception):
@@ -63,11 +62,24 @@ class Sequence:
     stream: Optional[TextStream] = None
     filled: int = 0          # prompt tokens in the cache
     slot: int = -1
+    seed: int = 0            # of this choice's random stream (from settings.seed, else fresh)
+
+    def __post_init__(self):
+        base = next(_SEEDS) * 7919 % (2 ** 31) if self.settings.seed is None else self.settings.seed
+        self.seed = (base * 1_000_003 + self.choice) % (2 ** 32)
 
     @property
     def length(self) -> int:
         """Tokens in the cache: the prompt's, then one per decode step."""
         return self.filled + max(len(self.tokens) - 1, 0)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.filled < len(self.prompt)
+
+    @property
+    def decoding(self) -> bool:
+        return not self.prefilling and bool(self.tokens)
 
 
 def _next(logits, temperature, top_k, top_p, seeds, draws):
@@ -103,10 +115,7 @@ class Engine:
         self.cond = threading.Condition()
         self.stopping = False
         self.steps = 0
-        # decode steps multiply by weight copies made once, as generate's: [out, in] (XLA:CPU's faster
-        # layout for few rows) and in the compute dtype (int8 weights stay int8)
-        copies = backend.xla_cpu_workarounds(config) or config.dtype != "float32"
-        self.transposed = jax.jit(transposed_kernels, static_argnums=1)(params, config.dtype) if copies else None
+        self.transposed = decode_weights(params, config)  # the copies generate's decode steps use
         self._prefill = jax.jit(functools.partial(_prefill, config=config), donate_argnums=1,
                                 static_argnames="scored")
         self._decode = jax.jit(functools.partial(_decode, config=config), donate_argnums=2)
@@ -179,22 +188,22 @@ class Engine:
         """At most one prompt chunk (running streams wait for no more than that), then one decode
         step of every slot that is generating."""
         self._drop_cancelled()
-        filling = [s for s in self.slots if s is not None and s.filled < len(s.prompt)]
+        filling = [s for s in self.slots if s is not None and s.prefilling]
         if filling:
-            self._prefill_chunk(min(filling, key=lambda s: s.slot))
-        if any(s is not None and s.filled == len(s.prompt) and s.tokens for s in self.slots):
+            self._prefill_chunk(filling[0])
+        if any(s is not None and s.decoding for s in self.slots):
             self._decode_step()
         self.steps += 1
 
     def _admit(self) -> None:
+        """Waiting sequences into free slots (a cancelled one is dropped, not given a slot)."""
         for i in range(self.max_batch):
-            if self.slots[i] is None and self.waiting:
+            while self.slots[i] is None and self.waiting:
                 seq = self.waiting.popleft()
-                if seq.cancelled:
-                    continue
-                seq.slot, seq.filled = i, 0
-                seq.stream = TextStream(self.tokenizer, seq.settings.stop)
-                self.slots[i] = seq
+                if not seq.cancelled:
+                    seq.slot, seq.filled = i, 0
+                    seq.stream = TextStream(self.tokenizer, seq.settings.stop)
+                    self.slots[i] = seq
 
     def _drop_cancelled(self) -> None:
         for i, seq in enumerate(self.slots):
@@ -206,7 +215,7 @@ class Engine:
         get = lambda f, default, dtype: np.array([default if s is None else f(s) for s in seqs], dtype)
         return (get(lambda s: s.settings.temperature, 0.0, np.float32), get(lambda s: s.settings.top_k, 0, np.int32),
                 get(lambda s: s.settings.top_p, 1.0, np.float32),
-                get(lambda s: _seed(s), 0, np.uint32), get(lambda s: len(s.tokens), 0, np.int32))
+                get(lambda s: s.seed, 0, np.uint32), get(lambda s: len(s.tokens), 0, np.int32))
 
     def _prefill_chunk(self, seq: Sequence) -> None:
         c, start = self.chunk, seq.filled
@@ -232,7 +241,7 @@ class Engine:
                 self._accept(seq, int(token[0]), float(token_lp[0]), t_ids[0], t_lp[0])
 
     def _decode_step(self) -> None:
-        rows = [s if s is not None and s.filled == len(s.prompt) and s.tokens else None for s in self.slots]
+        rows = [s if s is not None and s.decoding else None for s in self.slots]
         tokens = np.array([0 if s is None else s.tokens[-1] for s in rows], np.int32)
         # a row not decoding writes its (ignored) entry where its next prefill chunk will write anyway
         starts = np.array([s.length if s is not None else (0 if p is None else p.filled)
@@ -277,16 +286,6 @@ def _emit(seq: Sequence, event: dict) -> None:
         seq.on_event(event)
     except RuntimeError:
         seq.cancelled = True
-
-
-_SEEDS = itertools.count(1)
-
-
-def _seed(seq: Sequence) -> int:
-    """The request's seed (each choice its own stream), or a fresh one per sequence."""
-    if seq.settings.seed is None:
-        seq.settings.seed = next(_SEEDS) * 7919 % (2 ** 31)
-    return (seq.settings.seed * 1_000_003 + seq.choice) % (2 ** 32)
 
 
 def _prefill(params, cache, tokens, slot, start, count, targets, temperature, top_k, top_p, seeds, draws, *,

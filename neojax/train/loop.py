@@ -128,13 +128,14 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
             window_steps += 1
             pending = fetch() if step < total else None
             log_step = step % config.train.log_every == 0 or step == total
-            if nonfinite["streak"] >= config.train.max_nonfinite_streak or (log_step and int(state.nonfinite_streak)
-                                                                          >= config.train.max_nonfinite_streak):
+            streak = nonfinite["streak"]
+            if log_step:  # this step is read back anyway: its own count, should its callback be late
+                streak = max(streak, int(state.nonfinite_streak))
+            if streak >= config.train.max_nonfinite_streak:
                 raise NonFiniteError(
-                    f"{max(nonfinite['streak'], int(state.nonfinite_streak))} consecutive steps had NaN/Inf gradients "
-                    f"(step {max(nonfinite['step'], step)}); stopping. The last good checkpoint is "
-                    f"{ckpt.directory}/{ckpt.latest_step()}: lower optimizer.lr, raise optimizer.warmup_steps, or "
-                    "check the data")
+                    f"{streak} consecutive steps had NaN/Inf gradients (step {step}); stopping. The last good "
+                    f"checkpoint is {ckpt.directory}/{ckpt.latest_step()}: lower optimizer.lr, raise "
+                    "optimizer.warmup_steps, or check the data")
             if log_step:
                 elapsed = time.perf_counter() - window_start
                 m = jax.device_get(metrics)
