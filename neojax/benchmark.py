@@ -186,9 +186,10 @@ def bench_ttft(config, params, prompt_len=512):
 def bench_data(tokens=20_000_000, seq_len=2048, batch=16):
     """Reading pre-tokenised shards: packed, shuffled batches per second -> tokens/s."""
     with tempfile.TemporaryDirectory() as d:
-        np.random.default_rng(0).integers(0, 50257, tokens, dtype=np.uint16).tofile(os.path.join(d, "train.bin"))
+        np.random.default_rng(0).integers(0, 50257, tokens, dtype=np.uint16).tofile(
+            os.path.join(d, "shard-00000.train.bin"))
         with open(os.path.join(d, "meta.json"), "w") as f:
-            json.dump({"dtype": "uint16", "train_tokens": tokens, "valid_tokens": 0}, f)
+            json.dump({"dtype": "uint16", "train_tokens": tokens, "valid_tokens": 0, "shards": [[tokens, 0]]}, f)
         batches = TrainBatches([TokenCache(d)], seq_len, batch, seed=0)
         next(batches)
         n, start = 0, time.perf_counter()

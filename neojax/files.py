@@ -1,21 +1,41 @@
-"""Writes that never leave a half-written result where a good one (or nothing) was."""
+"""Writes that never leave a half-written result where a good one (or nothing) was, locally and on
+object storage (gs://, s3://; see neojax.paths)."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
+
+from neojax import paths
+
+# Files whose presence says a directory is complete (neojax model, Hugging Face model, token cache):
+# on object storage they are uploaded after everything else.
+MARKERS = ("neojax.json", "config.json", "meta.json")
 
 
 @contextlib.contextmanager
 def atomic_directory(directory: str, overwrite: bool = False):
-    """Yield a temporary sibling directory; it replaces `directory` only once the block succeeds,
-    so a crash never leaves a half-written model where a good one (or nothing) was."""
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)) and not overwrite:
+    """Yield a local temporary directory; it replaces `directory` only once the block succeeds, so a
+    crash never leaves a half-written model where a good one (or nothing) was. On object storage
+    (no rename) the files are uploaded once the block succeeds, the marker files last."""
+    target = paths.path(directory)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise FileExistsError(f"{directory} already exists and is not empty; choose another destination "
                               "or pass overwrite=True (--overwrite)")
+    if paths.is_remote(directory):
+        tmp = tempfile.mkdtemp(prefix="neojax-stage-")
+        try:
+            yield tmp
+            usual_modes(tmp)
+            paths.remove_tree(directory)
+            paths.upload_tree(tmp, directory, last=MARKERS)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
+    directory = os.fspath(target)
     os.makedirs(os.path.dirname(directory), exist_ok=True)
     tmp = f"{directory}.tmp-{uuid.uuid4().hex[:8]}"
     os.makedirs(tmp)
@@ -35,11 +55,8 @@ def atomic_directory(directory: str, overwrite: bool = False):
 
 
 def write_json(path: str, value, indent: int = 2) -> None:
-    """Write JSON to `path` through a temporary file renamed into place."""
-    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        f.write(value if isinstance(value, str) else json.dumps(value, indent=indent))
-    os.replace(tmp, path)
+    """Write JSON to `path` whole (see paths.write_text)."""
+    paths.write_text(path, value if isinstance(value, str) else json.dumps(value, indent=indent))
 
 
 def usual_modes(directory: str) -> None:

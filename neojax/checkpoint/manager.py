@@ -5,20 +5,28 @@ killed mid-save leaves only `*.orbax-checkpoint-tmp*` debris, which is never res
 removed at start-up. Restores take abstract targets carrying the shardings of the *current*
 mesh, so a run resumes on a different mesh or device count. A damaged checkpoint (a truncated
 array file, a missing item, corrupt metadata) is moved aside and the newest intact one restored.
+
+Local and gs:// directories are orbax's own (tensorstore writes gs:// natively; orbax commits there
+without renames). orbax 0.12 cannot write arrays to s3://, so there a checkpoint is saved to a local
+staging folder and uploaded once complete, its UPLOADED marker last; a resume downloads the steps
+that carry the marker. Staged checkpoints are for one-process runs (each host would stage apart).
 """
 from __future__ import annotations
 
-import glob
-import os
 import shutil
 import sys
+import tempfile
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from neojax import paths
 from neojax.checkpoint.io import first_line, quiet_orbax_coroutines
+from neojax.cli import UsageError
+
+UPLOADED = "neojax-uploaded"  # the last object of a staged checkpoint: its presence says it is complete
 
 # orbax's words for a checkpoint that is intact but holds another state (a changed config).
 MISMATCH = ("Structure mismatch", "is not compatible with the stored shape")
@@ -30,15 +38,42 @@ class StateMismatch(ValueError):
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 3, keep_period: int = 0, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
-        if jax.process_index() == 0:
-            for debris in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
-                shutil.rmtree(debris, ignore_errors=True)
+        self.directory = str(paths.path(directory))
+        self.staging = None if paths.orbax_native(directory) else tempfile.mkdtemp(prefix="neojax-ckpt-")
+        if self.staging is not None:
+            if jax.process_count() > 1:
+                raise UsageError(f"{directory}: a multi-process run cannot checkpoint to {paths.scheme(directory)}:// "
+                                 "(orbax 0.12 has no native writer there); use gs:// or a disk all hosts share")
+            self._download()
+            async_save = False  # a step is uploaded as soon as it is written
+        where = paths.path(self.staging or self.directory)
+        if jax.process_index() == 0 and where.exists():
+            for debris in where.glob("*.orbax-checkpoint-tmp*"):
+                paths.remove_tree(debris)
         policies = [pp.LatestN(keep)] + ([pp.EveryNSteps(keep_period)] if keep_period else [])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies), create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "meta"))
+        self.manager = ocp.CheckpointManager(where, options=options, item_names=("state", "data", "meta"))
+
+    def _download(self) -> None:
+        remote = paths.path(self.directory)
+        for step_dir in remote.iterdir() if remote.exists() else ():
+            if step_dir.name.isdigit() and (step_dir / UPLOADED).exists():
+                paths.download_tree(step_dir, paths.path(self.staging) / step_dir.name)
+
+    def _upload(self) -> None:
+        """Mirror the staging folder's steps: new ones uploaded (marker last), dropped ones deleted."""
+        self.manager.wait_until_finished()
+        remote, local = paths.path(self.directory), paths.path(self.staging)
+        steps = {str(s) for s in self.manager.all_steps()}
+        for step in steps:
+            if not (remote / step / UPLOADED).exists():
+                (local / step / UPLOADED).write_text("")
+                paths.upload_tree(local / step, remote / step, last=(UPLOADED,))
+        for step_dir in remote.iterdir() if remote.exists() else ():
+            if step_dir.name.isdigit() and step_dir.name not in steps:
+                paths.remove_tree(step_dir)
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -47,6 +82,8 @@ class Checkpointer:
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
             force=True)
+        if self.staging is not None:
+            self._upload()
 
     def restore(self, abstract_state, step: Optional[int] = None) -> tuple[Any, dict, dict]:
         """(state, data iterator state, meta) of `step` (default: latest), placed per abstract_state."""
@@ -80,14 +117,15 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int) -> str:
-        aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
-        os.makedirs(aside, exist_ok=True)
-        target, n = os.path.join(aside, str(step)), 1
-        while os.path.exists(target):
-            target, n = os.path.join(aside, f"{step}.{n}"), n + 1
-        os.rename(os.path.join(self.directory, str(step)), target)
+        aside = paths.path(self.directory).parent / "damaged_checkpoints"
+        target, n = aside / str(step), 1
+        while target.exists():
+            target, n = aside / f"{step}.{n}", n + 1
+        paths.move_tree(paths.path(self.directory) / str(step), target)
+        if self.staging is not None:
+            paths.remove_tree(paths.path(self.staging) / str(step))
         self.manager.reload()
-        return target
+        return str(target)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -95,3 +133,5 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Tokenise once into on-disk token shards, pack into fixed windows, iterate exactly resumably.
 
-    cache = build_token_cache(data_cfg, tokenizer, cache_dir)     # memory-mapped uint16/uint32
+    cache = build_token_cache(source, args, tokenizer, cache_dir)  # uint16/uint32 shards, local or remote
     batches = TrainBatches(cache, seq_len, global_batch, seed)    # np.int32 [local_batch, seq_len + 1]
     state = batches.get_state(); ...; batches.set_state(state)     # saved with every checkpoint
 
@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import Any, Optional
 
 import grain
 import numpy as np
 from tqdm import tqdm
 
+from neojax import paths
 from neojax.data import sources
 from neojax.data.tokenizer import Tokenizer
-from neojax.files import atomic_directory, write_json
+from neojax.files import write_json
 
 ENCODE_CHUNK = 512  # documents per tokenizer batch call
+SHARD_DOCS = 4096  # documents per cache shard: the unit divided among processes and resumed after a kill
+CACHE_LAYOUT = 2  # in every cache key: a change of layout builds new caches beside old ones
 
 
 def token_dtype(vocab_size: int, requested: Optional[str] = None) -> np.dtype:
@@ -44,9 +46,7 @@ def _tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
 
 def _source_fingerprint(source: str, args: dict) -> list:
     """Source options plus size and mtime of every input file: edited data means a new cache."""
-    files = []
-    if "paths" in args:
-        files = [(p, os.path.getsize(p), int(os.path.getmtime(p))) for p in sources.expand_paths(args["paths"])]
+    files = [list(paths.fingerprint(p)) for p in sources.expand_paths(args["paths"])] if "paths" in args else []
     return [source, json.loads(json.dumps(args, sort_keys=True, default=str)), files]
 
 
@@ -58,63 +58,150 @@ def _is_valid(doc_index: int, seed: int, fraction: float) -> bool:
     return doc_index % k == seed % k
 
 
+def _shard_file(index: int, split: str) -> str:
+    return f"shard-{index:05d}.{split}.bin"
+
+
+def _shard_marker(index: int) -> str:
+    return f"shard-{index:05d}.json"
+
+
+class TokenStream:
+    """One token stream over the shards of a split, in order: slicing reads across shard edges."""
+
+    def __init__(self, parts: list, dtype: np.dtype):
+        self.parts, self.dtype = [p for p in parts if len(p)], dtype
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # the whole split (tests, small caches)
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        start, stop, _ = window.indices(len(self))
+        if start >= stop:
+            return np.zeros(0, self.dtype)
+        out, i = [], int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < stop:
+            base = int(self.offsets[i])
+            end = min(stop, int(self.offsets[i + 1]))
+            out.append(np.asarray(self.parts[i][start - base:end - base]))
+            start, i = end, i + 1
+        return np.concatenate(out) if len(out) != 1 else out[0]
+
+
+class RemoteTokens:
+    """A token file on object storage, read by range: a window is one ranged GET, so no host copies
+    the cache whole."""
+
+    def __init__(self, path: str, dtype: np.dtype, length: int):
+        self.path, self.dtype, self.length = path, dtype, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, window: slice) -> np.ndarray:
+        start, stop, _ = window.indices(self.length)
+        size = self.dtype.itemsize
+        return np.frombuffer(paths.read_range(self.path, start * size, stop * size), self.dtype)
+
+
+def _tokens(path, dtype: np.dtype, length: int):
+    if paths.is_remote(path):
+        return RemoteTokens(str(path), dtype, length)
+    return np.memmap(path, dtype, "r", shape=(length,))
+
+
 class TokenCache:
-    """Train and validation token streams of one source, memory-mapped from disk."""
+    """Train and validation token streams of one source: local shards memory-mapped, remote ones
+    read by range."""
 
     def __init__(self, directory: str):
-        with open(os.path.join(directory, "meta.json")) as f:
-            self.meta = json.load(f)
+        root = paths.path(directory)
+        self.meta = json.loads((root / "meta.json").read_text())
+        self.directory = str(directory)
         dtype = np.dtype(self.meta["dtype"])
-        self.directory = directory
-        self.train = np.memmap(os.path.join(directory, "train.bin"), dtype, "r") if self.meta["train_tokens"] else \
-            np.zeros(0, dtype)
-        self.valid = np.memmap(os.path.join(directory, "valid.bin"), dtype, "r") if self.meta["valid_tokens"] else \
-            np.zeros(0, dtype)
+        shards = self.meta["shards"]
+        self.train = TokenStream([_tokens(root / _shard_file(i, "train"), dtype, n) for i, (n, _) in
+                                  enumerate(shards) if n], dtype)
+        self.valid = TokenStream([_tokens(root / _shard_file(i, "valid"), dtype, n) for i, (_, n) in
+                                  enumerate(shards) if n], dtype)
 
 
 def build_token_cache(source: str, source_args: dict, tokenizer: Tokenizer, cache_dir: str,
                       valid_fraction: float = 0.01, seed: int = 0, on_error: str = "raise",
-                      dtype: Optional[str] = None, progress: bool = True) -> TokenCache:
-    """Tokenise `source` once into cache_dir/<fingerprint>/ (reused by later runs)."""
+                      dtype: Optional[str] = None, progress: bool = True, process_index: int = 0,
+                      process_count: int = 1, shard_docs: int = SHARD_DOCS) -> TokenCache:
+    """Tokenise `source` once into cache_dir/<fingerprint>/ (reused by later runs), local or remote.
+
+    Documents are cut into shards of `shard_docs`; process p of P tokenises shards p, p + P, ...
+    (each batch encoded on every core of its host) and publishes each by a marker written last, so
+    a killed build resumes shard by shard, and a cache built by any number of processes holds the
+    same tokens, split and windows. Process 0 writes meta.json once every shard is there; the
+    others wait for it."""
     source_args = dict(source_args)
     dt = token_dtype(tokenizer.vocab_size, dtype)
-    key = json.dumps([_source_fingerprint(source, source_args), _tokenizer_fingerprint(tokenizer),
-                      valid_fraction, seed, str(dt)], sort_keys=True)
-    directory = os.path.join(cache_dir, f"{source}-{hashlib.sha256(key.encode()).hexdigest()[:16]}")
-    if os.path.exists(os.path.join(directory, "meta.json")):
-        return TokenCache(directory)
-    with atomic_directory(directory, overwrite=True) as tmp:  # a killed run never leaves half a cache
-        docs, policy = sources.documents(source, source_args, on_error)
-        counts = {"train": 0, "valid": 0}
-        n_docs = 0
-        bar = _progress(progress, f"tokenising {source}")
-        with open(os.path.join(tmp, "train.bin"), "wb") as train, open(os.path.join(tmp, "valid.bin"), "wb") as valid:
-            chunk: list[str] = []
+    key = json.dumps([CACHE_LAYOUT, shard_docs, _source_fingerprint(source, source_args),
+                      _tokenizer_fingerprint(tokenizer), valid_fraction, seed, str(dt)], sort_keys=True)
+    directory = paths.path(cache_dir) / f"{source}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (directory / "meta.json").exists():
+        return TokenCache(str(directory))
+    directory.mkdir(parents=True, exist_ok=True)
+    docs, policy = sources.documents(source, source_args, on_error)
+    who = f" (process {process_index} of {process_count})" if process_count > 1 else ""
+    bar = _progress(progress or process_count > 1, f"tokenising {source}{who}")
+    n_docs, n_shards = 0, 0
+    for index, batch in enumerate(_batched(docs, shard_docs)):
+        if index % process_count == process_index and not (directory / _shard_marker(index)).exists():
+            _write_shard(directory, index, batch, n_docs, tokenizer, dt, seed, valid_fraction, bar)
+        n_docs, n_shards = n_docs + len(batch), index + 1
+    bar.close()
+    if n_docs == 0:
+        raise sources.DataError(f"data source {source!r} with {source_args} produced no documents")
+    if process_index != 0:
+        paths.wait_for(directory / "meta.json", "process 0 to finish the token cache")
+        return TokenCache(str(directory))
+    counts = []
+    for index in range(n_shards):  # the other processes' shards
+        paths.wait_for(directory / _shard_marker(index), f"the process building shard {index}")
+        marker = json.loads((directory / _shard_marker(index)).read_text())
+        counts.append([marker["train"], marker["valid"]])
+    meta = {"source": source, "source_args": source_args, "documents": n_docs,
+            "train_tokens": sum(c[0] for c in counts), "valid_tokens": sum(c[1] for c in counts), "dtype": str(dt),
+            "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "skipped_records": policy.skipped,
+            "shard_docs": shard_docs, "shards": counts}
+    write_json(str(directory / "meta.json"), meta)
+    return TokenCache(str(directory))
 
-            def flush():
-                nonlocal n_docs
-                for ids in tokenizer.encode_batch(chunk):
-                    split = "valid" if _is_valid(n_docs, seed, valid_fraction) else "train"
-                    arr = np.asarray(ids + [tokenizer.eos_id], dt)
-                    arr.tofile(valid if split == "valid" else train)
-                    counts[split] += arr.size
-                    n_docs += 1
-                    bar.update(arr.size)
-                chunk.clear()
 
-            for doc in docs:
-                chunk.append(doc)
-                if len(chunk) == ENCODE_CHUNK:
-                    flush()
-            flush()
-        bar.close()
-        if n_docs == 0:
-            raise sources.DataError(f"data source {source!r} with {source_args} produced no documents")
-        meta = {"source": source, "source_args": source_args, "documents": n_docs, "train_tokens": counts["train"],
-                "valid_tokens": counts["valid"], "dtype": str(dt), "vocab_size": tokenizer.vocab_size,
-                "eos_id": tokenizer.eos_id, "skipped_records": policy.skipped}
-        write_json(os.path.join(tmp, "meta.json"), meta)
-    return TokenCache(directory)
+def _batched(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _write_shard(directory, index: int, docs: list[str], first_doc: int, tokenizer: Tokenizer, dtype: np.dtype,
+                 seed: int, valid_fraction: float, bar) -> None:
+    """Tokenise one shard's documents (document first_doc onwards) and publish it, marker last."""
+    splits = {"train": [], "valid": []}
+    for start in range(0, len(docs), ENCODE_CHUNK):
+        for i, ids in enumerate(tokenizer.encode_batch(docs[start:start + ENCODE_CHUNK])):
+            arr = np.asarray(ids + [tokenizer.eos_id], dtype)
+            splits["valid" if _is_valid(first_doc + start + i, seed, valid_fraction) else "train"].append(arr)
+            bar.update(arr.size)
+    counts = {}
+    for split, arrays in splits.items():
+        tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+        paths.write_bytes(directory / _shard_file(index, split), tokens.tobytes())
+        counts[split] = int(tokens.size)
+    write_json(str(directory / _shard_marker(index)), {**counts, "documents": len(docs)})
 
 
 def _progress(enabled: bool, desc: str):

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import zstandard
 
-from neojax import registry
+from neojax import paths, registry
 from neojax.cli import require
 
 log = logging.getLogger("neojax.data")
@@ -52,8 +52,7 @@ def expand_paths(patterns: Sequence[str] | str) -> list[str]:
         raise DataError("no paths given: set data.source_args.paths to files or globs")
     files = []
     for pattern in patterns:
-        matched = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
-        matched = [m for m in matched if os.path.isfile(m)]
+        matched = paths.glob(pattern)
         if not matched:
             raise DataError(f"{pattern!r} matches no files")
         files.extend(matched)
@@ -61,7 +60,7 @@ def expand_paths(patterns: Sequence[str] | str) -> list[str]:
 
 
 def _read_text(path: str, errors: ErrorPolicy):
-    with open(path, "rb") as f:
+    with paths.path(path).open("rb") as f:
         raw = f.read()
     try:
         return raw.decode("utf-8")
@@ -89,9 +88,9 @@ def text_files(paths, split: str = "file", errors: ErrorPolicy = None) -> Iterat
 
 def _open_lines(path: str):
     if path.endswith(".zst"):
-        stream = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
+        stream = zstandard.ZstdDecompressor().stream_reader(paths.path(path).open("rb"), read_across_frames=True)
         return io.BufferedReader(stream)
-    return open(path, "rb")
+    return paths.path(path).open("rb")
 
 
 def _raise(message: str):

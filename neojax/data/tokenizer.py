@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from typing import Iterable, Sequence
 
 import sentencepiece as spm
 import tokenizers
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from neojax import paths
 from neojax.cli import message
 
 EOT = "<|endoftext|>"
@@ -43,8 +45,10 @@ class Tokenizer:
     @classmethod
     def from_path(cls, path: str) -> "Tokenizer":
         """A tokenizer.json, a sentencepiece .model, or a directory holding one of them
-        (or GPT-2's vocab.json + merges.txt)."""
+        (or GPT-2's vocab.json + merges.txt), local or on object storage."""
         path = os.fspath(path)
+        if paths.is_remote(path):
+            return cls._from_remote(path)
         if os.path.isdir(path):
             for name in ("tokenizer.model", "spiece.model", "tokenizer.json"):  # .model first: the exact original
                 if os.path.exists(os.path.join(path, name)):
@@ -66,6 +70,28 @@ class Tokenizer:
             return cls(spm.SentencePieceProcessor(model_file=path), "sentencepiece", path)
         except (RuntimeError, OSError) as e:
             raise ValueError(f"{path} is neither a tokenizer.json nor a valid sentencepiece model: {e}") from e
+
+    @classmethod
+    def _from_remote(cls, path: str) -> "Tokenizer":
+        """Only the tokenizer's own files are fetched (a model directory also holds its weights)."""
+        remote = paths.path(path)
+        if remote.is_dir():
+            names = [n for n in ("tokenizer.model", "spiece.model", "tokenizer.json") if (remote / n).exists()][:1]
+            names = names or [n for n in ("vocab.json", "merges.txt") if (remote / n).exists()]
+            if not names or names == ["vocab.json"] or names == ["merges.txt"]:
+                raise FileNotFoundError(f"no tokenizer in {path}: expected tokenizer.json, vocab.json + merges.txt, or "
+                                        "a sentencepiece tokenizer.model")
+        elif remote.exists():
+            remote, names = remote.parent, [remote.name]
+        else:
+            raise FileNotFoundError(f"tokenizer file {path} does not exist")
+        with tempfile.TemporaryDirectory(prefix="neojax-") as tmp:
+            for name in names:
+                with open(os.path.join(tmp, name), "wb") as f:
+                    f.write((remote / name).read_bytes())
+            tok = cls.from_path(tmp if len(names) > 1 else os.path.join(tmp, names[0]))
+        tok.source = path
+        return tok
 
     @classmethod
     def find(cls, directory: str) -> "Tokenizer | None":
@@ -103,15 +129,14 @@ class Tokenizer:
 
     def save(self, directory: str) -> str:
         """Write into `directory` (tokenizer.json or tokenizer.model); returns the file written."""
-        os.makedirs(directory, exist_ok=True)
-        if self.kind == "bpe":
-            out = os.path.join(directory, "tokenizer.json")
-            self.backend.save(out)
-        else:
-            out = os.path.join(directory, "tokenizer.model")
-            with open(out, "wb") as f:
-                f.write(self.backend.serialized_model_proto())
-        return out
+        name = "tokenizer.json" if self.kind == "bpe" else "tokenizer.model"
+        with paths.staged_dir(directory) as local:
+            if self.kind == "bpe":
+                self.backend.save(os.path.join(local, name))
+            else:
+                with open(os.path.join(local, name), "wb") as f:
+                    f.write(self.backend.serialized_model_proto())
+        return str(paths.path(directory) / name)
 
     def save_hf(self, directory: str, model_max_length: int) -> None:
         """Write what transformers' AutoTokenizer loads and encodes exactly as this tokenizer does:

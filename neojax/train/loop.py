@@ -6,14 +6,13 @@ TensorBoard events (tb/), the token cache (data_cache/) and any trained tokenize
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 
 import jax
 import numpy as np
 
-from neojax import registry, sharding
+from neojax import paths, registry, sharding
 from neojax.checkpoint.io import write_model_card
 from neojax.checkpoint.manager import Checkpointer
 from neojax.cli import UsageError, duration
@@ -64,7 +63,7 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     rng = jax.random.PRNGKey(config.train.seed)
     abstract = jax.eval_shape(lambda r: init_state(model_config, optimizer, r, init_params, adapters), rng)
     state_sh = sharding.shardings(mesh, state_specs(model_config, abstract, rules, mesh))
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint.keep, config.checkpoint.keep_period,
+    ckpt = Checkpointer(str(paths.path(workdir) / "checkpoints"), config.checkpoint.keep, config.checkpoint.keep_period,
                         config.checkpoint.async_save)
     had_checkpoints = ckpt.latest_step() is not None
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
@@ -76,14 +75,14 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     elif had_checkpoints:
         ckpt.close()
         raise UsageError(f"--workdir {workdir}: every checkpoint is damaged (moved to "
-                         f"{os.path.join(workdir, 'damaged_checkpoints')}); start over in a new --workdir")
+                         f"{paths.path(workdir) / 'damaged_checkpoints'}); start over in a new --workdir")
     else:
         init = jax.jit(lambda r: init_state(model_config, optimizer, r, init_params, adapters), out_shardings=state_sh)
         state = init(rng)
         start = 0
     wd.write_config()  # only now: a refused or failed start leaves the workdir as it was
     if main_process:
-        write_model_card(os.path.join(workdir, "model"), model_config, tokenizer)
+        write_model_card(str(paths.path(workdir) / "model"), model_config, tokenizer)
         print(_summary(config, state, mesh, start), flush=True)
     frozen_config = None if setup.frozen is None else setup.frozen[0]
     frozen = () if setup.frozen is None else (jax.device_put(
@@ -169,7 +168,7 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
                 last["preempted"] = True
                 break
         if adapters is not None and main_process:
-            lora.save_adapters(os.path.join(workdir, "adapters"), jax.device_get(state.params), adapters,
+            lora.save_adapters(str(paths.path(workdir) / "adapters"), jax.device_get(state.params), adapters,
                                overwrite=True)
         if setup.finish is not None and step == total and not stop["sigterm"] and main_process:
             setup.finish(workdir, jax.device_get(model_params(state.params)))

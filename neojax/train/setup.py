@@ -10,7 +10,7 @@ from typing import Optional
 
 import jax
 
-from neojax import checkpoint, registry
+from neojax import checkpoint, paths, registry
 from neojax.data import pipeline, sources
 from neojax.data.tokenizer import Tokenizer, train_sentencepiece
 from neojax.finetune import chat as _chat  # noqa: F401  (registers the chat batch source)
@@ -25,20 +25,25 @@ def _tokenizer(config, workdir: str, fallback: Optional[Tokenizer]) -> Tokenizer
     if d.tokenizer:
         return Tokenizer.from_path(d.tokenizer)
     if d.train_sentencepiece:
-        legacy = os.path.join(workdir, "tokenizer", f"sp{d.train_sentencepiece}.model")  # before keys held the data
+        folder = paths.path(workdir) / "tokenizer"
+        legacy = folder / f"sp{d.train_sentencepiece}.model"  # before keys held the data
         key = json.dumps([d.source, d.source_args.to_dict(), [dict(m) for m in d.mixture]], sort_keys=True, default=str)
-        path = os.path.join(workdir, "tokenizer",
-                            f"sp{d.train_sentencepiece}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.model")
+        path = folder / f"sp{d.train_sentencepiece}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.model"
         for existing in (path, legacy):
-            if os.path.exists(existing):
-                return Tokenizer.from_path(existing)
-        if jax.process_index() == 0:
-            print(f"training a {d.train_sentencepiece}-piece sentencepiece model on {d.source} -> {path}", flush=True)
+            if existing.exists():
+                return Tokenizer.from_path(str(existing))
+        if jax.process_index() != 0:  # one tokenizer for every host: process 0 trains it
+            paths.wait_for(path, "process 0 to train the tokenizer")
+            return Tokenizer.from_path(str(path))
+        print(f"training a {d.train_sentencepiece}-piece sentencepiece model on {d.source} -> {path}", flush=True)
         text = list(_training_text(config))  # read first: data errors keep their own message
         if not any(t.strip() for t in text):
             raise ValueError(f"data.source={d.source!r} ({dict(d.source_args)}) yielded no text to train the "
                              "sentencepiece tokenizer on; check data.source_args")
-        return train_sentencepiece(text, d.train_sentencepiece, path)
+        with paths.staged_dir(str(folder)) as local:
+            tokenizer = train_sentencepiece(text, d.train_sentencepiece, os.path.join(local, path.name))
+        tokenizer.source = str(path)
+        return tokenizer
     if fallback is not None:
         return fallback
     raise ValueError("no tokenizer: set data.tokenizer (a tokenizer.json / vocab.json+merges.txt dir / .model), "
@@ -100,10 +105,11 @@ def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoC
     d, t = config.data, config.train
     if d.source in registry.names("batch_source"):  # already batches, e.g. chat (neojax.finetune.chat)
         return Data(*registry.get("batch_source", d.source)(config, tokenizer, model_config), caches=[])
-    cache_dir = d.cache_dir or os.path.join(workdir, "data_cache")
+    cache_dir = d.cache_dir or str(paths.path(workdir) / "data_cache")
     components = _components(config)
     caches = [pipeline.build_token_cache(source, args, tokenizer, cache_dir, d.valid_fraction, d.seed, d.on_error,
-                                         progress=jax.process_index() == 0)
+                                         progress=jax.process_index() == 0, process_index=jax.process_index(),
+                                         process_count=jax.process_count())
               for source, args, _ in components]
     for cache in caches:
         if cache.meta["vocab_size"] > model_config.vocab_size:

@@ -4,7 +4,11 @@
         ...                                   # and a saved config.json that differs (see config_changes)
         wd.write_config()                     # once the model and data are built
 
-Nothing but the lock file is written before these checks pass.
+Nothing but the lock file is written before these checks pass. On object storage (gs://, s3://),
+which has no file locks, the lock is a lease: an object naming the holder that process 0 rewrites
+every LEASE_REFRESH seconds; a lease older than LEASE_EXPIRY is taken over (its holder died). Two
+runs started within the same second can both take a lease: the check narrows the race, it cannot
+close it without conditional writes, which fsspec does not offer for every store.
 """
 from __future__ import annotations
 
@@ -12,21 +16,28 @@ import contextlib
 import fcntl
 import json
 import os
+import socket
+import threading
+import time
 
 import jax
 
-from neojax.cli import UsageError
+from neojax import paths
+from neojax.cli import UsageError, message
 from neojax.files import write_json
 from neojax.train.config import config_changes
 
 LOCK_NAME = ".lock"
+LEASE_REFRESH, LEASE_EXPIRY = 30.0, 120.0  # seconds (object storage)
 
 
 class Workdir:
     def __init__(self, path: str, config):
         self.path, self.config = path, config
-        self.config_path = os.path.join(path, "config.json")
+        self.remote = paths.is_remote(path)
+        self.config_path = str(paths.path(path) / "config.json")
         self._lock = None
+        self._lease_stop = None
 
     @classmethod
     @contextlib.contextmanager
@@ -42,6 +53,8 @@ class Workdir:
             wd._release()
 
     def _prepare(self) -> None:
+        if self.remote:
+            return  # object storage has no directories to create; writability shows at the lease
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise UsageError(f"--workdir {self.path} is a file, not a directory; choose a directory")
         try:
@@ -51,6 +64,8 @@ class Workdir:
                 from None
 
     def _acquire(self) -> None:
+        if self.remote:
+            return self._acquire_lease()
         lock_path = os.path.join(self.path, LOCK_NAME)
         try:
             self._lock = open(lock_path, "a+")
@@ -71,7 +86,37 @@ class Workdir:
         self._lock.write(f"{os.getpid()}\n")
         self._lock.flush()
 
+    def _acquire_lease(self) -> None:
+        lease = paths.path(self.path) / LOCK_NAME
+        try:
+            held = json.loads(lease.read_text()) if lease.exists() else None
+        except (OSError, ValueError):
+            held = None
+        if isinstance(held, dict) and time.time() - float(held.get("time", 0)) < LEASE_EXPIRY:
+            raise UsageError(f"--workdir {self.path} is in use by another training process (pid {held.get('pid')} "
+                             f"on {held.get('host')}, lease renewed {time.time() - float(held['time']):.0f}s ago); "
+                             "wait for it to finish, stop it, or choose another --workdir")
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        try:
+            paths.write_text(lease, json.dumps({**me, "time": time.time()}))
+        except OSError as e:
+            raise UsageError(f"--workdir {self.path} is not writable ({message(e)}); check the bucket "
+                             "and your credentials, or choose another --workdir") from None
+        self._lease_stop = threading.Event()
+
+        def renew():
+            while not self._lease_stop.wait(LEASE_REFRESH):
+                with contextlib.suppress(OSError):
+                    paths.write_text(lease, json.dumps({**me, "time": time.time()}))
+
+        threading.Thread(target=renew, name="neojax-workdir-lease", daemon=True).start()
+
     def _release(self) -> None:
+        if self._lease_stop is not None:
+            self._lease_stop.set()
+            self._lease_stop = None
+            with contextlib.suppress(OSError):
+                (paths.path(self.path) / LOCK_NAME).unlink()
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
@@ -79,13 +124,17 @@ class Workdir:
 
     def saved_config(self):
         """The config.json of the run this workdir holds, or None."""
-        if not os.path.exists(self.config_path):
+        config_path = paths.path(self.config_path)
+        if not config_path.exists():
             return None
         try:
-            with open(self.config_path) as f:
-                return json.load(f)
+            saved = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"{self.config_path} is damaged ({e}); restore it or start in a new --workdir") from None
+        if not isinstance(saved, dict):
+            raise UsageError(f"{self.config_path} holds a JSON {type(saved).__name__}, not a run's config; restore "
+                             "it or start in a new --workdir")
+        return saved
 
     def _check_resume(self) -> None:
         saved = self.saved_config()

@@ -90,15 +90,27 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(damage, stop
     assert losses(workdir) == losses(reference)
 
 
-def test_partial_metrics_line_is_truncated_with_a_warning(stopped_at_6, reference, corpus, tiny_tokenizer, capfd):
+def test_partial_metrics_line_is_set_aside_with_a_warning(stopped_at_6, reference, corpus, tiny_tokenizer, capfd):
     path = os.path.join(stopped_at_6, "metrics.jsonl")
     with open(path, "a") as f:
         f.write('{"step": 7, "train/lo')  # a kill in the middle of a write
     train(config(corpus, tiny_tokenizer), stopped_at_6)
     err = capfd.readouterr().err
-    assert "metrics.jsonl line" in err and "truncating" in err
+    assert "metrics.jsonl line" in err and "set it aside" in err
+    assert open(path + ".rejected").read() == '{"step": 7, "train/lo\n'
     assert same(params(stopped_at_6), params(reference))
     assert losses(stopped_at_6) == losses(reference)
+
+
+def test_a_garbage_line_in_the_middle_loses_no_record(stopped_at_6, reference, corpus, tiny_tokenizer, capfd):
+    path = os.path.join(stopped_at_6, "metrics.jsonl")
+    lines = open(path).read().splitlines(keepends=True)
+    with open(path, "w") as f:
+        f.writelines(lines[:2] + ["garbage\n"] + lines[2:])
+    train(config(corpus, tiny_tokenizer), stopped_at_6)
+    assert "line 3 is not a complete record" in capfd.readouterr().err
+    assert losses(stopped_at_6) == losses(reference)  # every record after the bad line kept
+    assert open(path + ".rejected").read() == "garbage\n"
 
 
 def test_second_process_is_refused_with_the_holders_pid(stopped_at_6, reference, corpus, tiny_tokenizer):

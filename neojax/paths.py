@@ -1,0 +1,223 @@
+"""Every path neojax reads or writes: local, gs:// and s3://, as one kind of object.
+
+    from neojax import paths
+    wd = paths.path("gs://bucket/run1")      # an etils.epath.Path (the library orbax writes through)
+    (wd / "config.json").write_text(...)      # local, Google Cloud Storage or S3 alike
+
+Object storage goes through fsspec (gcsfs, s3fs) and, for checkpoint arrays, tensorstore. The
+standard variables select a server: `STORAGE_EMULATOR_HOST` for GCS (handed on here to
+tensorstore, which has its own), `AWS_ENDPOINT_URL` and the usual key variables for S3, so the same
+command runs against the real services and the emulators the tests start. Object stores have no
+append, no rename and no file lock: writers here write whole objects, and a directory is published
+by uploading its marker file last.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob as pyglob
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Iterator, Union
+
+# etils picks TensorFlow's gfile for gs:// whenever TensorFlow is installed; gfile has no s3 and
+# ignores the emulator variables, so neojax (and the orbax it drives) use fsspec everywhere.
+os.environ.setdefault("EPATH_USE_TF", "false")
+
+import fsspec  # noqa: E402
+from etils import epath  # noqa: E402  (after the backend choice above)
+
+from neojax.cli import UsageError  # noqa: E402
+
+REMOTE = ("gs", "s3")
+PathLike = Union[str, os.PathLike]
+
+
+def scheme(p: PathLike) -> str:
+    """'gs', 's3', or '' for a local path; a UsageError for any other scheme."""
+    text = os.fspath(p)
+    head, sep, _ = text.partition("://")
+    if not sep:
+        return ""
+    if head not in REMOTE:
+        raise UsageError(f"{text}: neojax cannot read or write {head}:// paths; use a local path, gs://BUCKET/... "
+                         "or s3://BUCKET/...")
+    return head
+
+
+def is_remote(p: PathLike) -> bool:
+    return bool(scheme(p))
+
+
+def path(p: PathLike) -> epath.Path:
+    """The path object for `p` (local paths made absolute), its scheme checked and its server configured."""
+    if isinstance(p, epath.Path) and not isinstance(p, str):
+        return p
+    kind = scheme(p)
+    if kind:
+        _configure(kind)
+        return epath.Path(os.fspath(p).rstrip("/"))
+    return epath.Path(os.path.abspath(os.path.expanduser(os.fspath(p))))
+
+
+def _configure(kind: str) -> None:
+    """Hand the standard emulator variable on to the layers that read their own."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if kind == "gs" and host:
+        url = host if "://" in host else f"http://{host}"
+        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)  # orbax's array writes (tensorstore)
+        os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # emulators check no token
+        logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "could not determine bucket type": no real GCS
+
+
+def orbax_native(p: PathLike) -> bool:
+    """Whether orbax writes checkpoint arrays at `p` itself: local and gs:// (tensorstore's gcs driver).
+    orbax 0.12 builds no tensorstore spec for s3://, so those checkpoints are staged (see staged_dir)."""
+    return scheme(p) in ("", "gs")
+
+
+def glob(pattern: str) -> list[str]:
+    """The files matching `pattern` (`**` recurses), sorted; remote patterns as remote paths."""
+    kind = scheme(pattern)
+    if not kind:
+        found = pyglob.glob(os.path.expanduser(pattern), recursive=True)
+        return sorted(f for f in found if os.path.isfile(f))
+    path(pattern)  # configures the server
+    fs = fsspec.filesystem(kind)
+    return sorted(f"{kind}://{f}" for f in fs.glob(pattern) if fs.isfile(f))
+
+
+def fingerprint(p: PathLike) -> tuple[str, int, int]:
+    """(path, size, modification time) of a file: edited input means new derived data."""
+    if not is_remote(p):
+        return os.fspath(p), os.path.getsize(p), int(os.path.getmtime(p))
+    info = path(p).stat()
+    return os.fspath(p), int(info.length), int(info.mtime or 0)
+
+
+def wait_for(p: PathLike, what: str, poll: float = 0.5) -> None:
+    """Block until `p` exists (another process is writing it; `what` names that for tracebacks). A
+    peer that dies meanwhile ends this process through jax.distributed's heartbeat, so there is no
+    timeout of its own here."""
+    target = path(p)
+    while not target.exists():
+        time.sleep(poll)
+
+
+def write_text(p: PathLike, text: str) -> None:
+    """Write `text` whole: through a renamed temporary file locally, as one object remotely (a PUT
+    replaces an object atomically), so a reader never sees half of it."""
+    target = path(p)
+    if is_remote(target):
+        target.write_text(text)
+        return
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, target)
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+    """Write `data` whole (see write_text)."""
+    target = path(p)
+    if is_remote(target):
+        target.write_bytes(data)
+        return
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def read_range(p: PathLike, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a file: one ranged read on object storage."""
+    if not is_remote(p):
+        with open(p, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    return fsspec.filesystem(scheme(p)).cat_file(os.fspath(p), start, end)
+
+
+def upload_tree(local: PathLike, remote: PathLike, last: tuple[str, ...] = ()) -> None:
+    """Copy the local directory `local` to `remote`, the files named in `last` (markers whose
+    presence says the directory is complete) after every other file."""
+    local, remote = os.fspath(local), path(remote)
+    files = []
+    for root, _, names in os.walk(local):
+        files += [os.path.relpath(os.path.join(root, n), local) for n in names]
+    files.sort(key=lambda rel: (rel in last, rel))
+    for rel in files:
+        target = remote / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(open(os.path.join(local, rel), "rb").read())
+
+
+def download_tree(remote: PathLike, local: PathLike) -> None:
+    """Copy every object under `remote` into the local directory `local`."""
+    remote, local = path(remote), os.fspath(local)
+    for item in _walk(remote):
+        rel = os.fspath(item)[len(os.fspath(remote)) + 1:]
+        os.makedirs(os.path.dirname(os.path.join(local, rel)), exist_ok=True)
+        with open(os.path.join(local, rel), "wb") as f:
+            f.write(item.read_bytes())
+
+
+def _walk(p: epath.Path) -> Iterator[epath.Path]:
+    for child in p.iterdir():
+        if child.is_dir():
+            yield from _walk(child)
+        else:
+            yield child
+
+
+def move_tree(src: PathLike, dst: PathLike) -> None:
+    """Move a directory: a rename locally, a copy then a delete on object storage (no rename there)."""
+    src, dst = path(src), path(dst)
+    if not is_remote(src):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dst)
+        return
+    for item in _walk(src):
+        target = dst / os.fspath(item)[len(os.fspath(src)) + 1:]
+        target.write_bytes(item.read_bytes())
+    remove_tree(src)
+
+
+def remove_tree(p: PathLike) -> None:
+    target = path(p)
+    if target.exists():
+        target.rmtree() if target.is_dir() else target.unlink()
+
+
+@contextlib.contextmanager
+def local_copy(p: PathLike) -> Iterator[str]:
+    """A local path holding what `p` holds (itself when local; a temporary download otherwise), for
+    libraries that read real files (sentencepiece, safetensors' memory maps, tokenizers)."""
+    if not is_remote(p):
+        yield os.fspath(path(p))
+        return
+    src = path(p)
+    with tempfile.TemporaryDirectory(prefix="neojax-") as tmp:
+        local = os.path.join(tmp, src.name)
+        if src.is_dir():
+            download_tree(src, local)
+        else:
+            with open(local, "wb") as f:
+                f.write(src.read_bytes())
+        yield local
+
+
+@contextlib.contextmanager
+def staged_dir(p: PathLike, last: tuple[str, ...] = ()) -> Iterator[str]:
+    """A local directory whose files are written to `p` when the block succeeds (`p` itself when
+    local), markers in `last` uploaded last."""
+    if not is_remote(p):
+        os.makedirs(path(p), exist_ok=True)
+        yield os.fspath(path(p))
+        return
+    tmp = tempfile.mkdtemp(prefix="neojax-stage-")
+    try:
+        yield tmp
+        upload_tree(tmp, p, last)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
