@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 # etils picks TensorFlow's gfile for gs:// whenever TensorFlow is installed; gfile has no s3 and
 # ignores the emulator variables, so neojax (and the orbax it drives) use fsspec everywhere.
@@ -135,7 +135,7 @@ def read_range(p: PathLike, start: int, end: int) -> bytes:
         with open(p, "rb") as f:
             f.seek(start)
             return f.read(end - start)
-    return fsspec.filesystem(scheme(p)).cat_file(os.fspath(p), start, end)
+    return fsspec.filesystem(scheme(p)).cat_file(os.fspath(p), start=start, end=end)
 
 
 def upload_tree(local: PathLike, remote: PathLike, last: tuple[str, ...] = ()) -> None:
@@ -190,9 +190,9 @@ def remove_tree(p: PathLike) -> None:
 
 
 @contextlib.contextmanager
-def local_copy(p: PathLike) -> Iterator[str]:
-    """A local path holding what `p` holds (itself when local; a temporary download otherwise), for
-    libraries that read real files (sentencepiece, safetensors' memory maps, tokenizers)."""
+def local_copy(p: PathLike, only: Optional[tuple[str, ...]] = None) -> Iterator[str]:
+    """A local path holding what `p` holds (itself when local; a temporary download otherwise, of
+    the children named in `only` if given), for libraries that read real files."""
     if not is_remote(p):
         yield os.fspath(path(p))
         return
@@ -200,7 +200,8 @@ def local_copy(p: PathLike) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="neojax-") as tmp:
         local = os.path.join(tmp, src.name)
         if src.is_dir():
-            download_tree(src, local)
+            for child in [src / name for name in only] if only else [src]:
+                download_tree(child, local if child == src else os.path.join(local, child.name))
         else:
             with open(local, "wb") as f:
                 f.write(src.read_bytes())

@@ -8,11 +8,11 @@ checkpoints, the native neojax format, and (for training) orbax checkpoint manag
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, NamedTuple, Optional
 
 import jax
 
+from neojax import paths
 from neojax.checkpoint.hf import load_hf, save_hf
 from neojax.checkpoint.io import NATIVE_MARKER, check_params, load_native, load_workdir, save_native
 from neojax.checkpoint.mesh_tf import config_from_mtf_json, load_mesh_tf
@@ -30,21 +30,22 @@ class Pretrained(NamedTuple):
 
 
 def detect_format(path: str) -> str:
-    """'hf', 'neojax', 'workdir' or 'mesh_tf' for a path; a clear error for anything else."""
-    if not os.path.exists(path) and not os.path.exists(path + ".index"):
+    """'hf', 'neojax', 'workdir' or 'mesh_tf' for a path (local or object storage); a clear error for
+    anything else."""
+    root = paths.path(path)
+    index = paths.path(str(path) + ".index")
+    if not root.exists() and not index.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, NATIVE_MARKER)):
+    if root.is_dir():
+        if (root / NATIVE_MARKER).exists():
             return "neojax"
-        if os.path.exists(os.path.join(path, "model", NATIVE_MARKER)) and os.path.isdir(os.path.join(path,
-                                                                                                     "checkpoints")):
+        if (root / "model" / NATIVE_MARKER).exists() and (root / "checkpoints").is_dir():
             return "workdir"
-        if os.path.exists(os.path.join(path, "config.json")):
-            with open(os.path.join(path, "config.json"), "rb") as f:
-                try:
-                    hf_config = json.loads(f.read())
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise ValueError(f"{path}/config.json is not valid JSON ({e})") from None
+        if (root / "config.json").exists():
+            try:
+                hf_config = json.loads((root / "config.json").read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}/config.json is not valid JSON ({e})") from None
             if not isinstance(hf_config, dict):
                 raise ValueError(f"{path}/config.json holds a {type(hf_config).__name__}, not a JSON object")
             model_type = hf_config.get("model_type")
@@ -53,9 +54,9 @@ def detect_format(path: str) -> str:
             if model_type is not None:
                 raise ValueError(f"{path}/config.json has model_type {model_type!r}; neojax loads GPT-Neo "
                                  "('gpt_neo') checkpoints only")
-        if os.path.exists(os.path.join(path, "checkpoint")) or any(n.endswith(".index") for n in os.listdir(path)):
+        if (root / "checkpoint").exists() or any(p.name.endswith(".index") for p in root.iterdir()):
             return "mesh_tf"
-    elif os.path.exists(path + ".index"):
+    elif index.exists():
         return "mesh_tf"
     raise ValueError(f"cannot tell the checkpoint format of {path}: expected a Hugging Face directory "
                      f"(config.json + weights), a neojax directory ({NATIVE_MARKER} + params/), a training "
@@ -79,6 +80,10 @@ def load(path: str, mtf_config: Optional[str] = None, quantize: Optional[str] = 
 
 def _load(path: str, mtf_config: Optional[str] = None, **config_overrides) -> Pretrained:
     fmt = detect_format(path)
+    if paths.is_remote(path) and (fmt in ("hf", "mesh_tf") or not paths.orbax_native(path)):
+        # weights are read whole anyway: fetch them once (a workdir: its model card and checkpoints only)
+        with paths.local_copy(path, only=("model", "checkpoints") if fmt == "workdir" else None) as local:
+            return _load(local, mtf_config, **config_overrides)
     if fmt == "hf":
         return Pretrained(*load_hf(path, **config_overrides))
     if fmt in ("neojax", "workdir"):

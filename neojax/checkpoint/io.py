@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from neojax import __version__
+from neojax import __version__, paths
 from neojax.cli import message
 from neojax.data.tokenizer import Tokenizer
 from neojax.files import atomic_directory, write_json
@@ -48,18 +48,17 @@ def _card(config: GPTNeoConfig, quantization: Optional[str] = None) -> dict:
 
 def write_model_card(directory: str, config: GPTNeoConfig, tokenizer=None) -> None:
     """neojax.json (+ tokenizer) without params: a training workdir's model/ folder."""
-    os.makedirs(directory, exist_ok=True)
+    paths.path(directory).mkdir(parents=True, exist_ok=True)
     if tokenizer is not None:
         tokenizer.save(directory)
-    write_json(os.path.join(directory, NATIVE_MARKER), _card(config))
+    write_json(str(paths.path(directory) / NATIVE_MARKER), _card(config))
 
 
 def read_model_card(directory: str):
     """(config, tokenizer or None, quantization or None) of a neojax directory."""
-    path = os.path.join(directory, NATIVE_MARKER)
+    path = paths.path(directory) / NATIVE_MARKER
     try:
-        with open(path) as f:
-            card = json.load(f)
+        card = json.loads(path.read_text())
         config = GPTNeoConfig.from_dict(card["model"])
         quantization = card.get("quantization")
         if quantization not in (None, "int8"):
@@ -72,9 +71,9 @@ def read_model_card(directory: str):
 def load_workdir(workdir: str, step=None):
     """(config, params, tokenizer) of a training workdir's latest intact (or the given) checkpoint."""
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's notices on every read-only open
-    config, tokenizer, _ = read_model_card(os.path.join(workdir, "model"))
-    with ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               item_names=("state", "data", "meta"),
+    config, tokenizer, _ = read_model_card(str(paths.path(workdir) / "model"))
+    with ocp.CheckpointManager(paths.path(workdir) / "checkpoints",
+                               item_handlers={"state": ocp.StandardCheckpointHandler()},
                                options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
         steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
         if not steps:
@@ -82,7 +81,8 @@ def load_workdir(workdir: str, step=None):
         quiet_orbax_coroutines()
         for i, step in enumerate(steps):
             try:
-                state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+                state = manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(here(manager.item_metadata(step)["state"]))))["state"]
                 break
             except Exception as e:  # orbax and tensorstore raise many types for unreadable files
                 if i == len(steps) - 1:
@@ -98,6 +98,14 @@ def load_workdir(workdir: str, step=None):
     params = jax.tree.map(np.asarray, params)
     check_params(params, config, f"{workdir} step {step}")
     return config, params, tokenizer
+
+
+def here(metadata):
+    """A restore target for saved array metadata: every array whole on this process's first device,
+    whatever mesh, device count or process count wrote it (orbax otherwise restores the saved
+    layout, which fails on fewer devices)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 
 
 def quiet_orbax_coroutines() -> None:
@@ -130,7 +138,7 @@ def save_native(directory: str, params, config: GPTNeoConfig, tokenizer=None, ov
     params (neojax.model.quant) are written as they are, marked "quantization": "int8"."""
     with atomic_directory(directory, overwrite) as tmp:
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(tmp, "params"), params)
+            ckptr.save(os.path.join(os.path.abspath(tmp), "params"), params)
             ckptr.wait_until_finished()
         if tokenizer is not None:
             tokenizer.save(tmp)
@@ -151,7 +159,7 @@ def load_native(directory: str, target=None):
         target = jax.tree.map(lambda s: np.empty(s.shape, s.dtype), expected)
     with ocp.StandardCheckpointer() as ckptr:
         try:
-            params = ckptr.restore(os.path.join(os.path.abspath(directory), "params"), target)
+            params = ckptr.restore(paths.path(directory) / "params", target)
         except ValueError as e:
             raise ValueError(f"cannot restore params from {directory} onto the shapes its neojax.json implies: "
                              f"{e}") from e
