@@ -63,7 +63,10 @@ def path(p: PathLike) -> epath.Path:
 
 
 def _configure(kind: str) -> None:
-    """Hand the standard emulator variable on to the layers that read their own."""
+    """Hand the standard emulator variable on to the layers that read their own, and turn off
+    fsspec's listing cache: other processes (the hosts of a run) write here too."""
+    for protocol in ("gs", "gcs", "s3"):
+        fsspec.config.conf.setdefault(protocol, {}).setdefault("use_listings_cache", False)
     host = os.environ.get("STORAGE_EMULATOR_HOST")
     if kind == "gs" and host:
         url = host if "://" in host else f"http://{host}"

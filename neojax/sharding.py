@@ -14,6 +14,8 @@ import math
 import os
 import re
 import sys
+import threading
+import time
 from typing import Optional, Sequence
 
 import jax
@@ -164,23 +166,77 @@ def init_sharded(init_fn, mesh: Mesh, specs_fn, *args):
 
 
 # --- multi-host -----------------------------------------------------------------------------------
+HEARTBEAT_S = 2.0  # how often each process says it is alive
+LOST_AFTER_S = 30.0  # silence after which a peer is declared lost (the coordination service's own limit is longer)
+LOST_EXIT = 75  # EX_TEMPFAIL: the run stopped for a reason outside it; re-running resumes
+
+
 def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
                            process_id: Optional[int] = None) -> None:
     """jax.distributed.initialize from arguments, else NEOJAX_COORDINATOR / NEOJAX_NUM_PROCESSES /
-    NEOJAX_PROCESS_ID, else JAX's own detection (TPU pods, SLURM, Open MPI). No-op for one process."""
+    NEOJAX_PROCESS_ID, else JAX's own detection (TPU pods, SLURM, Open MPI). No-op for one process.
+    A multi-process run then watches its peers (see watch_peers)."""
     coordinator = coordinator or os.environ.get("NEOJAX_COORDINATOR")
     num_processes = num_processes or _env_int("NEOJAX_NUM_PROCESSES")
     process_id = process_id if process_id is not None else _env_int("NEOJAX_PROCESS_ID")
+    # The coordination service aborts a survivor (a C++ stack trace) after its heartbeat timeout;
+    # watch_peers reports a lost peer in one line well before that.
+    timeouts = dict(heartbeat_timeout_seconds=int(4 * LOST_AFTER_S), initialization_timeout=300)
     if coordinator is None and num_processes is None:
         if not any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
                                              "JAX_COORDINATOR_ADDRESS")):
             return  # a single-process run
-        jax.distributed.initialize()
-        return
-    # Only the CPU backend reads this (cross-process CPU collectives); asking for the platform
-    # here would start the backend, which must happen after initialize().
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(**timeouts)
+    else:
+        # Only the CPU backend reads this (cross-process CPU collectives); asking for the platform
+        # here would start the backend, which must happen after initialize().
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                                   process_id=process_id, **timeouts)
+    if jax.process_count() > 1:
+        watch_peers()
+
+
+def watch_peers(every: float = HEARTBEAT_S, lost_after: float = LOST_AFTER_S) -> threading.Thread:
+    """A daemon thread that counts up this process's heartbeat in the coordination service's key-value
+    store and reads every peer's. A peer whose count stops for `lost_after` seconds (killed, its host
+    gone), or a coordinator that stops answering (process 0 lost), ends this process at once with one
+    line naming the lost process and exit code LOST_EXIT, even while the main thread waits inside a
+    collective that will never complete. Re-running every process resumes from the last checkpoint."""
+    from jax._src import distributed  # jax has no public key-value API; the client is the one initialize made
+
+    client, me, count = distributed.global_state.client, jax.process_index(), jax.process_count()
+
+    def lost(who: str, why: str) -> None:
+        print(f"error: {who} of this {count}-process run was lost ({why}); stopping process {me} too. Re-run "
+              "every process with the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
+        os._exit(LOST_EXIT)
+
+    def run() -> None:
+        seen = {p: (None, time.monotonic()) for p in range(count) if p != me}
+        beat = 0
+        while True:
+            beat += 1
+            try:
+                client.key_value_set(f"neojax/beat/{me}", str(beat), allow_overwrite=True)
+                beats = dict(client.key_value_dir_get("neojax/beat/"))
+            except Exception as e:  # the coordinator (process 0) is gone
+                if me == 0:
+                    raise
+                lost("process 0 (the coordinator)", f"its coordination service stopped answering: "
+                     f"{str(e).splitlines()[0][:80]}")
+            now = time.monotonic()
+            for p, (last, since) in seen.items():
+                value = beats.get(f"neojax/beat/{p}")
+                if value != last:
+                    seen[p] = (value, now)
+                elif now - since > lost_after:
+                    lost(f"process {p}", f"no heartbeat for {now - since:.0f}s")
+            time.sleep(every)
+
+    thread = threading.Thread(target=run, name="neojax-peer-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _env_int(name):

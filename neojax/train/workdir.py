@@ -92,10 +92,12 @@ class Workdir:
             held = json.loads(lease.read_text()) if lease.exists() else None
         except (OSError, ValueError):
             held = None
-        if isinstance(held, dict) and time.time() - float(held.get("time", 0)) < LEASE_EXPIRY:
+        if isinstance(held, dict) and time.time() - float(held.get("time", 0)) < LEASE_EXPIRY and \
+                not _gone(held):
             raise UsageError(f"--workdir {self.path} is in use by another training process (pid {held.get('pid')} "
-                             f"on {held.get('host')}, lease renewed {time.time() - float(held['time']):.0f}s ago); "
-                             "wait for it to finish, stop it, or choose another --workdir")
+                             f"on {held.get('host')}, lease renewed {time.time() - float(held['time']):.0f}s ago; "
+                             f"a lease not renewed for {LEASE_EXPIRY:.0f}s lapses); wait for it to finish, stop it, or "
+                             "choose another --workdir")
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         try:
             paths.write_text(lease, json.dumps({**me, "time": time.time()}))
@@ -153,3 +155,16 @@ class Workdir:
         if jax.process_index() != 0:
             return
         write_json(self.config_path, self.config.to_json_best_effort(indent=2))
+
+
+def _gone(lease: dict) -> bool:
+    """Whether the lease's holder ran on this host and has exited (a killed run is resumed at once)."""
+    if lease.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(lease.get("pid")), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+    return False

@@ -76,7 +76,8 @@ def test_stdlib_corpus_is_offline_and_bounded():
 def test_packing_covers_every_token_once_and_validation_is_disjoint(jsonl_file, tiny_tokenizer, tmp_path):
     cache = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path / "cache"),
                               valid_fraction=0.1, seed=3, progress=False)
-    train_docs, valid_docs = _split_docs(np.asarray(cache.train), tiny_tokenizer), _split_docs(np.asarray(cache.valid), tiny_tokenizer)
+    train_docs = _split_docs(np.asarray(cache.train), tiny_tokenizer)
+    valid_docs = _split_docs(np.asarray(cache.valid), tiny_tokenizer)
     assert sorted(train_docs + valid_docs) == sorted(DOCS)  # every document in exactly one split
     assert not set(train_docs) & set(valid_docs) and len(valid_docs) == 6
     assert cache.train.dtype == np.uint16 and cache.meta["documents"] == 60

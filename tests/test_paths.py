@@ -1,0 +1,136 @@
+"""Object storage against real servers the tests start on 127.0.0.1 (fake-gcs-server for gs://,
+moto for s3://), reached through the standard variables: the smoke run trains there, is SIGKILLed,
+resumes bit-identically and exports a Hugging Face directory that transformers loads."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from support import object_store
+
+from neojax import checkpoint, paths
+from neojax.cli import UsageError
+from neojax.data.pipeline import RemoteTokens, build_token_cache
+from neojax.train.metrics import read_metrics
+from neojax.train.workdir import Workdir
+
+SMOKE = ["--config", "quickstart:smoke", "--config.checkpoint.async_save=false", "--config.train.log_every=1"]
+
+
+def one_device():
+    """This process's environment (the storage servers' variables included) with one CPU device."""
+    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+def train_command(workdir):
+    return [sys.executable, "-m", "neojax.train", *SMOKE, "--workdir", workdir]
+
+
+def kill_at(command, marker, cwd):
+    """Run `command` and SIGKILL it once its output shows `marker`; its exit status."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                            env=one_device())
+    try:
+        for line in proc.stdout:
+            if marker in line:
+                proc.kill()
+                break
+        return proc.wait(timeout=600)
+    finally:
+        proc.kill()
+
+
+def same(a, b):
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def losses(workdir):
+    return [(m["step"], m["train/loss"]) for m in read_metrics(workdir) if "train/loss" in m]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted smoke run on a local disk."""
+    workdir = str(tmp_path_factory.mktemp("local") / "run")
+    subprocess.run(train_command(workdir), check=True, capture_output=True, timeout=600, env=one_device())
+    return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["gs", "s3"])
+def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind, reference, tmp_path):
+    with object_store(kind) as bucket:
+        workdir = f"{bucket}/run1"
+        assert kill_at(train_command(workdir), "step 5/6", cwd=tmp_path) == -9
+        resumed = subprocess.run(train_command(workdir), capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                                 env=one_device())
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert f"resumed from {workdir}/checkpoints/3" in resumed.stdout
+        assert os.listdir(tmp_path) == []  # nothing local: no folder named "gs:" or "s3:"
+        assert same(checkpoint.load(workdir).params, checkpoint.load(reference).params)
+        assert losses(workdir) == losses(reference)
+        names = {p.name for p in paths.path(workdir).iterdir()}
+        assert {"config.json", "metrics.jsonl", "checkpoints", "tb", "model", "data_cache", "tokenizer"} <= names
+        assert ".lock" not in names  # the lease is given back at the end
+
+        export = f"{bucket}/run1-hf"
+        r = subprocess.run([sys.executable, "-m", "neojax.convert", workdir, export, "--to", "hf"],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        paths.download_tree(export, tmp_path / "hf")
+    import transformers
+    model = transformers.GPTNeoForCausalLM.from_pretrained(tmp_path / "hf")
+    ours = checkpoint.load(reference)
+    assert np.array_equal(model.transformer.wte.weight.detach().numpy(), ours.params["wte"])
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok("def main():\n    return 1")["input_ids"] == ours.tokenizer.encode("def main():\n    return 1")
+
+
+@pytest.mark.slow
+def test_token_cache_on_object_storage_is_read_by_range_and_equals_the_local_one(tiny_tokenizer, tmp_path):
+    jsonl_file = tmp_path / "docs.jsonl"
+    jsonl_file.write_text("".join(json.dumps({"text": f"document {i}: " + "words " * (i % 9)}) + "\n"
+                                  for i in range(100)))
+    jsonl_file = str(jsonl_file)
+    local = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path), progress=False,
+                              shard_docs=16)
+    with object_store("gs") as bucket:
+        remote = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, f"{bucket}/cache",
+                                   progress=False, shard_docs=16)
+        assert all(isinstance(part, RemoteTokens) for part in remote.train.parts)  # never copied whole
+        assert len(remote.train.parts) > 1
+        np.testing.assert_array_equal(np.asarray(remote.train), np.asarray(local.train))
+        np.testing.assert_array_equal(np.asarray(remote.valid), np.asarray(local.valid))
+        edge = int(remote.train.offsets[1])  # a window across two shards
+        np.testing.assert_array_equal(remote.train[edge - 3:edge + 4], np.asarray(local.train)[edge - 3:edge + 4])
+
+
+@pytest.mark.slow
+def test_a_live_lease_refuses_a_second_run_and_a_dead_holders_lapses(tmp_path):
+    from ml_collections import ConfigDict
+    config = ConfigDict({"x": 1})
+    with object_store("s3") as bucket:
+        with Workdir.open(config, f"{bucket}/run"):
+            lease = json.loads(paths.path(f"{bucket}/run/.lock").read_text())
+            assert lease["pid"] == os.getpid()
+            with pytest.raises(UsageError, match=r"in use by another training process \(pid \d+"):
+                Workdir._acquire(Workdir(f"{bucket}/run", config))
+        assert not paths.path(f"{bucket}/run/.lock").exists()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        paths.write_text(f"{bucket}/run/.lock", json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename,
+                                                            "time": 1e12}))
+        with Workdir.open(config, f"{bucket}/run"):  # its holder exited: taken over at once
+            pass
+
+
+def test_an_unknown_scheme_is_one_line_and_creates_no_folder(tmp_path):
+    with pytest.raises(UsageError, match=r"hdfs://x/run: neojax cannot read or write hdfs:// paths"):
+        paths.path("hdfs://x/run")
+    r = subprocess.run([sys.executable, "-m", "neojax.train", "--config", "quickstart:smoke", "--workdir",
+                        "hdfs://x/run"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "hdfs://" in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == []
