@@ -168,7 +168,9 @@ def init_sharded(init_fn, mesh: Mesh, specs_fn, *args):
 # --- multi-host -----------------------------------------------------------------------------------
 HEARTBEAT_S = 2.0  # how often each process says it is alive
 LOST_AFTER_S = 30.0  # silence after which a peer is declared lost (the coordination service's own limit is longer)
+SUSPECT_S = 6.0  # the same, once a collective has failed (a dead peer resets its connections at once)
 LOST_EXIT = 75  # EX_TEMPFAIL: the run stopped for a reason outside it; re-running resumes
+_collective_failed = threading.Event()
 
 
 def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
@@ -226,17 +228,28 @@ def watch_peers(every: float = HEARTBEAT_S, lost_after: float = LOST_AFTER_S) ->
                 lost("process 0 (the coordinator)", f"its coordination service stopped answering: "
                      f"{str(e).splitlines()[0][:80]}")
             now = time.monotonic()
+            limit = min(lost_after, SUSPECT_S) if _collective_failed.is_set() else lost_after
             for p, (last, since) in seen.items():
                 value = beats.get(f"neojax/beat/{p}")
                 if value != last:
                     seen[p] = (value, now)
-                elif now - since > lost_after:
+                elif now - since > limit:
                     lost(f"process {p}", f"no heartbeat for {now - since:.0f}s")
             time.sleep(every)
 
     thread = threading.Thread(target=run, name="neojax-peer-watch", daemon=True)
     thread.start()
     return thread
+
+
+def blame_lost_peer() -> None:
+    """Called with a failure in hand: in a multi-process run a peer that died makes the next
+    collective fail at once (connection reset). Give the peer watch a few heartbeats to name the lost
+    process (it then ends this process in one line); if every peer is alive, return and let the
+    failure speak for itself."""
+    if jax.process_count() > 1:
+        _collective_failed.set()
+        time.sleep(SUSPECT_S + 3 * HEARTBEAT_S)
 
 
 def _env_int(name):

@@ -150,8 +150,8 @@ def build_token_cache(source: str, source_args: dict, tokenizer: Tokenizer, cach
         return TokenCache(str(directory))
     directory.mkdir(parents=True, exist_ok=True)
     docs, policy = sources.documents(source, source_args, on_error)
-    who = f" (process {process_index} of {process_count})" if process_count > 1 else ""
-    bar = _progress(progress or process_count > 1, f"tokenising {source}{who}")
+    who = f" (process 0's share of {process_count})" if process_count > 1 else ""
+    bar = _progress(progress, f"tokenising {source}{who}")
     n_docs, n_shards = 0, 0
     for index, batch in enumerate(_batched(docs, shard_docs)):
         if index % process_count == process_index and not (directory / _shard_marker(index)).exists():
@@ -242,9 +242,10 @@ class TrainBatches:
             epochs = max(1, (1 << 50) // len(windows))
             datasets.append(grain.MapDataset.source(windows).shuffle(seed=seed + i).repeat(epochs))
         ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)
-        if process_count > 1:  # this process reads only its rows
-            ds = ds[process_index::process_count]
-        ds = ds.batch(global_batch // process_count, batch_fn=np.stack)
+        per = global_batch // process_count
+        if process_count > 1:  # this process reads only its rows: the same contiguous rows as one process's
+            ds = grain.MapDataset.source(_ProcessRows(ds, global_batch, process_index, process_count))
+        ds = ds.batch(per, batch_fn=np.stack)
         self._iter = iter(ds.to_iter_dataset())
 
     def __iter__(self):
@@ -258,6 +259,23 @@ class TrainBatches:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._iter.set_state(state)
+
+
+class _ProcessRows:
+    """Row i of one process's share: its process_rows() slice of every global batch, so the devices
+    hold the rows they hold in a one-process run (equal sums, bit for bit) and a run resumes on any
+    number of processes with the same data."""
+
+    def __init__(self, rows, global_batch: int, process_index: int, process_count: int):
+        self.rows, self.global_batch = rows, global_batch
+        self.per = global_batch // process_count
+        self.offset = process_index * self.per
+
+    def __len__(self) -> int:
+        return len(self.rows) // self.global_batch * self.per
+
+    def __getitem__(self, i: int):
+        return self.rows[(i // self.per) * self.global_batch + self.offset + i % self.per]
 
 
 def process_rows(global_batch: int, process_index: int, process_count: int) -> slice:

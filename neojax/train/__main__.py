@@ -14,6 +14,7 @@ import argparse
 import ast
 import sys
 
+import jax
 from absl import logging as absl_logging
 
 from neojax import cli, paths, registry, sharding
@@ -93,10 +94,14 @@ def main(argv=None) -> int:
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Exception:
+        sharding.blame_lost_peer()  # a dead peer: one line naming it (exit 75) instead of the collective's error
+        raise
     if result.get("preempted"):
-        print(f"preempted (SIGTERM) at step {result['step']}: saved; resume with the same command", flush=True)
+        if jax.process_index() == 0:
+            print(f"preempted (SIGTERM) at step {result['step']}: saved; resume with the same command", flush=True)
         return PREEMPTED_EXIT
-    if config.objective != "lm":
+    if config.objective != "lm" or jax.process_index() != 0:  # process 0 alone speaks for the run
         return 0
     workdir = args.workdir
     print(f"\ndone: step {result['step']} in {result.get('wall_time_s', 0):.0f}s. Next:\n"

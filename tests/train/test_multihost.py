@@ -1,0 +1,116 @@
+"""The train command as two real processes on a loopback coordinator (one CPU device each, mesh
+data=2, a shared workdir) against one process with two devices and the same mesh: bit-identical
+parameters and metrics (each device holds the same rows and runs the same program, and a sum of two
+is the same in either order), only process 0 speaks, a killed process is named by its peer within
+seconds, and kills and preemptions resume exactly."""
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from support import free_port, object_store
+
+from neojax import checkpoint
+from neojax.sharding import LOST_EXIT
+from neojax.train.metrics import read_metrics
+
+SMOKE = ["--config", "quickstart:smoke", "--config.mesh=data=2", "--config.checkpoint.async_save=false"]
+pytestmark = pytest.mark.slow
+
+
+def devices(n):
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def launch(workdir):
+    port = free_port()
+    return [subprocess.Popen([sys.executable, "-m", "neojax.train", *SMOKE, "--workdir", workdir, "--coordinator",
+                              f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=devices(1))
+            for i in range(2)]
+
+
+def finish(procs, timeout=600):
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def until(proc, marker):
+    """Read process 0's output up to the line holding `marker`."""
+    for line in proc.stdout:
+        if marker in line:
+            return
+    raise AssertionError(f"{marker!r} never printed")
+
+
+def same_params(a, b):
+    la, lb = jax.tree.leaves(checkpoint.load(a).params), jax.tree.leaves(checkpoint.load(b).params)
+    return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def records(workdir):
+    return [{k: v for k, v in m.items() if k not in ("train/tokens_per_sec",)} for m in read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("one_process") / "run")
+    subprocess.run([sys.executable, "-m", "neojax.train", *SMOKE, "--workdir", workdir], check=True,
+                   capture_output=True, timeout=600, env=devices(2))
+    return workdir
+
+
+@pytest.mark.parametrize("where", ["local", "gs"])
+def test_two_processes_equal_one_bit_for_bit(where, reference, tmp_path):
+    def run(workdir):
+        outs = finish(launch(workdir))
+        assert all(p_err is not None for _, p_err in outs)
+        return outs
+
+    if where == "gs":
+        with object_store("gs") as bucket:
+            workdir = f"{bucket}/run"
+            (out0, err0), (out1, err1) = run(workdir)
+            assert "done: step 6" in out0, err0[-3000:] + err1[-3000:]
+            assert same_params(workdir, reference)
+            assert records(workdir) == records(reference)
+        return
+    workdir = str(tmp_path / "run")
+    (out0, err0), (out1, err1) = run(workdir)
+    assert "done: step 6" in out0, err0[-3000:] + err1[-3000:]
+    assert same_params(workdir, reference)
+    assert records(workdir) == records(reference)  # losses, valid loss, perplexity, bits per byte
+    assert "step " not in out1 and "done" not in out1  # process 0 alone prints
+
+
+def test_a_killed_process_is_named_by_its_peer_and_both_resume_exactly(reference, tmp_path):
+    workdir = str(tmp_path / "run")
+    procs = launch(workdir)
+    until(procs[0], "step 4/6")  # after the step-3 checkpoint
+    procs[1].kill()
+    (_, err0), _ = finish(procs, timeout=60)  # a bounded wait: the peer watch, not a hang
+    assert procs[0].returncode == LOST_EXIT
+    errors = [line for line in err0.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "process 1 of this 2-process run was lost" in errors[0], err0[-2000:]
+    (out0, err0), _ = finish(launch(workdir))
+    assert "resumed from" in out0 and "done: step 6" in out0, err0[-3000:]
+    assert same_params(workdir, reference)
+
+
+def test_sigterm_to_both_saves_and_both_resume_exactly(reference, tmp_path):
+    workdir = str(tmp_path / "run")
+    procs = launch(workdir)
+    until(procs[0], "step 4/6")
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    (out0, err0), _ = finish(procs)
+    assert [p.returncode for p in procs] == [143, 143], err0[-3000:]
+    (out0, err0), _ = finish(launch(workdir))
+    assert "resumed from" in out0 and "done: step 6" in out0, err0[-3000:]
+    assert same_params(workdir, reference)
