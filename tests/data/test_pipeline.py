@@ -1,6 +1,10 @@
 """Sources, token cache, packing, validation split, resumable batches and bad inputs."""
+import glob
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +156,40 @@ def test_bad_inputs(tmp_path, tiny_tokenizer):
         sources.documents("pile", {})
     with pytest.raises(ValueError, match="bad source_args"):
         sources.documents("jsonl", {"path": "x"})
+
+
+def _build_in(process_index, process_count, docs_file, tokenizer_dir, cache_dir):
+    code = ("import sys; from neojax.data.tokenizer import Tokenizer; from neojax.data.pipeline import "
+            "build_token_cache; build_token_cache('jsonl', {'paths': sys.argv[1]}, Tokenizer.from_path(sys.argv[2]), "
+            f"sys.argv[3], progress=False, process_index={process_index}, process_count={process_count}, "
+            "shard_docs=7)")
+    return subprocess.Popen([sys.executable, "-c", code, docs_file, tokenizer_dir, cache_dir])
+
+
+def test_processes_build_shares_of_the_cache_that_equal_one_process(jsonl_file, tiny_tokenizer, tmp_path):
+    one = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path / "one"), progress=False,
+                            shard_docs=7)
+    procs = [_build_in(i, 2, jsonl_file, tiny_tokenizer.source, str(tmp_path / "two")) for i in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    two = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path / "two"), progress=False,
+                            shard_docs=7)
+    assert len(one.meta["shards"]) == 9 and one.meta == two.meta
+    np.testing.assert_array_equal(np.asarray(one.train), np.asarray(two.train))
+    np.testing.assert_array_equal(np.asarray(one.valid), np.asarray(two.valid))
+
+
+def test_a_killed_build_resumes_shard_by_shard(jsonl_file, tiny_tokenizer, tmp_path):
+    half = _build_in(1, 2, jsonl_file, tiny_tokenizer.source, str(tmp_path))  # only odd shards, then waits
+    directory = None
+    while directory is None or len(glob.glob(os.path.join(directory, "shard-*.json"))) < 4:
+        found = glob.glob(str(tmp_path / "jsonl-*"))
+        directory = found[0] if found else None
+        time.sleep(0.1)
+    half.kill()  # killed while waiting for process 0's shards
+    done_before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(directory, "shard-*.json"))}
+    cache = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path), progress=False,
+                              shard_docs=7)
+    assert all(os.path.getmtime(p) == t for p, t in done_before.items())  # finished shards not redone
+    fresh = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path / "fresh"),
+                              progress=False, shard_docs=7)
+    np.testing.assert_array_equal(np.asarray(cache.train), np.asarray(fresh.train))
