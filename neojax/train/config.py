@@ -22,7 +22,7 @@ import neojax.model  # noqa: F401
 import neojax.train.hooks  # noqa: F401
 import neojax.train.objectives  # noqa: F401
 import neojax.train.optim  # noqa: F401
-from neojax import registry, sharding
+from neojax import paths, registry, sharding
 from neojax.cli import UsageError
 from neojax.data.sources import expand_paths
 from neojax.model.config import PRESETS, preset
@@ -395,8 +395,13 @@ def _check_paths(c: dict, flat: dict, errors: list) -> None:
         keys.append("eval.task_data_dir")
     for key in keys:
         value = flat.get(key)
-        if value and not os.path.exists(os.path.expanduser(str(value))):
-            errors.append(f"--config.{key}={value!r}: no such file or directory")
+        if not value:
+            continue
+        try:
+            if not paths.path(str(value)).exists():
+                errors.append(f"--config.{key}={value!r}: no such file or directory")
+        except UsageError as e:  # a scheme neojax cannot read
+            errors.append(f"--config.{key}: {e}")
 
 
 # --- resuming ------------------------------------------------------------------------------------------
