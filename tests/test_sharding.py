@@ -110,6 +110,7 @@ def test_plan_for_large_presets_allocates_nothing():
     assert "(32 devices)" in r.stdout and "per device: params 1.24 GB + optimizer state 2.47 GB" in r.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(reference):
     ref_summary, _ = reference
     with socket.socket() as s:

@@ -4,6 +4,9 @@ import shutil
 import time
 
 import openai
+import pytest
+
+pytestmark = pytest.mark.slow  # a real server under load (the fast subset: -m 'not slow')
 
 
 def test_chat_page_streams_an_answer(server):

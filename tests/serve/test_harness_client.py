@@ -9,6 +9,8 @@ import pytest
 
 from neojax import evaluate as ev
 
+pytestmark = pytest.mark.slow  # a real server under load (the fast subset: -m 'not slow')
+
 TEXTS = ["the quick brown fox jumps over the lazy dog", "once upon a time there was a model",
          "GPT-Neo generates text one token at a time", "def hello(): print('hi') and then some"]
 

@@ -6,8 +6,11 @@ import threading
 
 import httpx2 as httpx
 import numpy as np
+import pytest
 
 from neojax.generate import generate
+
+pytestmark = pytest.mark.slow  # a real server under load (the fast subset: -m 'not slow')
 
 CLIENTS, REQUESTS = 32, 4
 
