@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import glob
 import http.client
 import json
 import os
 import platform
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +35,7 @@ import optax
 import uvicorn
 from tokenizers import ByteLevelBPETokenizer
 
-from neojax import cli
+from neojax import cli, paths
 from neojax.checkpoint.hf import state_dict_from_params
 from neojax.data.pipeline import TokenCache, TrainBatches
 from neojax.data.tokenizer import Tokenizer
@@ -197,6 +199,58 @@ def bench_data(tokens=20_000_000, seq_len=2048, batch=16):
             next(batches)
             n += 1
         return n * batch * seq_len / (time.perf_counter() - start)
+
+
+def bench_cache_build(processes: int, documents: int = 30000, shard_docs: int = 1000) -> float:
+    """Token cache build as `processes` real processes dividing the shards (a synthetic jsonl corpus of
+    about 100 words a document, a byte-level BPE trained here): tokens/s per process."""
+    text = _synthetic_text()
+    docs = [text(100) for _ in range(documents)]
+    with tempfile.TemporaryDirectory() as d:
+        _synthetic_tokenizer(docs[:200], preset("tiny"), d)  # saved in d, read by each process
+        corpus = os.path.join(d, "docs.jsonl")
+        with open(corpus, "w") as f:
+            f.writelines(json.dumps({"text": t}) + "\n" for t in docs)
+        code = ("import sys; from neojax.data.tokenizer import Tokenizer; from neojax.data.pipeline import "
+                "build_token_cache as b; b('jsonl', {'paths': sys.argv[1]}, Tokenizer.from_path(sys.argv[2]), "
+                f"sys.argv[3], progress=False, process_index=int(sys.argv[4]), process_count={processes}, "
+                f"shard_docs={shard_docs})")
+        start = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", code, corpus, d, os.path.join(d, "cache"), str(i)])
+                 for i in range(processes)]
+        if any(p.wait() for p in procs):
+            raise RuntimeError("a cache-building process failed")
+        seconds = time.perf_counter() - start
+        meta = next(json.load(open(m)) for m in glob.glob(os.path.join(d, "cache", "*", "meta.json")))
+        return (meta["train_tokens"] + meta["valid_tokens"]) / processes / seconds
+
+
+def bench_first_step(processes: int) -> float:
+    """Seconds from starting the quickstart smoke run (fresh workdir: tokenizer, token cache, compile)
+    to its first logged step, as `processes` processes with one CPU device each."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as d:
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        command = [sys.executable, "-m", "neojax.train", "--config", "quickstart:smoke", "--workdir",
+                   os.path.join(d, "run"), "--config.train.log_every=1", f"--config.mesh=data={processes}"]
+        if processes > 1:
+            command += ["--coordinator", f"127.0.0.1:{port}", "--num_processes", str(processes)]
+        start = time.perf_counter()
+        procs = [subprocess.Popen(command + (["--process_id", str(i)] if processes > 1 else []), env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for i in range(processes)]
+        seconds = next((time.perf_counter() - start for line in procs[0].stdout if line.startswith("step 1/")), None)
+        for p in procs:
+            p.communicate()
+        if seconds is None:
+            raise RuntimeError("the smoke run logged no first step")
+        return seconds
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def bench_tokenize(tokenizer, texts):
@@ -427,6 +481,10 @@ def main(argv=None):
         add(_row(f"{label}: time to first token p99", "s", served["ttft_p99"]))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
+        for n in (1, 2):
+            add(_row(f"data: token cache build, {n} process(es), per process", "tokens/s", bench_cache_build(n)))
+        for n in (1, 2):
+            add(_row(f"data: quickstart smoke, {n} process(es): time to first step", "s", bench_first_step(n)))
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'unit':<9} {'neojax':>10} {'transformers':>13} {'ratio':>6}")
     for r in rows:
@@ -434,10 +492,10 @@ def main(argv=None):
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         print(f"{r['name']:<{width}}  {r['unit']:<9} {r['neojax']:>10.2f} {theirs:>13} {ratio:>6}")
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
-                       "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                       "rows": rows}, f, indent=2)
+        paths.write_text(args.output, json.dumps(
+            {"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
+             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows},
+            indent=2))
     return 0
 
 

@@ -19,11 +19,12 @@ import sys
 import time
 from typing import Callable, Optional, Sequence
 
+from neojax import paths
+from neojax.errors import UsageError
+
 USAGE_EXIT, INTERNAL_EXIT = 2, 1
 
 
-class UsageError(ValueError):
-    """A bad input: the message names it, says what is wrong and how to fix it."""
 
 
 # Exceptions that mean the user's input (a flag, a file, a directory) is wrong, not neojax.
@@ -126,6 +127,10 @@ def unescape(text: str) -> str:
 
 def readable_file(flag: str, path: str) -> str:
     """`path` if it is a readable file; otherwise a UsageError naming the flag."""
+    if paths.is_remote(path):
+        if not paths.exists(path) or paths.is_dir(path):
+            raise UsageError(f"{flag} {path}: no such file")
+        return path
     if not os.path.exists(path):
         raise UsageError(f"{flag} {path}: no such file")
     if os.path.isdir(path):
@@ -136,7 +141,10 @@ def readable_file(flag: str, path: str) -> str:
 
 
 def writable_output(flag: str, path: str) -> str:
-    """Check before any work that `path` can be written: its directory exists and is writable."""
+    """Check before any work that `path` can be written: its directory exists and is writable (on
+    object storage, a write shows it: nothing is written here)."""
+    if paths.is_remote(path):
+        return path
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise UsageError(f"{flag} {path} is a directory; give a file name")

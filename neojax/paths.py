@@ -29,7 +29,7 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 import fsspec  # noqa: E402
 from etils import epath  # noqa: E402  (after the backend choice above)
 
-from neojax.cli import UsageError  # noqa: E402
+from neojax.errors import UsageError  # noqa: E402
 
 REMOTE = ("gs", "s3")
 PathLike = Union[str, os.PathLike]
@@ -49,6 +49,15 @@ def scheme(p: PathLike) -> str:
 
 def is_remote(p: PathLike) -> bool:
     return bool(scheme(p))
+
+
+def exists(p: PathLike) -> bool:
+    """Whether `p` (a file or directory, `~` expanded locally) exists."""
+    return path(p).exists()
+
+
+def is_dir(p: PathLike) -> bool:
+    return path(p).is_dir()
 
 
 def path(p: PathLike) -> epath.Path:
@@ -209,6 +218,18 @@ def local_copy(p: PathLike, only: Optional[tuple[str, ...]] = None) -> Iterator[
             with open(local, "wb") as f:
                 f.write(src.read_bytes())
         yield local
+
+
+@contextlib.contextmanager
+def local_file(p: PathLike) -> Iterator[str]:
+    """A local file name to write (a chart, a report) that ends up at `p` when the block succeeds."""
+    if not is_remote(p):
+        yield os.fspath(path(p))
+        return
+    with tempfile.TemporaryDirectory(prefix="neojax-") as tmp:
+        local = os.path.join(tmp, path(p).name)
+        yield local
+        write_bytes(p, open(local, "rb").read())
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import sys
 import jax
 import numpy as np
 
-from neojax import checkpoint, cli
+from neojax import checkpoint, cli, paths
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.files import write_json
@@ -68,8 +68,10 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task / texts")
     parser.add_argument("--sparsities", default="0.1,0.3,0.5,0.7", help="magnitude sparsities in the report")
     args = parser.parse_args(argv)
-    if not os.path.exists(os.path.expanduser(args.checkpoint)):
-        raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
+    with cli.about(f"--checkpoint {args.checkpoint}"):
+        args.checkpoint = args.checkpoint if paths.is_remote(args.checkpoint) else os.path.expanduser(args.checkpoint)
+        if not paths.exists(args.checkpoint):
+            raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
     if args.report:
         return _report(args)
     if args.method == "magnitude" and args.sparsity is None:
@@ -79,11 +81,11 @@ def main(argv=None) -> int:
         check_pruning(args.method, s)
     if not args.output:
         raise cli.UsageError("--output DST is required: where to write the pruned model")
-    if os.path.exists(args.output) and not args.overwrite and (not os.path.isdir(args.output)
-                                                                or os.listdir(args.output)):
+    out = paths.path(args.output)
+    if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
         raise cli.UsageError(f"--output {args.output} already exists; choose another path or pass --overwrite")
     with cli.about(f"--checkpoint {args.checkpoint}"):
-        model = checkpoint.load(os.path.expanduser(args.checkpoint))
+        model = checkpoint.load(args.checkpoint)
     params = prune(model.params, args.method, s, args.scope)
     with cli.about(f"--output {args.output}"):
         checkpoint.save(args.output, model._replace(params=params), to="neojax", overwrite=args.overwrite)
@@ -107,7 +109,7 @@ def _report(args) -> int:
     texts = texts[:args.limit] if args.limit else texts
     loaded = {t: ev.load_task(args.data_dir, t) for t in task_names}
     with cli.about(f"--checkpoint {args.checkpoint}"):
-        model = checkpoint.load(os.path.expanduser(args.checkpoint))
+        model = checkpoint.load(args.checkpoint)
     base_params, base_config = model.params, model.config
     # (label, config, params made when measured, sparsity)
     variants = [("float32", base_config, lambda: base_params, 0.0),
@@ -137,8 +139,9 @@ def _report(args) -> int:
         row["perplexity_change"] = row["perplexity"] / base["perplexity"] - 1
     print(_table(rows))
     chart = os.path.splitext(args.report)[0] + ".png"
-    _plot(rows, chart)
-    write_json(args.report, {"checkpoint": os.path.abspath(args.checkpoint), "rows": rows, "chart": chart})
+    with paths.local_file(chart) as local:
+        _plot(rows, local)
+    write_json(args.report, {"checkpoint": str(paths.path(args.checkpoint)), "rows": rows, "chart": chart})
     print(f"wrote {args.report} and {chart}")
     return 0
 

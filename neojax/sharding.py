@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from jax._src import distributed  # the key-value client initialize() made: jax has no public API for it
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from neojax import cli
@@ -205,8 +206,6 @@ def watch_peers(every: float = HEARTBEAT_S, lost_after: float = LOST_AFTER_S) ->
     gone), or a coordinator that stops answering (process 0 lost), ends this process at once with one
     line naming the lost process and exit code LOST_EXIT, even while the main thread waits inside a
     collective that will never complete. Re-running every process resumes from the last checkpoint."""
-    from jax._src import distributed  # jax has no public key-value API; the client is the one initialize made
-
     client, me, count = distributed.global_state.client, jax.process_index(), jax.process_count()
 
     def lost(who: str, why: str) -> None:

@@ -8,7 +8,8 @@ import neojax
 
 PACKAGE = os.path.dirname(neojax.__file__)
 LAYERS = [  # a module may import its own layer (no cycle) or a lower one
-    ("neojax", "neojax.registry", "neojax.cli", "neojax.tree", "neojax.files", "neojax.paths"),
+    ("neojax", "neojax.registry", "neojax.cli", "neojax.tree", "neojax.files", "neojax.paths",
+     "neojax.errors"),
     ("neojax.model", "neojax.flops"),
     ("neojax.data",),
     ("neojax.sharding",),

@@ -134,3 +134,27 @@ def test_an_unknown_scheme_is_one_line_and_creates_no_folder(tmp_path):
                         "hdfs://x/run"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "hdfs://" in r.stderr, r.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_evaluate_reads_tasks_and_writes_results_on_object_storage(reference, tmp_path):
+    docs = [{"text": f"def f{i}(x):\n    return x + {i}"} for i in range(6)]
+    local = tmp_path / "tasks"
+    local.mkdir()
+    (local / "lambada_openai.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+
+    def evaluate(data_dir, output):
+        r = subprocess.run([sys.executable, "-m", "neojax.evaluate", "--checkpoint", reference, "--tasks",
+                            "lambada_openai", "--data_dir", data_dir, "--output", output], capture_output=True,
+                           text=True, timeout=300, env=one_device())
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    evaluate(str(local), str(tmp_path / "local.json"))
+    with object_store("s3") as bucket:
+        paths.upload_tree(local, f"{bucket}/tasks")
+        evaluate(f"{bucket}/tasks", f"{bucket}/out/results.json")
+        remote = json.loads(paths.path(f"{bucket}/out/results.json").read_text())
+    expected = json.loads((tmp_path / "local.json").read_text())
+    assert {k: v for k, v in remote["lambada_openai"].items() if "seconds" not in k} == \
+        {k: v for k, v in expected["lambada_openai"].items() if "seconds" not in k}
+    assert remote["config"]["data_files"] == [f"{bucket}/tasks/lambada_openai.jsonl"]

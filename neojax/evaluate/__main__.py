@@ -13,12 +13,11 @@ datasets already prepared in --tfds_data_dir (never downloaded).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
 
-from neojax import __version__, checkpoint, cli, registry
+from neojax import __version__, checkpoint, cli, paths, registry
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.evaluate import bias, prepare
@@ -67,8 +66,7 @@ def main(argv=None) -> int:
     loaded = _check_args(args)
     out = _run(args, loaded)
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(_finite(out), f, indent=2)
+        paths.write_text(args.output, json.dumps(_finite(out), indent=2))
         print(f"wrote {args.output}")
     return 0
 
@@ -98,14 +96,15 @@ def _check_args(args) -> dict:
         raise cli.UsageError(f"--paper_table: {', '.join(sorted(GENERATES & set(task_names)))} generate text; the "
                              "paper table holds log-likelihood tasks only (evaluate them with --tasks)")
     for path in args.checkpoint:
-        if not os.path.exists(os.path.expanduser(path)):
-            raise cli.UsageError(f"--checkpoint {path}: no such file or directory")
+        with cli.about(f"--checkpoint {path}"):
+            if not paths.exists(path):
+                raise cli.UsageError(f"--checkpoint {path}: no such file or directory")
     if args.text_files and args.jsonl:
         raise cli.UsageError("give --text_files or --jsonl, not both")
     for t in task_names:
         if t not in registry.names("task"):
             raise cli.UsageError(f"--tasks: unknown task {t!r}; tasks: {', '.join(registry.names('task'))}")
-    if (task_names or args.paper_table or args.bias_report) and not os.path.isdir(args.data_dir):
+    if (task_names or args.paper_table or args.bias_report) and not paths.is_dir(args.data_dir):
         raise cli.UsageError(f"--data_dir {args.data_dir} is not a directory; give the folder of <task>.jsonl files")
     if args.stride and args.max_len and args.stride > args.max_len:
         raise cli.UsageError(f"--stride {args.stride} exceeds --max_len {args.max_len}; a window predicts at most "
@@ -148,7 +147,8 @@ def _run(args, loaded: dict) -> dict:
     rows, results_all = {}, {}
     for path in args.checkpoint:
         with cli.about(f"--checkpoint {path}"):
-            model = checkpoint.load(os.path.expanduser(path), **cli.model_options(args))
+            model = checkpoint.load(path if paths.is_remote(path) else os.path.expanduser(path),
+                                    **cli.model_options(args))
         if model.tokenizer is None:
             raise cli.UsageError(f"--checkpoint {path} has no tokenizer; add tokenizer.json (or vocab.json + "
                                  "merges.txt)")
@@ -161,8 +161,8 @@ def _run(args, loaded: dict) -> dict:
         max_len = args.max_len or None
         results = ev.evaluate(model.params, model.config, model.tokenizer, list(loaded), args.data_dir,
                               args.num_fewshot, args.limit, args.batch_size, max_len, args.tfds_data_dir, loaded)
-        pile = [p for p in (os.path.join(args.data_dir, "pile.jsonl"), os.path.join(args.data_dir, "pile.jsonl.zst"))
-                if os.path.exists(p)]
+        pile = [str(p) for p in (paths.path(args.data_dir) / "pile.jsonl", paths.path(args.data_dir) / "pile.jsonl.zst")
+                if p.exists()]
         texts = _texts(args) if (args.text_files or args.jsonl) else (
             list(sources.jsonl(pile[0])) if args.paper_table and pile else None)
         if texts is not None:
@@ -175,8 +175,8 @@ def _run(args, loaded: dict) -> dict:
             print(f"{path} {task}: {shown}")
         results_all[path] = results
         rows[path] = (ev.published_row(model.config), results)
-    meta = {"neojax_version": __version__, "data_dir": os.path.abspath(args.data_dir),
-            "data_files": sorted(glob.glob(os.path.join(args.data_dir, "*.jsonl*"))), "num_fewshot": args.num_fewshot,
+    meta = {"neojax_version": __version__, "data_dir": str(paths.path(args.data_dir)),
+            "data_files": paths.glob(str(paths.path(args.data_dir) / "*.jsonl*")), "num_fewshot": args.num_fewshot,
             "tfds_data_dir": args.tfds_data_dir and os.path.abspath(args.tfds_data_dir)}
     if args.paper_table:
         table = ev.paper_table(rows)
@@ -186,11 +186,12 @@ def _run(args, loaded: dict) -> dict:
         table = bias.bias_report(results_all)
         print(bias.format_bias_report(table))
         chart = os.path.splitext(args.output)[0] + ".png"
-        bias.plot_bias_report(table, chart)
+        with paths.local_file(chart) as local:
+            bias.plot_bias_report(table, local)
         print(f"wrote {chart}")
         return {"table": table, "chart": chart, "results": results_all, **meta}
     only = args.checkpoint[0]
-    return {**results_all[only], "config": {"checkpoint": os.path.abspath(only), **meta}}
+    return {**results_all[only], "config": {"checkpoint": str(paths.path(only)), **meta}}
 
 
 if __name__ == "__main__":

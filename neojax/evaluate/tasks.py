@@ -6,6 +6,7 @@ TFDS dataset already prepared in tfds_data_dir. Nothing is downloaded.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from neojax import registry
+from neojax import paths, registry
 from neojax.data.sources import tfds_records
 
 FORMATS = {
@@ -75,12 +76,12 @@ def file_stem(task: str) -> str:
 
 
 def _jsonl_path(data_dir: str, task: str, split: str) -> str:
-    return os.path.join(data_dir, f"{file_stem(task)}{'.' + split if split else ''}.jsonl")
+    return str(paths.path(data_dir) / f"{file_stem(task)}{'.' + split if split else ''}.jsonl")
 
 
 def available(task: str, data_dir: str, tfds_data_dir: Optional[str] = None) -> bool:
     """Whether the task's evaluated split is in data_dir (jsonl) or prepared in tfds_data_dir."""
-    return os.path.exists(_jsonl_path(data_dir, task, "")) or bool(
+    return paths.exists(_jsonl_path(data_dir, task, "")) or bool(
         tfds_data_dir and task in TFDS and os.path.isdir(os.path.join(tfds_data_dir, TFDS[task][0])))
 
 
@@ -88,7 +89,7 @@ def load_docs(data_dir: str, task: str, split: str = "", tfds_data_dir: Optional
     """The task's records: data_dir/<task>[.split].jsonl, else (given tfds_data_dir) TFDS. Every
     record is checked (fields, types, label ranges): a bad one names the file and line."""
     path = _jsonl_path(data_dir, task, split)
-    if not os.path.exists(path):
+    if not paths.exists(path):
         if tfds_data_dir and task in TFDS:
             name, splits, record = TFDS[task]
             docs = [record(r) for r in tfds_records(name, splits[split], tfds_data_dir)]
@@ -100,10 +101,10 @@ def load_docs(data_dir: str, task: str, split: str = "", tfds_data_dir: Optional
         hint = (f", or pass --tfds_data_dir where TFDS {TFDS[task][0]!r} is prepared" if task in TFDS else
                 f" ({NOT_IN_TFDS[task]})" if task in NOT_IN_TFDS else "")
         raise FileNotFoundError(f"{task}: expected {path}, one JSON object per line: {FORMATS.get(task, '')}{hint}")
-    if os.path.isdir(path):
+    if paths.is_dir(path):
         raise ValueError(f"{task}: {path} is a directory; expected a JSON-lines file")
     docs = []
-    with open(path, encoding="utf-8", errors="strict") as f:
+    with io.TextIOWrapper(paths.path(path).open("rb"), encoding="utf-8", errors="strict") as f:
         try:
             for n, line in enumerate(f, 1):
                 if not line.strip():

@@ -19,7 +19,7 @@ import sys
 import jax
 import uvicorn
 
-from neojax import checkpoint, cli, registry
+from neojax import checkpoint, cli, paths, registry
 from neojax.serve.api import build_app
 from neojax.serve.engine import Engine
 
@@ -41,8 +41,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.port > 65535:
         raise cli.UsageError(f"--port {args.port}: a port is at most 65535")
-    path = os.path.expanduser(args.checkpoint)
-    if not os.path.exists(path):
+    path = args.checkpoint if paths.is_remote(args.checkpoint) else os.path.expanduser(args.checkpoint)
+    if not paths.exists(path):
         raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(path, **cli.model_options(args))

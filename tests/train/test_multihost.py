@@ -3,6 +3,7 @@ data=2, a shared workdir) against one process with two devices and the same mesh
 parameters and metrics (each device holds the same rows and runs the same program, and a sum of two
 is the same in either order), only process 0 speaks, a killed process is named by its peer within
 seconds, and kills and preemptions resume exactly."""
+import json
 import os
 import signal
 import subprocess
@@ -17,17 +18,27 @@ from neojax import checkpoint
 from neojax.sharding import LOST_EXIT
 from neojax.train.metrics import read_metrics
 
-SMOKE = ["--config", "quickstart:smoke", "--config.mesh=data=2", "--config.checkpoint.async_save=false"]
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The quickstart's smoke run with every kind of evaluation hook: valid_loss, samples, tasks."""
+    tasks = tmp_path_factory.mktemp("tasks")
+    (tasks / "lambada_openai.jsonl").write_text("".join(json.dumps({"text": f"import os\nx = {i}"}) + "\n"
+                                                        for i in range(4)))
+    return ["--config", "quickstart:smoke", "--config.mesh=data=2", "--config.checkpoint.async_save=false",
+            '--config.eval.hooks=["valid_loss","samples","tasks"]', '--config.eval.tasks=["lambada_openai"]',
+            f"--config.eval.task_data_dir={tasks}"]
 
 
 def devices(n):
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
-def launch(workdir):
+def launch(smoke, workdir):
     port = free_port()
-    return [subprocess.Popen([sys.executable, "-m", "neojax.train", *SMOKE, "--workdir", workdir, "--coordinator",
+    return [subprocess.Popen([sys.executable, "-m", "neojax.train", *smoke, "--workdir", workdir, "--coordinator",
                               f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=devices(1))
             for i in range(2)]
@@ -58,18 +69,25 @@ def records(workdir):
     return [{k: v for k, v in m.items() if k not in ("train/tokens_per_sec",)} for m in read_metrics(workdir)]
 
 
+def samples(stdout):
+    return [line for line in stdout.splitlines() if line.startswith("    [")]
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(smoke, tmp_path_factory):
+    """(workdir, stdout) of one process with two devices."""
     workdir = str(tmp_path_factory.mktemp("one_process") / "run")
-    subprocess.run([sys.executable, "-m", "neojax.train", *SMOKE, "--workdir", workdir], check=True,
-                   capture_output=True, timeout=600, env=devices(2))
-    return workdir
+    out = subprocess.run([sys.executable, "-m", "neojax.train", *smoke, "--workdir", workdir], check=True,
+                         capture_output=True, text=True, timeout=600, env=devices(2)).stdout
+    return workdir, out
 
 
 @pytest.mark.parametrize("where", ["local", "gs"])
-def test_two_processes_equal_one_bit_for_bit(where, reference, tmp_path):
+def test_two_processes_equal_one_bit_for_bit(where, smoke, reference, tmp_path):
+    reference, reference_out = reference
+
     def run(workdir):
-        outs = finish(launch(workdir))
+        outs = finish(launch(smoke, workdir))
         assert all(p_err is not None for _, p_err in outs)
         return outs
 
@@ -85,32 +103,34 @@ def test_two_processes_equal_one_bit_for_bit(where, reference, tmp_path):
     (out0, err0), (out1, err1) = run(workdir)
     assert "done: step 6" in out0, err0[-3000:] + err1[-3000:]
     assert same_params(workdir, reference)
-    assert records(workdir) == records(reference)  # losses, valid loss, perplexity, bits per byte
-    assert "step " not in out1 and "done" not in out1  # process 0 alone prints
+    assert any("lambada_openai/acc" in m for m in records(workdir))
+    assert records(workdir) == records(reference)  # losses, valid loss and perplexity, the tasks' metrics
+    assert samples(out0) == samples(reference_out) and len(samples(out0)) == 6  # 3 prompts at steps 3 and 6
+    assert "step " not in out1 and "done" not in out1 and not samples(out1)  # process 0 alone prints
 
 
-def test_a_killed_process_is_named_by_its_peer_and_both_resume_exactly(reference, tmp_path):
+def test_a_killed_process_is_named_by_its_peer_and_both_resume_exactly(smoke, reference, tmp_path):
     workdir = str(tmp_path / "run")
-    procs = launch(workdir)
+    procs = launch(smoke, workdir)
     until(procs[0], "step 4/6")  # after the step-3 checkpoint
     procs[1].kill()
     (_, err0), _ = finish(procs, timeout=60)  # a bounded wait: the peer watch, not a hang
     assert procs[0].returncode == LOST_EXIT
     errors = [line for line in err0.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "process 1 of this 2-process run was lost" in errors[0], err0[-2000:]
-    (out0, err0), _ = finish(launch(workdir))
+    (out0, err0), _ = finish(launch(smoke, workdir))
     assert "resumed from" in out0 and "done: step 6" in out0, err0[-3000:]
-    assert same_params(workdir, reference)
+    assert same_params(workdir, reference[0])
 
 
-def test_sigterm_to_both_saves_and_both_resume_exactly(reference, tmp_path):
+def test_sigterm_to_both_saves_and_both_resume_exactly(smoke, reference, tmp_path):
     workdir = str(tmp_path / "run")
-    procs = launch(workdir)
+    procs = launch(smoke, workdir)
     until(procs[0], "step 4/6")
     for p in procs:
         p.send_signal(signal.SIGTERM)
     (out0, err0), _ = finish(procs)
     assert [p.returncode for p in procs] == [143, 143], err0[-3000:]
-    (out0, err0), _ = finish(launch(workdir))
+    (out0, err0), _ = finish(launch(smoke, workdir))
     assert "resumed from" in out0 and "done: step 6" in out0, err0[-3000:]
-    assert same_params(workdir, reference)
+    assert same_params(workdir, reference[0])
