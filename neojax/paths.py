@@ -84,6 +84,15 @@ def _configure(kind: str) -> None:
         logging.getLogger("gcsfs").setLevel(logging.ERROR)  # "could not determine bucket type": no real GCS
 
 
+def forget_servers() -> None:
+    """Drop the filesystems fsspec and epath keep per scheme (they hold the server they first met):
+    for a process that talks to another server afterwards, as the tests do."""
+    from etils.epath import backend  # deferred: epath's cache of one filesystem per scheme
+    backend.fsspec_backend._get_filesystem.cache_clear()
+    for kind in REMOTE:
+        fsspec.get_filesystem_class(kind).clear_instance_cache()
+
+
 def orbax_native(p: PathLike) -> bool:
     """Whether orbax writes checkpoint arrays at `p` itself: local and gs:// (tensorstore's gcs driver).
     orbax 0.12 builds no tensorstore spec for s3://, so those checkpoints are staged (see staged_dir)."""

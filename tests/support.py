@@ -197,13 +197,17 @@ def object_store(kind: str):
                           AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
         stop = server.stop
     import fsspec
-    fsspec.filesystem(kind, skip_instance_cache=True).mkdir("bkt")
+
+    from neojax import paths
+    paths.forget_servers()  # filesystems remember the previous server
+    fsspec.filesystem(kind).mkdir("bkt")
     try:
         yield f"{kind}://bkt"
     finally:
         stop()
         os.environ.clear()
         os.environ.update(saved)
+        paths.forget_servers()
 
 
 def _wait_for_port(port: int, timeout: float = 20.0) -> None:

@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from neojax import paths, registry, sharding
 from neojax.checkpoint.io import write_model_card
@@ -102,8 +103,11 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)
 
+    # SIGTERM (a preemption) saves and stops. Many processes must stop at the same step (each save is
+    # collective): jax's preemption sync, which catches SIGTERM itself, names the step for all.
     stop = {"sigterm": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
+    agreed = jax.process_count() > 1
+    previous = None if agreed else signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
     flops = _flops_per_step(config, model_config)
     total, seq_len = config.train.total_steps, config.data.seq_len
     tokens_per_step = config.train.global_batch * seq_len
@@ -160,11 +164,15 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
                 for hook in hook_fns:
                     writer.write(step, hook(params, step=step, **ctx))
                 window_start = time.perf_counter()  # tokens/s measures training only
+            if agreed and multihost_utils.reached_preemption_sync_point(step):
+                stop["sigterm"] = True
             if step % config.checkpoint.every_steps == 0 or step == total or stop["sigterm"]:
                 ckpt.save(step, state, data_state, {"step": step, "config": config.to_dict()})
                 window_start = time.perf_counter()
             if stop["sigterm"]:
-                print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume", flush=True)
+                if main_process:
+                    print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume",
+                          flush=True)
                 last["preempted"] = True
                 break
         if adapters is not None and main_process:
@@ -175,7 +183,8 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     finally:
         ckpt.close()
         writer.close()
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     last["wall_time_s"] = time.perf_counter() - run_start
     return {"step": step, "state": state, **last}
 
