@@ -119,6 +119,7 @@ class Server:
                 raise RuntimeError("server exited:\n" + "".join(self.lines))
             self.lines.append(line)
             if line.startswith("serving "):
+                self.url = line.split(" at ")[1].split()[0]  # the announced address (--port 0: the one taken)
                 return
         self.stop()
         raise RuntimeError("server did not start:\n" + "".join(self.lines))

@@ -1,8 +1,11 @@
 """python -m neojax.serve --checkpoint PATH [--host 127.0.0.1] [--port 8000] [--max_batch 16] [--max_len N]
     [--chunk 64] [--max_queue 256] [--dtype float32|bfloat16] [--quantize int8] [--kv_cache int8] [--model_name NAME]
+    [--api_key KEY] [--max_request_bytes N]
 
 An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health) with
-continuous batching, and a chat page at /. PATH is anything `generate` takes: a Hugging Face
+continuous batching, and a chat page at /. The port is taken before the model loads (--port 0: a
+free one, announced); beyond loopback, require a key with --api_key or NEOJAX_API_KEY. PATH is
+anything `generate` takes: a Hugging Face
 directory, a neojax directory or a training workdir (LoRA adapters merged).
 
     curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
@@ -12,15 +15,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import sys
 
 import jax
 import uvicorn
 
 from neojax import checkpoint, cli, paths, registry
-from neojax.serve.api import build_app
+from neojax.serve.api import MAX_REQUEST_BYTES, build_app
 from neojax.serve.engine import Engine
 
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # JAX records one per traced (compiled) program
@@ -38,9 +43,17 @@ def main(argv=None) -> int:
     parser.add_argument("--max_queue", type=cli.positive_int, default=256, help="waiting requests before 429")
     cli.add_model_options(parser)
     parser.add_argument("--model_name", help="the model's name in the API (default: the checkpoint's folder name)")
+    parser.add_argument("--api_key", default=os.environ.get("NEOJAX_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1 (default: $NEOJAX_API_KEY; none: open)")
+    parser.add_argument("--max_request_bytes", type=cli.positive_int, default=MAX_REQUEST_BYTES,
+                        help="larger request bodies get 413 before they are read")
     args = parser.parse_args(argv)
     if args.port > 65535:
         raise cli.UsageError(f"--port {args.port}: a port is at most 65535")
+    sock = _listen(args.host, args.port)  # before any loading: a port in use or a bad host is one line
+    if not args.api_key and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        print(f"warning: serving on {args.host} without --api_key: anyone who reaches this machine can use the "
+              "model; set --api_key (or NEOJAX_API_KEY)", file=sys.stderr, flush=True)
     path = args.checkpoint if paths.is_remote(args.checkpoint) else os.path.expanduser(args.checkpoint)
     if not paths.exists(path):
         raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
@@ -62,7 +75,7 @@ def main(argv=None) -> int:
     print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} ...",
           flush=True)
     engine.warm_up()
-    app = build_app(engine, name)
+    app = build_app(engine, name, args.max_request_bytes, args.api_key)
     _count_compilations(app.state.api)
     engine.start()
 
@@ -70,8 +83,8 @@ def main(argv=None) -> int:
         async def startup(self, sockets=None):
             await super().startup(sockets)
             if self.started:
-                print(f"serving {name} at http://{args.host}:{args.port} (OpenAI API under /v1, chat page at /)",
-                      flush=True)
+                host, port = sock.getsockname()[:2]
+                print(f"serving {name} at http://{host}:{port} (OpenAI API under /v1, chat page at /)", flush=True)
 
         def handle_exit(self, sig, frame):
             engine.shutdown()  # running streams end with finish_reason "abort" before connections close
@@ -88,11 +101,28 @@ def main(argv=None) -> int:
 
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                    timeout_graceful_shutdown=10))
-    server.run()
+    server.run(sockets=[sock])
     engine.shutdown()
-    if not server.started:
-        raise cli.UsageError(f"--port {args.port}: could not listen on {args.host}:{args.port} (in use?)")
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: a free one), or a UsageError naming the flag."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise cli.UsageError(f"--host {host}: not an address of this machine ({e}); use e.g. 127.0.0.1 or "
+                             "0.0.0.0") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise cli.UsageError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); choose another "
+                             "--port (0 picks a free one) or --host") from None
+    sock.listen(2048)
+    return sock
 
 
 def _count_compilations(api) -> None:

@@ -2,12 +2,16 @@
 /v1/chat/completions (both with server-sent-event streams), /health and the chat page at /.
 
 Every field is checked before a request reaches the engine; a bad one gets HTTP 400 with OpenAI's
-{"error": {"message", "type", "param", "code"}} naming the field and what it accepts. A full queue
-is 429. A client that goes away has its sequences cancelled: their slots free at the next step.
+{"error": {"message", "type", "param", "code"}} naming the field and what it accepts, and so does a
+field neojax does not act on (a misspelling, `logit_bias`, `tools`, ...): nothing is accepted and
+ignored. Every other error has the same shape: 401 (a missing or wrong key when the server has one),
+404, 405, 413 (a body over the limit, answered before it is read), 429 (a full queue). A client that
+goes away has its sequences cancelled: their slots free at the next step.
 """
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import math
 import os
@@ -17,12 +21,22 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from neojax.finetune.chat import STOP, render_prompt
 from neojax.serve.engine import TOP_LOGPROBS, Engine, QueueFull, Sequence, Settings
 
 MAX_N = 16
 MAX_STOP = 16
+MAX_REQUEST_BYTES = 4 << 20  # default body limit: a long chat history fits many times over
+SAMPLING = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "n", "seed",
+            "stream", "stream_options", "presence_penalty", "frequency_penalty", "best_of"}
+FIELDS = {"completions": SAMPLING | {"prompt", "echo", "logprobs"}, "chat": SAMPLING | {"messages"}}
+REFUSED = {"logit_bias": "logit_bias is not supported by neojax", "suffix": "suffix (insertion) is not supported",
+           "tools": "tool calls are not supported", "tool_choice": "tool calls are not supported",
+           "functions": "function calls are not supported", "function_call": "function calls are not supported",
+           "response_format": "response_format (JSON mode) is not supported",
+           "top_logprobs": "logprobs are not supported on chat completions here; use /v1/completions"}
 PAGE = os.path.join(os.path.dirname(__file__), "chat.html")
 
 
@@ -65,15 +79,33 @@ def _stop(body) -> tuple:
     return tuple(s for s in stop if s)
 
 
-def _settings(body, max_tokens_key="max_tokens", default_max=16) -> tuple[Settings, int]:
+def _known_fields(body, endpoint: str) -> None:
+    """A field neojax would not act on is refused, named, never silently ignored."""
+    for key in body:
+        if key in REFUSED:
+            raise BadRequest(f"'{key}': {REFUSED[key]}; remove it from the request", key)
+        if key not in FIELDS[endpoint]:
+            raise BadRequest(f"unknown field '{key}'; fields of this endpoint: {', '.join(sorted(FIELDS[endpoint]))}",
+                             key)
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(
+                options.get("include_usage", False), bool):
+            raise BadRequest("'stream_options' must be {\"include_usage\": true|false}", "stream_options")
+        if body.get("stream") is not True:
+            raise BadRequest("'stream_options' is only for streamed requests; set \"stream\": true or drop it",
+                             "stream_options")
+
+
+def _settings(body, vocab: int, default_max=16) -> tuple[Settings, int]:
     for key in ("presence_penalty", "frequency_penalty"):
         if body.get(key) not in (None, 0, 0.0):
             raise BadRequest(f"'{key}' is not supported by neojax; leave it at 0", key)
-    max_tokens = body.get(max_tokens_key, body.get("max_completion_tokens"))
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", default_max, 0, None, integer=True)
     settings = Settings(max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0, None),
                         top_p=_number(body, "top_p", 1.0, 0, 1, low_open=True),
-                        top_k=_number(body, "top_k", 0, 0, None, integer=True), stop=_stop(body),
+                        top_k=_number(body, "top_k", 0, 0, vocab, integer=True), stop=_stop(body),
                         seed=_number(body, "seed", None, -2 ** 63, 2 ** 64, integer=True))
     n = _number(body, "n", 1, 1, MAX_N, integer=True)
     if body.get("best_of") not in (None, n):
@@ -155,7 +187,8 @@ class Api:
     # --- endpoints --------------------------------------------------------------------------------
     async def completions(self, request: Request):
         body = self._body(await request.body())
-        settings, n = _settings(body)
+        _known_fields(body, "completions")
+        settings, n = _settings(body, self.vocab)
         prompts = self._prompts(body.get("prompt"))
         self._fits(prompts, settings)
         echo, stream = _flag(body, "echo"), _flag(body, "stream")
@@ -164,6 +197,8 @@ class Api:
             logprobs = _number(body, "logprobs", None, 0, TOP_LOGPROBS, integer=True)
         if echo and stream:
             raise BadRequest("'echo' with 'stream' is not supported; ask for one of them", "echo")
+        if logprobs is not None and stream:
+            raise BadRequest("'logprobs' with 'stream' is not supported; ask for one of them", "logprobs")
         if len(prompts) * n > MAX_N:
             raise BadRequest(f"{len(prompts)} prompts x n={n} is {len(prompts) * n} choices; at most {MAX_N}", "n")
         seqs = [Sequence(ids, settings, None, choice=j, echo_logprobs=echo and logprobs is not None)
@@ -173,6 +208,7 @@ class Api:
 
     async def chat(self, request: Request):
         body = self._body(await request.body())
+        _known_fields(body, "chat")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequest("'messages' is required: a non-empty list of {role, content}", "messages")
@@ -181,10 +217,7 @@ class Api:
                     m.get("content"), str):
                 raise BadRequest(f"messages[{i}] must be {{\"role\": system|user|assistant, \"content\": string}}",
                                  "messages")
-        if body.get("logprobs"):
-            raise BadRequest("'logprobs' is not supported on chat completions here; use /v1/completions",
-                             "logprobs")
-        settings, n = _settings(body, default_max=256)
+        settings, n = _settings(body, self.vocab, default_max=256)
         settings.stop = settings.stop + (STOP,)  # the chat template's next user turn
         ids = self.tokenizer.encode(render_prompt(messages))
         if settings.max_tokens + len(ids) > self.max_len and "max_tokens" not in body and \
@@ -293,14 +326,75 @@ def _usage(seqs) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def build_app(engine: Engine, model_name: str) -> FastAPI:
+class Guard:
+    """ASGI middleware in front of the app: a body over `max_bytes` is 413 before it is read (by its
+    Content-Length, or as it arrives), and with an `api_key` every /v1 request needs
+    "Authorization: Bearer <key>" (compared in constant time), else 401."""
+
+    def __init__(self, app, max_bytes: int, api_key: Optional[str]):
+        self.app, self.max_bytes, self.api_key = app, max_bytes, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.api_key and scope["path"].startswith("/v1"):
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+                return await _send(send, BadRequest("a valid API key is required: send 'Authorization: Bearer "
+                                                    "<key>'", status=401, kind="invalid_request_error"))
+        length = headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await _send(send, _too_large(self.max_bytes))
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except BodyTooLarge:
+            await _send(send, _too_large(self.max_bytes))
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def _too_large(limit: int) -> BadRequest:
+    return BadRequest(f"the request body exceeds {limit} bytes (the server's --max_request_bytes)", status=413)
+
+
+async def _send(send, e: BadRequest) -> None:
+    body = json.dumps({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}}).encode()
+    await send({"type": "http.response.start", "status": e.status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQUEST_BYTES,
+              api_key: Optional[str] = None) -> FastAPI:
     app = FastAPI(title="neojax", docs_url=None, redoc_url=None)
     api = Api(engine, model_name)
     app.state.api = api
+    app.add_middleware(Guard, max_bytes=max_request_bytes, api_key=api_key)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_, e: BadRequest):
         return _error(e)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # 404, 405, ... in OpenAI's shape
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        text = f"{request.method} {request.url.path}: {e.detail}" + (
+            "; endpoints: /v1/completions, /v1/chat/completions, /v1/models, /health, /" if e.status_code in (404, 405)
+            else "")
+        return _error(BadRequest(text, status=e.status_code, kind=kind))
 
     @app.get("/v1/models")
     async def models():

@@ -1,5 +1,8 @@
 """The server through the official `openai` client: completions, chat, streaming, logprobs, echo,
 errors; greedy outputs equal `neojax.generate.generate` on the same prompts."""
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -106,6 +109,15 @@ BAD = [
     (dict(prompt=[[1, 2], [99999]]), "prompt"),
     (dict(prompt={"text": "x"}), "prompt"),
     (dict(), "prompt"),
+    (dict(prompt="x", top_k=2 ** 62), "top_k"),  # once an overflow inside the step that ended every stream
+    (dict(prompt="x", logit_bias={"1": 5}), "logit_bias"),  # accepted and ignored before
+    (dict(prompt="x", suffix="!"), "suffix"),
+    (dict(prompt="x", tools=[]), "tools"),
+    (dict(prompt="x", response_format={"type": "json_object"}), "response_format"),
+    (dict(prompt="x", max_token=5), "max_token"),  # a misspelt field
+    (dict(prompt="x", stream_options={"include_usage": True}), "stream_options"),  # without stream
+    (dict(prompt="x", stream=True, stream_options=True), "stream_options"),
+    (dict(prompt="x", stream=True, logprobs=1), "logprobs"),  # every chunk said null before
 ]
 
 
@@ -115,6 +127,53 @@ def test_bad_completion_requests_are_400_naming_the_field(server, fields, param)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_every_error_has_the_openai_shape(server):
+    def error(r, status):
+        assert r.status_code == status, r.text
+        e = r.json()["error"]
+        assert e["message"] and e["type"] and "param" in e and "code" in e
+        return e
+    assert "endpoints" in error(httpx.get(server.url + "/v1/nothing", timeout=60), 404)["message"]
+    error(httpx.get(server.url + "/v1/completions", timeout=60), 405)
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    assert error(httpx.post(server.url + "/v1/chat/completions", json={**chat, "top_logprobs": 2}, timeout=60),
+                 400)["param"] == "top_logprobs"
+    big = b'{"prompt": "' + b"x" * (5 << 20) + b'"}'  # over the 4 MiB default: refused before it is read
+    assert "max_request_bytes" in error(httpx.post(server.url + "/v1/completions", content=big, timeout=60),
+                                        413)["message"]
+    assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
+
+
+def test_an_api_key_is_required_when_set_and_port_0_is_announced(tiny_hf_with_tokenizer):
+    s = Server(tiny_hf_with_tokenizer, "--max_batch", "2", "--model_name", "tiny", "--api_key", "s3cret", "--port",
+               "0")
+    try:
+        assert not s.url.endswith(":0")
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = httpx.post(s.url + "/v1/completions", json=body, headers=headers, timeout=60)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error", r.text
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="s3cret")
+        assert client.completions.create(**body).choices[0].text is not None
+        assert httpx.get(s.url + "/health", timeout=60).status_code == 200  # for load balancers
+    finally:
+        assert s.stop() == 0
+
+
+@pytest.mark.parametrize("flags,named", [(["--port", "{busy}"], "--port"), (["--host", "no-such-host.invalid"],
+                                                                          "--host")])
+def test_a_port_in_use_or_a_bad_host_is_one_line_before_loading(tiny_hf_with_tokenizer, flags, named):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        flags = [f.format(busy=busy.getsockname()[1]) for f in flags]
+        start = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "neojax.serve", "--checkpoint", tiny_hf_with_tokenizer, *flags],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {named}") and r.stderr.count("\n") == 1, r.stderr
+    assert "compiling" not in r.stdout and time.perf_counter() - start < 30
 
 
 def test_malformed_json_unknown_model_and_bad_messages(server, client):
