@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -112,17 +113,20 @@ class Server:
                                       str(self.port), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
         self.lines = []
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise RuntimeError("server exited:\n" + "".join(self.lines))
+        self.started = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)  # drained always: a full pipe would stall it
+        self._reader.start()
+        if not self.started.wait(180) or self.proc.poll() is not None:
+            self.stop()
+            raise RuntimeError("server did not start:\n" + "".join(self.lines))
+
+    def _read(self):
+        for line in self.proc.stdout:
             self.lines.append(line)
             if line.startswith("serving "):
                 self.url = line.split(" at ")[1].split()[0]  # the announced address (--port 0: the one taken)
-                return
-        self.stop()
-        raise RuntimeError("server did not start:\n" + "".join(self.lines))
+                self.started.set()
+        self.started.set()  # exited
 
     def rss_kb(self) -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -136,7 +140,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.lines += self.proc.stdout.readlines()
+        self._reader.join(timeout=30)
         return self.proc.returncode
 
 

@@ -20,11 +20,12 @@ import uuid
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from neojax.finetune.chat import STOP, render_prompt
 from neojax.serve.engine import TOP_LOGPROBS, Engine, QueueFull, Sequence, Settings
+from neojax.serve.metrics import Metrics
 
 MAX_N = 16
 MAX_STOP = 16
@@ -38,6 +39,7 @@ REFUSED = {"logit_bias": "logit_bias is not supported by neojax", "suffix": "suf
            "response_format": "response_format (JSON mode) is not supported",
            "top_logprobs": "logprobs are not supported on chat completions here; use /v1/completions"}
 PAGE = os.path.join(os.path.dirname(__file__), "chat.html")
+PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")  # metric labels
 
 
 class BadRequest(Exception):
@@ -113,6 +115,16 @@ def _settings(body, vocab: int, default_max=16) -> tuple[Settings, int]:
     return settings, n
 
 
+def _text(text: str, param: str) -> str:
+    """`text` if it can be encoded (JSON may carry a lone surrogate such as "\\ud800"), else 400."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise BadRequest(f"'{param}' holds {e.object[e.start:e.end]!r}, a lone surrogate (not a character); send "
+                         "valid Unicode text", param) from None
+    return text
+
+
 def _flag(body, key) -> bool:
     value = body.get(key, False)
     if value is None:
@@ -128,12 +140,16 @@ class Api:
         self.tokenizer, self.max_len = engine.tokenizer, engine.max_len
         self.vocab = engine.config.vocab_size
         self.compilations = 0
+        self.metrics = Metrics()
 
     def _body(self, raw: bytes) -> dict:
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadRequest(f"the request body is not valid JSON ({e})") from None
+        except RecursionError:
+            raise BadRequest("the request body nests too deeply; no field of this API nests more than 3 levels") \
+                from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         model = body.get("model")
@@ -160,7 +176,7 @@ class Api:
         out = []
         for i, p in enumerate(prompts):
             if isinstance(p, str):
-                ids = self.tokenizer.encode(p)
+                ids = self.tokenizer.encode(_text(p, "prompt"))
             elif all(isinstance(t, int) and not isinstance(t, bool) for t in p):
                 bad = [t for t in p if not 0 <= t < self.vocab]
                 if bad:
@@ -189,7 +205,7 @@ class Api:
         body = self._body(await request.body())
         _known_fields(body, "completions")
         settings, n = _settings(body, self.vocab)
-        prompts = self._prompts(body.get("prompt"))
+        prompts = await asyncio.to_thread(self._prompts, body.get("prompt"))  # the event loop serves others
         self._fits(prompts, settings)
         echo, stream = _flag(body, "echo"), _flag(body, "stream")
         logprobs = body.get("logprobs")
@@ -219,7 +235,8 @@ class Api:
                                  "messages")
         settings, n = _settings(body, self.vocab, default_max=256)
         settings.stop = settings.stop + (STOP,)  # the chat template's next user turn
-        ids = self.tokenizer.encode(render_prompt(messages))
+        text = _text(render_prompt(messages), "messages")
+        ids = await asyncio.to_thread(self.tokenizer.encode, text)  # the event loop serves others meanwhile
         if settings.max_tokens + len(ids) > self.max_len and "max_tokens" not in body and \
                 "max_completion_tokens" not in body:
             settings.max_tokens = max(self.max_len - len(ids), 0)
@@ -240,9 +257,10 @@ class Api:
             raise BadRequest(f"too many requests waiting: {e}; retry later", status=429,
                              kind="rate_limit_error") from None
         head = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.model_name}
+        head_start = time.perf_counter()
         if stream:
             include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
-            return StreamingResponse(self._events(seqs, queue, head, kind, chat, include_usage),
+            return StreamingResponse(self._events(seqs, queue, head, kind, chat, include_usage, head_start),
                                      media_type="text/event-stream")
         done = 0
         try:
@@ -256,10 +274,11 @@ class Api:
                 done += "finish_reason" in event
         finally:
             self.engine.cancel([s for s in seqs if s.finish_reason is None])
+            self._access_log(head["id"], seqs, head_start)
         choices = [{"index": i, **choice_of(s), "finish_reason": s.finish_reason} for i, s in enumerate(seqs)]
         return JSONResponse({**head, "object": kind, "choices": choices, "usage": _usage(seqs)})
 
-    async def _events(self, seqs, queue, head, kind, chat, include_usage):
+    async def _events(self, seqs, queue, head, kind, chat, include_usage, opened):
         kind = kind + ".chunk" if chat else kind
         started, texted = set(), set()
         done = 0
@@ -290,6 +309,15 @@ class Api:
             yield "data: [DONE]\n\n"
         finally:
             self.engine.cancel([s for s in seqs if s.finish_reason is None])
+            self._access_log(head["id"], seqs, opened)
+
+    def _access_log(self, request_id: str, seqs, started: float) -> None:
+        """One line per request (id, tokens in and out, seconds, each choice's finish reason), and /metrics."""
+        usage, seconds = _usage(seqs), time.perf_counter() - started
+        self.metrics.finished(usage["prompt_tokens"], usage["completion_tokens"], seconds)
+        reasons = ",".join(str(s.finish_reason or "cancelled") for s in seqs)
+        print(f"request {request_id}: {usage['prompt_tokens']} tokens in, {usage['completion_tokens']} out, "
+              f"{seconds:.2f}s, finish {reasons}", flush=True)
 
     def _choice_text(self, seq: Sequence, echo: bool, logprobs: Optional[int]) -> dict:
         prompt_text = self.tokenizer.decode(seq.prompt) if echo else ""
@@ -329,14 +357,25 @@ def _usage(seqs) -> dict:
 class Guard:
     """ASGI middleware in front of the app: a body over `max_bytes` is 413 before it is read (by its
     Content-Length, or as it arrives), and with an `api_key` every /v1 request needs
-    "Authorization: Bearer <key>" (compared in constant time), else 401."""
+    "Authorization: Bearer <key>" (compared in constant time), else 401. Every response is counted
+    for /metrics."""
 
-    def __init__(self, app, max_bytes: int, api_key: Optional[str]):
-        self.app, self.max_bytes, self.api_key = app, max_bytes, api_key
+    def __init__(self, app, max_bytes: int, api_key: Optional[str], metrics: Metrics):
+        self.app, self.max_bytes, self.api_key, self.metrics = app, max_bytes, api_key, metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        path = scope["path"] if scope["path"] in PATHS else "other"  # labels bounded whatever clients send
+
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                self.metrics.request(path, message["status"])
+            await send(message)
+
+        await self._guarded(scope, receive, counted)
+
+    async def _guarded(self, scope, receive, send):
         headers = dict(scope["headers"])
         if self.api_key and scope["path"].startswith("/v1"):
             given = headers.get(b"authorization", b"").decode("latin-1")
@@ -382,7 +421,7 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
     app = FastAPI(title="neojax", docs_url=None, redoc_url=None)
     api = Api(engine, model_name)
     app.state.api = api
-    app.add_middleware(Guard, max_bytes=max_request_bytes, api_key=api_key)
+    app.add_middleware(Guard, max_bytes=max_request_bytes, api_key=api_key, metrics=api.metrics)
 
     @app.exception_handler(BadRequest)
     async def bad_request(_, e: BadRequest):
@@ -404,6 +443,10 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, **engine.busy(), "compilations": api.compilations}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(api.metrics.render(engine.busy()), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/completions")
     async def completions(request: Request):

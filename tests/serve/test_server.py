@@ -146,6 +146,35 @@ def test_every_error_has_the_openai_shape(server):
     assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
 
 
+def test_hostile_bodies_are_400_and_every_request_is_logged(server):
+    url = server.url + "/v1/completions"
+    r = httpx.post(url, content=b'{"model": "tiny", "prompt": "a\\ud800b"}', timeout=60)  # a lone surrogate
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+    chat = b'{"model": "tiny", "messages": [{"role": "user", "content": "\\udfff"}]}'
+    r = httpx.post(server.url + "/v1/chat/completions", content=chat, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    deep = b'{"model": "tiny", "prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = httpx.post(url, content=deep, timeout=60)
+    assert r.status_code == 400 and "nests too deeply" in r.json()["error"]["message"], r.text
+    r = httpx.post(url, json={"model": "tiny", "prompt": "log me", "max_tokens": 3}, timeout=60)
+    request_id = r.json()["id"]
+    deadline = time.time() + 10
+    while not any(request_id in line for line in server.lines) and time.time() < deadline:
+        time.sleep(0.1)
+    line = next(line for line in server.lines if request_id in line)
+    assert "tokens in, 3 out" in line and "finish length" in line, line
+    httpx.get(server.url + "/no/such/path/" + "x" * 50, timeout=60)
+    from prometheus_client.parser import text_string_to_metric_families  # the Prometheus project's own parser
+    text = httpx.get(server.url + "/metrics", timeout=60).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text)
+               for s in family.samples}
+    assert samples[("neojax_requests_total", (("path", "/v1/completions"), ("status", "200")))] >= 1
+    assert samples[("neojax_requests_total", (("path", "/v1/completions"), ("status", "400")))] >= 3
+    assert samples[("neojax_requests_total", (("path", "other"), ("status", "404")))] >= 1  # no label per path sent
+    assert samples[("neojax_tokens_total", (("kind", "completion"),))] >= 3
+    assert samples[("neojax_request_seconds_count", ())] >= 1 and ("neojax_queue_length", ()) in samples
+
+
 def test_an_api_key_is_required_when_set_and_port_0_is_announced(tiny_hf_with_tokenizer):
     s = Server(tiny_hf_with_tokenizer, "--max_batch", "2", "--model_name", "tiny", "--api_key", "s3cret", "--port",
                "0")
