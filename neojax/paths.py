@@ -128,19 +128,13 @@ def wait_for(p: PathLike, what: str, poll: float = 0.5) -> None:
 
 
 def write_text(p: PathLike, text: str) -> None:
-    """Write `text` whole: through a renamed temporary file locally, as one object remotely (a PUT
-    replaces an object atomically), so a reader never sees half of it."""
-    target = path(p)
-    if is_remote(target):
-        target.write_text(text)
-        return
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, target)
+    """Write `text` whole (see write_bytes)."""
+    write_bytes(p, text.encode("utf-8"))
 
 
 def write_bytes(p: PathLike, data: bytes) -> None:
-    """Write `data` whole (see write_text)."""
+    """Write `data` whole: through a renamed temporary file locally, as one object remotely (a PUT
+    replaces an object atomically), so a reader never sees half of it."""
     target = path(p)
     if is_remote(target):
         target.write_bytes(data)
