@@ -140,6 +140,16 @@ def readable_file(flag: str, path: str) -> str:
     return path
 
 
+def existing_path(flag: str, path: str) -> str:
+    """`path` (`~` expanded locally; gs:// and s3:// as they are) if it exists; otherwise a UsageError
+    naming the flag."""
+    with about(f"{flag} {path}"):  # an unsupported scheme is named with its flag
+        found = path if paths.is_remote(path) else os.path.expanduser(path)
+        if not paths.exists(found):
+            raise UsageError(f"{flag} {path}: no such file or directory")
+    return found
+
+
 def writable_output(flag: str, path: str) -> str:
     """Check before any work that `path` can be written: its directory exists and is writable (on
     object storage, a write shows it: nothing is written here)."""

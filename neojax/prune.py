@@ -68,10 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task / texts")
     parser.add_argument("--sparsities", default="0.1,0.3,0.5,0.7", help="magnitude sparsities in the report")
     args = parser.parse_args(argv)
-    with cli.about(f"--checkpoint {args.checkpoint}"):
-        args.checkpoint = args.checkpoint if paths.is_remote(args.checkpoint) else os.path.expanduser(args.checkpoint)
-        if not paths.exists(args.checkpoint):
-            raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
+    args.checkpoint = cli.existing_path("--checkpoint", args.checkpoint)
     if args.report:
         return _report(args)
     if args.method == "magnitude" and args.sparsity is None:

@@ -96,9 +96,7 @@ def _check_args(args) -> dict:
         raise cli.UsageError(f"--paper_table: {', '.join(sorted(GENERATES & set(task_names)))} generate text; the "
                              "paper table holds log-likelihood tasks only (evaluate them with --tasks)")
     for path in args.checkpoint:
-        with cli.about(f"--checkpoint {path}"):
-            if not paths.exists(path):
-                raise cli.UsageError(f"--checkpoint {path}: no such file or directory")
+        cli.existing_path("--checkpoint", path)
     if args.text_files and args.jsonl:
         raise cli.UsageError("give --text_files or --jsonl, not both")
     for t in task_names:

@@ -24,7 +24,7 @@ import sys
 import jax
 import uvicorn
 
-from neojax import checkpoint, cli, paths, registry
+from neojax import checkpoint, cli, registry
 from neojax.serve.api import MAX_REQUEST_BYTES, build_app
 from neojax.serve.engine import Engine
 
@@ -54,9 +54,7 @@ def main(argv=None) -> int:
     if not args.api_key and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
         print(f"warning: serving on {args.host} without --api_key: anyone who reaches this machine can use the "
               "model; set --api_key (or NEOJAX_API_KEY)", file=sys.stderr, flush=True)
-    path = args.checkpoint if paths.is_remote(args.checkpoint) else os.path.expanduser(args.checkpoint)
-    if not paths.exists(path):
-        raise cli.UsageError(f"--checkpoint {args.checkpoint}: no such file or directory")
+    path = cli.existing_path("--checkpoint", args.checkpoint)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(path, **cli.model_options(args))
     if model.tokenizer is None:
