@@ -170,7 +170,11 @@ def test_processes_build_shares_of_the_cache_that_equal_one_process(jsonl_file, 
     one = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path / "one"), progress=False,
                             shard_docs=7)
     procs = [_build_in(i, 2, jsonl_file, tiny_tokenizer.source, str(tmp_path / "two")) for i in range(2)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    try:
+        assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            p.kill()
     two = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path / "two"), progress=False,
                             shard_docs=7)
     assert len(one.meta["shards"]) == 9 and one.meta == two.meta
@@ -180,12 +184,15 @@ def test_processes_build_shares_of_the_cache_that_equal_one_process(jsonl_file, 
 
 def test_a_killed_build_resumes_shard_by_shard(jsonl_file, tiny_tokenizer, tmp_path):
     half = _build_in(1, 2, jsonl_file, tiny_tokenizer.source, str(tmp_path))  # only odd shards, then waits
-    directory = None
-    while directory is None or len(glob.glob(os.path.join(directory, "shard-*.json"))) < 4:
-        found = glob.glob(str(tmp_path / "jsonl-*"))
-        directory = found[0] if found else None
-        time.sleep(0.1)
-    half.kill()  # killed while waiting for process 0's shards
+    directory, deadline = None, time.time() + 120
+    try:
+        while directory is None or len(glob.glob(os.path.join(directory, "shard-*.json"))) < 4:
+            assert time.time() < deadline and half.poll() is None, "process 1 never finished its shards"
+            found = glob.glob(str(tmp_path / "jsonl-*"))
+            directory = found[0] if found else None
+            time.sleep(0.1)
+    finally:
+        half.kill()  # killed while waiting for process 0's shards
     done_before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(directory, "shard-*.json"))}
     cache = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path), progress=False,
                               shard_docs=7)

@@ -52,11 +52,13 @@ def finish(procs, timeout=600):
             p.kill()
 
 
-def until(proc, marker):
-    """Read process 0's output up to the line holding `marker`."""
-    for line in proc.stdout:
+def until(procs, marker):
+    """Read process 0's output up to the line holding `marker`; if it never comes, end every process."""
+    for line in procs[0].stdout:
         if marker in line:
             return
+    for p in procs:
+        p.kill()
     raise AssertionError(f"{marker!r} never printed")
 
 
@@ -112,7 +114,7 @@ def test_two_processes_equal_one_bit_for_bit(where, smoke, reference, tmp_path):
 def test_a_killed_process_is_named_by_its_peer_and_both_resume_exactly(smoke, reference, tmp_path):
     workdir = str(tmp_path / "run")
     procs = launch(smoke, workdir)
-    until(procs[0], "step 4/6")  # after the step-3 checkpoint
+    until(procs, "step 4/6")  # after the step-3 checkpoint
     procs[1].kill()
     (_, err0), _ = finish(procs, timeout=60)  # a bounded wait: the peer watch, not a hang
     assert procs[0].returncode == LOST_EXIT
@@ -130,7 +132,7 @@ def test_sigterm_to_both_saves_at_one_agreed_step_and_both_resume_exactly(smoke,
     finish(launch(longer, uninterrupted))
     workdir = str(tmp_path / "run")
     procs = launch(longer, workdir)
-    until(procs[0], "step 4/12")
+    until(procs, "step 4/12")
     for p in procs:
         p.send_signal(signal.SIGTERM)
     (out0, err0), (out1, _) = finish(procs)
