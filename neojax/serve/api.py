@@ -13,31 +13,31 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import math
 import os
 import time
 import uuid
 from typing import Any, Optional
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
+from neojax import __version__
 from neojax.finetune.chat import STOP, render_prompt
-from neojax.serve.engine import TOP_LOGPROBS, Engine, QueueFull, Sequence, Settings
+from neojax.serve import schema
+from neojax.serve.engine import Engine, QueueFull, Sequence, Settings
 from neojax.serve.metrics import Metrics
+from neojax.serve.schema import MAX_N
 
-MAX_N = 16
-MAX_STOP = 16
 MAX_REQUEST_BYTES = 4 << 20  # default body limit: a long chat history fits many times over
-SAMPLING = {"model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "stop", "n", "seed",
-            "stream", "stream_options", "presence_penalty", "frequency_penalty", "best_of"}
-FIELDS = {"completions": SAMPLING | {"prompt", "echo", "logprobs"}, "chat": SAMPLING | {"messages"}}
 REFUSED = {"logit_bias": "logit_bias is not supported by neojax", "suffix": "suffix (insertion) is not supported",
            "tools": "tool calls are not supported", "tool_choice": "tool calls are not supported",
            "functions": "function calls are not supported", "function_call": "function calls are not supported",
-           "response_format": "response_format (JSON mode) is not supported",
-           "top_logprobs": "logprobs are not supported on chat completions here; use /v1/completions"}
+           "response_format": "response_format (JSON mode) is not supported"}
+CHAT_REFUSED = {**REFUSED, **{key: "logprobs are not supported on chat completions here; use /v1/completions"
+                              for key in ("logprobs", "top_logprobs")}}
 PAGE = os.path.join(os.path.dirname(__file__), "chat.html")
 PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")  # metric labels
 
@@ -55,64 +55,48 @@ def _error(e: BadRequest) -> JSONResponse:
 
 
 # --- request checks -------------------------------------------------------------------------------
-def _number(body, key, default, low, high, low_open=False, integer=False):
-    value = body.get(key, default)
-    if value is None:
-        return default
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or (
-            not integer and not math.isfinite(value)):
-        raise BadRequest(f"'{key}' must be {kind}, not {json.dumps(value)[:40]}", key)
-    if value < low or (low_open and value == low) or (high is not None and value > high):
-        lo = f"({low}" if low_open else f"[{low}"
-        raise BadRequest(f"'{key}' is {value}; it must lie in {lo}, {high if high is not None else 'inf'}]", key)
-    return value
-
-
-def _stop(body) -> tuple:
-    stop = body.get("stop")
-    if stop is None:
-        return ()
-    stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise BadRequest("'stop' must be a string or a list of strings", "stop")
-    if len(stop) > MAX_STOP:
-        raise BadRequest(f"'stop' has {len(stop)} strings; at most {MAX_STOP}", "stop")
-    return tuple(s for s in stop if s)
-
-
-def _known_fields(body, endpoint: str) -> None:
-    """A field neojax would not act on is refused, named, never silently ignored."""
+def _validated(model: type[BaseModel], body: dict, refused: dict) -> BaseModel:
+    """`body` as `model` (schema.py), or a 400 naming the first field at fault and what it accepts (a
+    field OpenAI has and neojax would not act on: why it is refused)."""
     for key in body:
-        if key in REFUSED:
-            raise BadRequest(f"'{key}': {REFUSED[key]}; remove it from the request", key)
-        if key not in FIELDS[endpoint]:
-            raise BadRequest(f"unknown field '{key}'; fields of this endpoint: {', '.join(sorted(FIELDS[endpoint]))}",
-                             key)
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict) or set(options) - {"include_usage"} or not isinstance(
-                options.get("include_usage", False), bool):
-            raise BadRequest("'stream_options' must be {\"include_usage\": true|false}", "stream_options")
-        if body.get("stream") is not True:
-            raise BadRequest("'stream_options' is only for streamed requests; set \"stream\": true or drop it",
-                             "stream_options")
+        if key in refused:
+            raise BadRequest(f"'{key}': {refused[key]}; remove it from the request", key)
+    try:
+        return model.model_validate(body)
+    except ValidationError as e:
+        errors = e.errors(include_url=False)
+    first = errors[0]
+    field = str(first["loc"][0]) if first["loc"] else None
+    if field is None or field not in model.model_fields:
+        raise BadRequest(f"unknown field '{field}'; fields of this endpoint: {', '.join(model.model_fields)}", field)
+    expected = f"{field}: {model.model_fields[field].description}"
+    if first["type"] == "missing" and len(first["loc"]) == 1:
+        raise BadRequest(f"'{field}' is required ({expected})", field)
+    if sum(str(e["loc"][0]) == field for e in errors) > 1:  # a union: every alternative complained
+        raise BadRequest(f"'{field}' is not valid ({expected})", field)
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"][1:])
+    raise BadRequest(f"'{field}{where}': {first['msg'][0].lower()}{first['msg'][1:]} ({expected})", field)
 
 
-def _settings(body, vocab: int, default_max=16) -> tuple[Settings, int]:
-    for key in ("presence_penalty", "frequency_penalty"):
-        if body.get(key) not in (None, 0, 0.0):
-            raise BadRequest(f"'{key}' is not supported by neojax; leave it at 0", key)
-    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
-    max_tokens = _number({"max_tokens": max_tokens}, "max_tokens", default_max, 0, None, integer=True)
-    settings = Settings(max_tokens=max_tokens, temperature=_number(body, "temperature", 1.0, 0, None),
-                        top_p=_number(body, "top_p", 1.0, 0, 1, low_open=True),
-                        top_k=_number(body, "top_k", 0, 0, vocab, integer=True), stop=_stop(body),
-                        seed=_number(body, "seed", None, -2 ** 63, 2 ** 64, integer=True))
-    n = _number(body, "n", 1, 1, MAX_N, integer=True)
-    if body.get("best_of") not in (None, n):
+def _settings(request, default_max: int) -> tuple[Settings, int]:
+    """The engine's settings and n, after the checks that span fields."""
+    n = request.n or 1
+    if request.best_of not in (None, n):
         raise BadRequest("'best_of' is not supported by neojax (only best_of = n)", "best_of")
+    if request.stream_options is not None and not request.stream:
+        raise BadRequest("'stream_options' is only for streamed requests; set \"stream\": true or drop it",
+                         "stream_options")
+    max_tokens = request.max_tokens if request.max_tokens is not None else getattr(request, "max_completion_tokens",
+                                                                                   None)
+    stop = [request.stop] if isinstance(request.stop, str) else request.stop or []
+    settings = Settings(max_tokens=default_max if max_tokens is None else max_tokens,
+                        temperature=_default(request.temperature, 1.0), top_p=_default(request.top_p, 1.0),
+                        top_k=request.top_k or 0, stop=tuple(s for s in stop if s), seed=request.seed)
     return settings, n
+
+
+def _default(value, default):
+    return default if value is None else value
 
 
 def _text(text: str, param: str) -> str:
@@ -125,26 +109,18 @@ def _text(text: str, param: str) -> str:
     return text
 
 
-def _flag(body, key) -> bool:
-    value = body.get(key, False)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise BadRequest(f"'{key}' must be true or false, not {json.dumps(value)[:40]}", key)
-    return value
-
-
 class Api:
     def __init__(self, engine: Engine, model_name: str):
         self.engine, self.model_name = engine, model_name
         self.tokenizer, self.max_len = engine.tokenizer, engine.max_len
         self.vocab = engine.config.vocab_size
+        self.CompletionRequest, self.ChatRequest = schema.requests(self.vocab, self.max_len)
         self.compilations = 0
         self.metrics = Metrics()
 
-    def _body(self, raw: bytes) -> dict:
+    async def _body(self, request: Request, model: type[BaseModel], refused: dict) -> BaseModel:
         try:
-            body = json.loads(raw)
+            body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadRequest(f"the request body is not valid JSON ({e})") from None
         except RecursionError:
@@ -152,43 +128,17 @@ class Api:
                 from None
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
-        model = body.get("model")
-        if model is not None and model != self.model_name:
-            raise BadRequest(f"model {json.dumps(model)[:60]} is not served here; use {self.model_name!r} "
+        parsed = _validated(model, body, refused)
+        if parsed.model is not None and parsed.model != self.model_name:
+            raise BadRequest(f"model {json.dumps(parsed.model)[:60]} is not served here; use {self.model_name!r} "
                              "(GET /v1/models)", "model")
-        return body
+        return parsed
 
     def _prompts(self, prompt) -> list[list[int]]:
-        """A string, a list of strings, a list of token ids or a list of token-id lists -> id lists."""
-        if prompt is None:
-            raise BadRequest("'prompt' is required: a string, a list of strings, a list of token ids, or a list "
-                             "of token-id lists", "prompt")
-        if isinstance(prompt, str):
-            prompts = [prompt]
-        elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
-                                                          for t in prompt):
-            prompts = [prompt]
-        elif isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
-            prompts = prompt
-        else:
-            raise BadRequest("'prompt' must be a non-empty string, list of strings, list of token ids or list of "
-                             "token-id lists", "prompt")
-        out = []
-        for i, p in enumerate(prompts):
-            if isinstance(p, str):
-                ids = self.tokenizer.encode(_text(p, "prompt"))
-            elif all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-                bad = [t for t in p if not 0 <= t < self.vocab]
-                if bad:
-                    raise BadRequest(f"prompt {i}: token ids {bad[:5]} are outside the vocabulary [0, {self.vocab})",
-                                     "prompt")
-                ids = list(p)
-            else:
-                raise BadRequest(f"prompt {i} must be a string or a list of integer token ids", "prompt")
-            out.append(ids or [self.tokenizer.eos_id])
-        if len(out) > MAX_N:
-            raise BadRequest(f"'prompt' holds {len(out)} prompts; at most {MAX_N} per request", "prompt")
-        return out
+        """A string, a list of token ids, or a list of strings and token-id lists -> id lists."""
+        prompts = [prompt] if isinstance(prompt, str) or isinstance(prompt[0], int) else prompt
+        out = [self.tokenizer.encode(_text(p, "prompt")) if isinstance(p, str) else list(p) for p in prompts]
+        return [ids or [self.tokenizer.eos_id] for ids in out]
 
     def _fits(self, prompts, settings: Settings) -> None:
         for i, ids in enumerate(prompts):
@@ -202,51 +152,36 @@ class Api:
 
     # --- endpoints --------------------------------------------------------------------------------
     async def completions(self, request: Request):
-        body = self._body(await request.body())
-        _known_fields(body, "completions")
-        settings, n = _settings(body, self.vocab)
-        prompts = await asyncio.to_thread(self._prompts, body.get("prompt"))  # the event loop serves others
+        body = await self._body(request, self.CompletionRequest, REFUSED)
+        settings, n = _settings(body, default_max=16)
+        prompts = await asyncio.to_thread(self._prompts, body.prompt)  # the event loop serves others meanwhile
         self._fits(prompts, settings)
-        echo, stream = _flag(body, "echo"), _flag(body, "stream")
-        logprobs = body.get("logprobs")
-        if logprobs is not None:
-            logprobs = _number(body, "logprobs", None, 0, TOP_LOGPROBS, integer=True)
-        if echo and stream:
+        if body.echo and body.stream:
             raise BadRequest("'echo' with 'stream' is not supported; ask for one of them", "echo")
-        if logprobs is not None and stream:
+        if body.logprobs is not None and body.stream:
             raise BadRequest("'logprobs' with 'stream' is not supported; ask for one of them", "logprobs")
         if len(prompts) * n > MAX_N:
             raise BadRequest(f"{len(prompts)} prompts x n={n} is {len(prompts) * n} choices; at most {MAX_N}", "n")
-        seqs = [Sequence(ids, settings, None, choice=j, echo_logprobs=echo and logprobs is not None)
+        seqs = [Sequence(ids, settings, None, choice=j, echo_logprobs=bool(body.echo) and body.logprobs is not None)
                 for ids in prompts for j in range(n)]
-        return await self._respond(request, seqs, stream, "cmpl", "text_completion",
-                                   lambda seq: self._choice_text(seq, echo, logprobs), body)
+        return await self._respond(request, seqs, body, "cmpl", "text_completion",
+                                   lambda seq: self._choice_text(seq, bool(body.echo), body.logprobs))
 
     async def chat(self, request: Request):
-        body = self._body(await request.body())
-        _known_fields(body, "chat")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("'messages' is required: a non-empty list of {role, content}", "messages")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or not isinstance(
-                    m.get("content"), str):
-                raise BadRequest(f"messages[{i}] must be {{\"role\": system|user|assistant, \"content\": string}}",
-                                 "messages")
-        settings, n = _settings(body, self.vocab, default_max=256)
+        body = await self._body(request, self.ChatRequest, CHAT_REFUSED)
+        settings, n = _settings(body, default_max=256)
         settings.stop = settings.stop + (STOP,)  # the chat template's next user turn
-        text = _text(render_prompt(messages), "messages")
+        text = _text(render_prompt([m.model_dump() for m in body.messages]), "messages")
         ids = await asyncio.to_thread(self.tokenizer.encode, text)  # the event loop serves others meanwhile
-        if settings.max_tokens + len(ids) > self.max_len and "max_tokens" not in body and \
-                "max_completion_tokens" not in body:
-            settings.max_tokens = max(self.max_len - len(ids), 0)
+        if body.max_tokens is None and body.max_completion_tokens is None:
+            settings.max_tokens = min(settings.max_tokens, max(self.max_len - len(ids), 0))
         self._fits([ids], settings)
         seqs = [Sequence(ids, settings, None, choice=j) for j in range(n)]
-        return await self._respond(request, seqs, _flag(body, "stream"), "chatcmpl", "chat.completion",
+        return await self._respond(request, seqs, body, "chatcmpl", "chat.completion",
                                    lambda seq: {"message": {"role": "assistant", "content": seq.stream.text.lstrip()},
-                                                "logprobs": None}, body, chat=True)
+                                                "logprobs": None}, chat=True)
 
-    async def _respond(self, request, seqs, stream, prefix, kind, choice_of, body, chat=False):
+    async def _respond(self, request, seqs, body, prefix, kind, choice_of, chat=False):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         for index, seq in enumerate(seqs):
@@ -258,8 +193,8 @@ class Api:
                              kind="rate_limit_error") from None
         head = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.model_name}
         head_start = time.perf_counter()
-        if stream:
-            include_usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(self._events(seqs, queue, head, kind, chat, include_usage, head_start),
                                      media_type="text/event-stream")
         done = 0
@@ -416,12 +351,32 @@ async def _send(send, e: BadRequest) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+ERRORS = {400: "a field at fault, named in `param`", 401: "no or a wrong API key (a server started with one)",
+          413: "a body over --max_request_bytes", 429: "the queue is full; retry later"}
+
+
+def _answers(model: type[BaseModel], *statuses: int, chunk: Optional[type[BaseModel]] = None) -> dict:
+    """A route's documented responses: `model` for 200 (or, streamed, events whose data is a `chunk`
+    as JSON, then "[DONE]"), and errors in OpenAI's shape."""
+    ok: dict = {"model": model}
+    if chunk is not None:
+        data = {"type": "string", "contentMediaType": "application/json",
+                "contentSchema": {"$ref": f"#/components/schemas/{chunk.__name__}"}}
+        event = {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}},
+                 "if": {"properties": {"data": {"const": "[DONE]"}}}, "else": {"properties": {"data": data}}}
+        ok["content"] = {"text/event-stream": {"schema": event}}
+        ok["description"] = "the answer, or with stream: true server-sent events of its pieces"
+    return {200: ok, **{s: {"model": schema.ErrorResponse, "description": ERRORS[s]} for s in statuses}}
+
+
 def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQUEST_BYTES,
               api_key: Optional[str] = None) -> FastAPI:
-    app = FastAPI(title="neojax", docs_url=None, redoc_url=None)
+    app = FastAPI(title="neojax", version=__version__, docs_url=None, redoc_url=None,
+                  description=f"An OpenAI-compatible API serving {model_name}.")
     api = Api(engine, model_name)
     app.state.api = api
     app.add_middleware(Guard, max_bytes=max_request_bytes, api_key=api_key, metrics=api.metrics)
+    keyed = (401,) if api_key else ()
 
     @app.exception_handler(BadRequest)
     async def bad_request(_, e: BadRequest):
@@ -433,26 +388,30 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
         text = f"{request.method} {request.url.path}: {e.detail}" + (
             "; endpoints: /v1/completions, /v1/chat/completions, /v1/models, /health, /" if e.status_code in (404, 405)
             else "")
-        return _error(BadRequest(text, status=e.status_code, kind=kind))
+        response = _error(BadRequest(text, status=e.status_code, kind=kind))
+        response.headers.update(e.headers or {})  # 405's Allow
+        return response
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=_answers(schema.ModelList, *keyed))
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "neojax",
                                             "max_model_len": engine.max_len}]}
 
-    @app.get("/health")
+    @app.get("/health", responses=_answers(schema.Health))
     async def health():
         return {"status": "ok", "model": model_name, **engine.busy(), "compilations": api.compilations}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         return PlainTextResponse(api.metrics.render(engine.busy()), media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=_answers(schema.Completion, 400, *keyed, 413, 429,
+                                                                chunk=schema.CompletionChunk))
     async def completions(request: Request):
         return await api.completions(request)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=_answers(schema.ChatCompletion, 400, *keyed, 413, 429,
+                                                                     chunk=schema.ChatCompletionChunk))
     async def chat(request: Request):
         return await api.chat(request)
 
@@ -461,4 +420,29 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
         with open(PAGE, encoding="utf-8") as f:
             return HTMLResponse(f.read().replace("{{MODEL}}", model_name))
 
+    def openapi() -> dict:
+        """FastAPI's document, with the request bodies the endpoints validate by hand (their models
+        are built for this model's vocabulary and context, so the bounds are this server's)."""
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for chunk in (schema.CompletionChunk, schema.ChatCompletionChunk):  # named only inside event schemas
+                body = chunk.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(body.pop("$defs", {}))
+                schemas[chunk.__name__] = body
+            for path, model in (("/v1/completions", api.CompletionRequest), ("/v1/chat/completions", api.ChatRequest)):
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(body.pop("$defs", {}))
+                schemas[model.__name__] = body
+                doc["paths"][path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+            if api_key:
+                doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for path, operations in doc["paths"].items():
+                    for operation in operations.values() if path.startswith("/v1") else ():
+                        operation["security"] = [{"bearer": []}]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app

@@ -105,11 +105,7 @@ class Engine:
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_batch, self.chunk, self.max_queue = max_batch, chunk, max_queue
         self.max_len = min(max_len or config.max_position_embeddings, config.max_position_embeddings)
-        heads, head_dim = config.num_heads, config.head_dim
-        dtype = jnp.dtype(config.dtype)
-        # room for a whole chunk past max_len: a chunk's writes never wrap onto earlier entries
-        self.cache = [slot_cache(max_batch, heads, self.max_len + chunk, head_dim, dtype, config.kv_cache == "int8")
-                      for _ in config.attention_layers]
+        self.cache = self._new_cache()
         self.slots: list[Optional[Sequence]] = [None] * max_batch
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.cond = threading.Condition()
@@ -174,12 +170,7 @@ class Engine:
                 if self.stopping:
                     break
                 self._admit()
-            try:
-                self._step()
-            except Exception:  # a failed step ends the running sequences, not the server
-                traceback.print_exc()
-                for seq in [s for s in self.slots if s is not None]:
-                    self._finish(seq, "error")
+            self._step()
         for seq in list(self.waiting) + [s for s in self.slots if s is not None]:
             self._finish(seq, "abort")
         self.waiting.clear()
@@ -190,10 +181,41 @@ class Engine:
         self._drop_cancelled()
         filling = [s for s in self.slots if s is not None and s.prefilling]
         if filling:
-            self._prefill_chunk(filling[0])
-        if any(s is not None and s.decoding for s in self.slots):
-            self._decode_step()
+            self._isolated(filling[:1], self._prefill_chunk)
+        decoding = [s for s in self.slots if s is not None and s.decoding]
+        if decoding:
+            self._isolated(decoding, self._decode_step)
         self.steps += 1
+
+    def _isolated(self, seqs: list[Sequence], step: Callable) -> None:
+        """step(seqs); if it fails, each sequence on its own, so that a failure ends only the
+        sequences that cause it ("error") and the others go on. A failure that took the cache with
+        it (its buffers were donated to the step) ends every running sequence, and a fresh cache
+        serves the requests that come next."""
+        try:
+            step(seqs)
+        except Exception:
+            if not self._cache_alive():
+                traceback.print_exc()
+                for seq in [s for s in self.slots if s is not None]:
+                    self._finish(seq, "error")
+                self.cache = self._new_cache()
+            elif len(seqs) == 1:
+                traceback.print_exc()
+                self._finish(seqs[0], "error")
+            else:
+                for seq in seqs:
+                    if seq.finish_reason is None:
+                        self._isolated([seq], step)
+
+    def _cache_alive(self) -> bool:
+        return not any(leaf.is_deleted() for leaf in jax.tree.leaves(self.cache))
+
+    def _new_cache(self) -> list:
+        heads, head_dim, dtype = self.config.num_heads, self.config.head_dim, jnp.dtype(self.config.dtype)
+        # room for a whole chunk past max_len: a chunk's writes never wrap onto earlier entries
+        return [slot_cache(self.max_batch, heads, self.max_len + self.chunk, head_dim, dtype,
+                           self.config.kv_cache == "int8") for _ in self.config.attention_layers]
 
     def _admit(self) -> None:
         """Waiting sequences into free slots (a cancelled one is dropped, not given a slot)."""
@@ -217,8 +239,9 @@ class Engine:
                 get(lambda s: s.settings.top_p, 1.0, np.float32),
                 get(lambda s: s.seed, 0, np.uint32), get(lambda s: len(s.tokens), 0, np.int32))
 
-    def _prefill_chunk(self, seq: Sequence) -> None:
-        c, start = self.chunk, seq.filled
+    def _prefill_chunk(self, seqs: list[Sequence]) -> None:
+        (seq,), c = seqs, self.chunk
+        start = seq.filled
         piece = seq.prompt[start:start + c]
         tokens, targets = np.zeros(c, np.int32), np.zeros(c, np.int32)
         tokens[:len(piece)] = piece
@@ -240,18 +263,23 @@ class Engine:
                 token, token_lp, t_ids, t_lp = jax.device_get((token, token_lp, t_ids, t_lp))
                 self._accept(seq, int(token[0]), float(token_lp[0]), t_ids[0], t_lp[0])
 
-    def _decode_step(self) -> None:
-        rows = [s if s is not None and s.decoding else None for s in self.slots]
+    def _decode_step(self, seqs: list[Sequence]) -> None:
+        rows = [None] * self.max_batch
+        for seq in seqs:
+            rows[seq.slot] = seq
         tokens = np.array([0 if s is None else s.tokens[-1] for s in rows], np.int32)
-        # a row not decoding writes its (ignored) entry where its next prefill chunk will write anyway
-        starts = np.array([s.length if s is not None else (0 if p is None else p.filled)
-                           for s, p in zip(rows, self.slots)], np.int32)
+        # a row left out writes its (ignored) entry where its own next step will write anyway
+        starts = np.array([0 if p is None else p.length if p.decoding else p.filled for p in self.slots], np.int32)
         self.cache, token, token_lp, top_ids, top_lp = self._decode(self.params, self.transposed, self.cache, tokens,
                                                                      starts, *self._settings_arrays(rows))
         token, token_lp, top_ids, top_lp = jax.device_get((token, token_lp, top_ids, top_lp))
         for i, seq in enumerate(rows):
             if seq is not None and not seq.cancelled:
-                self._accept(seq, int(token[i]), float(token_lp[i]), top_ids[i], top_lp[i])
+                try:  # the host's part of one sequence (stop strings, text, its listener) fails only that one
+                    self._accept(seq, int(token[i]), float(token_lp[i]), top_ids[i], top_lp[i])
+                except Exception:
+                    traceback.print_exc()
+                    self._finish(seq, "error")
 
     def _accept(self, seq: Sequence, token: int, logprob: float, top_ids, top_lp) -> None:
         """A new token for seq: stop at EOS, a stop string, max_tokens or the end of the context."""
@@ -271,7 +299,11 @@ class Engine:
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.finish_reason is not None:
             return
-        rest = seq.stream.flush() if seq.stream is not None else ""
+        try:
+            rest = seq.stream.flush() if seq.stream is not None and reason != "error" else ""
+        except Exception:
+            traceback.print_exc()
+            rest, reason = "", "error"
         if rest:
             _emit(seq, {"text": rest, "tokens": len(seq.tokens)})
         seq.finish_reason = reason
@@ -284,7 +316,7 @@ def _emit(seq: Sequence, event: dict) -> None:
     """Hand an event to the request; one whose listener is gone (closed loop) is dropped."""
     try:
         seq.on_event(event)
-    except RuntimeError:
+    except Exception:  # RuntimeError from a closed loop, or whatever a listener raises
         seq.cancelled = True
 
 

@@ -1,7 +1,10 @@
 """The engine without HTTP: sequences of different lengths arriving together decode exactly as
 `generate` does, also with int8 weights and an int8 KV cache."""
+import functools
 import threading
 
+import jax
+import numpy as np
 import pytest
 
 from neojax.generate import generate
@@ -39,3 +42,78 @@ def test_engine_matches_generate(tiny, variant):
         engine.shutdown()
     want = [generate(params, config, [p], tiny.tokenizer, max_new_tokens=12).tokens[0] for p in prompts]
     assert got == want
+
+
+POISON = 666  # the seed of the sequence whose steps fail
+
+
+def _poisoned(program, seeds_at):
+    """`program`, failing whenever a row it runs carries the POISON seed (as a bad input might)."""
+    def run(*args, **kwargs):
+        if POISON in np.asarray(args[seeds_at]).tolist():
+            raise FloatingPointError("injected failure")
+        return program(*args, **kwargs)
+    return run
+
+
+@pytest.mark.parametrize("where", ["decode", "prefill", "listener"])
+def test_a_failing_sequence_ends_alone_and_the_others_finish(tiny, where):
+    """One sequence's failing step ends that sequence with "error" (a failing listener: cancelled);
+    the sequences sharing its steps finish with the text they would have had without it."""
+    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=4, chunk=8)
+    engine.warm_up()
+    if where == "decode":
+        engine._decode = _poisoned(engine._decode, seeds_at=8)
+    elif where == "prefill":
+        engine._prefill = _poisoned(engine._prefill, seeds_at=10)
+    engine.start()
+    prompts = [tiny.tokenizer.encode(t) for t in ("The quick brown fox", "Once", "def hello():\n", "A B C")]
+    done = threading.Event()
+    seqs = []
+
+    def on_event(event, index):
+        if where == "listener" and index == 1 and "text" in event:
+            raise ValueError("a listener that fails")
+        if "finish_reason" in event and all(s.finish_reason or s.cancelled for s in seqs):
+            done.set()
+    seqs += [Sequence(p, Settings(max_tokens=12, temperature=0.0), functools.partial(on_event, index=i))
+             for i, p in enumerate(prompts)]
+    seqs[1].seed = POISON  # its random stream (greedy here: only the marker)
+    try:
+        engine.submit(seqs)
+        assert done.wait(120)
+        assert engine.busy()["running"] == 0 and engine.thread.is_alive()
+    finally:
+        engine.shutdown()
+    if where == "listener":  # its request is taken to be gone: cancelled, its slot freed
+        assert seqs[1].cancelled and seqs[1].finish_reason is None
+    else:
+        assert seqs[1].finish_reason == "error"
+    for i in (0, 2, 3):
+        want = generate(tiny.params, tiny.config, [prompts[i]], tiny.tokenizer, max_new_tokens=12).tokens[0]
+        assert seqs[i].tokens == want and seqs[i].finish_reason in ("length", "stop")
+
+
+def test_a_failure_that_loses_the_cache_ends_the_running_and_serves_the_next(tiny):
+    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
+    engine.warm_up()
+    decode, failed = engine._decode, []
+
+    def lose_cache(params, transposed, cache, *args):
+        if not failed:  # the first decode step fails after its buffers were donated
+            failed.append(True)
+            for leaf in jax.tree.leaves(cache):
+                leaf.delete()
+            raise RuntimeError("injected failure after donation")
+        return decode(params, transposed, cache, *args)
+    engine._decode = lose_cache
+    engine.start()
+    prompt = tiny.tokenizer.encode("The quick brown fox")
+    try:
+        first = _run(engine, [prompt], 8)
+        again = _run(engine, [prompt], 8)
+    finally:
+        engine.shutdown()
+    want = generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=8).tokens[0]
+    assert first == [want[:1]]  # the prefill's token, then the failed decode step ended it
+    assert again == [want]
