@@ -105,14 +105,14 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, checkpoint: str, *extra: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    """`python -m neojax.serve --checkpoint CHECKPOINT --port FREE EXTRA...`, or with `argv` that command line."""
+
+    def __init__(self, checkpoint: str, *extra: str, argv: list = ()):
+        argv = list(argv) or ["--checkpoint", checkpoint, "--port", str(free_port()), *extra]
         env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user runs it
-        self.proc = subprocess.Popen([sys.executable, "-m", "neojax.serve", "--checkpoint", checkpoint, "--port",
-                                      str(self.port), *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
-        self.lines = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "neojax.serve", *argv], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
+        self.lines, self.url = [], None
         self.started = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)  # drained always: a full pipe would stall it
         self._reader.start()

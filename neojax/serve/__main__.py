@@ -21,11 +21,13 @@ import signal
 import socket
 import sys
 
+import h11
 import jax
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from neojax import checkpoint, cli, registry
-from neojax.serve.api import MAX_REQUEST_BYTES, build_app
+from neojax.serve.api import MAX_REQUEST_BYTES, BadRequest, build_app, error_body
 from neojax.serve.engine import Engine
 
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # JAX records one per traced (compiled) program
@@ -97,11 +99,23 @@ def main(argv=None) -> int:
                 for s, handler in previous.items():
                     signal.signal(s, handler)
 
-    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+    server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", http=Http,
                                    timeout_graceful_shutdown=10))
     server.run(sockets=[sock])
     engine.shutdown()
     return 0
+
+
+class Http(H11Protocol):
+    """uvicorn's HTTP/1.1, with its answer to a request it cannot parse in OpenAI's error shape."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = error_body(BadRequest(f"malformed HTTP request ({msg.rstrip('.')}); send HTTP/1.1 with JSON"))
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
@@ -49,9 +49,12 @@ class BadRequest(Exception):
         self.message, self.param, self.status, self.kind = message, param, status, kind
 
 
-def _error(e: BadRequest) -> JSONResponse:
-    return JSONResponse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}},
-                        status_code=e.status)
+def error_body(e: BadRequest) -> bytes:
+    return json.dumps({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}}).encode()
+
+
+def _error(e: BadRequest) -> Response:
+    return Response(error_body(e), status_code=e.status, media_type="application/json")
 
 
 # --- request checks -------------------------------------------------------------------------------
@@ -345,7 +348,7 @@ def _too_large(limit: int) -> BadRequest:
 
 
 async def _send(send, e: BadRequest) -> None:
-    body = json.dumps({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}}).encode()
+    body = error_body(e)
     await send({"type": "http.response.start", "status": e.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})

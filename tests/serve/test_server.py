@@ -1,5 +1,6 @@
 """The server through the official `openai` client: completions, chat, streaming, logprobs, echo,
 errors; greedy outputs equal `neojax.generate.generate` on the same prompts."""
+import json
 import socket
 import subprocess
 import sys
@@ -143,6 +144,12 @@ def test_every_error_has_the_openai_shape(server):
     big = b'{"prompt": "' + b"x" * (5 << 20) + b'"}'  # over the 4 MiB default: refused before it is read
     assert "max_request_bytes" in error(httpx.post(server.url + "/v1/completions", content=big, timeout=60),
                                         413)["message"]
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=60) as raw:
+        raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")  # a request uvicorn cannot parse
+        answer = raw.makefile("rb").read().decode()
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400") and "application/json" in head, answer
+    assert json.loads(body)["error"]["message"].startswith("malformed HTTP request")
     assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
 
 
