@@ -44,13 +44,13 @@ PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/m
 
 class BadRequest(Exception):
     def __init__(self, message: str, param: Optional[str] = None, status: int = 400,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", code: Optional[str] = None):
         super().__init__(message)
-        self.message, self.param, self.status, self.kind = message, param, status, kind
+        self.message, self.param, self.status, self.kind, self.code = message, param, status, kind, code
 
 
 def error_body(e: BadRequest) -> bytes:
-    return json.dumps({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": None}}).encode()
+    return json.dumps({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}).encode()
 
 
 def _error(e: BadRequest) -> Response:
@@ -147,11 +147,11 @@ class Api:
         for i, ids in enumerate(prompts):
             if len(ids) >= self.max_len:
                 raise BadRequest(f"prompt {i} has {len(ids)} tokens; the context holds {self.max_len} (prompt plus "
-                                 "max_tokens): shorten it", "prompt")
+                                 "max_tokens): shorten it", "prompt", code="context_length_exceeded")
             if len(ids) + settings.max_tokens > self.max_len:
                 raise BadRequest(f"'max_tokens' is {settings.max_tokens}, but prompt {i} has {len(ids)} tokens and "
                                  f"the context holds {self.max_len}: use max_tokens <= {self.max_len - len(ids)}",
-                                 "max_tokens")
+                                 "max_tokens", code="context_length_exceeded")
 
     # --- endpoints --------------------------------------------------------------------------------
     async def completions(self, request: Request):
@@ -421,7 +421,7 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
     @app.get("/", response_class=HTMLResponse)
     async def page():
         with open(PAGE, encoding="utf-8") as f:
-            return HTMLResponse(f.read().replace("{{MODEL}}", model_name))
+            return HTMLResponse(f.read().replace("{{MODEL}}", model_name).replace("{{CONTEXT}}", str(engine.max_len)))
 
     def openapi() -> dict:
         """FastAPI's document, with the request bodies the endpoints validate by hand (their models

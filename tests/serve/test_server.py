@@ -141,6 +141,9 @@ def test_every_error_has_the_openai_shape(server):
     chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
     assert error(httpx.post(server.url + "/v1/chat/completions", json={**chat, "top_logprobs": 2}, timeout=60),
                  400)["param"] == "top_logprobs"
+    long = {**chat, "messages": [{"role": "user", "content": "the quick brown fox " * 20}], "max_tokens": 100}
+    assert error(httpx.post(server.url + "/v1/chat/completions", json=long, timeout=60),
+                 400)["code"] == "context_length_exceeded"  # OpenAI's code: the chat page drops old turns on it
     big = b'{"prompt": "' + b"x" * (5 << 20) + b'"}'  # over the 4 MiB default: refused before it is read
     assert "max_request_bytes" in error(httpx.post(server.url + "/v1/completions", content=big, timeout=60),
                                         413)["message"]
