@@ -1,12 +1,13 @@
 """OpenAI's request and response shapes over the engine: /v1/models, /v1/completions,
 /v1/chat/completions (both with server-sent-event streams), /health and the chat page at /.
 
-Every field is checked before a request reaches the engine; a bad one gets HTTP 400 with OpenAI's
-{"error": {"message", "type", "param", "code"}} naming the field and what it accepts, and so does a
-field neojax does not act on (a misspelling, `logit_bias`, `tools`, ...): nothing is accepted and
-ignored. Every other error has the same shape: 401 (a missing or wrong key when the server has one),
-404, 405, 413 (a body over the limit, answered before it is read), 429 (a full queue). A client that
-goes away has its sequences cancelled: their slots free at the next step.
+Every body is validated against the models in schema.py (also served as /openapi.json) before
+it reaches the engine; a bad field gets HTTP 400 with OpenAI's {"error": {"message", "type",
+"param", "code"}} naming the field and what it accepts, and so does a field neojax does not act on
+(a misspelling, `logit_bias`, `tools`, ...): nothing is accepted and ignored. Every other error
+has the same shape: 401 (a missing or wrong key when the server has one), 404, 405, 413 (a body
+over the limit, answered before it is read), 429 (a full queue). A client that goes away has its
+sequences cancelled: their slots free at the next step.
 """
 from __future__ import annotations
 
@@ -213,7 +214,8 @@ class Api:
         finally:
             self.engine.cancel([s for s in seqs if s.finish_reason is None])
             self._access_log(head["id"], seqs, head_start)
-        choices = [{"index": i, **choice_of(s), "finish_reason": s.finish_reason} for i, s in enumerate(seqs)]
+        choices = await asyncio.to_thread(  # detokenising (echo, logprobs) off the event loop too
+            lambda: [{"index": i, **choice_of(s), "finish_reason": s.finish_reason} for i, s in enumerate(seqs)])
         return JSONResponse({**head, "object": kind, "choices": choices, "usage": _usage(seqs)})
 
     async def _events(self, seqs, queue, head, kind, chat, include_usage, opened):
