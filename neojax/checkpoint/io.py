@@ -85,6 +85,10 @@ def load_workdir(workdir: str, step=None):
                     state=ocp.args.StandardRestore(here(manager.item_metadata(step)["state"]))))["state"]
                 break
             except Exception as e:  # orbax and tensorstore raise many types for unreadable files
+                blocked = unreadable(str(paths.path(workdir) / "checkpoints" / str(step)))
+                if blocked:
+                    raise ValueError(f"{workdir}: checkpoint {step} cannot be read: {blocked}; give this user read "
+                                     "access and run again") from None
                 if i == len(steps) - 1:
                     raise ValueError(f"{workdir}: checkpoint {step} cannot be read ({first_line(e)}); no intact "
                                      "checkpoint is left") from None
@@ -125,6 +129,22 @@ def quiet_orbax_coroutines() -> None:
 
     hook.neojax = True
     sys.unraisablehook = hook
+
+
+def unreadable(directory: str) -> Optional[str]:
+    """'FILE (reason)' for the first file or folder under a local `directory` this process may not
+    read (permissions, I/O errors), else None: a restore that fails for that is not damage."""
+    if paths.is_remote(directory):
+        return None
+    listing_errors = []
+    for root, _, files in os.walk(directory, onerror=listing_errors.append):
+        for name in files:
+            try:
+                with open(os.path.join(root, name), "rb") as f:
+                    f.read(1)
+            except OSError as e:
+                return f"{os.path.join(root, name)} ({e.strerror})"
+    return f"{listing_errors[0].filename} ({listing_errors[0].strerror})" if listing_errors else None
 
 
 def first_line(error: BaseException, limit: int = 160) -> str:

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from neojax import paths
-from neojax.checkpoint.io import first_line, quiet_orbax_coroutines
+from neojax.checkpoint.io import first_line, quiet_orbax_coroutines, unreadable
 from neojax.cli import UsageError
 
 UPLOADED = "neojax-uploaded"  # the last object of a staged checkpoint: its presence says it is complete
@@ -111,6 +111,10 @@ class Checkpointer:
             except StateMismatch:
                 raise
             except Exception as e:  # orbax and tensorstore raise many types for unreadable files
+                blocked = unreadable(str(paths.path(self.staging or self.directory) / str(step)))
+                if blocked:  # not damage: nothing is moved, and the run does not fall back to an older step
+                    raise UsageError(f"checkpoint {self.directory}/{step} cannot be read: {blocked}; give this user "
+                                     "read access (chmod, chown) and run again") from None
                 moved = self._set_aside(step)
                 print(f"warning: checkpoint {self.directory}/{step} is damaged ({first_line(e)}); moved it to "
                       f"{moved}, trying the previous one", file=sys.stderr, flush=True)

@@ -66,6 +66,8 @@ def parse(argv: list[str]):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment name or file, [:variant]")
     parser.add_argument("--workdir", required=True, help="directory for everything the run produces")
+    parser.add_argument("--adopt_config", action="store_true",
+                        help="resume a workdir whose config.json is lost with this command's config")
     parser.add_argument("--coordinator", help="multi-host: coordinator address host:port")
     parser.add_argument("--num_processes", type=cli.positive_int, help="multi-host: number of processes")
     parser.add_argument("--process_id", type=cli.nonneg_int, help="multi-host: this process's index")
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-save and read-only notices
     sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     try:
-        result = train(config, args.workdir)
+        result = train(config, args.workdir, args.adopt_config)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

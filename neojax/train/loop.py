@@ -34,9 +34,10 @@ class NonFiniteError(RuntimeError):
     pass
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, adopt_config: bool = False) -> dict:
     """Train (or resume) the experiment `config` in `workdir`; returns the last metrics logged
-    ("preempted": True when SIGTERM stopped it after a save)."""
+    ("preempted": True when SIGTERM stopped it after a save). `adopt_config`: a workdir whose
+    config.json is lost resumes with `config` (else that is refused)."""
     check_config(config)
     try:
         mesh = sharding.make_mesh(config.mesh)
@@ -49,7 +50,7 @@ def train(config, workdir: str) -> dict:
         raise UsageError(f"--config.train.global_batch={config.train.global_batch} must be divisible by the "
                          f"data-parallel devices ({split}, mesh {dict(mesh.shape)}) times train.microbatches="
                          f"{config.train.microbatches}; change the batch or config.mesh (e.g. --config.mesh=data=1)")
-    with Workdir.open(config, workdir) as wd:
+    with Workdir.open(config, workdir, adopt_config) as wd:
         return _train(config, wd, mesh, rules)
 
 

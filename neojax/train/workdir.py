@@ -32,8 +32,8 @@ LEASE_REFRESH, LEASE_EXPIRY = 30.0, 120.0  # seconds (object storage)
 
 
 class Workdir:
-    def __init__(self, path: str, config):
-        self.path, self.config = path, config
+    def __init__(self, path: str, config, adopt_config: bool = False):
+        self.path, self.config, self.adopt_config = path, config, adopt_config
         self.remote = paths.is_remote(path)
         self.config_path = str(paths.path(path) / "config.json")
         self._lock = None
@@ -41,8 +41,8 @@ class Workdir:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, config, path: str):
-        wd = cls(path, config)
+    def open(cls, config, path: str, adopt_config: bool = False):
+        wd = cls(path, config, adopt_config)
         wd._prepare()
         try:
             if jax.process_index() == 0:  # hosts of a multi-host run share one workdir
@@ -133,6 +133,9 @@ class Workdir:
             saved = json.loads(config_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"{self.config_path} is damaged ({e}); restore it or start in a new --workdir") from None
+        except OSError as e:
+            raise UsageError(f"{self.config_path} cannot be read ({message(e)}); give this user read access, or "
+                             "start in a new --workdir") from None
         if not isinstance(saved, dict):
             raise UsageError(f"{self.config_path} holds a JSON {type(saved).__name__}, not a run's config; restore "
                              "it or start in a new --workdir")
@@ -140,7 +143,15 @@ class Workdir:
 
     def _check_resume(self) -> None:
         saved = self.saved_config()
+        if self.adopt_config and (saved is not None or not self._has_checkpoints()):
+            raise UsageError(f"--adopt_config: --workdir {self.path} " + (
+                "has its config.json" if saved is not None else "has no checkpoints") +
+                "; the flag is only for resuming checkpoints whose config.json is lost. Drop it")
         if saved is None:
+            if self._has_checkpoints() and not self.adopt_config:
+                raise UsageError(f"--workdir {self.path} has checkpoints but no config.json, so a resume cannot be "
+                                 "checked against the run that made them; restore config.json, or add --adopt_config "
+                                 "to resume with this command's config")
             return
         refused, noted = config_changes(saved, json.loads(self.config.to_json_best_effort()))
         if refused:
@@ -150,6 +161,10 @@ class Workdir:
                              "new --workdir, or the saved values. Differences: " + "; ".join(refused))
         if noted and jax.process_index() == 0:
             print("resuming with changed optimizer settings: " + "; ".join(noted), flush=True)
+
+    def _has_checkpoints(self) -> bool:
+        checkpoints = paths.path(self.path) / "checkpoints"
+        return checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())
 
     def write_config(self) -> None:
         if jax.process_index() != 0:

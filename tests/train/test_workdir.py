@@ -7,56 +7,12 @@ import json
 import os
 import shutil
 
-import jax
-import numpy as np
 import pytest
-from support import small_config
+from resume_case import TOTAL, config, losses, params, same
 
-from neojax import checkpoint
 from neojax.cli import UsageError
 from neojax.train.loop import train
-from neojax.train.metrics import read_metrics
 from neojax.train.workdir import LOCK_NAME, Workdir
-
-TOTAL = 9
-
-
-def config(corpus, tokenizer, total=TOTAL, **changes):
-    c = small_config(corpus, tokenizer.source, total_steps=total)
-    c.checkpoint.update(every_steps=3, keep=5, async_save=False)
-    c.eval.every_steps = 3
-    for key, value in changes.items():
-        section, name = key.split("__")
-        c[section][name] = value
-    return c
-
-
-def params(workdir):
-    return checkpoint.load(workdir).params
-
-
-def same(a, b):
-    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def losses(workdir):
-    return [(m["step"], m["train/loss"]) for m in read_metrics(workdir) if "train/loss" in m]
-
-
-@pytest.fixture(scope="module")
-def reference(corpus, tiny_tokenizer, tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    assert train(config(corpus, tiny_tokenizer), workdir)["step"] == TOTAL
-    return workdir
-
-
-@pytest.fixture
-def stopped_at_6(corpus, tiny_tokenizer, tmp_path):
-    """A run stopped after its step-6 checkpoint (total_steps may grow on resume), moved to another
-    folder: tensorstore caches what this process wrote by path, and damage must reach the disk reads."""
-    train(config(corpus, tiny_tokenizer, total=6), str(tmp_path / "first"))
-    shutil.copytree(tmp_path / "first", tmp_path / "run")
-    return str(tmp_path / "run")
 
 
 def _truncate_arrays(step_dir):
