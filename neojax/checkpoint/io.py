@@ -3,6 +3,7 @@ and the parameter check every loader runs."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Optional
@@ -78,7 +79,7 @@ def load_workdir(workdir: str, step=None):
         steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
         if not steps:
             raise FileNotFoundError(f"{workdir} has no checkpoint yet (checkpoints/ is empty)")
-        quiet_orbax_coroutines()
+        quiet_orbax()
         for i, step in enumerate(steps):
             try:
                 state = manager.restore(step, args=ocp.args.Composite(
@@ -112,23 +113,48 @@ def here(metadata):
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
 
 
-def quiet_orbax_coroutines() -> None:
-    """A failed restore leaves orbax read coroutines that Python reports at exit as 'Exception
-    ignored in' tracebacks, burying the one-line error: drop those reports, keep all others."""
-    previous = sys.unraisablehook
-    if getattr(previous, "neojax", False):
+def quiet_orbax() -> None:
+    """A failed save or restore makes orbax, its asyncio tasks and tensorstore's callbacks report
+    every failing read or write (hundreds of tracebacks for one full disk or one damaged file,
+    some at exit); the failure itself still reaches the caller, which reports it in one line. Drop
+    those reports, keep every other: log records, unraisable exceptions and exceptions printed from
+    C (tensorstore calling into a closed event loop)."""
+    for name in ("asyncio", "absl"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OrbaxRecords) for f in logger.filters):
+            logger.addFilter(_OrbaxRecords())
+    if getattr(sys.unraisablehook, "neojax", False):
         return
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-    def hook(unraisable):
-        tb, files = unraisable.exc_traceback, []
-        while tb is not None:
-            files.append(tb.tb_frame.f_code.co_filename)
-            tb = tb.tb_next
-        if not any("orbax" in f for f in files):
-            previous(unraisable)
+    def unraisable(report):
+        if not _from_orbax(report.exc_type, report.exc_value, report.exc_traceback):
+            previous_unraisable(report)
 
-    hook.neojax = True
-    sys.unraisablehook = hook
+    def excepthook(kind, error, tb):
+        if not _from_orbax(kind, error, tb):
+            previous_except(kind, error, tb)
+
+    unraisable.neojax = excepthook.neojax = True
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
+
+
+def _from_orbax(kind, error, tb) -> bool:
+    if kind is RuntimeError and str(error) == "Event loop is closed":  # a callback after a failed save
+        return True
+    while tb is not None:
+        if "orbax" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _OrbaxRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        return not ("orbax" in record.pathname or "orbax" in record.getMessage() or
+                    (record.exc_info is not None and _from_orbax(*record.exc_info)))
 
 
 def unreadable(directory: str) -> Optional[str]:

@@ -13,6 +13,8 @@ that carry the marker. Staged checkpoints are for one-process runs (each host wo
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -23,13 +25,25 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from neojax import paths
-from neojax.checkpoint.io import first_line, quiet_orbax_coroutines, unreadable
+from neojax.checkpoint.io import first_line, quiet_orbax, unreadable
 from neojax.cli import UsageError
 
 UPLOADED = "neojax-uploaded"  # the last object of a staged checkpoint: its presence says it is complete
 
 # orbax's words for a checkpoint that is intact but holds another state (a changed config).
 MISMATCH = ("Structure mismatch", "is not compatible with the stored shape")
+
+
+# how orbax and tensorstore word a full disk
+NO_SPACE = ("No space left on device", "os_error_code='28'", "[Errno 28]")
+
+
+def _tree_bytes(directory: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(directory) for f in files)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MB"
 
 
 class StateMismatch(ValueError):
@@ -55,6 +69,8 @@ class Checkpointer:
             preservation_policy=pp.AnyPreservationPolicy(policies), create=True, cleanup_tmp_directories=True,
             enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(where, options=options, item_names=("state", "data", "meta"))
+        self._saving: Optional[int] = None  # the step of the last save begun
+        quiet_orbax()
 
     def _download(self) -> None:
         remote = paths.path(self.directory)
@@ -79,18 +95,65 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state, data_state: dict, meta: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
-            force=True)
-        if self.staging is not None:
-            self._upload()
+        """Save `step` (asynchronously where enabled). A disk without room for it is one line
+        before anything is written; a save that still fails for space is one line at the next
+        save, check() or close(), naming the checkpoint that is intact."""
+        self.wait()  # the previous save first (orbax would wait for it anyway): its space is then counted
+        self._check_space(step, state)
+        with self._disk_faults(step):
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                meta=ocp.args.JsonSave(meta)), force=True)
+            if self.staging is not None:
+                self._upload()
+        self._saving = step
+
+    def check(self) -> None:
+        """Raise now if a finished background save failed (cheap: no waiting)."""
+        with self._disk_faults(self._saving):
+            self.manager.check_for_errors()
+
+    def _check_space(self, step: int, state) -> None:
+        where = self.staging or self.directory
+        if paths.is_remote(where):
+            return
+        last = self.latest_step()
+        on_disk = _tree_bytes(os.path.join(where, str(last))) if last is not None else 0
+        # the last checkpoint's size (or the arrays'), with room for the save's metadata and temporary files
+        need = int(1.1 * max(on_disk, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))) + 2 ** 20
+        free = shutil.disk_usage(where).free
+        if free < need:
+            raise UsageError(f"{self._full(step)}: the disk has {_mb(free)} free, a checkpoint needs about "
+                             f"{_mb(need)}; {self._remedy()}")
+
+    @contextlib.contextmanager
+    def _disk_faults(self, step: Optional[int]):
+        """Orbax's errors for a full disk (in any of its threads) as one line naming the workdir."""
+        try:
+            yield
+        except Exception as e:
+            if not any(sign in str(e) for sign in NO_SPACE):
+                raise
+            for debris in paths.path(self.staging or self.directory).glob("*.orbax-checkpoint-tmp*"):
+                with contextlib.suppress(OSError):
+                    paths.remove_tree(debris)  # the partial save, to give the space back
+            raise UsageError(f"{self._full(step)}: no space left on its disk ({first_line(e, 80)}); "
+                             f"{self._remedy()}") from None
+
+    def _full(self, step) -> str:
+        return f"--workdir {paths.path(self.directory).parent}: checkpoint {step if step is not None else ''}".rstrip()
+
+    def _remedy(self) -> str:
+        self.manager.reload()
+        intact = self.latest_step()
+        resume = f"it resumes from checkpoint {intact}, which is intact" if intact is not None else "it starts over"
+        return f"free space (or lower checkpoint.keep) and run the same command: {resume}"
 
     def restore(self, abstract_state, step: Optional[int] = None) -> tuple[Any, dict, dict]:
         """(state, data iterator state, meta) of `step` (default: latest), placed per abstract_state."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        quiet_orbax_coroutines()
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
@@ -132,10 +195,18 @@ class Checkpointer:
         return str(target)
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        with self._disk_faults(self._saving):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            try:
+                self.wait()
+            except BaseException:
+                with contextlib.suppress(Exception):  # it would raise the same failure again
+                    self.manager.close()
+                raise
+            self.manager.close()
+        finally:
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)

@@ -160,6 +160,7 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
                           f"grad_norm {last['train/grad_norm']:.3f} {tps:,.0f} tok/s{mfu} "
                           f"eta {duration(eta)}", flush=True)
                 window_start, window_steps = time.perf_counter(), 0
+                ckpt.check()  # a background save that failed is reported now, not a save later
             if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total):
                 params = model_params(state.params)  # LoRA adapters merged in; otherwise the params as they are
                 for hook in hook_fns:

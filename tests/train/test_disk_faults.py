@@ -3,6 +3,7 @@ an uninterrupted run: a checkpoint this user may not read (not "damaged": nothin
 zero-byte file in a checkpoint (set aside without traceback spam), a lost config.json, and a full
 disk (one line at the save that failed; the last good checkpoint intact)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +18,10 @@ from neojax.train.loop import train
 WORKER = str(Path(__file__).resolve().parents[1] / "_train_worker.py")
 
 
-def _run(corpus, tokenizer, workdir, prefix=(), total=TOTAL):
+def _run(corpus, tokenizer, workdir, prefix=(), total=TOTAL, *extra):
     """The run in its own process, optionally under `prefix` (setpriv, unshare)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(WORKER).parent), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([*prefix, sys.executable, WORKER, corpus, tokenizer.source, workdir, str(total)],
+    return subprocess.run([*prefix, sys.executable, WORKER, corpus, tokenizer.source, workdir, str(total), *extra],
                           capture_output=True, text=True, timeout=600, env=env)
 
 
@@ -48,8 +49,8 @@ def test_an_unreadable_checkpoint_is_named_not_set_aside(stopped_at_6, reference
 
 
 def test_a_zero_byte_file_is_set_aside_in_one_line(stopped_at_6, reference, corpus, tiny_tokenizer):
-    files = sorted(Path(stopped_at_6, "checkpoints", "6", "state", "ocdbt.process_0", "d").iterdir())
-    files[0].write_bytes(b"")
+    for file in Path(stopped_at_6, "checkpoints", "6", "state", "ocdbt.process_0", "d").iterdir():
+        file.write_bytes(b"")
     r = _run(corpus, tiny_tokenizer, stopped_at_6)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "checkpoint" in r.stderr and "is damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
@@ -67,3 +68,37 @@ def test_a_lost_config_is_refused_unless_adopted(stopped_at_6, reference, corpus
     assert same(params(stopped_at_6), params(reference))
     with pytest.raises(UsageError, match="--adopt_config: .* has its config.json"):
         train(config(corpus, tiny_tokenizer), stopped_at_6, adopt_config=True)
+
+
+def _on_a_small_disk(size_kb, keep):
+    """A prefix that runs the command with /mnt/small a fresh tmpfs of `size_kb` (a private mount
+    namespace: nothing leaks to the machine) and, when it ends, copies the workdir to `keep`."""
+    unshare = ["unshare", "-m"] if os.geteuid() == 0 else ["unshare", "-rm"]
+    if subprocess.run([*unshare, "true"], capture_output=True).returncode:
+        pytest.skip("this machine allows no private mount namespace (unshare -m) to hold a small disk")
+    script = ('mount -t tmpfs -o size={size}k tmpfs "$0" && "$@"; rc=$?; cp -a "$0/run" {keep}; exit $rc')
+    return lambda mnt: [*unshare, "sh", "-c", script.format(size=size_kb, keep=keep), mnt]
+
+
+@pytest.mark.parametrize("estimate", [True, False], ids=["before-the-save", "the-save-fails"])
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(estimate, reference, corpus, tiny_tokenizer,
+                                                                   tmp_path):
+    """A checkpoint does not fit (6, or 9: orbax's files vary in size): known before writing (the
+    estimate), or met by the save itself.
+    Either way one line names the workdir and the space, checkpoint 3 is intact, and on a disk
+    with room the run resumes to the uninterrupted run's weights."""
+    mnt, kept = tmp_path / "small", tmp_path / "kept"
+    mnt.mkdir()
+    prefix = _on_a_small_disk(2000, kept)(str(mnt))
+    r = _run(corpus, tiny_tokenizer, str(mnt / "run"), prefix, TOTAL, *([] if estimate else ["no-estimate"]))
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert len(r.stderr.splitlines()) < 10, r.stderr[-3000:]  # the tokeniser's progress, then the one line
+    said = "the disk has .* MB free, a checkpoint needs about .* MB" if estimate else "no space left on its disk"
+    failed = re.match(f"error: --workdir {mnt}/run: checkpoint (\\d+): {said}.*resumes from checkpoint (\\d+), "
+                      "which is intact", errors[0])
+    assert failed and int(failed[1]) in (6, 9) and int(failed[2]) == int(failed[1]) - 3, errors[0]
+    kept_steps = sorted(os.listdir(kept / "checkpoints"), key=int)
+    assert kept_steps == [str(s) for s in range(3, int(failed[1]), 3)]  # the partial save was removed
+    train(config(corpus, tiny_tokenizer), str(kept))  # room again: the same command resumes
+    assert same(params(str(kept)), params(reference)) and losses(str(kept)) == losses(reference)
