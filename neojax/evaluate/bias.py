@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from neojax import cli, registry
-from neojax.evaluate.tasks import describe, mean_stderr, multiple_choice, string_fields
+from neojax.evaluate.tasks import choice_label, describe, mean_stderr, multiple_choice, number, one_of, rules, texts
 
 CROWS_CATEGORIES = {"age": "age", "autre": "autre", "disability": "disability", "gender": "gender",
                     "nationality": "nationality", "physical_appearance": "physical-appearance",
@@ -43,7 +43,8 @@ CROWS_FORMAT = '{"sent_more", "sent_less", "stereo_antistereo", "bias_type"}'
 for _task, _prefix in [("crows_pairs_english", "")] + [(f"crows_pairs_english_{k}", v)
                                                        for k, v in CROWS_CATEGORIES.items()]:
     registry.register("task", _task)(crows_pairs)
-    describe(_task, CROWS_FORMAT, string_fields("sent_more", "sent_less", "bias_type"), file="crows_pairs_english",
+    describe(_task, CROWS_FORMAT, rules(texts("sent_more", "sent_less"),
+                                        one_of("bias_type", CROWS_CATEGORIES.values())), file="crows_pairs_english",
              select=(lambda p: lambda d: d["bias_type"].startswith(p))(_prefix))
 
 
@@ -57,11 +58,9 @@ def winogender(scorer, docs, train_docs, num_fewshot=0):
     return {"acc": metrics["acc"], "acc_stderr": metrics["acc_stderr"]}
 
 
-def _winogender_check(doc):
-    problem = string_fields("sentence", "pronoun", "occupation", "participant", "gender")(doc)
-    if problem is None and doc.get("label") not in (0, 1):
-        return f"field 'label' must be 0 (occupation) or 1 (participant), not {doc.get('label')!r}"
-    return problem
+_winogender_check = rules(texts("sentence", "pronoun", "occupation", "participant"),
+                          one_of("gender", ("male", "female", "neutral")),
+                          choice_label("label", 2, " (0: the occupation, 1: the participant)"))
 
 
 WINOGENDER_TASKS = ["winogender_all", "winogender_male", "winogender_female", "winogender_neutral",
@@ -168,13 +167,7 @@ def _bbq_scores(rows: list[dict], suffix: str) -> dict:
     return out
 
 
-def _bbq_check(doc):
-    problem = string_fields("context", "question", "ans0", "ans1", "ans2", "category", "context_condition",
-                       "question_polarity")(doc)
-    if problem:
-        return problem
-    if doc.get("label") not in (0, 1, 2):
-        return f"field 'label' must be 0, 1 or 2, not {doc.get('label')!r}"
+def _bbq_answers(doc):
     if not set([doc["ans0"], doc["ans1"], doc["ans2"]]) & set(UNKNOWN_RESPONSES):
         return "none of ans0-ans2 is an 'unknown' answer (e.g. \"Can't be determined\")"
     info, meta = doc.get("answer_info"), doc.get("additional_metadata")
@@ -183,6 +176,11 @@ def _bbq_check(doc):
     if not isinstance(meta, dict) or not isinstance(meta.get("stereotyped_groups"), list):
         return "field 'additional_metadata.stereotyped_groups' must be a list"
     return None
+
+
+_bbq_check = rules(texts("context", "question", "ans0", "ans1", "ans2"), one_of("category", BBQ_CATEGORIES),
+                   one_of("context_condition", ("ambig", "disambig")), one_of("question_polarity", ("neg", "nonneg")),
+                   choice_label("label", 3, " (the answer: ans0-ans2)"), _bbq_answers)
 
 
 describe("bbq", '{"context", "question", "ans0", "ans1", "ans2", "label", "category", "context_condition", '
@@ -200,13 +198,8 @@ def toxigen(scorer, docs, train_docs, num_fewshot=0):
     return multiple_choice(scorer, contexts, [["No", "Yes"]] * len(docs), labels)
 
 
-def _toxigen_check(doc):
-    if not isinstance(doc.get("text"), str):
-        return "field 'text' must be a string"
-    for f in ("toxicity_ai", "toxicity_human"):
-        if isinstance(doc.get(f), bool) or not isinstance(doc.get(f), (int, float)):
-            return f"field {f!r} must be a number (the annotators' mean toxicity, 1-5)"
-    return None
+_toxigen_check = rules(texts("text"), number("toxicity_ai", 1, 5, " (the annotators' mean toxicity)"),
+                       number("toxicity_human", 1, 5, " (the annotators' mean toxicity)"))
 
 
 describe("toxigen", '{"text", "toxicity_ai", "toxicity_human"} (the annotated test split)', _toxigen_check)

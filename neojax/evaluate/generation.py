@@ -18,7 +18,7 @@ import re
 import numpy as np
 
 from neojax import cli, registry
-from neojax.evaluate.tasks import FEWSHOT_SEED, describe, fewshot_prefix, mean_stderr, string_fields
+from neojax.evaluate.tasks import FEWSHOT_SEED, describe, fewshot_prefix, mean_stderr, rules, texts
 
 LANGUAGES = {"de": "German", "en": "English", "fr": "French", "ro": "Romanian"}
 TRANSLATION = {"wmt16": [("de", "en"), ("en", "de"), ("ro", "en"), ("en", "ro")], "wmt14": [("fr", "en"), ("en", "fr")]}
@@ -77,10 +77,8 @@ def _translation_check(src: str, tgt: str):
         pair = doc.get("translation")
         if not isinstance(pair, dict):
             return "field 'translation' must be an object of language -> text"
-        for lang in (src, tgt):
-            if not isinstance(pair.get(lang), str):
-                return f"field 'translation.{lang}' must be a string (the {LANGUAGES[lang]} text)"
-        return None
+        problem = texts(f"translation.{src}", f"translation.{tgt}")({f"translation.{k}": v for k, v in pair.items()})
+        return f"{problem} (the {LANGUAGES[src]} and {LANGUAGES[tgt]} texts)" if problem else None
     return check
 
 
@@ -155,9 +153,7 @@ def _means(per_doc: list[dict]) -> dict:
     return out
 
 
-def _truthfulqa_check(doc):
-    if not isinstance(doc.get("question"), str):
-        return "field 'question' must be a string"
+def _truthfulqa_answers(doc):
     for field in ("correct_answers", "incorrect_answers"):
         answers = doc.get(field)
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
@@ -165,6 +161,9 @@ def _truthfulqa_check(doc):
     if not truthfulqa_answers(doc["incorrect_answers"]):
         return "field 'incorrect_answers' has no non-empty answer (the _diff and _acc metrics compare against one)"
     return None
+
+
+_truthfulqa_check = rules(texts("question", "best_answer"), _truthfulqa_answers)
 
 
 describe("truthfulqa_gen", '{"question", "best_answer", "correct_answers": [...], "incorrect_answers": [...]} '
@@ -190,5 +189,5 @@ def cnn_dailymail(scorer, docs, train_docs, num_fewshot=0):
     return _means([summary_rouge(d["highlights"], s) for d, s in zip(docs, summaries)])
 
 
-describe("cnn_dailymail", '{"article", "highlights"} (3.0.0 test split)', string_fields("article", "highlights"),
+describe("cnn_dailymail", '{"article", "highlights"} (3.0.0 test split)', texts("article", "highlights"),
          generates=True)

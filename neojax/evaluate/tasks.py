@@ -48,10 +48,53 @@ GENERATES: set[str] = set()  # tasks that generate text (not log-likelihood only
 _FILES: dict[str, tuple[str, Optional[Callable[[dict], bool]]]] = {}  # task -> (file stem, record filter)
 
 
-def string_fields(*fields) -> Callable[[dict], Optional[str]]:
-    """A record check: each of `fields` is present and a string."""
-    return lambda doc: next((f"field {f!r} must be a string" for f in fields if not isinstance(doc.get(f), str)),
-                            None)
+# Record checks: each takes a record and returns what is wrong with it, or None; `rules` chains them.
+Check = Callable[[dict], Optional[str]]
+
+
+def rules(*checks: Check) -> Check:
+    """The first problem any of `checks` finds."""
+    return lambda doc: next((problem for check in checks if (problem := check(doc))), None)
+
+
+def texts(*fields: str) -> Check:
+    """Each of `fields` is present, a string, and not empty or blank."""
+    def check(doc):
+        for f in fields:
+            if not isinstance(doc.get(f), str):
+                return f"field {f!r} must be a string, not {json.dumps(doc.get(f))[:40]}"
+            if not doc[f].strip():
+                return f"field {f!r} is empty"
+        return None
+    return check
+
+
+def one_of(field: str, values) -> Check:
+    """`field` is one of `values` (strings compared exactly)."""
+    values = list(values)
+    return lambda doc: None if isinstance(doc.get(field), str) and doc[field] in values else (
+        f"field {field!r} must be one of {', '.join(map(str, values))}; not {json.dumps(doc.get(field))[:40]}")
+
+
+def choice_label(field: str, choices: int, meaning: str = "") -> Check:
+    """`field` is an integer (not a boolean, not a string) in [0, choices)."""
+    def check(doc):
+        value = doc.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < choices:
+            return f"field {field!r} must be an integer in [0, {choices}){meaning}, not {json.dumps(value)[:40]}"
+        return None
+    return check
+
+
+def number(field: str, low: float, high: float, meaning: str = "") -> Check:
+    """`field` is a finite number (not a boolean) in [low, high]."""
+    def check(doc):
+        value = doc.get(field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                not low <= value <= high:
+            return f"field {field!r} must be a number in [{low}, {high}]{meaning}, not {json.dumps(value)[:40]}"
+        return None
+    return check
 
 
 def describe(task: str, record_format: str, check: Callable[[dict], Optional[str]], generates: bool = False,

@@ -1,6 +1,8 @@
 """The bias suites against the harness's own code: log-likelihoods from transformers (one request
 at a time), then lm_eval's process_results and aggregations on them."""
 
+import json
+
 import numpy as np
 import pytest
 from support import ref_loglikelihood, write_jsonl
@@ -152,3 +154,52 @@ def test_bad_bias_records(model, tmp_path):
     write_jsonl(tmp_path, "crows_pairs_english", [{"sent_more": "a", "bias_type": "age"}])
     with pytest.raises(ValueError, match="field 'sent_less' must be a string"):
         ev.evaluate(m.params, m.config, m.tokenizer, ["crows_pairs_english_age"], str(tmp_path))
+
+
+GOOD = {  # one valid record per file (the releases' field names)
+    "crows_pairs_english": {"sent_more": "He is strong.", "sent_less": "She is strong.", "stereo_antistereo": "stereo",
+                            "bias_type": "gender"},
+    "winogender": {"sentid": "x.0", "sentence": "The nurse said that she was tired.", "pronoun": "she",
+                   "occupation": "nurse", "participant": "patient", "target": "nurse", "label": 0, "gender": "female"},
+    "bbq": {"context": "Two people met.", "question": "Who was rude?", "ans0": "The old man", "ans1": "Unknown",
+            "ans2": "The young man", "label": 1, "category": "Age", "context_condition": "ambig",
+            "question_polarity": "neg", "answer_info": {"ans0": ["old"], "ans1": ["unknown"], "ans2": ["young"]},
+            "additional_metadata": {"stereotyped_groups": ["old"]}},
+    "toxigen": {"text": "A statement.", "toxicity_ai": 2.5, "toxicity_human": 1.0},
+    "wmt16-en-ro": {"translation": {"en": "A house.", "ro": "O casă."}},
+    "truthfulqa_gen": {"question": "Why?", "best_answer": "Because.", "correct_answers": ["Because."],
+                       "incorrect_answers": ["No."]},
+    "cnn_dailymail": {"article": "A long article.", "highlights": "Short."},
+}
+BAD_RECORDS = [  # (task, file, changed fields, the field the error names)
+    ("crows_pairs_english", "crows_pairs_english", {"bias_type": "colour"}, "bias_type"),
+    ("crows_pairs_english", "crows_pairs_english", {"sent_less": "  "}, "sent_less"),
+    ("winogender_all", "winogender", {"label": True}, "label"),
+    ("winogender_all", "winogender", {"label": 2}, "label"),
+    ("winogender_all", "winogender", {"gender": "robot"}, "gender"),
+    ("winogender_all", "winogender", {"occupation": ""}, "occupation"),
+    ("bbq", "bbq", {"label": False}, "label"),
+    ("bbq", "bbq", {"label": "1"}, "label"),
+    ("bbq", "bbq", {"category": "Height"}, "category"),
+    ("bbq", "bbq", {"context_condition": "vague"}, "context_condition"),
+    ("bbq", "bbq", {"question_polarity": 1}, "question_polarity"),
+    ("toxigen", "toxigen", {"toxicity_ai": float("nan")}, "toxicity_ai"),
+    ("toxigen", "toxigen", {"toxicity_human": 9}, "toxicity_human"),
+    ("toxigen", "toxigen", {"toxicity_human": True}, "toxicity_human"),
+    ("toxigen", "toxigen", {"text": ""}, "text"),
+    ("wmt16-en-ro", "wmt16-en-ro", {"translation": {"en": "A house.", "ro": ""}}, "translation.ro"),
+    ("truthfulqa_gen", "truthfulqa_gen", {"question": " "}, "question"),
+    ("cnn_dailymail", "cnn_dailymail", {"highlights": None}, "highlights"),
+]
+
+
+@pytest.mark.parametrize("task,file,changes,field", BAD_RECORDS,
+                         ids=[f"{t}-{f}-{i}" for i, (t, _, _, f) in enumerate(BAD_RECORDS)])
+def test_every_bias_and_generation_record_is_checked(tmp_path, task, file, changes, field):
+    from neojax.evaluate.tasks import load_docs
+    path = tmp_path / f"{file}.jsonl"
+    path.write_text(json.dumps(GOOD[file]) + "\n" + json.dumps({**GOOD[file], **changes}) + "\n")  # NaN as JSON NaN
+    with pytest.raises(ValueError, match=f"{path} line 2: field '{field}'"):
+        load_docs(str(tmp_path), task)
+    path.write_text(json.dumps(GOOD[file]) + "\n")
+    assert load_docs(str(tmp_path), task)  # the good record alone is accepted
