@@ -13,7 +13,7 @@ from neojax.evaluate import bias as _bias  # noqa: F401  (registers the bias sui
 from neojax.evaluate import generation as _generation  # noqa: F401  (registers the generation tasks)
 from neojax.evaluate import tasks as _tasks  # noqa: F401  (registers the tasks)
 from neojax.evaluate.harness import Scorer
-from neojax.evaluate.tasks import load_docs, perplexity_of_texts
+from neojax.evaluate.tasks import ZERO_SHOT, load_docs, perplexity_of_texts
 
 # GPT-Neo README (EleutherAI's harness): model -> column -> value (fractions for accuracies).
 PUBLISHED = {
@@ -41,15 +41,19 @@ PERCENT = {"Lambada Acc", "Winogrande", "Hellaswag", "MathQA", "PubMedQA", "PIQA
 
 def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str, num_fewshot: int = 0,
              limit: int = 0, batch_size: int = 8, max_len: Optional[int] = None,
-             tfds_data_dir: Optional[str] = None, loaded: Optional[dict] = None) -> dict:
+             tfds_data_dir: Optional[str] = None, loaded: Optional[dict] = None,
+             max_gen_toks: Optional[int] = None) -> dict:
     """task -> metric -> value, plus n (examples), seconds and tokens scored per task. `loaded`
-    (task -> (records, few-shot records)) spares reading files a caller already read and checked."""
+    (task -> (records, few-shot records)) spares reading files a caller already read and checked;
+    `max_gen_toks` replaces the generation tasks' own lengths."""
     out = {}
     for name in task_names:
         fn = registry.get("task", name)
+        if num_fewshot and name in ZERO_SHOT:
+            raise ValueError(f"num_fewshot={num_fewshot}: {name} is zero-shot ({ZERO_SHOT[name]}); use 0")
         docs, train_docs = (loaded or {}).get(name) or load_task(data_dir, name, num_fewshot, tfds_data_dir)
         docs = docs[:limit] if limit else docs
-        scorer = Scorer(params, config, tokenizer, batch_size, max_len, label=name)
+        scorer = Scorer(params, config, tokenizer, batch_size, max_len, label=name, max_gen_toks=max_gen_toks)
         start = time.perf_counter()
         metrics = fn(scorer, docs, train_docs, num_fewshot)
         seconds = time.perf_counter() - start

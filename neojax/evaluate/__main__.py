@@ -21,7 +21,7 @@ from neojax import __version__, checkpoint, cli, paths, registry
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.evaluate import bias, prepare
-from neojax.evaluate.tasks import GENERATES, EmptySubset, available
+from neojax.evaluate.tasks import GENERATES, ZERO_SHOT, EmptySubset, available
 
 
 def _texts(args) -> list[str]:
@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task (0 = all)")
     parser.add_argument("--batch_size", type=cli.positive_int, default=8)
     parser.add_argument("--max_len", type=cli.nonneg_int, default=0, help="context length (default: the model's)")
+    parser.add_argument("--max_gen_toks", type=cli.positive_int, help="tokens a generation task may generate "
+                        "(default: the task's own, or half the context where that does not fit)")
     parser.add_argument("--text_files", help="glob of text files: perplexity and bits per byte")
     parser.add_argument("--jsonl", help="glob of .jsonl(.zst): perplexity and bits per byte")
     parser.add_argument("--text_field", default="text")
@@ -56,8 +58,12 @@ def main(argv=None) -> int:
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     if args.prepare:
-        if args.checkpoint:
-            raise cli.UsageError("--prepare writes task files and evaluates nothing; run again with --checkpoint")
+        others = [flag for flag, given in (("--checkpoint", args.checkpoint), ("--tasks", args.tasks),
+                                           ("--paper_table", args.paper_table), ("--bias_report", args.bias_report),
+                                           ("--output", args.output)) if given]
+        if others:
+            raise cli.UsageError(f"--prepare writes task files and evaluates nothing: drop {', '.join(others)} (then "
+                                 "evaluate in a second command, --tasks ... --data_dir DIR)")
         names = [t.strip() for t in args.prepare.split(",") if t.strip()]
         prepare.prepare(names, args.data_dir, args.prepare_source, args.limit)
         return 0
@@ -109,10 +115,6 @@ def _check_args(args) -> dict:
                              "max_len tokens")
     if args.stride and not (args.text_files or args.jsonl or args.paper_table):
         raise cli.UsageError("--stride applies to --text_files / --jsonl perplexity; give one of them")
-    if args.num_fewshot and "wikitext" in task_names:
-        raise cli.UsageError("--num_fewshot: wikitext is a perplexity task, scored without examples; use 0")
-    if args.bias_report and args.num_fewshot:
-        raise cli.UsageError("--num_fewshot: the bias suites are zero-shot; use 0")
     names = task_names
     if args.paper_table and not names:
         names = [t for t in dict.fromkeys(task for task, _ in ev.SOURCES.values())
@@ -122,6 +124,16 @@ def _check_args(args) -> dict:
         if not names:
             raise cli.UsageError(f"--bias_report: --data_dir {args.data_dir} holds none of crows_pairs_english.jsonl, "
                                  "winogender.jsonl, winogender_gotcha.jsonl, bbq.jsonl, toxigen.jsonl (see --prepare)")
+    zero_shot = [t for t in names if t in ZERO_SHOT]
+    if args.num_fewshot and zero_shot:
+        raise cli.UsageError(f"--num_fewshot {args.num_fewshot}: {', '.join(zero_shot)} "
+                             f"{'is' if len(zero_shot) == 1 else 'are'} zero-shot ({ZERO_SHOT[zero_shot[0]]}); use 0, "
+                             "or evaluate the few-shot tasks in a command of their own")
+    if args.max_gen_toks and not GENERATES & set(names):
+        raise cli.UsageError(f"--max_gen_toks applies to generation tasks ({', '.join(sorted(GENERATES)[:4])}, ...); "
+                             "none is among the tasks evaluated: drop it")
+    if args.bias_report:
+        cli.require("matplotlib", "--bias_report (its chart)", "matplotlib")
     loaded = {}
     for t in names:
         try:
@@ -153,12 +165,16 @@ def _run(args, loaded: dict) -> dict:
         context = model.config.max_position_embeddings
         if args.max_len > context:
             raise cli.UsageError(f"--max_len {args.max_len} exceeds the model's {context}-token context")
+        if args.max_gen_toks and args.max_gen_toks >= (args.max_len or context):
+            raise cli.UsageError(f"--max_gen_toks {args.max_gen_toks} leaves no room for a prompt in the "
+                                 f"{args.max_len or context}-token context; use less")
         if args.stride > (args.max_len or context):
             raise cli.UsageError(f"--stride {args.stride} exceeds the {args.max_len or context}-token context; a "
                                  "window predicts at most that many tokens")
         max_len = args.max_len or None
         results = ev.evaluate(model.params, model.config, model.tokenizer, list(loaded), args.data_dir,
-                              args.num_fewshot, args.limit, args.batch_size, max_len, args.tfds_data_dir, loaded)
+                              args.num_fewshot, args.limit, args.batch_size, max_len, args.tfds_data_dir, loaded,
+                              args.max_gen_toks)
         pile = [str(p) for p in (paths.path(args.data_dir) / "pile.jsonl", paths.path(args.data_dir) / "pile.jsonl.zst")
                 if p.exists()]
         texts = _texts(args) if (args.text_files or args.jsonl) else (

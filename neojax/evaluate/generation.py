@@ -139,8 +139,6 @@ def truthfulqa_metrics(doc, completion: str) -> dict:
 
 @registry.register("task", "truthfulqa_gen")
 def truthfulqa_gen(scorer, docs, train_docs, num_fewshot=0):
-    if num_fewshot:
-        raise ValueError("truthfulqa_gen is zero-shot (its six-QA preamble is the prompt): num_fewshot must be 0")
     completions = scorer.generate_until([(truthfulqa_prompt(d), [FEWSHOT_DELIMITER], MAX_GEN_TOKS) for d in docs])
     per_doc = [truthfulqa_metrics(d, c) for d, c in zip(docs, completions)]
     return _means(per_doc)
@@ -167,7 +165,8 @@ _truthfulqa_check = rules(texts("question", "best_answer"), _truthfulqa_answers)
 
 
 describe("truthfulqa_gen", '{"question", "best_answer", "correct_answers": [...], "incorrect_answers": [...]} '
-         "(TruthfulQA's generation config)", _truthfulqa_check, generates=True)
+         "(TruthfulQA's generation config)", _truthfulqa_check, generates=True,
+         zero_shot="its six-QA preamble is the prompt")
 
 
 # --- CNN / DailyMail ------------------------------------------------------------------------------
@@ -182,12 +181,10 @@ def summary_rouge(reference: str, prediction: str) -> dict:
 
 @registry.register("task", "cnn_dailymail")
 def cnn_dailymail(scorer, docs, train_docs, num_fewshot=0):
-    if num_fewshot:
-        raise ValueError("cnn_dailymail is zero-shot in the harness: num_fewshot must be 0")
     prompts = [f"Summarize the following article:\n\n{d['article']}\n\nSummary:" for d in docs]
     summaries = scorer.generate_until([(p, [FEWSHOT_DELIMITER], 128) for p in prompts])
     return _means([summary_rouge(d["highlights"], s) for d, s in zip(docs, summaries)])
 
 
 describe("cnn_dailymail", '{"article", "highlights"} (3.0.0 test split)', texts("article", "highlights"),
-         generates=True)
+         generates=True, zero_shot="as in the harness")

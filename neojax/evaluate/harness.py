@@ -12,6 +12,7 @@ shapes, and no score depends on batching.
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Iterable, Optional, Sequence
 
 import jax
@@ -72,9 +73,11 @@ class Scorer:
     """Runs (context tokens, continuation tokens) requests through the model in batches."""
 
     def __init__(self, params, config: GPTNeoConfig, tokenizer, batch_size: int = 8, max_len: Optional[int] = None,
-                 label: str = "scoring"):
+                 label: str = "scoring", max_gen_toks: Optional[int] = None):
         self.params, self.config, self.tokenizer, self.batch_size = params, config, tokenizer, batch_size
         self.max_len = max_len or config.max_position_embeddings
+        self.max_gen_toks = max_gen_toks  # the user's, in place of each task's own
+        self._budget_said = False
         self.score = _scorer(config)
         self.tokens_scored = self.tokens_generated = 0
         self.label = label
@@ -115,12 +118,9 @@ class Scorer:
         generate_until: the context keeps its last max_len - max_gen_toks tokens; a row stops at EOS,
         at any `until` string or after max_gen_toks tokens, and its text is cut before the first
         stop string. Batched by length (left-padded buckets in neojax.generate)."""
-        encoded = []
-        for i, (context, until, max_gen_toks) in enumerate(requests):
-            if not 0 < max_gen_toks < self.max_len:
-                raise ValueError(f"request {i}: max_gen_toks={max_gen_toks} must be in [1, {self.max_len}) "
-                                 "(the context length)")
-            encoded.append(self.tokenizer.encode(context)[-(self.max_len - max_gen_toks):] or [self.tokenizer.eos_id])
+        requests = [(context, until, self._budget(max_gen_toks)) for context, until, max_gen_toks in requests]
+        encoded = [self.tokenizer.encode(context)[-(self.max_len - max_gen_toks):] or [self.tokenizer.eos_id]
+                   for context, _, max_gen_toks in requests]
         order = sorted(range(len(requests)), key=lambda i: (tuple(requests[i][1]), requests[i][2], -len(encoded[i])))
         results: list = [None] * len(requests)
         progress = Progress(self.label, len(requests))
@@ -136,6 +136,22 @@ class Scorer:
                 self.tokens_generated += len(new)
             progress.update(len(chunk))
         return results
+
+    def _budget(self, task_default: int) -> int:
+        """Tokens to generate: the user's max_gen_toks, else the task's if it leaves room for a
+        context, else half the context (said once)."""
+        if self.max_gen_toks is not None:
+            if not 0 < self.max_gen_toks < self.max_len:
+                raise ValueError(f"--max_gen_toks {self.max_gen_toks} must be in [1, {self.max_len}) (the context "
+                                 "length)")
+            return self.max_gen_toks
+        if task_default < self.max_len:
+            return task_default
+        if not self._budget_said:
+            self._budget_said = True
+            print(f"{self.label}: the task generates up to {task_default} tokens, more than the {self.max_len}-token "
+                  f"context holds; generating up to {self.max_len // 2} (set --max_gen_toks)", file=sys.stderr)
+        return self.max_len // 2
 
     def loglikelihood(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[float, bool]]:
         return self.loglikelihood_tokens([encode_pair(self.tokenizer, c, x) for c, x in pairs])

@@ -12,7 +12,7 @@ import json
 import os
 from typing import Callable, Optional
 
-from neojax import cli
+from neojax import cli, registry
 from neojax.evaluate.tasks import file_stem
 from neojax.files import write_json
 
@@ -55,6 +55,9 @@ def prepare(tasks: list[str], data_dir: str, source_dir: Optional[str] = None, l
     """Write every task's files; returns the paths written. Raises UsageError naming what failed."""
     stems = []
     for task in tasks:
+        if task not in registry.names("task"):
+            raise cli.UsageError(f"--prepare: unknown task {task!r}; tasks with a public release: "
+                                 f"{', '.join(sorted(RELEASES))}")
         stem = file_stem(task)
         if stem not in RELEASES:
             raise cli.UsageError(f"--prepare: no public release is known for {task!r}; prepare: "

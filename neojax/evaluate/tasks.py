@@ -45,6 +45,7 @@ NOT_IN_TFDS = {  # why these tasks cannot read TFDS's datasets of the same name
 FEWSHOT_SEED = 1234
 _CHECKS: dict[str, Callable[[dict], Optional[str]]] = {}  # task -> its record check (see describe)
 GENERATES: set[str] = set()  # tasks that generate text (not log-likelihood only)
+ZERO_SHOT = {"wikitext": "a perplexity task, scored without examples"}  # task -> why it takes no examples
 _FILES: dict[str, tuple[str, Optional[Callable[[dict], bool]]]] = {}  # task -> (file stem, record filter)
 
 
@@ -98,13 +99,17 @@ def number(field: str, low: float, high: float, meaning: str = "") -> Check:
 
 
 def describe(task: str, record_format: str, check: Callable[[dict], Optional[str]], generates: bool = False,
-             file: Optional[str] = None, select: Optional[Callable[[dict], bool]] = None):
+             file: Optional[str] = None, select: Optional[Callable[[dict], bool]] = None,
+             zero_shot: Optional[str] = None):
     """Declare a task's record format (shown in errors) and its check (record -> problem or None);
-    a subset task reads `file`'s records for which `select` holds (e.g. one bias category)."""
+    a subset task reads `file`'s records for which `select` holds (e.g. one bias category); a
+    zero-shot task says why it takes no few-shot examples."""
     FORMATS[task] = record_format
     _CHECKS[task] = check
     if generates:
         GENERATES.add(task)
+    if zero_shot:
+        ZERO_SHOT[task] = zero_shot
     if file is not None:
         _FILES[task] = (file, select)
 
@@ -305,8 +310,6 @@ def lambada_openai(scorer, docs, train_docs, num_fewshot=0):
 
 @registry.register("task", "wikitext")
 def wikitext(scorer, docs, train_docs, num_fewshot=0):
-    if num_fewshot:
-        raise ValueError("wikitext is a perplexity task: num_fewshot must be 0")
     lls = scorer.loglikelihood_rolling([wikitext_detokenize(d["page"]) for d in docs])
     words = sum(len(re.split(r"\s+", d["page"])) for d in docs)
     n_bytes = sum(len(d["page"].encode("utf-8")) for d in docs)

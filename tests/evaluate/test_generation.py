@@ -67,8 +67,9 @@ def test_context_is_left_truncated_to_leave_room_for_max_gen_toks(long_model):
     assert len(m.tokenizer.encode(long_context)) > 100
     got = Scorer(m.params, m.config, m.tokenizer, 2, max_len=120).generate_until([(long_context, ["\n"], 40)])
     assert got == [reference_generate(torch_model, m.tokenizer, long_context, ["\n"], 40, 120)]
-    with pytest.raises(ValueError, match="max_gen_toks=120"):
-        Scorer(m.params, m.config, m.tokenizer, 2, max_len=120).generate_until([(long_context, ["\n"], 120)])
+    # a task length the context cannot hold: half the context instead, as the harness would with that length
+    got = Scorer(m.params, m.config, m.tokenizer, 2, max_len=120).generate_until([(long_context, ["\n"], 120)])
+    assert got == [reference_generate(torch_model, m.tokenizer, long_context, ["\n"], 60, 120)]
 
 
 def test_wmt_prompt_fewshot_and_corpus_metrics_match_the_harness(long_model, tmp_path):
@@ -172,3 +173,22 @@ def test_cli_translation_task_and_bad_pair(long_model, tmp_path):
     assert "wmt14-fr-en: 2/2 requests" in r.stderr  # progress
     r = run("--tasks", "wmt16-fr-de")
     assert r.returncode == 2 and "unknown task 'wmt16-fr-de'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_generation_fits_a_short_context_and_max_gen_toks_caps_it(tiny_hf_with_tokenizer, tmp_path, capfd):
+    """On a 128-token model the harness's 256-token TruthfulQA default cannot run: half the context
+    is generated instead (and said); --max_gen_toks sets the length, and one that leaves no prompt
+    is refused naming the flag."""
+    from neojax import checkpoint
+    m = checkpoint.load(tiny_hf_with_tokenizer)
+    rng = np.random.default_rng(5)
+    qa = [{"question": _sentence(rng, 5) + "?", "best_answer": "x", "correct_answers": [_sentence(rng, 3)],
+           "incorrect_answers": [_sentence(rng, 3)]} for _ in range(2)]
+    write_jsonl(tmp_path, "truthfulqa_gen", qa)
+    out = ev.evaluate(m.params, m.config, m.tokenizer, ["truthfulqa_gen"], str(tmp_path), max_len=128)
+    assert "generating up to 64 (set --max_gen_toks)" in capfd.readouterr().err
+    assert 0 < out["truthfulqa_gen"]["tokens_generated"] <= 2 * 64
+    out = ev.evaluate(m.params, m.config, m.tokenizer, ["truthfulqa_gen"], str(tmp_path), max_gen_toks=3)
+    assert 0 < out["truthfulqa_gen"]["tokens_generated"] <= 2 * 3
+    with pytest.raises(ValueError, match="--max_gen_toks 128 must be in"):
+        ev.evaluate(m.params, m.config, m.tokenizer, ["truthfulqa_gen"], str(tmp_path), max_gen_toks=128)

@@ -82,7 +82,7 @@ def test_prepare_writes_task_files_from_saved_datasets(tmp_path):
     r = _run("--prepare", "bbq", "--data_dir", str(data), "--prepare_source", str(source))
     assert r.returncode == 2 and "oskarvanderwal__bbq" in r.stderr and "save_to_disk" in r.stderr
     r = _run("--prepare", "nosuchtask", "--data_dir", str(data))
-    assert r.returncode == 2 and "no public release is known for 'nosuchtask'" in r.stderr
+    assert r.returncode == 2 and "unknown task 'nosuchtask'" in r.stderr
 
 
 def test_prepare_knows_every_registered_task():
