@@ -370,6 +370,7 @@ def main(argv=None) -> int:
         prompts += lines
     if not prompts and not (args.chat or args.interactive):
         raise cli.UsageError("no prompt: give --prompt TEXT, --prompt_file FILE, --interactive or --chat")
+    _check_modes(args, prompts)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(os.path.expanduser(args.checkpoint), **cli.model_options(args))
     if model.tokenizer is None:
@@ -397,6 +398,22 @@ def main(argv=None) -> int:
         for i, (prompt, text) in enumerate(zip(batch, out.texts)):
             print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompt}{text}")
     return 0
+
+
+def _check_modes(args, prompts) -> None:
+    """Options the chosen mode would ignore are refused, each by name."""
+    mode = "--chat" if args.chat else "--interactive" if args.interactive else None
+    if args.chat and args.interactive:
+        raise cli.UsageError("give --chat (the chat template) or --interactive (plain continuation), not both")
+    if args.system and not args.chat:
+        raise cli.UsageError("--system is the system message of a --chat conversation; add --chat or drop --system")
+    if mode is None:
+        return
+    ignored = [flag for flag, given in (("--prompt/--prompt_file", prompts), ("--num_samples", args.num_samples > 1),
+                                        ("--truncate", args.truncate)) if given]
+    if ignored:
+        raise cli.UsageError(f"{mode} reads its turns from the keyboard and keeps the conversation's last tokens that "
+                             f"fit; drop {', '.join(ignored)}")
 
 
 def _interactive(model, settings, seed) -> int:

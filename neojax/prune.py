@@ -31,6 +31,7 @@ from neojax.model.quant import param_bytes, quantize_params
 from neojax.model.sparsity import apply_masks, magnitude_masks, sparsity, two_four_masks
 
 METHODS = ("magnitude", "2:4")
+SPARSITIES = "0.1,0.3,0.5,0.7"  # the report's magnitude levels
 
 
 def check_pruning(method: str, sparsity_: float) -> None:
@@ -66,9 +67,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", default="", help="harness tasks for the report (files in --data_dir)")
     parser.add_argument("--data_dir", default=".")
     parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task / texts")
-    parser.add_argument("--sparsities", default="0.1,0.3,0.5,0.7", help="magnitude sparsities in the report")
+    parser.add_argument("--sparsities", default=SPARSITIES, help="magnitude sparsities in the report")
     args = parser.parse_args(argv)
     args.checkpoint = cli.existing_path("--checkpoint", args.checkpoint)
+    _check_modes(args)
     if args.report:
         return _report(args)
     if args.method == "magnitude" and args.sparsity is None:
@@ -88,6 +90,26 @@ def main(argv=None) -> int:
         checkpoint.save(args.output, model._replace(params=params), to="neojax", overwrite=args.overwrite)
     print(f"wrote {args.output}: {args.method} pruning, {sparsity(params):.2%} of the block kernels' weights are zero")
     return 0
+
+
+def _check_modes(args) -> None:
+    """Pruning (--output) and the report (--report) take different options: one given to the other
+    would be ignored, so it is refused by name."""
+    pruning = [f for f, given in (("--output", args.output), ("--method", args.method),
+                                  ("--sparsity", args.sparsity is not None), ("--overwrite", args.overwrite),
+                                  ("--scope", args.scope != "global")) if given]
+    reporting = [f for f, given in (("--text_files", args.text_files), ("--jsonl", args.jsonl), ("--tasks", args.tasks),
+                                    ("--data_dir", args.data_dir != "."), ("--limit", args.limit),
+                                    ("--sparsities", args.sparsities != SPARSITIES)) if given]
+    if args.report and pruning:
+        raise cli.UsageError(f"--report measures every variant and writes no model; drop {', '.join(pruning)} (prune "
+                             "in a command of its own)")
+    if not args.report and reporting:
+        raise cli.UsageError(f"{', '.join(reporting)}: options of --report; add --report FILE.json or drop them")
+    if args.method == "2:4" and args.scope != "global":
+        raise cli.UsageError("--scope ranks weights for --method magnitude; 2:4 keeps 2 of every 4 in place: drop it")
+    if args.report:
+        cli.require("matplotlib", "--report (its chart)", "matplotlib")
 
 
 def _report(args) -> int:

@@ -335,6 +335,12 @@ def _check_names(c: dict, errors: list) -> None:
         _registered("task", task, f"eval.tasks[{i}]", errors)
     if "tasks" in hooks and not e.get("tasks"):
         errors.append("--config.eval.tasks=[]: the 'tasks' hook needs task names, e.g. '[\"lambada_openai\"]'")
+    if "samples" in hooks and not e.get("sample_prompts"):
+        errors.append("--config.eval.sample_prompts=[]: the 'samples' hook needs prompts, e.g. '[\"Once upon a\"]' "
+                      "(or drop it from eval.hooks)")
+    if "classification" in hooks and c.get("objective", "lm") != "classify":
+        errors.append(f"--config.eval.hooks: 'classification' scores a classify run, not objective "
+                      f"{c.get('objective', 'lm')!r}; drop it (valid_loss measures a language model)")
     for i, target in enumerate(c.get("lora", {}).get("targets", []) or []):
         try:
             re.compile(target)

@@ -107,7 +107,11 @@ def test_prune_command_and_report(tiny_hf_with_tokenizer, tmp_path):
                           (["--method", "magnitude", "--sparsity", "1.0", "--output", "x"], "[0, 1)"),
                           (["--method", "magnitude", "--sparsity", "nan", "--output", "x"], "[0, 1)"),
                           (["--method", "2:4", "--sparsity", "0.3", "--output", "x"], "50% sparse"),
-                          (["--method", "2:4", "--output", str(out)], "already exists")):
+                          (["--method", "2:4", "--output", str(out)], "already exists"),
+                          (["--report", "r.json", "--output", "x", "--text_files", "t"], "drop --output"),
+                          (["--method", "2:4", "--output", "y", "--text_files", "t"], "--text_files: options of "
+                                                                                      "--report"),
+                          (["--method", "2:4", "--scope", "layer", "--output", "y"], "--scope ranks")):
         r = _run("--checkpoint", tiny_hf_with_tokenizer, *args)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     text = tmp_path / "valid.txt"
