@@ -42,6 +42,11 @@ def _freeze_attention_types(attention_types: Sequence) -> tuple:
     return tuple((tuple(pattern), int(repeats)) for pattern, repeats in attention_types)
 
 
+# The fields a checkpoint's weights fix (the rest are execution and training choices).
+ARCHITECTURE = ("vocab_size", "hidden_size", "num_layers", "num_heads", "attention_types", "window_size",
+                "max_position_embeddings", "intermediate_size", "layer_norm_epsilon", "activation_function")
+
+
 @dataclasses.dataclass(frozen=True)
 class GPTNeoConfig:
     """Hyper-parameters of a GPT-Neo decoder. Field names follow Hugging Face's `config.json`."""

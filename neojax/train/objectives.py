@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional
 
-from neojax import checkpoint, registry
+from neojax import registry
 from neojax.data.tokenizer import Tokenizer
+from neojax.errors import UsageError
 from neojax.finetune import classify
 from neojax.model.classifier import GPTNeoClassifier
 from neojax.model.config import GPTNeoConfig
-from neojax.train.setup import build_data, build_model
+from neojax.train.setup import build_data, build_model, load_float
 from neojax.train.step import Teacher, batch_loss
 
 
@@ -53,13 +54,14 @@ def distillation(config, workdir: str) -> Setup:
     """Knowledge distillation from the checkpoint `distill.teacher` (same tokenizer): the teacher's
     params are a frozen argument of the step, sharded by the same rules as the student's."""
     d = config.distill
-    lm = language_model(config, workdir)
-    teacher = checkpoint.load(d.teacher, dtype=lm.model_config.dtype)
-    if teacher.config.vocab_size != lm.model_config.vocab_size:
-        raise ValueError(f"teacher {d.teacher} has a {teacher.config.vocab_size}-token vocabulary, the student "
-                         f"{lm.model_config.vocab_size}: distillation needs one tokenizer "
+    model_config, tokenizer, params = build_model(config, workdir)
+    teacher = load_float(d.teacher, "distill.teacher", dtype=model_config.dtype)
+    if teacher.config.vocab_size != model_config.vocab_size:
+        raise UsageError(f"distill.teacher {d.teacher} has a {teacher.config.vocab_size}-token vocabulary, the "
+                         f"student {model_config.vocab_size}: distillation needs one tokenizer "
                          f"(set data.tokenizer={d.teacher})")
+    data = build_data(config, tokenizer, workdir, model_config)  # only now: a refused teacher writes no cache
     how = Teacher(teacher.config, d.temperature, d.alpha)
     loss = lambda params, batch, rng, teacher_params: batch_loss(
-        params, lm.model_config, batch, config.train.z_loss, rng, how, teacher_params)
-    return dataclasses.replace(lm, loss=loss, frozen=(teacher.config, teacher.params))
+        params, model_config, batch, config.train.z_loss, rng, how, teacher_params)
+    return Setup(model_config, tokenizer, params, data, loss=loss, frozen=(teacher.config, teacher.params))

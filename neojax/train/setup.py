@@ -13,9 +13,11 @@ import jax
 from neojax import checkpoint, paths, registry
 from neojax.data import pipeline, sources
 from neojax.data.tokenizer import Tokenizer, train_sentencepiece
+from neojax.errors import UsageError
 from neojax.finetune import chat as _chat  # noqa: F401  (registers the chat batch source)
 from neojax.model import backend
-from neojax.model.config import GPTNeoConfig, preset
+from neojax.model.config import ARCHITECTURE, GPTNeoConfig, preset
+from neojax.model.quant import dequantize_params, is_quantized
 
 log = logging.getLogger("neojax.train")
 
@@ -66,12 +68,19 @@ def _training_text(config, max_chars: int = 4_000_000, piece: int = 2000):
 def build_model(config, workdir: str):
     """(GPTNeoConfig, tokenizer, initial params or None for random init)."""
     m = config.model
-    execution = dict(dtype=m.dtype, remat=m.remat, **dict(m.overrides))
+    execution = {"dtype": m.dtype, "remat": m.remat, **dict(m.overrides)}
     if m.remat != "none" and backend.xla_cpu_workarounds(preset("tiny", **execution)):
         log.warning("model.remat=%s does not lower memory on CPUs: XLA:CPU drops the barriers that keep the "
                     "recomputation apart and merges it back into the forward pass (it works on GPUs and TPUs)", m.remat)
     if m.init_from:
-        loaded = checkpoint.load(m.init_from, **execution)
+        fixed = {k: v for k, v in execution.items() if k in ARCHITECTURE}
+        loaded = load_float(m.init_from, "model.init_from", **{k: v for k, v in execution.items() if k not in fixed})
+        clashes = [f"model.overrides.{k}={v!r} (the checkpoint has {getattr(loaded.config, k)!r})"
+                   for k, v in fixed.items() if json.dumps(v) != json.dumps(getattr(loaded.config, k))]
+        if clashes:
+            raise UsageError(f"model.init_from {m.init_from} fixes the architecture, and "
+                             f"{'; '.join(clashes)} differ{'s' if len(clashes) == 1 else ''}: drop the overrides "
+                             "(--config.model.overrides='{}') or start from another checkpoint")
         tokenizer = _tokenizer(config, workdir, loaded.tokenizer)
         if tokenizer.vocab_size > loaded.config.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but {m.init_from} only "
@@ -83,6 +92,15 @@ def build_model(config, workdir: str):
         model_config = model_config.replace(vocab_size=tokenizer.vocab_size)
     model_config = model_config.replace(eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.eos_id)
     return model_config, tokenizer, None
+
+
+def load_float(path: str, key: str, **overrides) -> checkpoint.Pretrained:
+    """A checkpoint to train from or distil from: neojax's int8 exports are dequantised (said)."""
+    model = checkpoint.load(path, **overrides)
+    if is_quantized(model.params):
+        print(f"{key} {path}: int8 weights, dequantised to float32 to train from", flush=True)
+        model = model._replace(params=jax.device_get(dequantize_params(model.params)))
+    return model
 
 
 def _components(config):
@@ -105,6 +123,9 @@ def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoC
     d, t = config.data, config.train
     if d.source in registry.names("batch_source"):  # already batches, e.g. chat (neojax.finetune.chat)
         return Data(*registry.get("batch_source", d.source)(config, tokenizer, model_config), caches=[])
+    if d.seq_len > model_config.max_position_embeddings:  # before any token is cached
+        raise UsageError(f"data.seq_len={d.seq_len} exceeds the model's {model_config.max_position_embeddings}-token "
+                         f"context; use --config.data.seq_len={model_config.max_position_embeddings} or less")
     cache_dir = d.cache_dir or str(paths.path(workdir) / "data_cache")
     components = _components(config)
     caches = [pipeline.build_token_cache(source, args, tokenizer, cache_dir, d.valid_fraction, d.seed, d.on_error,
@@ -115,9 +136,6 @@ def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoC
         if cache.meta["vocab_size"] > model_config.vocab_size:
             raise ValueError(f"token cache {cache.directory} uses {cache.meta['vocab_size']} tokens but the model has "
                              f"{model_config.vocab_size}")
-    if d.seq_len > model_config.max_position_embeddings:
-        raise ValueError(f"data.seq_len={d.seq_len} exceeds the model's max_position_embeddings="
-                         f"{model_config.max_position_embeddings}")
     train = pipeline.TrainBatches(caches, d.seq_len, t.global_batch, d.seed,
                                   weights=[w for _, _, w in components] if len(components) > 1 else None,
                                   process_index=jax.process_index(), process_count=jax.process_count())
