@@ -43,6 +43,7 @@ from neojax.evaluate import evaluate
 from neojax.flops import measure_bandwidth, measure_peak_flops, train_flops_per_token
 from neojax.generate import generate
 from neojax.model import PRESETS, GPTNeo, init_params, preset
+from neojax.model.config import model_shape
 from neojax.model.quant import quantize_params
 from neojax.serve.api import build_app
 from neojax.serve.engine import Engine
@@ -379,7 +380,8 @@ SECTIONS = ("peak", "train", "memory", "local", "decode", "eval", "serve", "data
 def main(argv=None):
     parser = cli.ArgumentParser(prog="python -m neojax.benchmark", description=__doc__)
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    parser.add_argument("--presets", default="gpt-neo-125M", help="comma-separated model shapes to train")
+    parser.add_argument("--presets", default="gpt-neo-125M", help="comma-separated model shapes: presets, or "
+                        "checkpoints and workdirs (their shapes; weights are random)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--train_batch", type=cli.positive_int, default=1)
     parser.add_argument("--seq_len", type=cli.positive_int, default=2048)
@@ -394,16 +396,19 @@ def main(argv=None):
     if not sections or sections - set(SECTIONS):
         raise cli.UsageError(f"--only {args.only}: sections are {', '.join(SECTIONS)}")
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    unknown = [p for p in presets if p not in PRESETS]
-    if not presets or unknown:
-        raise cli.UsageError(f"--presets {args.presets}: unknown {unknown}; presets: {', '.join(PRESETS)}")
+    if not presets:
+        raise cli.UsageError(f"--presets {args.presets!r}: give presets ({', '.join(PRESETS)}) or checkpoint paths")
+    shapes = {}  # name -> config: a preset's, or a checkpoint's or workdir's (its weights are not read)
     for name in presets:
-        if args.seq_len > PRESETS[name].get("max_position_embeddings", 2048):
-            raise cli.UsageError(f"--seq_len {args.seq_len} exceeds {name}'s context")
+        with cli.about(f"--presets {name}"):
+            shapes[name] = model_shape(name)
+        if args.seq_len > shapes[name].max_position_embeddings:
+            raise cli.UsageError(f"--seq_len {args.seq_len} exceeds {name}'s {shapes[name].max_position_embeddings}-"
+                                 "token context")
     if args.output:
         cli.writable_output("--output", args.output)
     torch_too = not args.no_torch and not _on_accelerator()  # the reference is torch's CPU build
-    config = preset(presets[0]).replace(dtype=args.dtype)
+    config = shapes[presets[0]].replace(dtype=args.dtype)
     params = init_params(config, jax.random.key(0))
     rows = []
 
@@ -417,7 +422,7 @@ def main(argv=None):
     t, b = args.seq_len, args.train_batch
     if "train" in sections:
         for name in presets:
-            cfg = preset(name).replace(dtype=args.dtype, remat=args.remat)
+            cfg = shapes[name].replace(dtype=args.dtype, remat=args.remat)
             p = params if name == presets[0] else init_params(cfg, jax.random.key(0))
             ours, theirs = bench_train(cfg, p, t, b, torch_too=torch_too and name == presets[0])
             label = f"train {name} T={t} batch {b} {args.dtype} remat={args.remat}"

@@ -25,7 +25,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from neojax import cli
 from neojax.data import pipeline
-from neojax.model.config import PRESETS, preset
+from neojax.model.config import PRESETS, model_shape
 from neojax.model.gpt_neo import logical_axes, param_shapes
 from neojax.model.lora import Lora, adapter_bytes
 from neojax.tree import named_leaves, path_keys, path_name
@@ -318,10 +318,16 @@ def format_plan(p, full: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _shape(name_or_path: str):
+    with cli.about(f"--preset {name_or_path}"):
+        return model_shape(name_or_path)
+
+
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m neojax.sharding",
                                 description="Print the sharding plan of a preset on a mesh (allocates nothing).")
-    parser.add_argument("--preset", default="gpt-neo-125M", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="gpt-neo-125M", help=f"a preset ({', '.join(PRESETS)}) or a checkpoint "
+                        "or workdir (its shape; its weights are not read)")
     parser.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1", help="e.g. data=4,fsdp=8,tensor=1")
     parser.add_argument("--devices", type=cli.positive_int, help="device count (default: this machine's)")
     parser.add_argument("--optimizer_moments", type=cli.nonneg_int, default=2, help="float32 param copies (Adam: 2)")
@@ -346,7 +352,7 @@ def main(argv=None) -> int:
         raise cli.UsageError(f"--mesh {args.mesh}{f' with --devices {args.devices}' if args.devices else ''}: {e}") \
             from None
     try:
-        result = plan(preset(args.preset), args.mesh, DEFAULT_RULES, args.optimizer_moments, args.devices, lora)
+        result = plan(_shape(args.preset), args.mesh, DEFAULT_RULES, args.optimizer_moments, args.devices, lora)
     except ValueError as e:
         raise cli.UsageError(f"--lora_targets {args.lora_targets}: {e}" if lora else str(e)) from None
     print(format_plan(result, args.full))

@@ -131,3 +131,18 @@ def test_two_processes_agree_with_one(reference):
     assert abs(result["loss"] - ref_summary["loss"]) < 1e-5
     for name, value in ref_summary["param_sums"].items():
         assert abs(result["param_sums"][name] - value) < 1e-3 * max(1.0, abs(value)), name
+
+
+def test_plan_and_benchmark_take_a_checkpoint_or_workdir(tiny_hf_with_tokenizer, capsys):
+    """`--preset` (sharding) and `--presets` (benchmark) take a checkpoint's shape as well as a preset's."""
+    from neojax import checkpoint
+    from neojax import sharding as sharding_cli
+    from neojax.model.config import model_shape
+    want = checkpoint.load(tiny_hf_with_tokenizer).config
+    assert model_shape(tiny_hf_with_tokenizer) == want
+    assert sharding_cli.main(["--preset", tiny_hf_with_tokenizer, "--mesh", "data=1,fsdp=2,tensor=1",
+                              "--devices", "2"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("wte "))
+    assert f"({want.vocab_size}, {want.hidden_size})" in row  # the checkpoint's shape, not a preset's
+    assert f"(x{want.num_layers})" in out

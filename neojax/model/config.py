@@ -5,6 +5,8 @@ import dataclasses
 import json
 from typing import Any, Optional, Sequence
 
+from neojax import paths
+
 ATTENTION_TYPES_HELP = 'attention_types looks like [[["global", "local"], 6]]: a list of [pattern, repeats] pairs'
 
 
@@ -188,3 +190,19 @@ def preset(name: str, **overrides) -> GPTNeoConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available presets: {sorted(PRESETS)}")
     return GPTNeoConfig(**{**PRESETS[name], **overrides})
+
+
+def model_shape(name_or_path: str) -> GPTNeoConfig:
+    """A preset's config, or the config a checkpoint directory states (Hugging Face config.json, a
+    neojax directory's or a training workdir's neojax.json) without reading weights: what planning
+    and benchmarking need."""
+    if name_or_path in PRESETS:
+        return preset(name_or_path)
+    root = paths.path(name_or_path)
+    for card in (root / "neojax.json", root / "model" / "neojax.json"):
+        if card.exists():
+            return GPTNeoConfig.from_dict(json.loads(card.read_text())["model"])
+    if (root / "config.json").exists():
+        return GPTNeoConfig.from_hf_dict(json.loads((root / "config.json").read_text()))
+    raise ValueError(f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory "
+                     "(Hugging Face config.json, neojax.json) or training workdir")
