@@ -4,6 +4,7 @@ python -m neojax.evaluate --checkpoint PATH --text_files 'val/*.txt' | --jsonl '
 python -m neojax.evaluate --paper_table --checkpoint A --checkpoint B --data_dir DIR [--output table.json]
 python -m neojax.evaluate --bias_report --checkpoint A [--checkpoint B] --data_dir DIR --output report.json
 python -m neojax.evaluate --prepare lambada_openai,wmt16-de-en,bbq,... --data_dir DIR
+python -m neojax.evaluate --checkpoint PATH --sample_tasks --tasks piqa,bbq,wmt16-de-en   # offline, made-up records
 
 PATH is a Hugging Face directory, a neojax directory or a training workdir. Task files are
 <task>.jsonl (and <task>.train.jsonl for few-shot) in data_dir; `pile.jsonl(.zst)` there feeds
@@ -21,7 +22,7 @@ from neojax import __version__, checkpoint, cli, paths, registry
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.evaluate import bias, prepare
-from neojax.evaluate.tasks import GENERATES, ZERO_SHOT, EmptySubset, available
+from neojax.evaluate.tasks import GENERATES, SAMPLES, ZERO_SHOT, EmptySubset, available
 
 
 def _texts(args) -> list[str]:
@@ -36,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", action="append", default=[])
     parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(registry.names('task'))}")
     parser.add_argument("--data_dir", default=".")
+    parser.add_argument("--sample_tasks", action="store_true", help="the few made-up records of every task that "
+                        "ship with neojax, as --data_dir: to try the commands offline (the numbers mean nothing)")
     parser.add_argument("--tfds_data_dir", help="prepared TFDS datasets, for tasks without a jsonl in data_dir")
     parser.add_argument("--num_fewshot", type=cli.nonneg_int, default=0)
     parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task (0 = all)")
@@ -57,6 +60,11 @@ def main(argv=None) -> int:
     cli.add_model_options(parser)
     parser.add_argument("--output")
     args = parser.parse_args(argv)
+    if args.sample_tasks:
+        if args.data_dir != "." or args.prepare:
+            raise cli.UsageError("--sample_tasks is the task folder (read-only): drop "
+                                 + ("--prepare" if args.prepare else "--data_dir"))
+        args.data_dir = SAMPLES
     if args.prepare:
         others = [flag for flag, given in (("--checkpoint", args.checkpoint), ("--tasks", args.tasks),
                                            ("--paper_table", args.paper_table), ("--bias_report", args.bias_report),

@@ -43,6 +43,7 @@ NOT_IN_TFDS = {  # why these tasks cannot read TFDS's datasets of the same name
     "lambada_openai": "TFDS's lambada is the original LAMBADA text, not OpenAI's detokenised test set",
 }
 FEWSHOT_SEED = 1234
+SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")  # a few made-up records per task
 _CHECKS: dict[str, Callable[[dict], Optional[str]]] = {}  # task -> its record check (see describe)
 GENERATES: set[str] = set()  # tasks that generate text (not log-likelihood only)
 ZERO_SHOT = {"wikitext": "a perplexity task, scored without examples"}  # task -> why it takes no examples

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import shlex
 import sys
 
 import jax
@@ -106,11 +107,13 @@ def main(argv=None) -> int:
     if config.objective != "lm" or jax.process_index() != 0:  # process 0 alone speaks for the run
         return 0
     workdir = args.workdir
+    w = shlex.quote(workdir)
     print(f"\ndone: step {result['step']} in {result.get('wall_time_s', 0):.0f}s. Next:\n"
-          f"  python -m neojax.generate --checkpoint {workdir} --prompt \"def \" --max_new_tokens 64 "
+          f"  python -m neojax.generate --checkpoint {w} --prompt \"def \" --max_new_tokens 64 "
           "--temperature 0.8 --top_p 0.95\n"
-          f"  python -m neojax.evaluate --checkpoint {workdir} --text_files 'path/*.txt'\n"
-          f"  python -m neojax.convert {workdir} {workdir}/hf --to hf")
+          f"  python -m neojax.evaluate --checkpoint {w} --sample_tasks --tasks lambada_openai,piqa\n"
+          f"  python -m neojax.convert {w} {shlex.quote(str(paths.path(workdir) / 'hf'))} --to hf --overwrite\n"
+          f"Curves: tensorboard --logdir {shlex.quote(str(paths.path(workdir) / 'tb'))} (pip install tensorboard)")
     return 0
 
 
