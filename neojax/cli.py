@@ -165,6 +165,17 @@ def writable_output(flag: str, path: str) -> str:
     return path
 
 
+def apart(flag: str, output: str, source_flag: str, source: str) -> None:
+    """An output directory that is the source or holds it would destroy the source when replaced:
+    refused, naming both."""
+    out, src = str(paths.path(os.path.expanduser(output))), str(paths.path(os.path.expanduser(source)))
+    if not paths.is_remote(output):
+        out, src = os.path.realpath(out), os.path.realpath(src)
+    if src == out or src.startswith(out.rstrip("/") + "/"):
+        raise UsageError(f"{flag} {output} {'is' if src == out else 'holds'} {source_flag} {source}; writing there "
+                         "would destroy it: choose another path")
+
+
 def duration(seconds: float) -> str:
     """h:mm:ss, hours unbounded (an ETA of days stays readable)."""
     seconds = int(seconds)

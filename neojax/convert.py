@@ -35,13 +35,17 @@ def main(argv=None) -> int:
                              "checkpoints hold float weights (drop --to hf)")
     if args.quantize and args.dequantize:
         raise cli.UsageError("give --quantize or --dequantize, not both")
-    src, dst = os.path.abspath(os.path.expanduser(args.src)), os.path.abspath(os.path.expanduser(args.dst))
-    if src == dst:
-        raise cli.UsageError(f"DST {args.dst} is SRC; write the converted model to another directory")
+    cli.apart("DST", args.dst, "SRC", args.src)
+    dst = os.path.abspath(os.path.expanduser(args.dst))
     if os.path.exists(dst) and not args.overwrite and (not os.path.isdir(dst) or os.listdir(dst)):
         raise cli.UsageError(f"DST {args.dst} already exists and is not empty; choose another path or pass --overwrite")
     if args.mtf_config:
         cli.readable_file("--mtf_config", args.mtf_config)
+        with cli.about(f"SRC {args.src}"):
+            fmt = checkpoint.detect_format(args.src)
+        if fmt != "mesh_tf":
+            raise cli.UsageError(f"--mtf_config describes a mesh-tensorflow checkpoint; SRC {args.src} is a {fmt} "
+                                 "checkpoint that states its own config: drop --mtf_config")
     tokenizer = None
     if args.tokenizer:
         with cli.about(f"--tokenizer {args.tokenizer}"):

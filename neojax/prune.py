@@ -80,6 +80,7 @@ def main(argv=None) -> int:
         check_pruning(args.method, s)
     if not args.output:
         raise cli.UsageError("--output DST is required: where to write the pruned model")
+    cli.apart("--output", args.output, "--checkpoint", args.checkpoint)
     out = paths.path(args.output)
     if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
         raise cli.UsageError(f"--output {args.output} already exists; choose another path or pass --overwrite")

@@ -318,6 +318,9 @@ def format_plan(p, full: bool = False) -> str:
     return "\n".join(lines)
 
 
+LORA_TARGETS = r"attn/(q|v)_proj/kernel"  # the plan's default LoRA kernels (the lora config's default)
+
+
 def _shape(name_or_path: str):
     with cli.about(f"--preset {name_or_path}"):
         return model_shape(name_or_path)
@@ -333,9 +336,11 @@ def main(argv=None) -> int:
     parser.add_argument("--optimizer_moments", type=cli.nonneg_int, default=2, help="float32 param copies (Adam: 2)")
     parser.add_argument("--full", action="store_true", help="one row per parameter, layers not grouped")
     parser.add_argument("--lora_rank", type=cli.nonneg_int, default=0, help="> 0: plan LoRA fine-tuning of this rank")
-    parser.add_argument("--lora_targets", default=r"attn/(q|v)_proj/kernel", help="comma-separated regexes")
+    parser.add_argument("--lora_targets", default=LORA_TARGETS, help="comma-separated regexes")
     args = parser.parse_args(argv)
     lora = None
+    if args.lora_targets != LORA_TARGETS and not args.lora_rank:
+        raise cli.UsageError("--lora_targets chooses the kernels of a LoRA plan; add --lora_rank R or drop it")
     if args.lora_rank:
         targets = tuple(t for t in args.lora_targets.split(",") if t)
         for target in targets:

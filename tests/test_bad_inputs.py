@@ -225,6 +225,7 @@ CASES = [
     ("convert", ["{hf}", "{tmp}/out", "--to", "onnx"], "--to"),
     ("convert", ["{hf}", "{data}", "--to", "hf"], "already exists"),
     ("convert", ["{hf}", "{hf}", "--to", "hf", "--overwrite"], "DST"),
+    ("convert", ["{hf}", "{hf}/..", "--to", "hf", "--overwrite"], "holds SRC"),  # replacing it would delete SRC
     ("convert", ["{hf}", "{tmp}/out", "--to", "hf", "--tokenizer", "{tmp}/none"], "--tokenizer"),
     ("convert", ["{hf}", "{tmp}/out", "--to", "hf", "--tokenizer", "{data}"], "--tokenizer"),
     ("convert", ["{hf}", "{tmp}/out", "--to", "hf", "--tokenizer", "{bad_tokenizer_json}"], "--tokenizer"),

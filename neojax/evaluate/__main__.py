@@ -65,6 +65,8 @@ def main(argv=None) -> int:
             raise cli.UsageError("--sample_tasks is the task folder (read-only): drop "
                                  + ("--prepare" if args.prepare else "--data_dir"))
         args.data_dir = SAMPLES
+    if args.prepare_source and not args.prepare:
+        raise cli.UsageError("--prepare_source is where --prepare reads the releases; add --prepare TASKS or drop it")
     if args.prepare:
         others = [flag for flag, given in (("--checkpoint", args.checkpoint), ("--tasks", args.tasks),
                                            ("--paper_table", args.paper_table), ("--bias_report", args.bias_report),
@@ -137,6 +139,9 @@ def _check_args(args) -> dict:
         raise cli.UsageError(f"--num_fewshot {args.num_fewshot}: {', '.join(zero_shot)} "
                              f"{'is' if len(zero_shot) == 1 else 'are'} zero-shot ({ZERO_SHOT[zero_shot[0]]}); use 0, "
                              "or evaluate the few-shot tasks in a command of their own")
+    if args.kv_cache != "auto" and not GENERATES & set(names):
+        raise cli.UsageError(f"--kv_cache {args.kv_cache} is the decoding cache of generation tasks; log-likelihood "
+                             "scoring keeps none: drop it")
     if args.max_gen_toks and not GENERATES & set(names):
         raise cli.UsageError(f"--max_gen_toks applies to generation tasks ({', '.join(sorted(GENERATES)[:4])}, ...); "
                              "none is among the tasks evaluated: drop it")

@@ -121,11 +121,11 @@ class Data:
 
 def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoConfig) -> Data:
     d, t = config.data, config.train
-    if d.source in registry.names("batch_source"):  # already batches, e.g. chat (neojax.finetune.chat)
-        return Data(*registry.get("batch_source", d.source)(config, tokenizer, model_config), caches=[])
     if d.seq_len > model_config.max_position_embeddings:  # before any token is cached
         raise UsageError(f"data.seq_len={d.seq_len} exceeds the model's {model_config.max_position_embeddings}-token "
                          f"context; use --config.data.seq_len={model_config.max_position_embeddings} or less")
+    if d.source in registry.names("batch_source"):  # already batches, e.g. chat (neojax.finetune.chat)
+        return Data(*registry.get("batch_source", d.source)(config, tokenizer, model_config), caches=[])
     cache_dir = d.cache_dir or str(paths.path(workdir) / "data_cache")
     components = _components(config)
     caches = [pipeline.build_token_cache(source, args, tokenizer, cache_dir, d.valid_fraction, d.seed, d.on_error,
