@@ -2,8 +2,10 @@
 option added without a case here fails it) and runs, for each option, the command with and without
 it: the result (exit code, output, files written) must change, or the command must refuse the
 combination (exit 2, one line). Options whose effect is not in the result (a batch size, a model's
-dtype when the text stays the same) must reach what they configure. (The server's, the trainer's
-and the benchmark's options are checked by their own tests: each run takes minutes.)"""
+dtype when the text stays the same) must reach what they configure. The server and the trainer run
+for minutes: their walks record what each flag reaches (socket, model, engine, app; the run's config,
+workdir and processes) with the serving loop and the training replaced. The benchmark's options are
+not walked here (each run measures for minutes); tests/test_benchmark.py runs its sections."""
 import contextlib
 import hashlib
 import io
@@ -281,3 +283,114 @@ def test_every_option_acts_or_is_refused(command, option, places, monkeypatch):
     before = outcome(main, fill(compare_to, places, out), out, stdin)
     assert code == 0, err[-2000:]
     assert (code, text, written) != before[:2] + before[3:], f"{command} {option} changed nothing"
+
+
+# The server runs until stopped: its walk records what each option reaches (the socket, the loaded
+# model, the engine, the app) with the serving loop replaced by a return.
+SERVE_BASE = ["--checkpoint", "{hf}", "--port", "0"]
+SERVE = {
+    "--checkpoint": "base",
+    "--host": (["--host", "127.0.0.2"], "changes"),  # another loopback address
+    "--port": (["--port", "{port}"], "changes"),
+    "--max_batch": (["--max_batch", "3"], "changes"),
+    "--max_len": (["--max_len", "64"], "changes"),
+    "--chunk": (["--chunk", "8"], "changes"),
+    "--max_queue": (["--max_queue", "5"], "changes"),
+    "--dtype": (["--dtype", "bfloat16"], "changes"),
+    "--quantize": (["--quantize", "int8"], "changes"),
+    "--kv_cache": (["--kv_cache", "int8"], "changes"),
+    "--model_name": (["--model_name", "other"], "changes"),
+    "--api_key": (["--api_key", "k"], "changes"),
+    "--max_request_bytes": (["--max_request_bytes", "100"], "changes"),
+}
+
+
+def serve_reaches(argv, monkeypatch) -> tuple:
+    """(exit code, what the server was configured with) for `argv`, without serving."""
+    import uvicorn
+
+    from neojax.serve import __main__ as serve_cli
+    from neojax.serve.api import build_app as real_build_app
+    from neojax.serve.engine import Engine as RealEngine
+    seen = {}
+
+    class Engine(RealEngine):
+        def __init__(self, params, config, tokenizer, *args):
+            seen["engine"] = (config.dtype, config.kv_cache, str(sorted(jax_dtype(params))), args)
+            super().__init__(params, config, tokenizer, *args)
+
+        def warm_up(self):
+            pass
+
+        def start(self):
+            pass
+
+    def build_app(engine, name, max_bytes, key):
+        seen["app"] = (name, max_bytes, key)
+        return real_build_app(engine, name, max_bytes, key)
+
+    def run(self, sockets=None):
+        host, port = sockets[0].getsockname()[:2]
+        asked = argv[len(argv) - argv[::-1].index("--port")]  # the last --port given
+        seen["socket"] = (host, port if asked != "0" else "free")
+        sockets[0].close()
+    monkeypatch.setattr(serve_cli, "Engine", Engine)
+    monkeypatch.setattr(serve_cli, "build_app", build_app)
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    return cli.run(serve_cli.main, argv), seen
+
+
+def jax_dtype(params):
+    import jax
+    return {str(x.dtype) for x in jax.tree.leaves(params)}
+
+
+@pytest.mark.parametrize("option", options(__import__("neojax.serve.__main__", fromlist=["main"]).main))
+def test_every_server_option_acts_or_is_refused(option, places, monkeypatch):
+    from support import free_port
+    assert option in SERVE, f"serve {option}: a new option needs a case here"
+    if SERVE[option] == "base":
+        return
+    fill_port = {**places, "port": free_port()}
+    base = serve_reaches(fill(SERVE_BASE, fill_port, ""), monkeypatch)
+    got = serve_reaches(fill(SERVE_BASE + SERVE[option][0], fill_port, ""), monkeypatch)
+    assert got[0] == base[0] == 0 and got[1] != base[1], (option, got, base)
+
+
+# The trainer: each flag reaches the run (the training itself replaced by a record of its inputs).
+TRAIN_BASE = ["--config", "quickstart:smoke", "--workdir", "{out}/run"]
+TRAIN = {
+    "--config": (["--config", "quickstart"], "changes"),
+    "--workdir": (["--workdir", "{out}/elsewhere"], "changes"),
+    "--adopt_config": (["--adopt_config"], "changes"),
+    "--coordinator": (["--coordinator", "127.0.0.1:1"], "changes"),
+    "--num_processes": (["--num_processes", "1"], "changes"),
+    "--process_id": (["--process_id", "0"], "changes"),
+}
+
+
+def train_reaches(argv, monkeypatch) -> tuple:
+    from neojax.train import __main__ as train_cli
+    seen = {}
+    monkeypatch.setattr(train_cli.sharding, "initialize_distributed",
+                        lambda *a: seen.update(distributed=a))
+    monkeypatch.setattr(train_cli, "train", lambda config, workdir, adopt: seen.update(
+        run=(config.to_json_best_effort(), workdir, adopt)) or {"step": 0})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.run(train_cli.main, argv)
+    return code, seen
+
+
+@pytest.mark.parametrize("option", options(__import__("neojax.train.__main__", fromlist=["main"]).main))
+def test_every_training_option_acts(option, places, monkeypatch, tmp_path):
+    if option == "--list":  # a listing instead of a run
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert cli.run(__import__("neojax.train.__main__", fromlist=["main"]).main, ["--list"]) == 0
+        assert "quickstart" in out.getvalue() and "attention:" in out.getvalue()
+        return
+    assert option in TRAIN, f"train {option}: a new option needs a case here"
+    base = train_reaches(fill(TRAIN_BASE, places, tmp_path), monkeypatch)
+    got = train_reaches(fill(TRAIN_BASE + TRAIN[option][0], places, tmp_path), monkeypatch)
+    assert got[0] == base[0] == 0 and got[1] != base[1], (option, got, base)
