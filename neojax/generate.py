@@ -33,6 +33,7 @@ from neojax.model import backend
 from neojax.model.config import GPTNeoConfig
 from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
 from neojax.model.layers import check_tokens
+from neojax.sampling import draw
 
 NEW_TOKEN_BUCKET = 32
 MAX_PHASES = 4  # decode-loop phases with growing caches (each is compiled: see _phase_ends)
@@ -63,45 +64,6 @@ def _phase_ends(max_new: int, batch: int, prompt_len: int, config: GPTNeoConfig)
     return [-(-buckets * (j + 1) // phases) * NEW_TOKEN_BUCKET for j in range(phases)]
 
 
-FAST_FILTER = 256  # candidates of the filters' fast path
-
-
-def filter_logits(logits, temperature, top_k, top_p):
-    """Temperature, then top-k, then nucleus (top-p) filtering of logits [..., vocab]; removed
-    tokens get -inf. Settings are scalars or one per row ([...]), traced: changing them never
-    recompiles. top_k=0 and top_p=1 keep all.
-
-    Exact, and fast where it can be: the thresholds come from the FAST_FILTER largest logits when
-    top_k and the nucleus fit in them (a sort of the whole vocabulary costs far more on CPUs), from
-    a full sort otherwise."""
-    col = lambda a: jnp.asarray(a)[..., None]  # a per-row setting against [..., vocab]
-    logits = logits / col(temperature)
-    vocab = logits.shape[-1]
-    top_k = jnp.broadcast_to(top_k, logits.shape[:-1])
-    top_p = jnp.broadcast_to(top_p, logits.shape[:-1])
-
-    def thresholds(desc):
-        """(top-k threshold, nucleus threshold) from the largest logits in descending order."""
-        kth = jnp.take_along_axis(desc, jnp.clip(top_k - 1, 0, desc.shape[-1] - 1)[..., None], axis=-1)
-        desc = jnp.where((top_k[..., None] > 0) & (desc < kth), -jnp.inf, desc)
-        kept = jnp.where((top_k[..., None] > 0) & (logits < kth), -jnp.inf, logits)
-        unnormalised = jnp.exp(desc - jnp.max(kept, axis=-1, keepdims=True))  # as jax.nn.softmax computes
-        probs = unnormalised / jnp.sum(jnp.exp(kept - jnp.max(kept, axis=-1, keepdims=True)), axis=-1, keepdims=True)
-        cum = jnp.cumsum(probs, axis=-1)
-        keep = jnp.sum((cum - probs) < top_p[..., None], axis=-1, keepdims=True)  # >= 1
-        return kth, jnp.take_along_axis(desc, keep - 1, axis=-1), cum[..., -1]
-
-    if vocab > FAST_FILTER:
-        fast_kth, fast_threshold, covered = thresholds(jax.lax.top_k(logits, FAST_FILTER)[0])
-        fits = jnp.all(top_k <= FAST_FILTER) & jnp.all((top_p >= 1) | (covered >= top_p))
-        kth, threshold = jax.lax.cond(fits, lambda: (fast_kth, fast_threshold),
-                                      lambda: thresholds(jnp.sort(logits, axis=-1)[..., ::-1])[:2])
-    else:
-        kth, threshold, _ = thresholds(jnp.sort(logits, axis=-1)[..., ::-1])
-    logits = jnp.where((top_k[..., None] > 0) & (logits < kth), -jnp.inf, logits)
-    return jnp.where((top_p[..., None] < 1) & (logits < threshold), -jnp.inf, logits)
-
-
 def apply_repetition_penalty(logits, seen, penalty):
     """CTRL-style penalty as transformers applies it: seen tokens' logits /penalty (>0) or *penalty (<0)."""
     penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
@@ -113,7 +75,7 @@ def _host_step(tokens, step, done):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "greedy", "penalty", "host"))
-def _generate_program(params, transposed, tokens, mask, rng, temperature, top_k, top_p, repetition_penalty,
+def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k, top_p, repetition_penalty,
                       stop_tokens, n_new, *, config: GPTNeoConfig, max_new: int, greedy: bool, penalty: bool,
                       host: bool):
     batch, prompt_len = tokens.shape
@@ -126,18 +88,19 @@ def _generate_program(params, transposed, tokens, mask, rng, temperature, top_k,
     done = jnp.zeros((batch,), bool)
 
     def cond(c):
-        i, _, _, _, _, _, _, _, done = c
+        i, _, _, _, _, _, _, done = c
         return (i < n_new) & ~jnp.all(done)
 
     def body(c):
-        i, logits, cache, position, rng, seen, out, lengths, done = c
+        i, logits, cache, position, seen, out, lengths, done = c
         if penalty:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         if greedy:
             token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:
-            rng, key = jax.random.split(rng)
-            token = jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+            rows = jnp.arange(batch, dtype=jnp.uint32)
+            token = draw(logits, jnp.full((batch,), temperature), jnp.full((batch,), top_k), jnp.full((batch,), top_p),
+                         jnp.full((batch,), seed), rows, jnp.full((batch,), i))
         token = jnp.where(done, 0, token)
         out = out.at[:, i].set(token)
         stopped = jnp.any(token[:, None] == stop_tokens[None, :], axis=-1)
@@ -150,14 +113,14 @@ def _generate_program(params, transposed, tokens, mask, rng, temperature, top_k,
             seen = seen.at[jnp.arange(batch), token].set(True)
         position = position + 1
         logits, cache = decode_step(params, config, cache, token, position, prompt_len + i, transposed)
-        return i + 1, logits, cache, position, rng, seen, out, lengths, done
+        return i + 1, logits, cache, position, seen, out, lengths, done
 
-    carry = (jnp.int32(0), logits, cache, position, rng, seen, out, lengths, done)
+    carry = (jnp.int32(0), logits, cache, position, seen, out, lengths, done)
     for phase, end in enumerate(ends):
         if phase:
             carry = carry[:2] + (grow_cache(carry[2], config, prompt_len + end),) + carry[3:]
         carry = jax.lax.while_loop(lambda c: cond(c) & (c[0] < end), body, carry)
-    return carry[6], carry[7]
+    return carry[5], carry[6]
 
 
 _TRANSPOSED: dict = {}  # the last params' leaves (kept alive, so their ids stay theirs) -> their copies
@@ -197,14 +160,15 @@ def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalt
 def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *, max_new_tokens: int = 32,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              stop_tokens: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), seed: int = 0,
-             rng=None, truncate: bool = False,
+             truncate: bool = False,
              on_text: Optional[Callable[[int, str], None]] = None) -> Generation:
     """Continue each prompt (a string, needing `tokenizer`, or a list of token ids).
 
-    temperature 0 is greedy. stop_tokens defaults to the EOS id; stop_strings end a row once its
-    text contains one (the text is cut before it). `on_text(row, piece)` streams decoded text.
-    Prompts that leave no room for max_new_tokens within the context raise, or are left
-    truncated with truncate=True."""
+    temperature 0 is greedy; a sampled row draws as neojax.sampling says (row r with `seed` draws
+    what the server's choice r with that seed draws). stop_tokens defaults to the EOS id;
+    stop_strings end a row once its text contains one (the text is cut before it).
+    `on_text(row, piece)` streams decoded text. Prompts that leave no room for max_new_tokens
+    within the context raise, or are left truncated with truncate=True."""
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if isinstance(prompts, (str, np.ndarray)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
         prompts = [prompts]
@@ -247,7 +211,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
         transposed = decode_weights(params, config)
         out, lengths = _generate_program(
             params, transposed, jnp.asarray(tokens), jnp.asarray(mask),
-            rng if rng is not None else jax.random.key(seed),
+            np.uint32(seed % 2 ** 32),
             jnp.float32(temperature or 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.float32(repetition_penalty),
             jnp.asarray(stop_array), jnp.int32(max_new_tokens), config=config, max_new=max_new, greedy=temperature == 0,
             penalty=repetition_penalty != 1.0, host=host)

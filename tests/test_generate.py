@@ -9,9 +9,10 @@ import pytest
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf
-from neojax.generate import _generate_program, _phase_ends, apply_repetition_penalty, filter_logits, generate
+from neojax.generate import _generate_program, _phase_ends, apply_repetition_penalty, generate
 from neojax.model import GPTNeo, preset
 from neojax.model.decode import decode_step, grow_cache, prefill, transposed_kernels
+from neojax.sampling import filter_logits
 
 
 def _transformers_greedy(torch_model, prompts, n):
@@ -150,6 +151,9 @@ def test_sampling_is_reproducible_and_seed_dependent(hf_dirs):
     assert a == generate(params, config, [[1, 2, 3]] * 3, seed=7, **kw).tokens
     assert a != generate(params, config, [[1, 2, 3]] * 3, seed=8, **kw).tokens
     assert len({tuple(r) for r in a}) > 1  # rows of one batch draw independently
+    # a row's draws depend on its seed, index and step alone: not on the rows beside it or the padding
+    longer = generate(params, config, [[1, 2, 3], [1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12]], seed=7, **kw).tokens
+    assert longer[:2] == a[:2]
 
 
 def test_filters_never_keep_excluded_tokens():

@@ -15,7 +15,7 @@ LAYERS = [  # a module may import its own layer (no cycle) or a lower one
     ("neojax.sharding",),
     ("neojax.checkpoint",),
     ("neojax.finetune",),
-    ("neojax.evaluate", "neojax.generate"),
+    ("neojax.evaluate", "neojax.generate", "neojax.sampling"),
     ("neojax.train", "neojax.serve"),
     ("neojax.testing", "neojax.benchmark", "neojax.convert", "neojax.prune", "neojax.evaluate.__main__",
      "neojax.train.__main__", "neojax.serve.__main__"),

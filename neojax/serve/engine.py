@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neojax.generate import TextStream, decode_weights, filter_logits
+from neojax.generate import TextStream, decode_weights
 from neojax.model.attention import slot_cache
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
+from neojax.sampling import draw
 
 TOP_LOGPROBS = 5  # the most top logprobs a request may ask for (OpenAI's completions limit)
 _SEEDS = itertools.count(1)  # fresh seeds for requests that give none
@@ -62,11 +63,10 @@ class Sequence:
     stream: Optional[TextStream] = None
     filled: int = 0          # prompt tokens in the cache
     slot: int = -1
-    seed: int = 0            # of this choice's random stream (from settings.seed, else fresh)
+    seed: int = 0            # of the request's random streams (settings.seed, else a fresh one)
 
     def __post_init__(self):
-        base = next(_SEEDS) * 7919 % (2 ** 31) if self.settings.seed is None else self.settings.seed
-        self.seed = (base * 1_000_003 + self.choice) % (2 ** 32)
+        self.seed = (next(_SEEDS) * 7919 if self.settings.seed is None else self.settings.seed) % (2 ** 32)
 
     @property
     def length(self) -> int:
@@ -82,18 +82,10 @@ class Sequence:
         return not self.prefilling and bool(self.tokens)
 
 
-def _next(logits, temperature, top_k, top_p, seeds, draws):
-    """Per row: the next token (argmax at temperature 0, else a draw after temperature / top-k /
-    top-p), its log-probability and the top-5 (ids, log-probabilities). Steps where every row is
-    greedy skip the draw."""
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-    def draw():
-        keys = jax.vmap(lambda s, d: jax.random.fold_in(jax.random.key(s), d))(seeds, draws)
-        filtered = filter_logits(logits, jnp.maximum(temperature, 1e-6), top_k, top_p)
-        return jnp.where(temperature == 0, greedy, jax.vmap(jax.random.categorical)(keys, filtered)).astype(jnp.int32)
-
-    token = jax.lax.cond(jnp.any(temperature > 0), draw, lambda: greedy)
+def _next(logits, temperature, top_k, top_p, seeds, choices, draws):
+    """Per row: the next token (neojax.sampling: what `generate` draws with the same seed), its
+    log-probability and the top-5 (ids, log-probabilities)."""
+    token = draw(logits, temperature, top_k, top_p, seeds, choices, draws)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], top_ids, top_lp
@@ -233,11 +225,11 @@ class Engine:
                 self.slots[i] = None
 
     def _settings_arrays(self, seqs):
-        """Per row: temperature, top_k, top_p, seed and draw index (a row's n-th sampled token)."""
+        """Per row: temperature, top_k, top_p, seed, choice and draw index (a row's n-th token)."""
         get = lambda f, default, dtype: np.array([default if s is None else f(s) for s in seqs], dtype)
         return (get(lambda s: s.settings.temperature, 0.0, np.float32), get(lambda s: s.settings.top_k, 0, np.int32),
-                get(lambda s: s.settings.top_p, 1.0, np.float32),
-                get(lambda s: s.seed, 0, np.uint32), get(lambda s: len(s.tokens), 0, np.int32))
+                get(lambda s: s.settings.top_p, 1.0, np.float32), get(lambda s: s.seed, 0, np.uint32),
+                get(lambda s: s.choice, 0, np.uint32), get(lambda s: len(s.tokens), 0, np.uint32))
 
     def _prefill_chunk(self, seqs: list[Sequence]) -> None:
         (seq,), c = seqs, self.chunk
@@ -320,7 +312,7 @@ def _emit(seq: Sequence, event: dict) -> None:
         seq.cancelled = True
 
 
-def _prefill(params, cache, tokens, slot, start, count, targets, temperature, top_k, top_p, seeds, draws, *,
+def _prefill(params, cache, tokens, slot, start, count, targets, temperature, top_k, top_p, seeds, choices, draws, *,
              config, scored):
     """One prompt chunk into one slot (written in place). Returns the cache, with `scored` each
     position's log-probability of the next prompt token and its top-5 (else zeros: only the last
@@ -331,17 +323,17 @@ def _prefill(params, cache, tokens, slot, start, count, targets, temperature, to
                                   method=GPTNeo.extend)
         c = tokens.shape[0]
         return (cache, jnp.zeros(c), jnp.zeros((c, TOP_LOGPROBS), jnp.int32), jnp.zeros((c, TOP_LOGPROBS)),
-                *_next(last, temperature, top_k, top_p, seeds, draws))
+                *_next(last, temperature, top_k, top_p, seeds, choices, draws))
     logits, cache = model.apply({"params": params}, tokens[None], start[None], cache, slot, method=GPTNeo.extend)
     logp = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
     target_lp = jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0]
     top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
     last = jax.lax.dynamic_index_in_dim(logits[0], count - 1, axis=0, keepdims=True)
-    return (cache, target_lp, top_ids, top_lp, *_next(last, temperature, top_k, top_p, seeds, draws))
+    return (cache, target_lp, top_ids, top_lp, *_next(last, temperature, top_k, top_p, seeds, choices, draws))
 
 
-def _decode(params, transposed, cache, tokens, starts, temperature, top_k, top_p, seeds, draws, *, config):
+def _decode(params, transposed, cache, tokens, starts, temperature, top_k, top_p, seeds, choices, draws, *, config):
     """One token for every row at its own position. Returns the cache and each row's next token."""
     variables = {"params": params} if transposed is None else {"params": params, "transposed": transposed}
     logits, cache = GPTNeo(config).apply(variables, tokens[:, None], starts, cache, method=GPTNeo.extend)
-    return (cache, *_next(logits[:, 0], temperature, top_k, top_p, seeds, draws))
+    return (cache, *_next(logits[:, 0], temperature, top_k, top_p, seeds, choices, draws))

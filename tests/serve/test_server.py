@@ -90,6 +90,16 @@ def test_chat_uses_the_chat_template(client, tiny):
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == want
 
 
+def test_the_server_samples_what_generate_samples(client, tiny):
+    """One sampler: choice j of a request with seed S is what `generate` draws for row j with seed S."""
+    kw = dict(temperature=1.3, top_k=40, top_p=0.9)
+    out = client.completions.create(model="tiny", prompt=PROMPTS[1], max_tokens=10, seed=11, n=2,
+                                    temperature=kw["temperature"], top_p=kw["top_p"], extra_body={"top_k": 40})
+    want = generate(tiny.params, tiny.config, [PROMPTS[1]] * 2, tiny.tokenizer, max_new_tokens=10, seed=11, **kw)
+    assert [c.text for c in sorted(out.choices, key=lambda c: c.index)] == want.texts
+    assert want.texts[0] != want.texts[1]
+
+
 def test_sampling_n_and_seed(client):
     a = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=12, temperature=1.0, n=3, seed=7)
     b = client.completions.create(model="tiny", prompt=PROMPTS[2], max_tokens=12, temperature=1.0, n=3, seed=7)
