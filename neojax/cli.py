@@ -105,7 +105,6 @@ def _typed(convert, check, want: str):
 
 positive_int = _typed(int, lambda v: v > 0, "a positive integer")
 nonneg_int = _typed(int, lambda v: v >= 0, "a non-negative integer (0 = off)")
-finite_float = _typed(float, math.isfinite, "a finite number")
 nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 probability = _typed(float, lambda v: math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]")

@@ -19,6 +19,7 @@ import functools
 import math
 import os
 import sys
+import weakref
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -123,21 +124,26 @@ def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k
     return carry[5], carry[6]
 
 
-_TRANSPOSED: dict = {}  # the last params' leaves (kept alive, so their ids stay theirs) -> their copies
+_TRANSPOSED: dict = {}  # weak references to the last params' leaves, their dtype, and their copies
 
 
 def decode_weights(params, config: GPTNeoConfig):
     """The weight copies decode steps multiply by, or None: [out, in] (twice as fast on CPUs) and in
     the compute dtype (no per-token conversion of float32 weights; int8 stays int8). Reused while
     the same arrays are passed (interactive sessions, repeated calls, a server): the copy is a pass
-    over every weight, not worth repeating."""
+    over every weight, not worth repeating. The cache holds the params weakly: once they are gone
+    (a training hook's, say), so is their copy."""
     if not (backend.xla_cpu_workarounds(config) or config.dtype != "float32"):
         return None
     dtype = config.dtype
     leaves = jax.tree.leaves(params)
-    if [id(x) for x in _TRANSPOSED.get("leaves", ())] != [id(x) for x in leaves] or _TRANSPOSED.get("dtype") != dtype:
+    cached = _TRANSPOSED.get("leaves", ())
+    if len(cached) != len(leaves) or any(r() is not x for r, x in zip(cached, leaves)) or \
+            _TRANSPOSED.get("dtype") != dtype:
         _TRANSPOSED.clear()  # free the previous copy first
-        _TRANSPOSED.update(leaves=leaves, dtype=dtype, value=_transposed_kernels(params, dtype))
+        _TRANSPOSED.update(leaves=[weakref.ref(x) for x in leaves], dtype=dtype,
+                           value=_transposed_kernels(params, dtype))
+        weakref.finalize(leaves[0], _TRANSPOSED.clear)
     return _TRANSPOSED["value"]
 
 

@@ -26,7 +26,7 @@ from neojax.model.gpt_neo import GPTNeo, init_params
 SEQ = 24  # > window and several blocks of each blocked kernel
 
 
-def check_config(name: str, num_layers: int = 2, **overrides) -> GPTNeoConfig:
+def variant_config(name: str, num_layers: int = 2, **overrides) -> GPTNeoConfig:
     """A tiny model whose every layer is `name`, with windows and blocks small enough that SEQ
     crosses them. Large init so that any leak between positions shows in the logits."""
     registry.get("attention", name)  # unknown names list the registry
@@ -52,7 +52,7 @@ def check_shapes(name: str) -> str:
     padding mask); the model's logits are float32 [batch, time, vocab] in float32 and bfloat16."""
     attend = jax.jit(registry.get("attention", name).attend, static_argnums=4)
     for dtype in (jnp.float32, jnp.bfloat16):
-        config = check_config(name, dtype=jnp.dtype(dtype).name)
+        config = variant_config(name, dtype=jnp.dtype(dtype).name)
         q, k, v = (jax.random.normal(key, (2, SEQ, config.num_heads, config.head_dim), dtype)
                    for key in jax.random.split(jax.random.key(1), 3))
         positions = jnp.broadcast_to(jnp.arange(SEQ), (2, SEQ))
@@ -70,7 +70,7 @@ def check_shapes(name: str) -> str:
 
 def check_causality(name: str) -> float:
     """Changing the tokens after position t never changes the logits at or before t."""
-    config = check_config(name)
+    config = variant_config(name)
     params, tokens, apply = _setup(config)
     base = np.asarray(apply({"params": params}, tokens))
     rng, worst = np.random.default_rng(1), 0.0
@@ -91,7 +91,7 @@ def check_causality(name: str) -> float:
 def check_window(name: str) -> int | None:
     """A one-layer model sees exactly the window the variant claims: a token at s reaches the
     outputs at s .. s + W - 1 and none after; with no window (None) it reaches the last position."""
-    config = check_config(name, num_layers=1)
+    config = variant_config(name, num_layers=1)
     window = registry.get("attention", name).window(config)
     params, tokens, apply = _setup(config)
     base = np.asarray(apply({"params": params}, tokens))
@@ -115,7 +115,7 @@ def check_decoding(name: str, prompt: int = 6) -> float:
     with one row left padded; the steps use the [out, in] weight copies generate uses on CPUs,
     and the cache starts 1 slot past the prompt (a windowed layer: short of its ring) and is
     grown (grow_cache) as generate does."""
-    config = check_config(name)
+    config = variant_config(name)
     params, tokens, apply = _setup(config)
     mask = np.ones_like(tokens)
     mask[0, :3] = 0
@@ -142,7 +142,7 @@ def check_sharding(name: str) -> float | str:
     devices; with one device there is nothing to compare."""
     if jax.device_count() == 1:
         return "skipped: one device (the test suite checks on 8)"
-    config = check_config(name)
+    config = variant_config(name)
     params, tokens, apply = _setup(config, batch=4)
     n = jax.device_count()
     tensor = math.gcd(n, config.num_heads)

@@ -259,3 +259,20 @@ def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path):
     assert r.stdout.count("> ") == 3
     r = _cli("--checkpoint", tiny_hf_with_tokenizer, "--prompt", "x", "--top_p", "2")
     assert r.returncode == 2 and "argument --top_p: '2' is not a number in (0, 1]" in r.stderr
+
+
+def test_the_decode_copy_of_the_weights_goes_with_them(hf_dirs):
+    """decode_weights reuses its copy while the same params come back, and holds them weakly: once
+    the params are gone (a training hook's, say) the copy is freed too."""
+    import gc
+
+    from neojax import generate as gen
+    directory, _, _ = hf_dirs["window7_inner40"]
+    config, params, _ = load_hf(directory)
+    config = config.replace(platform="cpu")
+    params = jax.tree.map(jnp.asarray, params)
+    first = gen.decode_weights(params, config)
+    assert gen.decode_weights(params, config) is first  # reused
+    del params, first
+    gc.collect()
+    assert gen._TRANSPOSED == {}

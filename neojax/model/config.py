@@ -6,6 +6,7 @@ import json
 from typing import Any, Optional, Sequence
 
 from neojax import paths
+from neojax.model.backend import PLATFORMS
 
 ATTENTION_TYPES_HELP = 'attention_types looks like [[["global", "local"], 6]]: a list of [pattern, repeats] pairs'
 
@@ -27,11 +28,13 @@ def expand_attention_types(attention_types: Sequence, num_layers: int) -> tuple[
     return tuple(layers)
 
 
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
+    """An integer, not a boolean (JSON and configs carry true as 1 otherwise)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v) -> bool:
+def is_number(v) -> bool:
+    """A finite int or float, not a boolean."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
@@ -78,14 +81,14 @@ class GPTNeoConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "window_size", "max_position_embeddings"):
-            _need(name, getattr(self, name), lambda v: _is_int(v) and v > 0, "a positive integer")
-        _need("intermediate_size", self.intermediate_size, lambda v: v is None or (_is_int(v) and v > 0),
+            _need(name, getattr(self, name), lambda v: is_int(v) and v > 0, "a positive integer")
+        _need("intermediate_size", self.intermediate_size, lambda v: v is None or (is_int(v) and v > 0),
               "a positive integer or null")
         for name in ("local_block_size", "global_block_size", "bos_token_id", "eos_token_id"):
-            _need(name, getattr(self, name), lambda v: _is_int(v) and v >= 0, "an integer >= 0")
-        _need("layer_norm_epsilon", self.layer_norm_epsilon, lambda v: _is_num(v) and v > 0, "a number > 0")
+            _need(name, getattr(self, name), lambda v: is_int(v) and v >= 0, "an integer >= 0")
+        _need("layer_norm_epsilon", self.layer_norm_epsilon, lambda v: is_number(v) and v > 0, "a number > 0")
         for name in ("embed_dropout", "attention_dropout", "resid_dropout", "initializer_range"):
-            _need(name, getattr(self, name), lambda v: _is_num(v) and 0 <= v < 1, "a number in [0, 1)")
+            _need(name, getattr(self, name), lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)")
         expand_attention_types(self.attention_types, self.num_layers)
         object.__setattr__(self, "attention_types", _freeze_attention_types(self.attention_types))
         if self.hidden_size % self.num_heads:
@@ -94,7 +97,7 @@ class GPTNeoConfig:
             raise ValueError(f"activation_function={self.activation_function!r}: GPT-Neo uses 'gelu_new' (or 'gelu')")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
-        if self.platform not in ("auto", "cpu", "gpu", "tpu"):
+        if self.platform not in PLATFORMS:
             raise ValueError(f"platform={self.platform!r}: choose 'auto', 'cpu', 'gpu' or 'tpu'")
         if self.kv_cache not in ("auto", "int8"):
             raise ValueError(f"kv_cache={self.kv_cache!r}: choose 'auto' or 'int8'")

@@ -10,7 +10,6 @@ import glob
 import importlib.util
 import inspect
 import json
-import math
 import os
 import re
 
@@ -25,7 +24,7 @@ import neojax.train.optim  # noqa: F401
 from neojax import paths, registry, sharding
 from neojax.cli import UsageError
 from neojax.data.sources import expand_paths
-from neojax.model.config import PRESETS, preset
+from neojax.model.config import PRESETS, is_int, is_number, preset
 
 EXPERIMENT_DIRS = [os.path.join(os.getcwd(), "experiments"),
                    os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -227,14 +226,6 @@ def _flat(d, prefix="") -> dict:
     return out
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Validate a whole training config before any work: types, ranges, registered names, paths.
     Raises a UsageError with one line per problem, each naming the key and the fix."""
@@ -250,22 +241,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     for key in ("train.total_steps", "train.global_batch", "train.microbatches", "train.log_every",
                 "train.max_nonfinite_streak", "checkpoint.every_steps", "checkpoint.keep", "data.seq_len",
                 "eval.valid_batches", "eval.sample_max_new_tokens"):
-        need(key, lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+        need(key, lambda v: is_int(v) and v >= 1, "must be an integer >= 1")
     for key in ("checkpoint.keep_period", "eval.every_steps", "eval.task_limit", "eval.num_fewshot",
                 "optimizer.warmup_steps", "optimizer.decay_steps", "data.train_sentencepiece", "lora.rank",
                 "train.seed", "data.seed"):
-        need(key, lambda v: _is_int(v) and v >= 0, "must be an integer >= 0 (0 = off / default)")
-    need("optimizer.lr", lambda v: _is_num(v) and v > 0, "the learning rate must be a finite number > 0")
-    need("optimizer.eps", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
+        need(key, lambda v: is_int(v) and v >= 0, "must be an integer >= 0 (0 = off / default)")
+    need("optimizer.lr", lambda v: is_number(v) and v > 0, "the learning rate must be a finite number > 0")
+    need("optimizer.eps", lambda v: is_number(v) and v > 0, "must be a finite number > 0")
     for key in ("optimizer.weight_decay", "optimizer.clip", "train.z_loss", "eval.sample_temperature"):
-        need(key, lambda v: _is_num(v) and v >= 0, "must be a finite number >= 0 (0 = off)")
+        need(key, lambda v: is_number(v) and v >= 0, "must be a finite number >= 0 (0 = off)")
     for key in ("optimizer.b1", "optimizer.b2", "data.valid_fraction"):
-        need(key, lambda v: _is_num(v) and 0 <= v < 1, "must be a number in [0, 1)")
-    need("eval.sample_top_p", lambda v: _is_num(v) and 0 < v <= 1, "must be a number in (0, 1] (1 = off)")
-    need("optimizer.final_lr_ratio", lambda v: _is_num(v) and 0 <= v <= 1, "must be a number in [0, 1]")
-    need("lora.alpha", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
-    need("distill.temperature", lambda v: _is_num(v) and v > 0, "must be a finite number > 0")
-    need("distill.alpha", lambda v: _is_num(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+        need(key, lambda v: is_number(v) and 0 <= v < 1, "must be a number in [0, 1)")
+    need("eval.sample_top_p", lambda v: is_number(v) and 0 < v <= 1, "must be a number in (0, 1] (1 = off)")
+    need("optimizer.final_lr_ratio", lambda v: is_number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
+    need("lora.alpha", lambda v: is_number(v) and v > 0, "must be a finite number > 0")
+    need("distill.temperature", lambda v: is_number(v) and v > 0, "must be a finite number > 0")
+    need("distill.alpha", lambda v: is_number(v) and 0 <= v <= 1, "must be a number in [0, 1]")
     teacher, objective = c.get("distill", {}).get("teacher"), c.get("objective")
     if objective == "distill" and not teacher:
         errors.append("--config.objective=distill: needs a teacher; set --config.distill.teacher=CHECKPOINT")
@@ -277,11 +268,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     need("model.remat", lambda v: v in ("none", "full", "dots"), "choose 'none', 'full' or 'dots'")
     need("data.on_error", lambda v: v in ("raise", "skip"), "choose 'raise' or 'skip'")
     t = c.get("train", {})
-    if _is_int(t.get("global_batch")) and _is_int(t.get("microbatches")) and t["microbatches"] >= 1 \
+    if is_int(t.get("global_batch")) and is_int(t.get("microbatches")) and t["microbatches"] >= 1 \
             and t["global_batch"] % t["microbatches"]:
         errors.append(f"--config.train.microbatches={t['microbatches']}: must divide train.global_batch="
                       f"{t['global_batch']}")
-    if _is_int(get("data.train_sentencepiece")) and 0 < get("data.train_sentencepiece") < 260:
+    if is_int(get("data.train_sentencepiece")) and 0 < get("data.train_sentencepiece") < 260:
         errors.append(f"--config.data.train_sentencepiece={get('data.train_sentencepiece')}: a byte-fallback "
                       "sentencepiece model needs at least 260 pieces (256 bytes + specials)")
     _check_names(c, errors)
@@ -319,7 +310,7 @@ def _check_names(c: dict, errors: list) -> None:
                 if part["source"] in registry.names("data_source"):
                     _check_source_args(part["source"], part.get("source_args") or {},
                                        f"data.mixture[{i}].source_args", errors)
-                if not (_is_num(part.get("weight", 1.0)) and part.get("weight", 1.0) > 0):
+                if not (is_number(part.get("weight", 1.0)) and part.get("weight", 1.0) > 0):
                     errors.append(f"--config.data.mixture[{i}].weight={part.get('weight')!r}: must be a number > 0")
     if "objective" in c:
         _registered("objective", c["objective"], "objective", errors)
@@ -388,7 +379,7 @@ def _check_model(c: dict, errors: list) -> None:
         for kind in sorted(set(model_config.attention_layers)):
             _registered("attention", kind, "model.overrides.attention_types", errors)
         seq_len = c.get("data", {}).get("seq_len")
-        if _is_int(seq_len) and seq_len > model_config.max_position_embeddings:
+        if is_int(seq_len) and seq_len > model_config.max_position_embeddings:
             errors.append(f"--config.data.seq_len={seq_len}: exceeds the model's max_position_embeddings="
                           f"{model_config.max_position_embeddings}; lower it or raise "
                           "model.overrides.max_position_embeddings")

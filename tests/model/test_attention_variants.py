@@ -9,7 +9,7 @@ from neojax import registry
 from neojax.model import GPTNeoConfig
 from neojax.model.attention import AttentionVariant
 from neojax.model.variants import alibi_attention, alibi_slopes, linear_attention, rotary
-from neojax.testing import CHECKS, check_causality, check_config, check_window
+from neojax.testing import CHECKS, check_causality, check_window, variant_config
 
 
 @pytest.mark.parametrize("check", sorted(CHECKS))
@@ -55,7 +55,7 @@ def test_rotary_matches_float64_rotation_and_is_relative():
     """RoFormer's rotation of pairs (i, i + d/2) by angle pos * 10000^(-2i/d), in float64; and
     q.k after rotation depends only on the distance between the two positions."""
     q, k, _ = _qkv(t=5)
-    cfg = check_config("rotary", hidden_size=32, num_heads=4)
+    cfg = variant_config("rotary", hidden_size=32, num_heads=4)
     positions = np.array([[0, 1, 2, 3, 4], [7, 8, 9, 10, 200]])
     rq, rk = (np.asarray(x, np.float64) for x in rotary(jnp.asarray(q), jnp.asarray(k), jnp.asarray(positions), cfg))
     d = cfg.head_dim
@@ -72,7 +72,7 @@ def test_rotary_matches_float64_rotation_and_is_relative():
 
 def test_partial_rotary_leaves_the_rest_untouched():
     q, k, _ = _qkv(t=4)
-    cfg = check_config("rotary", hidden_size=32, num_heads=4)
+    cfg = variant_config("rotary", hidden_size=32, num_heads=4)
     rq, _ = rotary(jnp.asarray(q), jnp.asarray(k), jnp.arange(4)[None], cfg, fraction=0.25)
     np.testing.assert_array_equal(np.asarray(rq)[..., 2:], q[..., 2:])
     assert not np.allclose(np.asarray(rq)[:, 1:, :, :2], q[:, 1:, :, :2])
@@ -89,7 +89,7 @@ def test_alibi_slopes_follow_the_paper():
 def test_alibi_matches_float64_reference(block):
     q, k, v = _qkv()
     t, h = q.shape[1], q.shape[2]
-    cfg = check_config("alibi", global_block_size=block)
+    cfg = variant_config("alibi", global_block_size=block)
     key_mask = np.ones((2, t), bool)
     key_mask[1, :4] = False
     ours = np.asarray(alibi_attention(q, k, v, key_mask, cfg))
@@ -107,7 +107,7 @@ def test_linear_attention_matches_float64_definition(t):
     q, k, v = _qkv(t=t, seed=t)
     key_mask = np.ones((2, t), bool)
     key_mask[1, :5] = False
-    cfg = check_config("linear")
+    cfg = variant_config("linear")
     ours = np.asarray(jax.jit(linear_attention, static_argnums=4)(q, k, v, key_mask, cfg))
     phi = lambda x: np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0)))
     weights = np.einsum("bqhd,bkhd->bhqk", phi(q.astype(np.float64)), phi(k.astype(np.float64)))
@@ -122,7 +122,7 @@ def test_linear_attention_matches_float64_definition(t):
 def test_rotary_model_differs_from_global_only_by_the_rotation():
     """With positions all zero the rotation is the identity, so rotary layers equal global ones."""
     from neojax.model import GPTNeo, init_params
-    glob, rot = check_config("global"), check_config("rotary")
+    glob, rot = variant_config("global"), variant_config("rotary")
     params = init_params(glob, jax.random.key(0))
     tokens = np.random.default_rng(0).integers(0, 64, size=(2, 10))
     zeros = np.zeros_like(tokens)
@@ -141,6 +141,6 @@ def test_unknown_variant_lists_the_registry():
 
 
 def test_export_to_transformers_refuses_variants_it_cannot_run():
-    cfg = check_config("rotary")
+    cfg = variant_config("rotary")
     with pytest.raises(ValueError, match="rotary.*global.*local"):
         cfg.to_hf_dict()
