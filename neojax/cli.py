@@ -27,8 +27,11 @@ USAGE_EXIT, INTERNAL_EXIT = 2, 1
 
 
 
-# Exceptions that mean the user's input (a flag, a file, a directory) is wrong, not neojax.
+# What reading an input (a flag's value, a file, a directory) raises when the input is wrong: inside
+# `about(input)` these become UsageErrors naming the input. Anywhere else a ValueError or KeyError is
+# a bug in neojax and is reported as one (exit 1), never blamed on the user's input.
 INPUT_ERRORS = (UsageError, ValueError, KeyError, OSError, re.error)
+USER_ERRORS = (UsageError, OSError)  # what `run` reports as the user's (a file missing, a disk full, ...)
 
 
 def message(error: BaseException) -> str:
@@ -55,7 +58,7 @@ def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except INPUT_ERRORS as e:
+    except USER_ERRORS as e:
         if debug():
             raise
         print(f"error: {message(e)}", file=sys.stderr)

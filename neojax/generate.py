@@ -185,17 +185,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     eos = tokenizer.eos_id if tokenizer is not None else config.eos_token_id
     encoded = [list(tokenizer.encode(p)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
     encoded = [ids or [eos] for ids in encoded]  # an empty prompt starts from <|endoftext|>
-    room = config.max_position_embeddings - max_new_tokens
-    if room < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
-                         f"max_position_embeddings={config.max_position_embeddings}")
-    for row, ids in enumerate(encoded):
-        if len(ids) > room:
-            if not truncate:
-                raise ValueError(f"prompt {row} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} at most "
-                                 f"{room} fit in the {config.max_position_embeddings}-token context. Shorten it, "
-                                 "lower max_new_tokens, or pass truncate=True (--truncate) to keep its last tokens")
-            encoded[row] = ids[-room:]
+    encoded = fit(encoded, max_new_tokens, config, truncate)
     longest = max(len(ids) for ids in encoded)
     prompt_len = _bucket(longest, config.max_position_embeddings)
     tokens = np.zeros((len(encoded), prompt_len), np.int32)
@@ -232,6 +222,23 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
         if host:
             watcher.flush()  # text held back as a possible stop-string prefix
     return Generation(tokens=new, prompt_tokens=encoded, texts=texts)
+
+
+def fit(encoded: list[list[int]], max_new_tokens: int, config: GPTNeoConfig, truncate: bool) -> list[list[int]]:
+    """The prompts (token ids) with room for max_new_tokens in the context: a longer one raises a
+    ValueError naming it, or (truncate) keeps its last tokens."""
+    room = config.max_position_embeddings - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                         f"max_position_embeddings={config.max_position_embeddings}")
+    out = []
+    for row, ids in enumerate(encoded):
+        if len(ids) > room and not truncate:
+            raise ValueError(f"prompt {row} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} at most "
+                             f"{room} fit in the {config.max_position_embeddings}-token context. Shorten it, "
+                             "lower max_new_tokens, or pass truncate=True (--truncate) to keep its last tokens")
+        out.append(ids[-room:])
+    return out
 
 
 def _cut(text: str, stop_strings: Sequence[str]) -> str:
@@ -357,6 +364,8 @@ def main(argv=None) -> int:
     if args.interactive:
         return _interactive(model, settings, args.seed)
     batch = [p for p in prompts for _ in range(args.num_samples)]
+    with cli.about("--prompt"):
+        fit([model.tokenizer.encode(p) or [0] for p in prompts], args.max_new_tokens, model.config, args.truncate)
     streaming = len(batch) == 1
     if streaming:
         sys.stdout.write(batch[0])

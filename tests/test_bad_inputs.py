@@ -169,7 +169,7 @@ CASES = [
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "piqa", "--num_fewshot", "1"],
      "piqa.train.jsonl"),
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "lambada_openai", "--num_fewshot", "5"],
-     "num_fewshot=5"),
+     "--num_fewshot 5"),
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "wikitext", "--num_fewshot", "1"],
      "wikitext is zero-shot (a perplexity task"),
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "piqa,toxigen", "--num_fewshot", "1"],

@@ -15,12 +15,22 @@ def test_run_turns_input_errors_into_one_line_and_exit_2(capsys):
     assert capsys.readouterr().err == "error: /data/x.jsonl: No such file or directory\n"
 
     def multi(_):
-        raise ValueError("first\n   second")
-    assert cli.run(multi, []) == 2 and capsys.readouterr().err == "error: first second\n"
+        with cli.about("--tasks"):  # reading an input: its ValueError is the input's fault
+            raise ValueError("first\n   second")
+    assert cli.run(multi, []) == 2 and capsys.readouterr().err == "error: --tasks: first second\n"
 
     def regex(_):
-        re.compile("(")
+        with cli.about("--lora_targets"):
+            re.compile("(")
     assert cli.run(regex, []) == 2 and "invalid regular expression '('" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [ValueError("bad shape"), KeyError("h_0")])
+def test_a_value_or_key_error_outside_an_input_is_a_bug_not_the_users(error, capsys):
+    """A ValueError or KeyError raised by neojax's own code exits 1 as a bug, not 2 blaming the input."""
+    def bug(_):
+        raise error
+    assert cli.run(bug, []) == 1 and "internal" in capsys.readouterr().err
 
 
 def test_run_reports_a_bug_in_one_line_with_exit_1_and_debug_reraises(capsys, monkeypatch):

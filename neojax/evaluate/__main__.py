@@ -21,6 +21,7 @@ import sys
 from neojax import __version__, checkpoint, cli, paths, registry
 from neojax import evaluate as ev
 from neojax.data import sources
+from neojax.errors import UsageError
 from neojax.evaluate import bias, prepare
 from neojax.evaluate.tasks import GENERATES, SAMPLES, ZERO_SHOT, EmptySubset, available
 
@@ -150,10 +151,16 @@ def _check_args(args) -> dict:
     loaded = {}
     for t in names:
         try:
-            loaded[t] = ev.load_task(args.data_dir, t, args.num_fewshot, args.tfds_data_dir)
-        except EmptySubset:
-            if not args.bias_report:
+            with cli.about(f"--tasks {t}"):
+                loaded[t] = ev.load_task(args.data_dir, t, args.num_fewshot, args.tfds_data_dir)
+        except UsageError as e:
+            if not (args.bias_report and isinstance(e.__context__, EmptySubset)):
                 raise  # asked for by name: say so; in the report the category shows '-'
+            continue
+        few = len(loaded[t][1])
+        if args.num_fewshot and few < args.num_fewshot:
+            raise cli.UsageError(f"--num_fewshot {args.num_fewshot}: {t}'s few-shot file holds {few} records; give "
+                                 f"more, or use --num_fewshot {few}")
     if args.bias_report:
         args.output = args.output or "bias_report.json"
         cli.writable_output("--output", args.output)
@@ -161,6 +168,8 @@ def _check_args(args) -> dict:
         if pattern:
             with cli.about(f"{flag} {pattern}"):
                 sources.expand_paths(pattern)
+                if not any(t.strip() for t in _texts(args)):
+                    raise cli.UsageError("no text to score: the files are empty")
     if args.output:
         cli.writable_output("--output", args.output)
     return loaded

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from neojax import paths, registry, sharding
+from neojax import cli, paths, registry, sharding
 from neojax.checkpoint.io import write_model_card
 from neojax.checkpoint.manager import Checkpointer
 from neojax.cli import UsageError, duration
@@ -57,7 +57,8 @@ def train(config, workdir: str, adopt_config: bool = False) -> dict:
 def _train(config, wd: Workdir, mesh, rules) -> dict:
     workdir = wd.path
     main_process = jax.process_index() == 0
-    setup = registry.get("objective", config.objective)(config, workdir)
+    with cli.about("--config"):  # the data, tokenizer and checkpoints the config names
+        setup = registry.get("objective", config.objective)(config, workdir)
     model_config, tokenizer, init_params, data = setup.model_config, setup.tokenizer, setup.params, setup.data
     optimizer, schedule = make_optimizer(config.optimizer, config.train.total_steps)
 
