@@ -9,7 +9,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from neojax import registry
 from neojax.evaluate import evaluate
@@ -27,24 +26,12 @@ def _summed_nll(model_config):
     return jax.jit(f)
 
 
-def unigram_loss(data) -> float:
-    """Cross entropy (nats/token) of the best context-free model: training-split token frequencies
-    (add-one smoothed) scored on the validation targets. A trained LM must go far below it."""
-    vocab = max(int(c.meta["vocab_size"]) for c in data.caches)
-    counts = sum(np.bincount(np.asarray(c.train), minlength=vocab) for c in data.caches) + 1.0
-    logp = np.log(counts / counts.sum())
-    targets = np.concatenate([b[:, 1:].ravel() for b in data.valid])
-    return float(-logp[targets].mean())
-
-
 @registry.register("eval", "valid_loss")
-def valid_loss(params, *, model_config, tokenizer, data, step, **_):
+def valid_loss(params, *, model_config, tokenizer, data, config, step, **_):
     """Loss, perplexity and bits per byte on the held-out split (fixed batches), beside the
     unigram baseline. For chat data (dict batches) the loss is over response tokens only."""
-    if not data.valid or getattr(data, "names", None) is not None:  # none, or a classification run's
+    if not data.valid or config.objective == "classify":  # a classifier's validation is `classification`'s
         return {}
-    if data.caches and not hasattr(data, "_unigram"):
-        data._unigram = unigram_loss(data)
     nll = count = 0.0
     n_bytes = 0
     for batch in data.valid:
@@ -58,9 +45,9 @@ def valid_loss(params, *, model_config, tokenizer, data, step, **_):
     if n_bytes:
         out["valid/bits_per_byte"] = nll / math.log(2) / n_bytes
         line += f" bits/byte {out['valid/bits_per_byte']:.3f}"
-    if data.caches:
-        out.update({"valid/unigram_loss": data._unigram, "valid/unigram_perplexity": math.exp(data._unigram)})
-        line += f" (unigram baseline: loss {data._unigram:.4f}, perplexity {out['valid/unigram_perplexity']:.1f})"
+    if data.unigram is not None:
+        out.update({"valid/unigram_loss": data.unigram, "valid/unigram_perplexity": math.exp(data.unigram)})
+        line += f" (unigram baseline: loss {data.unigram:.4f}, perplexity {out['valid/unigram_perplexity']:.1f})"
     if jax.process_index() == 0:
         print(line, flush=True)
     return out
@@ -69,7 +56,7 @@ def valid_loss(params, *, model_config, tokenizer, data, step, **_):
 @registry.register("eval", "classification")
 def classification(params, *, model_config, data, config, step, **_):
     """Accuracy and macro F1 on the validation examples of a `classify` run."""
-    if getattr(data, "names", None) is None or data.valid is None:
+    if data.valid is None:  # check_config allows this hook on classify runs only
         return {}
     report = classify.report(GPTNeoClassifier(model_config, len(data.names)), params, data, config.train.global_batch)
     if jax.process_index() == 0:

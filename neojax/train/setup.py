@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -9,6 +10,7 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
 
 from neojax import checkpoint, paths, registry
 from neojax.data import pipeline, sources
@@ -117,6 +119,19 @@ class Data:
     train: pipeline.TrainBatches
     valid: list
     caches: list
+
+    @functools.cached_property
+    def unigram(self) -> Optional[float]:
+        """Cross entropy (nats/token) of the best context-free model: training-split token
+        frequencies (add-one smoothed) scored on the validation targets; None without token caches
+        (chat batches) or validation batches. A trained LM must go far below it."""
+        if not (self.caches and self.valid):
+            return None
+        vocab = max(int(c.meta["vocab_size"]) for c in self.caches)
+        counts = sum(np.bincount(np.asarray(c.train), minlength=vocab) for c in self.caches) + 1.0
+        logp = np.log(counts / counts.sum())
+        targets = np.concatenate([b[:, 1:].ravel() for b in self.valid])
+        return float(-logp[targets].mean())
 
 
 def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoConfig) -> Data:
