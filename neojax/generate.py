@@ -363,19 +363,20 @@ def main(argv=None) -> int:
         return _chat(model, settings, args.seed, args.system)
     if args.interactive:
         return _interactive(model, settings, args.seed)
-    batch = [p for p in prompts for _ in range(args.num_samples)]
-    with cli.about("--prompt"):
-        fit([model.tokenizer.encode(p) or [0] for p in prompts], args.max_new_tokens, model.config, args.truncate)
+    with cli.about("--prompt"):  # encoded and fitted once, here, where a prompt too long is the user's
+        encoded = fit([model.tokenizer.encode(p) or [model.tokenizer.eos_id] for p in prompts], args.max_new_tokens,
+                      model.config, args.truncate)
+    batch = [ids for ids in encoded for _ in range(args.num_samples)]
     streaming = len(batch) == 1
     if streaming:
-        sys.stdout.write(batch[0])
+        sys.stdout.write(prompts[0])
     out = generate(model.params, model.config, batch, model.tokenizer, seed=args.seed,
                    on_text=_stream_to(sys.stdout) if streaming else None, **settings)
     if streaming:
         print()
     else:
-        for i, (prompt, text) in enumerate(zip(batch, out.texts)):
-            print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompt}{text}")
+        for i, text in enumerate(out.texts):
+            print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompts[i // args.num_samples]}{text}")
     return 0
 
 

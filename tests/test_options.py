@@ -15,7 +15,9 @@ import shutil
 import sys
 from pathlib import Path
 
+import jax
 import pytest
+import uvicorn
 
 from neojax import cli
 from neojax import convert as convert_cli
@@ -24,6 +26,10 @@ from neojax import prune as prune_cli
 from neojax import sharding as sharding_cli
 from neojax.evaluate import __main__ as evaluate_cli
 from neojax.evaluate.tasks import SAMPLES
+from neojax.serve import __main__ as serve_cli
+from neojax.serve.api import build_app as real_build_app
+from neojax.serve.engine import Engine as RealEngine
+from neojax.train import __main__ as train_cli
 
 pytestmark = pytest.mark.slow  # about a hundred runs of the commands (the fast subset: -m 'not slow')
 
@@ -307,16 +313,12 @@ SERVE = {
 
 def serve_reaches(argv, monkeypatch) -> tuple:
     """(exit code, what the server was configured with) for `argv`, without serving."""
-    import uvicorn
-
-    from neojax.serve import __main__ as serve_cli
-    from neojax.serve.api import build_app as real_build_app
-    from neojax.serve.engine import Engine as RealEngine
     seen = {}
 
     class Engine(RealEngine):
         def __init__(self, params, config, tokenizer, *args):
-            seen["engine"] = (config.dtype, config.kv_cache, str(sorted(jax_dtype(params))), args)
+            seen["engine"] = (config.dtype, config.kv_cache, sorted({str(x.dtype) for x in jax.tree.leaves(params)}),
+                              args)
             super().__init__(params, config, tokenizer, *args)
 
         def warm_up(self):
@@ -340,21 +342,20 @@ def serve_reaches(argv, monkeypatch) -> tuple:
     return cli.run(serve_cli.main, argv), seen
 
 
-def jax_dtype(params):
-    import jax
-    return {str(x.dtype) for x in jax.tree.leaves(params)}
+def assert_each_reaches(reaches, table: dict, base: list, option: str, places: dict, monkeypatch) -> None:
+    """The command with `option` configures something other than without it (both start)."""
+    if table[option] == "base":
+        return
+    before = reaches(fill(base, places, places["root"]), monkeypatch)
+    after = reaches(fill(base + table[option][0], places, places["root"]), monkeypatch)
+    assert after[0] == before[0] == 0 and after[1] != before[1], (option, after, before)
 
 
-@pytest.mark.parametrize("option", options(__import__("neojax.serve.__main__", fromlist=["main"]).main))
+@pytest.mark.parametrize("option", options(serve_cli.main))
 def test_every_server_option_acts_or_is_refused(option, places, monkeypatch):
     from support import free_port
     assert option in SERVE, f"serve {option}: a new option needs a case here"
-    if SERVE[option] == "base":
-        return
-    fill_port = {**places, "port": free_port()}
-    base = serve_reaches(fill(SERVE_BASE, fill_port, ""), monkeypatch)
-    got = serve_reaches(fill(SERVE_BASE + SERVE[option][0], fill_port, ""), monkeypatch)
-    assert got[0] == base[0] == 0 and got[1] != base[1], (option, got, base)
+    assert_each_reaches(serve_reaches, SERVE, SERVE_BASE, option, {**places, "port": free_port()}, monkeypatch)
 
 
 # The trainer: each flag reaches the run (the training itself replaced by a record of its inputs).
@@ -370,7 +371,7 @@ TRAIN = {
 
 
 def train_reaches(argv, monkeypatch) -> tuple:
-    from neojax.train import __main__ as train_cli
+    """(exit code, what the run was given) for `argv`, the training replaced by a record of its inputs."""
     seen = {}
     monkeypatch.setattr(train_cli.sharding, "initialize_distributed",
                         lambda *a: seen.update(distributed=a))
@@ -382,15 +383,7 @@ def train_reaches(argv, monkeypatch) -> tuple:
     return code, seen
 
 
-@pytest.mark.parametrize("option", options(__import__("neojax.train.__main__", fromlist=["main"]).main))
-def test_every_training_option_acts(option, places, monkeypatch, tmp_path):
-    if option == "--list":  # a listing instead of a run
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            assert cli.run(__import__("neojax.train.__main__", fromlist=["main"]).main, ["--list"]) == 0
-        assert "quickstart" in out.getvalue() and "attention:" in out.getvalue()
-        return
+@pytest.mark.parametrize("option", options(train_cli.main))
+def test_every_training_option_acts(option, places, monkeypatch):
     assert option in TRAIN, f"train {option}: a new option needs a case here"
-    base = train_reaches(fill(TRAIN_BASE, places, tmp_path), monkeypatch)
-    got = train_reaches(fill(TRAIN_BASE + TRAIN[option][0], places, tmp_path), monkeypatch)
-    assert got[0] == base[0] == 0 and got[1] != base[1], (option, got, base)
+    assert_each_reaches(train_reaches, TRAIN, TRAIN_BASE, option, places, monkeypatch)

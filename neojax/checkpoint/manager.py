@@ -27,6 +27,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from neojax import paths
 from neojax.checkpoint.io import first_line, quiet_orbax, unreadable
 from neojax.cli import UsageError
+from neojax.model.quant import param_bytes
 
 UPLOADED = "neojax-uploaded"  # the last object of a staged checkpoint: its presence says it is complete
 
@@ -120,7 +121,7 @@ class Checkpointer:
         last = self.latest_step()
         on_disk = _tree_bytes(os.path.join(where, str(last))) if last is not None else 0
         # the last checkpoint's size (or the arrays'), with room for the save's metadata and temporary files
-        need = int(1.1 * max(on_disk, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))) + 2 ** 20
+        need = int(1.1 * max(on_disk, param_bytes(state))) + 2 ** 20
         free = shutil.disk_usage(where).free
         if free < need:
             raise UsageError(f"{self._full(step)}: the disk has {_mb(free)} free, a checkpoint needs about "

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Optional
 
 from neojax import __version__, checkpoint, cli, paths, registry
 from neojax import evaluate as ev
@@ -80,8 +81,8 @@ def main(argv=None) -> int:
         return 0
     if not args.checkpoint:
         raise cli.UsageError("--checkpoint is required (a Hugging Face or neojax directory, or a training workdir)")
-    loaded = _check_args(args)
-    out = _run(args, loaded)
+    loaded, texts = _check_args(args)
+    out = _run(args, loaded, texts)
     if args.output:
         paths.write_text(args.output, json.dumps(_finite(out), indent=2))
         print(f"wrote {args.output}")
@@ -97,9 +98,10 @@ def _finite(value):
     return None if isinstance(value, float) and value != value else value
 
 
-def _check_args(args) -> dict:
+def _check_args(args) -> tuple[dict, Optional[list[str]]]:
     """Everything that can be checked before a model is loaded: names, files, the output path.
-    Returns the tasks' records (task -> (records, few-shot records)), read and checked once."""
+    Returns the tasks' records (task -> (records, few-shot records)) and the --text_files / --jsonl
+    texts (or None), each read and checked once."""
     task_names = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not (task_names or args.text_files or args.jsonl or args.paper_table or args.bias_report):
         raise cli.UsageError("nothing to evaluate: give --tasks (e.g. lambada_openai,piqa), --text_files, --jsonl, "
@@ -164,18 +166,20 @@ def _check_args(args) -> dict:
     if args.bias_report:
         args.output = args.output or "bias_report.json"
         cli.writable_output("--output", args.output)
+    texts = None
     for flag, pattern in (("--text_files", args.text_files), ("--jsonl", args.jsonl)):
         if pattern:
             with cli.about(f"{flag} {pattern}"):
                 sources.expand_paths(pattern)
-                if not any(t.strip() for t in _texts(args)):
+                texts = _texts(args)
+                if not any(t.strip() for t in texts):
                     raise cli.UsageError("no text to score: the files are empty")
     if args.output:
         cli.writable_output("--output", args.output)
-    return loaded
+    return loaded, texts
 
 
-def _run(args, loaded: dict) -> dict:
+def _run(args, loaded: dict, texts: Optional[list[str]]) -> dict:
     rows, results_all = {}, {}
     for path in args.checkpoint:
         with cli.about(f"--checkpoint {path}"):
@@ -199,12 +203,11 @@ def _run(args, loaded: dict) -> dict:
                               args.max_gen_toks)
         pile = [str(p) for p in (paths.path(args.data_dir) / "pile.jsonl", paths.path(args.data_dir) / "pile.jsonl.zst")
                 if p.exists()]
-        texts = _texts(args) if (args.text_files or args.jsonl) else (
-            list(sources.jsonl(pile[0])) if args.paper_table and pile else None)
-        if texts is not None:
+        scored = texts if texts is not None else (list(sources.jsonl(pile[0])) if args.paper_table and pile else None)
+        if scored is not None:
             scorer = ev.Scorer(model.params, model.config, model.tokenizer, args.batch_size, max_len)
-            key = "pile" if args.paper_table and not (args.text_files or args.jsonl) else "perplexity"
-            results[key] = ev.perplexity_of_texts(scorer, texts[:args.limit] if args.limit else texts,
+            key = "pile" if texts is None else "perplexity"
+            results[key] = ev.perplexity_of_texts(scorer, scored[:args.limit] if args.limit else scored,
                                                   args.stride or None)
         for task, metrics in results.items():
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and not k.endswith("seconds")}

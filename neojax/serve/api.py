@@ -431,14 +431,13 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            for chunk in (schema.CompletionChunk, schema.ChatCompletionChunk):  # named only inside event schemas
-                body = chunk.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(body.pop("$defs", {}))
-                schemas[chunk.__name__] = body
-            for path, model in (("/v1/completions", api.CompletionRequest), ("/v1/chat/completions", api.ChatRequest)):
+            bodies = {"/v1/completions": api.CompletionRequest, "/v1/chat/completions": api.ChatRequest}
+            # the chunks are named only inside the event schemas, so FastAPI does not list them
+            for model in (schema.CompletionChunk, schema.ChatCompletionChunk, *bodies.values()):
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 schemas.update(body.pop("$defs", {}))
                 schemas[model.__name__] = body
+            for path, model in bodies.items():
                 doc["paths"][path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
                     "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
             if api_key:
