@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Optional
 
 import jax
@@ -117,12 +118,15 @@ def quiet_orbax() -> None:
     """A failed save or restore makes orbax, its asyncio tasks and tensorstore's callbacks report
     every failing read or write (hundreds of tracebacks for one full disk or one damaged file,
     some at exit); the failure itself still reaches the caller, which reports it in one line. Drop
-    those reports, keep every other: log records, unraisable exceptions and exceptions printed from
-    C (tensorstore calling into a closed event loop)."""
+    those reports, keep every other: log records, warnings, unraisable exceptions and exceptions
+    printed from C (tensorstore calling into a closed event loop)."""
     for name in ("asyncio", "absl"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _OrbaxRecords) for f in logger.filters):
             logger.addFilter(_OrbaxRecords())
+    # a failed restore's read coroutines, collected unawaited, warn from orbax's own modules
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning,
+                            module=r"orbax\.")
     if getattr(sys.unraisablehook, "neojax", False):
         return
     previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
