@@ -2,9 +2,11 @@
 an uninterrupted run: a checkpoint this user may not read (not "damaged": nothing is moved), a
 zero-byte file in a checkpoint (set aside without traceback spam), a lost config.json, and a full
 disk (one line at the save that failed; the last good checkpoint intact)."""
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +23,15 @@ WORKER = str(Path(__file__).resolve().parents[1] / "_train_worker.py")
 def _run(corpus, tokenizer, workdir, prefix=(), total=TOTAL, *extra):
     """The run in its own process, optionally under `prefix` (setpriv, unshare)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(WORKER).parent), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([*prefix, sys.executable, WORKER, corpus, tokenizer.source, workdir, str(total), *extra],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = subprocess.Popen([*prefix, sys.executable, WORKER, corpus, tokenizer.source, workdir, str(total), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:  # the run is a grandchild under unshare's shell: end the whole group, whatever happened
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def _without_root_file_access():
