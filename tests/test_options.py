@@ -296,7 +296,7 @@ def test_every_option_acts_or_is_refused(command, option, places, monkeypatch):
 SERVE_BASE = ["--checkpoint", "{hf}", "--port", "0"]
 SERVE = {
     "--checkpoint": "base",
-    "--host": (["--host", "127.0.0.2"], "changes"),  # another loopback address
+    "--host": (["--host", "localhost"], "changes"),  # the same loopback socket, named as the user named it
     "--port": (["--port", "{port}"], "changes"),
     "--max_batch": (["--max_batch", "3"], "changes"),
     "--max_len": (["--max_len", "64"], "changes"),
@@ -334,7 +334,7 @@ def serve_reaches(argv, monkeypatch) -> tuple:
     def run(self, sockets=None):
         host, port = sockets[0].getsockname()[:2]
         asked = argv[len(argv) - argv[::-1].index("--port")]  # the last --port given
-        seen["socket"] = (host, port if asked != "0" else "free")
+        seen["socket"] = (self.config.host, host, port if asked != "0" else "free")
         sockets[0].close()
     monkeypatch.setattr(serve_cli, "Engine", Engine)
     monkeypatch.setattr(serve_cli, "build_app", build_app)
