@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from neojax import registry
 from neojax.model import attention as _attention  # noqa: F401  (registers global and local)
-from neojax.model import backend
+from neojax.model import backend, modes
 from neojax.model import variants as _variants  # noqa: F401  (registers rotary, alibi, linear)
 from neojax.model.config import GPTNeoConfig
 from neojax.model.layers import (
@@ -41,29 +41,26 @@ class SelfAttention(nn.Module):
     attention_type: str
 
     @nn.compact
-    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None, starts=None,
-                 row=None):
-        """Returns (output, layer cache): attend over x (and start a cache of `cache_length` slots if
-        given); with `cache`, attend from x's one new token at `slot` over the cache, or with
-        `starts`, from each row's new tokens at its own slots (serving)."""
+    def __call__(self, x, key_mask, positions, mode: modes.Mode, cache=None):
+        """Returns (output, this layer's cache): what `mode` says (see neojax.model.modes)."""
         cfg = self.config
         b, t, _ = x.shape
         q, k, v = (y.reshape(b, t, cfg.num_heads, cfg.head_dim) for y in qkv(self, cfg, x))
         variant = registry.get("attention", self.attention_type)
         if variant.qk is not None:  # rotary and other position-dependent query/key maps
             q, k = variant.qk(q, k, positions, cfg)
-        if starts is not None:
-            y, cache = variant.extend(q, k, v, cache, starts, cfg, row)
-        elif cache is not None:
-            y, cache = variant.decode(q, k, v, cache, slot, cfg)
+        if isinstance(mode, modes.Extend):
+            y, cache = variant.extend(q, k, v, cache, mode.starts, cfg, mode.row)
+        elif isinstance(mode, modes.Decode):
+            y, cache = variant.decode(q, k, v, cache, mode.slot, cfg)
         else:
             drop = nn.Dropout(cfg.attention_dropout)
-            y = variant.attend(q, k, v, key_mask, cfg, lambda p: drop(p, deterministic=deterministic),
+            y = variant.attend(q, k, v, key_mask, cfg, lambda p: drop(p, deterministic=not mode.train),
                                positions=positions)
-            if cache_length is not None:
-                cache = variant.start_cache(k, v, key_mask, cache_length, cfg)
+            if isinstance(mode, modes.Prefill):
+                cache = variant.start_cache(k, v, key_mask, mode.length, cfg)
         y = dense(cfg, cfg.hidden_size, ("heads", "embed"), "out_proj")(y.reshape(b, t, cfg.hidden_size))
-        return nn.Dropout(cfg.resid_dropout)(y, deterministic=deterministic), cache
+        return nn.Dropout(cfg.resid_dropout)(y, deterministic=not mode.train), cache
 
 
 class MLP(nn.Module):
@@ -85,15 +82,14 @@ class Block(nn.Module):
     attention_type: str
 
     @nn.compact
-    def __call__(self, x, key_mask, positions, deterministic, cache=None, slot=None, cache_length=None, starts=None,
-                 row=None):
+    def __call__(self, x, key_mask, positions, mode: modes.Mode, cache=None):
         cfg = self.config
         if backend.xla_cpu_workarounds(cfg):
             x = backend.gradient_boundary(x)
         y, cache = SelfAttention(cfg, self.attention_type, name="attn")(
-            layer_norm(cfg, "ln_1")(x), key_mask, positions, deterministic, cache, slot, cache_length, starts, row)
+            layer_norm(cfg, "ln_1")(x), key_mask, positions, mode, cache)
         x = x + y
-        x = x + MLP(cfg, name="mlp")(layer_norm(cfg, "ln_2")(x), deterministic)
+        x = x + MLP(cfg, name="mlp")(layer_norm(cfg, "ln_2")(x), deterministic=not mode.train)
         return nn.with_logical_constraint(x, ACTIVATION_AXES), cache
 
 
@@ -108,8 +104,7 @@ class GPTNeo(nn.Module):
                               (cfg.vocab_size, cfg.hidden_size), jnp.float32)
         self.wpe = self.param("wpe", init(cfg.initializer_range, ("position", "embed")),
                               (cfg.max_position_embeddings, cfg.hidden_size), jnp.float32)
-        block = Block if cfg.remat == "none" else nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat],
-                                                           static_argnums=(4, 7))  # deterministic, cache_length
+        block = Block if cfg.remat == "none" else nn.remat(Block, policy=_REMAT_POLICIES[cfg.remat])
         self.h = [block(cfg, kind) for kind in cfg.attention_layers]
         self.ln_f = layer_norm(cfg)
         self.embed_dropout = nn.Dropout(cfg.embed_dropout)
@@ -130,19 +125,18 @@ class GPTNeo(nn.Module):
             position_ids = position_ids_from_segments(segment_ids) if position_ids is None else position_ids
         key_mask = None if attention_mask is None else (segment_ids if segment_ids is not None
                                                         else attention_mask.astype(bool))
-        x, _ = self._blocks(tokens, key_mask, position_ids, attention_mask, deterministic)
+        x, _ = self._blocks(tokens, key_mask, position_ids, attention_mask, modes.Full(train=not deterministic))
         return x
 
     def prefill(self, tokens, attention_mask, cache_length: int):
         """Run a left-padded prompt once. Returns (logits of its last slot [batch, vocab], the cache:
         one dict per layer, sized for `cache_length` slots)."""
-        x, cache = self._blocks(tokens, attention_mask.astype(bool), None, attention_mask, True,
-                                cache_length=cache_length)
+        x, cache = self._blocks(tokens, attention_mask.astype(bool), None, attention_mask, modes.Prefill(cache_length))
         return self.head(x[:, -1]), cache
 
     def decode(self, tokens, position_ids, cache, slot):
         """One new token per row ([batch, 1]) at cache `slot`. Returns (logits [batch, vocab], cache)."""
-        x, cache = self._blocks(tokens, None, position_ids, None, True, cache=cache, slot=slot)
+        x, cache = self._blocks(tokens, None, position_ids, None, modes.Decode(slot), cache)
         return self.head(x[:, 0]), cache
 
     def extend(self, tokens, starts, cache, row=None, last=None):
@@ -151,7 +145,7 @@ class GPTNeo(nn.Module):
         (see extend_attention). Returns (logits [batch, C, vocab], cache), or with `last` only the
         logits at that position ([batch, vocab])."""
         positions = jnp.minimum(starts[:, None] + jnp.arange(tokens.shape[1]), self.config.max_position_embeddings - 1)
-        x, cache = self._blocks(tokens, None, positions, None, True, cache=cache, starts=starts, row=row)
+        x, cache = self._blocks(tokens, None, positions, None, modes.Extend(starts, row), cache)
         if last is not None:
             x = jax.lax.dynamic_index_in_dim(x, last, axis=1, keepdims=False)
         return self.head(x), cache
@@ -174,18 +168,16 @@ class GPTNeo(nn.Module):
             wte = wte * jnp.take(self.get_variable("params", "wte_scale"), tokens, axis=0)[..., None]
         return (wte + jnp.take(self.wpe, positions, axis=0)).astype(self.config.dtype)
 
-    def _blocks(self, tokens, key_mask, positions, attention_mask, deterministic, cache=None, slot=None,
-                cache_length=None, starts=None, row=None):
+    def _blocks(self, tokens, key_mask, positions, attention_mask, mode: modes.Mode, cache=None):
         check_tokens(tokens, self.config, positions)
         if positions is None:
             positions = (position_ids_from_mask(attention_mask) if attention_mask is not None
                          else jnp.arange(tokens.shape[1])[None, :])
-        x = nn.with_logical_constraint(self.embed_dropout(self.embed(tokens, positions), deterministic=deterministic),
+        x = nn.with_logical_constraint(self.embed_dropout(self.embed(tokens, positions), deterministic=not mode.train),
                                        ACTIVATION_AXES)
         caches = []
         for i, block in enumerate(self.h):
-            x, layer_cache = block(x, key_mask, positions, deterministic, None if cache is None else cache[i], slot,
-                                   cache_length, starts, row)
+            x, layer_cache = block(x, key_mask, positions, mode, None if cache is None else cache[i])
             caches.append(layer_cache)
         return self.ln_f(x), caches
 

@@ -15,7 +15,7 @@ import functools
 import itertools
 import threading
 import traceback
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -82,13 +82,38 @@ class Sequence:
         return not self.prefilling and bool(self.tokens)
 
 
-def _next(logits, temperature, top_k, top_p, seeds, choices, draws):
-    """Per row: the next token (neojax.sampling: what `generate` draws with the same seed), its
-    log-probability and the top-5 (ids, log-probabilities)."""
-    token = draw(logits, temperature, top_k, top_p, seeds, choices, draws)
+class Sampling(NamedTuple):
+    """Per row: its sampling settings, seed, choice index and draw index (its n-th token)."""
+    temperature: np.ndarray
+    top_k: np.ndarray
+    top_p: np.ndarray
+    seeds: np.ndarray
+    choices: np.ndarray
+    draws: np.ndarray
+
+
+class Scores(NamedTuple):
+    """Per position (or row): a token's log-probability and the top-5 ids and log-probabilities."""
+    logprob: jax.Array
+    top_ids: jax.Array
+    top_lp: jax.Array
+
+
+class Drawn(NamedTuple):
+    token: jax.Array
+    scores: Scores
+
+
+def _scores(logits, tokens) -> Scores:
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
-    return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0], top_ids, top_lp
+    return Scores(jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0], top_ids, top_lp)
+
+
+def _next(logits, sampling: Sampling) -> Drawn:
+    """Per row: the next token (neojax.sampling: what `generate` draws with the same seed) and its scores."""
+    token = draw(logits, *sampling)
+    return Drawn(token, _scores(logits, token))
 
 
 class Engine:
@@ -116,9 +141,9 @@ class Engine:
         zeros = lambda n, dtype=np.int32: np.zeros(n, dtype)
         for scored in (False, True):
             self.cache, *_ = self._prefill(self.params, self.cache, zeros(c), np.int32(0), np.int32(0), np.int32(1),
-                                           zeros(c), *self._settings_arrays([None]), scored=scored)
-        self.cache, *_ = self._decode(self.params, self.transposed, self.cache, zeros(b), zeros(b),
-                                      *self._settings_arrays([None] * b))
+                                           zeros(c), self._sampling([None]), scored=scored)
+        self.cache, _ = self._decode(self.params, self.transposed, self.cache, zeros(b), zeros(b),
+                                     self._sampling([None] * b))
         jax.block_until_ready(self.cache)
 
     def start(self) -> None:
@@ -224,12 +249,13 @@ class Engine:
             if seq is not None and seq.cancelled:
                 self.slots[i] = None
 
-    def _settings_arrays(self, seqs):
-        """Per row: temperature, top_k, top_p, seed, choice and draw index (a row's n-th token)."""
+    def _sampling(self, seqs) -> Sampling:
+        """The rows' sampling settings (an empty row: greedy)."""
         get = lambda f, default, dtype: np.array([default if s is None else f(s) for s in seqs], dtype)
-        return (get(lambda s: s.settings.temperature, 0.0, np.float32), get(lambda s: s.settings.top_k, 0, np.int32),
-                get(lambda s: s.settings.top_p, 1.0, np.float32), get(lambda s: s.seed, 0, np.uint32),
-                get(lambda s: s.choice, 0, np.uint32), get(lambda s: len(s.tokens), 0, np.uint32))
+        return Sampling(get(lambda s: s.settings.temperature, 0.0, np.float32),
+                        get(lambda s: s.settings.top_k, 0, np.int32), get(lambda s: s.settings.top_p, 1.0, np.float32),
+                        get(lambda s: s.seed, 0, np.uint32), get(lambda s: s.choice, 0, np.uint32),
+                        get(lambda s: len(s.tokens), 0, np.uint32))
 
     def _prefill_chunk(self, seqs: list[Sequence]) -> None:
         (seq,), c = seqs, self.chunk
@@ -239,21 +265,20 @@ class Engine:
         tokens[:len(piece)] = piece
         following = seq.prompt[start + 1:start + 1 + c]
         targets[:len(following)] = following
-        self.cache, target_lp, top_ids, top_lp, token, token_lp, t_ids, t_lp = self._prefill(
+        self.cache, prompt, drawn = self._prefill(
             self.params, self.cache, tokens, np.int32(seq.slot), np.int32(start), np.int32(len(piece)), targets,
-            *self._settings_arrays([seq]), scored=seq.echo_logprobs)
+            self._sampling([seq]), scored=seq.echo_logprobs)
         if seq.echo_logprobs:
-            target_lp, top_ids, top_lp = jax.device_get((target_lp, top_ids, top_lp))
+            prompt = jax.device_get(prompt)
             for i in range(len(following)):
-                seq.prompt_logprobs.append(float(target_lp[i]))
-                seq.prompt_top.append(list(zip(top_ids[i].tolist(), top_lp[i].tolist())))
+                seq.prompt_logprobs.append(float(prompt.logprob[i]))
+                seq.prompt_top.append(list(zip(prompt.top_ids[i].tolist(), prompt.top_lp[i].tolist())))
         seq.filled += len(piece)
         if seq.filled == len(seq.prompt):  # the prompt's last position gives the first new token
             if seq.settings.max_tokens == 0:
                 self._finish(seq, "length")
             else:
-                token, token_lp, t_ids, t_lp = jax.device_get((token, token_lp, t_ids, t_lp))
-                self._accept(seq, int(token[0]), float(token_lp[0]), t_ids[0], t_lp[0])
+                self._accept(seq, jax.device_get(drawn), 0)
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
         rows = [None] * self.max_batch
@@ -262,24 +287,26 @@ class Engine:
         tokens = np.array([0 if s is None else s.tokens[-1] for s in rows], np.int32)
         # a row left out writes its (ignored) entry where its own next step will write anyway
         starts = np.array([0 if p is None else p.length if p.decoding else p.filled for p in self.slots], np.int32)
-        self.cache, token, token_lp, top_ids, top_lp = self._decode(self.params, self.transposed, self.cache, tokens,
-                                                                     starts, *self._settings_arrays(rows))
-        token, token_lp, top_ids, top_lp = jax.device_get((token, token_lp, top_ids, top_lp))
+        self.cache, drawn = self._decode(self.params, self.transposed, self.cache, tokens, starts,
+                                         self._sampling(rows))
+        drawn = jax.device_get(drawn)
         for i, seq in enumerate(rows):
             if seq is not None and not seq.cancelled:
                 try:  # the host's part of one sequence (stop strings, text, its listener) fails only that one
-                    self._accept(seq, int(token[i]), float(token_lp[i]), top_ids[i], top_lp[i])
+                    self._accept(seq, drawn, i)
                 except Exception:
                     traceback.print_exc()
                     self._finish(seq, "error")
 
-    def _accept(self, seq: Sequence, token: int, logprob: float, top_ids, top_lp) -> None:
-        """A new token for seq: stop at EOS, a stop string, max_tokens or the end of the context."""
+    def _accept(self, seq: Sequence, drawn: Drawn, row: int) -> None:
+        """Row `row` of drawn (on the host) is seq's new token: stop at EOS, a stop string,
+        max_tokens or the end of the context."""
+        token = int(drawn.token[row])
         if token == self.tokenizer.eos_id:
             return self._finish(seq, "stop")
         seq.tokens.append(token)
-        seq.logprobs.append(logprob)
-        seq.top.append(list(zip(top_ids.tolist(), top_lp.tolist())))
+        seq.logprobs.append(float(drawn.scores.logprob[row]))
+        seq.top.append(list(zip(drawn.scores.top_ids[row].tolist(), drawn.scores.top_lp[row].tolist())))
         text, stopped = seq.stream.add(token)
         if text:
             _emit(seq, {"text": text, "tokens": len(seq.tokens)})
@@ -312,28 +339,24 @@ def _emit(seq: Sequence, event: dict) -> None:
         seq.cancelled = True
 
 
-def _prefill(params, cache, tokens, slot, start, count, targets, temperature, top_k, top_p, seeds, choices, draws, *,
-             config, scored):
-    """One prompt chunk into one slot (written in place). Returns the cache, with `scored` each
-    position's log-probability of the next prompt token and its top-5 (else zeros: only the last
-    position's logits are computed), and the token sampled after the chunk's last valid position."""
+def _prefill(params, cache, tokens, slot, start, count, targets, sampling: Sampling, *, config, scored):
+    """One prompt chunk into one slot (written in place). Returns the cache, with `scored` the Scores
+    of each position's next prompt token (else zeros: only the last position's logits are
+    computed), and the token Drawn after the chunk's last valid position."""
     model = GPTNeo(config)
     if not scored:
         last, cache = model.apply({"params": params}, tokens[None], start[None], cache, slot, count - 1,
                                   method=GPTNeo.extend)
         c = tokens.shape[0]
-        return (cache, jnp.zeros(c), jnp.zeros((c, TOP_LOGPROBS), jnp.int32), jnp.zeros((c, TOP_LOGPROBS)),
-                *_next(last, temperature, top_k, top_p, seeds, choices, draws))
+        zeros = Scores(jnp.zeros(c), jnp.zeros((c, TOP_LOGPROBS), jnp.int32), jnp.zeros((c, TOP_LOGPROBS)))
+        return cache, zeros, _next(last, sampling)
     logits, cache = model.apply({"params": params}, tokens[None], start[None], cache, slot, method=GPTNeo.extend)
-    logp = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
-    target_lp = jnp.take_along_axis(logp, targets[:, None], axis=-1)[:, 0]
-    top_lp, top_ids = jax.lax.top_k(logp, TOP_LOGPROBS)
     last = jax.lax.dynamic_index_in_dim(logits[0], count - 1, axis=0, keepdims=True)
-    return (cache, target_lp, top_ids, top_lp, *_next(last, temperature, top_k, top_p, seeds, choices, draws))
+    return cache, _scores(logits[0], targets), _next(last, sampling)
 
 
-def _decode(params, transposed, cache, tokens, starts, temperature, top_k, top_p, seeds, choices, draws, *, config):
-    """One token for every row at its own position. Returns the cache and each row's next token."""
+def _decode(params, transposed, cache, tokens, starts, sampling: Sampling, *, config):
+    """One token for every row at its own position. Returns the cache and each row's token Drawn."""
     variables = {"params": params} if transposed is None else {"params": params, "transposed": transposed}
     logits, cache = GPTNeo(config).apply(variables, tokens[:, None], starts, cache, method=GPTNeo.extend)
-    return (cache, *_next(logits[:, 0], temperature, top_k, top_p, seeds, choices, draws))
+    return cache, _next(logits[:, 0], sampling)

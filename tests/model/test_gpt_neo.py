@@ -70,6 +70,38 @@ def test_remat_changes_nothing_numerically(remat):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
 
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_every_decoding_mode_runs_through_rematerialised_blocks(remat):
+    """Prefill, Decode and Extend (neojax.model.modes) pass through nn.remat like any pytree: a
+    config trained with remat decodes exactly as one without."""
+    from neojax.model.attention import slot_cache
+    from neojax.model.decode import decode_step, prefill
+    config = preset("tiny")
+    params = init_params(config, jax.random.key(0))
+    tokens, mask = jnp.arange(12).reshape(2, 6) % config.vocab_size, jnp.ones((2, 6), jnp.int32)
+
+    def run(cfg):
+        logits, cache, position = prefill(params, cfg, tokens, mask, 10)
+        stepped, _ = decode_step(params, cfg, cache, jnp.argmax(logits, -1), position + 1, 6)
+        slots = [slot_cache(2, cfg.num_heads, 16, cfg.head_dim, jnp.float32) for _ in cfg.attention_layers]
+        extended, _ = GPTNeo(cfg).apply({"params": params}, tokens, jnp.array([0, 3]), slots, method=GPTNeo.extend)
+        return logits, stepped, extended
+
+    for plain, rematted in zip(run(config), run(config.replace(remat=remat))):
+        np.testing.assert_allclose(rematted, plain, atol=1e-6)
+
+
+def test_dropout_follows_the_full_pass_train_flag():
+    config = preset("tiny").replace(embed_dropout=0.5, attention_dropout=0.5, resid_dropout=0.5)
+    params = init_params(config, jax.random.key(0))
+    tokens = jnp.arange(16).reshape(2, 8)
+    model = GPTNeo(config)
+    evaluated = model.apply({"params": params}, tokens)
+    np.testing.assert_array_equal(evaluated, model.apply({"params": params}, tokens))
+    trained = model.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    assert np.abs(np.asarray(trained) - np.asarray(evaluated)).max() > 1e-3
+
+
 def test_init_shapes_and_logical_axes():
     from neojax.model import logical_axes, param_shapes
     config = preset("tiny")

@@ -9,7 +9,7 @@ import pytest
 
 from neojax.generate import generate
 from neojax.model.quant import quantize_params
-from neojax.serve.engine import Engine, Sequence, Settings
+from neojax.serve.engine import Engine, Sampling, Sequence, Settings
 
 
 def _run(engine, prompts, max_tokens):
@@ -47,10 +47,11 @@ def test_engine_matches_generate(tiny, variant):
 POISON = 666  # the seed of the sequence whose steps fail
 
 
-def _poisoned(program, seeds_at):
+def _poisoned(program):
     """`program`, failing whenever a row it runs carries the POISON seed (as a bad input might)."""
     def run(*args, **kwargs):
-        if POISON in np.asarray(args[seeds_at]).tolist():
+        sampling = next(a for a in args if isinstance(a, Sampling))
+        if POISON in np.asarray(sampling.seeds).tolist():
             raise FloatingPointError("injected failure")
         return program(*args, **kwargs)
     return run
@@ -63,9 +64,9 @@ def test_a_failing_sequence_ends_alone_and_the_others_finish(tiny, where):
     engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=4, chunk=8)
     engine.warm_up()
     if where == "decode":
-        engine._decode = _poisoned(engine._decode, seeds_at=8)
+        engine._decode = _poisoned(engine._decode)
     elif where == "prefill":
-        engine._prefill = _poisoned(engine._prefill, seeds_at=10)
+        engine._prefill = _poisoned(engine._prefill)
     engine.start()
     prompts = [tiny.tokenizer.encode(t) for t in ("The quick brown fox", "Once", "def hello():\n", "A B C")]
     done = threading.Event()
