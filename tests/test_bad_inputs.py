@@ -12,9 +12,9 @@ import pytest
 from neojax import benchmark as benchmark_cli
 from neojax import cli
 from neojax import convert as convert_cli
-from neojax import generate as generate_cli
 from neojax import sharding as sharding_cli
 from neojax.evaluate import __main__ as evaluate_cli
+from neojax.generate import __main__ as generate_cli
 from neojax.train import __main__ as train_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,8 @@ import pytest
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf
-from neojax.generate import _generate_program, _phase_ends, apply_repetition_penalty, generate
+from neojax.generate import apply_repetition_penalty, generate
+from neojax.generate.loop import _generate_program, _phase_ends
 from neojax.model import GPTNeo, preset
 from neojax.model.decode import decode_step, grow_cache, prefill, transposed_kernels
 from neojax.sampling import filter_logits
@@ -210,6 +211,30 @@ def test_stop_strings_streaming_and_text(tiny_hf_with_tokenizer):
     assert halted.tokens[0] == free.tokens[0][:free.tokens[0].index(first)]
 
 
+def test_streaming_calls_in_threads_each_stream_their_own_text(tiny_hf_with_tokenizer):
+    """The compiled loop's host callback finds its own call's watcher (by call number), so calls
+    running at once in threads (a notebook's, a hook's) never stream into each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from neojax.generate import loop
+    model = checkpoint.load(tiny_hf_with_tokenizer)
+    prompts = ["Once upon a time", "def hello():", "The quick brown fox", "A B C D"]
+
+    def streamed(prompt):
+        pieces = []
+        out = generate(model.params, model.config, [prompt], model.tokenizer, max_new_tokens=16, stop_tokens=(),
+                       on_text=lambda row, piece: pieces.append(piece))
+        return "".join(pieces), out.texts[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(streamed, prompts * 2))
+    alone = [generate(model.params, model.config, [p], model.tokenizer, max_new_tokens=16, stop_tokens=()).texts[0]
+             for p in prompts]
+    assert [text for _, text in results] == alone * 2
+    assert [pieces for pieces, _ in results] == alone * 2
+    assert loop._WATCHERS == {}  # each call's watcher leaves with it
+
+
 def test_one_compilation_per_bucket(hf_dirs):
     directory, _, _ = hf_dirs["window7_inner40"]
     config, params, _ = load_hf(directory)
@@ -266,7 +291,7 @@ def test_the_decode_copy_of_the_weights_goes_with_them(hf_dirs):
     the params are gone (a training hook's, say) the copy is freed too."""
     import gc
 
-    from neojax import generate as gen
+    from neojax.generate import loop as gen
     directory, _, _ = hf_dirs["window7_inner40"]
     config, params, _ = load_hf(directory)
     config = config.replace(platform="cpu")

@@ -18,7 +18,7 @@ LAYERS = [  # a module may import its own layer (no cycle) or a lower one
     ("neojax.evaluate", "neojax.generate", "neojax.sampling"),
     ("neojax.train", "neojax.serve"),
     ("neojax.testing", "neojax.benchmark", "neojax.convert", "neojax.prune", "neojax.evaluate.__main__",
-     "neojax.train.__main__", "neojax.serve.__main__"),
+     "neojax.train.__main__", "neojax.serve.__main__", "neojax.generate.__main__"),
 ]
 
 

@@ -1,0 +1,234 @@
+"""`generate`: a batch of prompts continued by KV-cache decoding inside one compiled loop.
+
+Prompts are left padded to a length bucket (powers of two) and the number of new tokens to a
+multiple of 32, so a session compiles once per (batch, bucket), not per call or per token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import weakref
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from neojax import registry
+from neojax.flops import matmul_params
+from neojax.generate.stream import TextWatcher, cut
+from neojax.model import backend
+from neojax.model.config import GPTNeoConfig
+from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
+from neojax.model.layers import check_tokens
+from neojax.sampling import draw
+
+NEW_TOKEN_BUCKET = 32
+MAX_PHASES = 4  # decode-loop phases with growing caches (each is compiled: see _phase_ends)
+# The host side (streaming, stop strings) of each generate call running now, by call number: the
+# compiled loop's callback is the same function for every call, so the number picks the handler.
+_WATCHERS: dict[int, Callable] = {}
+_CALLS = itertools.count()
+
+
+@dataclasses.dataclass
+class Generation:
+    tokens: list[list[int]]  # new tokens per row, stop token excluded
+    prompt_tokens: list[list[int]]
+    texts: Optional[list[str]] = None  # decoded new text per row, cut before any stop string
+
+
+def _bucket(n: int, limit: int) -> int:
+    return min(max(16, 1 << (n - 1).bit_length()), limit)
+
+
+def _phase_ends(max_new: int, batch: int, prompt_len: int, config: GPTNeoConfig) -> list[int]:
+    """The steps at which the decode loop's phases end. A step reads its layers' whole caches, so
+    each phase's cache holds only the slots that phase reaches. Each phase is compiled, so one
+    phase unless the caches are a good part of what a step reads (8 x cached values >= matmul
+    weights; docs/performance.md has the figures)."""
+    slots = sum(registry.get("attention", kind).capacity(prompt_len + max_new, config)
+                for kind in config.attention_layers)
+    entries = batch * slots * 2 * config.hidden_size
+    buckets = max_new // NEW_TOKEN_BUCKET
+    phases = min(MAX_PHASES, buckets) if can_grow(config) and 8 * entries >= matmul_params(config) else 1
+    return [-(-buckets * (j + 1) // phases) * NEW_TOKEN_BUCKET for j in range(phases)]
+
+
+def apply_repetition_penalty(logits, seen, penalty):
+    """CTRL-style penalty as transformers applies it: seen tokens' logits /penalty (>0) or *penalty (<0)."""
+    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalised, logits)
+
+
+def _host_step(call, tokens, step, done):
+    return np.asarray(_WATCHERS[int(call)](np.asarray(tokens), int(step), np.asarray(done)), dtype=bool)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new", "greedy", "penalty", "host"))
+def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k, top_p, repetition_penalty,
+                      stop_tokens, n_new, call, *, config: GPTNeoConfig, max_new: int, greedy: bool, penalty: bool,
+                      host: bool):
+    batch, prompt_len = tokens.shape
+    ends = _phase_ends(max_new, batch, prompt_len, config)
+    logits, cache, position = prefill(params, config, tokens, mask, prompt_len + ends[0])
+    seen = (jnp.zeros((batch, config.vocab_size), bool).at[jnp.arange(batch)[:, None], tokens].set(mask > 0)
+            if penalty else jnp.zeros((batch, 1), bool))
+    out = jnp.zeros((batch, max_new), jnp.int32)
+    lengths = jnp.zeros((batch,), jnp.int32)
+    done = jnp.zeros((batch,), bool)
+
+    def cond(c):
+        i, _, _, _, _, _, _, done = c
+        return (i < n_new) & ~jnp.all(done)
+
+    def body(c):
+        i, logits, cache, position, seen, out, lengths, done = c
+        if penalty:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        if greedy:
+            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        else:
+            rows = jnp.arange(batch, dtype=jnp.uint32)
+            token = draw(logits, jnp.full((batch,), temperature), jnp.full((batch,), top_k), jnp.full((batch,), top_p),
+                         jnp.full((batch,), seed), rows, jnp.full((batch,), i))
+        token = jnp.where(done, 0, token)
+        out = out.at[:, i].set(token)
+        stopped = jnp.any(token[:, None] == stop_tokens[None, :], axis=-1)
+        lengths = jnp.where(done | stopped, lengths, i + 1)
+        if host:  # streaming and stop strings: the host sees each token and may end a row
+            stopped |= io_callback(_host_step, jax.ShapeDtypeStruct((batch,), jnp.bool_), call, token, i, done,
+                                   ordered=True)
+        done = done | stopped
+        if penalty:
+            seen = seen.at[jnp.arange(batch), token].set(True)
+        position = position + 1
+        logits, cache = decode_step(params, config, cache, token, position, prompt_len + i, transposed)
+        return i + 1, logits, cache, position, seen, out, lengths, done
+
+    carry = (jnp.int32(0), logits, cache, position, seen, out, lengths, done)
+    for phase, end in enumerate(ends):
+        if phase:
+            carry = carry[:2] + (grow_cache(carry[2], config, prompt_len + end),) + carry[3:]
+        carry = jax.lax.while_loop(lambda c: cond(c) & (c[0] < end), body, carry)
+    return carry[5], carry[6]
+
+
+_TRANSPOSED: dict = {}  # weak references to the last params' leaves, their dtype, and their copies
+
+
+def decode_weights(params, config: GPTNeoConfig):
+    """The weight copies decode steps multiply by, or None: [out, in] (twice as fast on CPUs) and in
+    the compute dtype (no per-token conversion of float32 weights; int8 stays int8). Reused while
+    the same arrays are passed (interactive sessions, repeated calls, a server): the copy is a pass
+    over every weight, not worth repeating. The cache holds the params weakly: once they are gone
+    (a training hook's, say), so is their copy."""
+    if not (backend.xla_cpu_workarounds(config) or config.dtype != "float32"):
+        return None
+    dtype = config.dtype
+    leaves = jax.tree.leaves(params)
+    cached = _TRANSPOSED.get("leaves", ())
+    if len(cached) != len(leaves) or any(r() is not x for r, x in zip(cached, leaves)) or \
+            _TRANSPOSED.get("dtype") != dtype:
+        _TRANSPOSED.clear()  # free the previous copy first
+        _TRANSPOSED.update(leaves=[weakref.ref(x) for x in leaves], dtype=dtype,
+                           value=_transposed_kernels(params, dtype))
+        weakref.finalize(leaves[0], _TRANSPOSED.clear)
+    return _TRANSPOSED["value"]
+
+
+_transposed_kernels = jax.jit(transposed_kernels, static_argnums=1)
+
+
+def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens}: ask for at least 1 new token")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature}: use 0 for greedy decoding or a finite positive value")
+    if not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise ValueError(f"top_k={top_k}: use a count >= 0 (0 disables top-k filtering)")
+    if not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p} is outside (0, 1]; use 1 to disable nucleus sampling")
+    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty={repetition_penalty} must be a finite number > 0 (1 disables it)")
+
+
+def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *, max_new_tokens: int = 32,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+             stop_tokens: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), seed: int = 0,
+             truncate: bool = False,
+             on_text: Optional[Callable[[int, str], None]] = None) -> Generation:
+    """Continue each prompt (a string, needing `tokenizer`, or a list of token ids).
+
+    temperature 0 is greedy; a sampled row draws as neojax.sampling says (row r with `seed` draws
+    what the server's choice r with that seed draws). stop_tokens defaults to the EOS id;
+    stop_strings end a row once its text contains one (the text is cut before it).
+    `on_text(row, piece)` streams decoded text. Prompts that leave no room for max_new_tokens
+    within the context raise, or are left truncated with truncate=True."""
+    _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    if isinstance(prompts, (str, np.ndarray)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
+        prompts = [prompts]
+    if not len(prompts):
+        raise ValueError("no prompts given")
+    if (any(isinstance(p, str) for p in prompts) or stop_strings or on_text) and tokenizer is None:
+        raise ValueError("text prompts, stop strings and streaming need a tokenizer")
+    eos = tokenizer.eos_id if tokenizer is not None else config.eos_token_id
+    encoded = [list(tokenizer.encode(p)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
+    encoded = [ids or [eos] for ids in encoded]  # an empty prompt starts from <|endoftext|>
+    encoded = fit(encoded, max_new_tokens, config, truncate)
+    longest = max(len(ids) for ids in encoded)
+    prompt_len = _bucket(longest, config.max_position_embeddings)
+    tokens = np.zeros((len(encoded), prompt_len), np.int32)
+    mask = np.zeros_like(tokens)
+    for row, ids in enumerate(encoded):
+        tokens[row, prompt_len - len(ids):] = ids
+        mask[row, prompt_len - len(ids):] = 1
+    check_tokens(tokens, config)
+    max_new = -(-max_new_tokens // NEW_TOKEN_BUCKET) * NEW_TOKEN_BUCKET
+    stops = list(stop_tokens) if stop_tokens is not None else [eos]
+    stop_array = np.full(_bucket(max(len(stops), 8), 1 << 30), -1, np.int32)  # fixed size: no recompiles
+    stop_array[:len(stops)] = stops
+
+    host = bool(stop_strings or on_text)
+    call = next(_CALLS) % 2 ** 31
+    if host:
+        watcher = _WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
+    try:
+        transposed = decode_weights(params, config)
+        out, lengths = _generate_program(
+            params, transposed, jnp.asarray(tokens), jnp.asarray(mask), np.uint32(seed % 2 ** 32),
+            jnp.float32(temperature or 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.float32(repetition_penalty),
+            jnp.asarray(stop_array), jnp.int32(max_new_tokens), np.int32(call), config=config, max_new=max_new,
+            greedy=temperature == 0, penalty=repetition_penalty != 1.0, host=host)
+        out, lengths = np.asarray(out), np.asarray(lengths)
+    finally:
+        _WATCHERS.pop(call, None)
+    new = [out[row, :lengths[row]].tolist() for row in range(len(encoded))]
+    texts = None
+    if tokenizer is not None:
+        texts = [cut(tokenizer.decode(ids), stop_strings) for ids in new]
+        if host:
+            watcher.flush()  # text held back as a possible stop-string prefix
+    return Generation(tokens=new, prompt_tokens=encoded, texts=texts)
+
+
+def fit(encoded: list[list[int]], max_new_tokens: int, config: GPTNeoConfig, truncate: bool) -> list[list[int]]:
+    """The prompts (token ids) with room for max_new_tokens in the context: a longer one raises a
+    ValueError naming it, or (truncate) keeps its last tokens."""
+    room = config.max_position_embeddings - max_new_tokens
+    if room < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in "
+                         f"max_position_embeddings={config.max_position_embeddings}")
+    out = []
+    for row, ids in enumerate(encoded):
+        if len(ids) > room and not truncate:
+            raise ValueError(f"prompt {row} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} at most "
+                             f"{room} fit in the {config.max_position_embeddings}-token context. Shorten it, "
+                             "lower max_new_tokens, or pass truncate=True (--truncate) to keep its last tokens")
+        out.append(ids[-room:])
+    return out
+
+
