@@ -101,4 +101,4 @@ def test_imports_inside_functions_only_defer_optional_dependencies_and_say_so():
 def test_the_checker_sees_an_upward_edge(tmp_path):
     """The layer map is not blind: checkpoint importing train is upward."""
     assert layer("neojax.train.loop") > layer("neojax.checkpoint.io") > layer("neojax.model.gpt_neo")
-    assert layer("neojax.train.__main__") == len(LAYERS) - 1 and layer("neojax.evaluate.tasks") == 6
+    assert layer("neojax.train.__main__") == len(LAYERS) - 1 and layer("neojax.evaluate.task") == 6

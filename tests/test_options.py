@@ -24,7 +24,7 @@ from neojax import convert as convert_cli
 from neojax import prune as prune_cli
 from neojax import sharding as sharding_cli
 from neojax.evaluate import __main__ as evaluate_cli
-from neojax.evaluate.tasks import SAMPLES
+from neojax.evaluate.task import SAMPLES
 from neojax.generate import __main__ as generate_cli
 from neojax.serve import __main__ as serve_cli
 from neojax.serve.api import build_app as real_build_app

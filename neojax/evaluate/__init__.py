@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from typing import Optional, Sequence
 
-from neojax import registry
-from neojax.evaluate import bias as _bias  # noqa: F401  (registers the bias suites)
-from neojax.evaluate import generation as _generation  # noqa: F401  (registers the generation tasks)
-from neojax.evaluate import tasks as _tasks  # noqa: F401  (registers the tasks)
+from neojax.evaluate import bias as _bias  # noqa: F401  (declares the bias suites)
+from neojax.evaluate import generation as _generation  # noqa: F401  (declares the generation tasks)
+from neojax.evaluate import task
 from neojax.evaluate.harness import Scorer
-from neojax.evaluate.tasks import ZERO_SHOT, load_docs, perplexity_of_texts
+from neojax.evaluate.paper import perplexity_of_texts
+from neojax.evaluate.task import load_docs
 
 # GPT-Neo README (EleutherAI's harness): model -> column -> value (fractions for accuracies).
 PUBLISHED = {
@@ -30,12 +30,9 @@ PUBLISHED = {
 }
 COLUMNS = ["Pile BPB", "Pile PPL", "Wikitext PPL", "Lambada PPL", "Lambada Acc", "Winogrande", "Hellaswag",
            "MathQA", "PubMedQA", "PIQA"]
-# column -> (task, metric)
+# column -> (task, metric): the Pile's from the texts given (--text_files / --jsonl), the rest as each task declares
 SOURCES = {"Pile BPB": ("pile", "bits_per_byte"), "Pile PPL": ("pile", "perplexity"),
-           "Wikitext PPL": ("wikitext", "word_perplexity"), "Lambada PPL": ("lambada_openai", "perplexity"),
-           "Lambada Acc": ("lambada_openai", "acc"), "Winogrande": ("winogrande", "acc"),
-           "Hellaswag": ("hellaswag", "acc"), "MathQA": ("mathqa", "acc"), "PubMedQA": ("pubmedqa", "acc"),
-           "PIQA": ("piqa", "acc")}
+           **{column: (name, metric) for name in task.names() for column, metric in task.get(name).columns.items()}}
 PERCENT = {"Lambada Acc", "Winogrande", "Hellaswag", "MathQA", "PubMedQA", "PIQA"}
 
 
@@ -48,14 +45,14 @@ def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str
     `max_gen_toks` replaces the generation tasks' own lengths."""
     out = {}
     for name in task_names:
-        fn = registry.get("task", name)
-        if num_fewshot and name in ZERO_SHOT:
-            raise ValueError(f"num_fewshot={num_fewshot}: {name} is zero-shot ({ZERO_SHOT[name]}); use 0")
+        declared = task.get(name)
+        if num_fewshot and declared.zero_shot:
+            raise ValueError(f"num_fewshot={num_fewshot}: {name} is zero-shot ({declared.zero_shot}); use 0")
         docs, train_docs = (loaded or {}).get(name) or load_task(data_dir, name, num_fewshot, tfds_data_dir)
         docs = docs[:limit] if limit else docs
         scorer = Scorer(params, config, tokenizer, batch_size, max_len, label=name, max_gen_toks=max_gen_toks)
         start = time.perf_counter()
-        metrics = fn(scorer, docs, train_docs, num_fewshot)
+        metrics = declared.run(scorer, docs, train_docs, num_fewshot)
         seconds = time.perf_counter() - start
         out[name] = {**metrics, "n": len(docs), "num_fewshot": num_fewshot, "seconds": seconds,
                      "tokens_scored": scorer.tokens_scored}
@@ -83,8 +80,8 @@ def paper_table(rows: dict[str, tuple[Optional[str], dict]]) -> dict:
         published = PUBLISHED.get(model, {})
         table[label] = {}
         for column in COLUMNS:
-            task, metric = SOURCES.get(column, (None, None))
-            ours = results.get(task, {}).get(metric) if task else None
+            name, metric = SOURCES.get(column, (None, None))
+            ours = results.get(name, {}).get(metric) if name else None
             theirs = published.get(column)
             table[label][column] = {"ours": ours, "published": theirs,
                                     "diff": None if ours is None or theirs is None else ours - theirs}

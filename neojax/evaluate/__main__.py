@@ -19,12 +19,13 @@ import os
 import sys
 from typing import Optional
 
-from neojax import __version__, checkpoint, cli, paths, registry
+from neojax import __version__, checkpoint, cli, paths
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.errors import UsageError
 from neojax.evaluate import bias, prepare
-from neojax.evaluate.tasks import GENERATES, SAMPLES, ZERO_SHOT, EmptySubset, available
+from neojax.evaluate import task as tasks
+from neojax.evaluate.task import SAMPLES, EmptySubset, available
 
 
 def _texts(args) -> list[str]:
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m neojax.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", action="append", default=[])
-    parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(registry.names('task'))}")
+    parser.add_argument("--tasks", default="", help=f"comma-separated: {', '.join(tasks.names())}")
     parser.add_argument("--data_dir", default=".")
     parser.add_argument("--sample_tasks", action="store_true", help="the few made-up records of every task that "
                         "ship with neojax, as --data_dir: to try the commands offline (the numbers mean nothing)")
@@ -111,16 +112,17 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
     if len(args.checkpoint) > 1 and not (args.paper_table or args.bias_report):
         raise cli.UsageError(f"--checkpoint given {len(args.checkpoint)} times; several checkpoints need "
                              "--paper_table or --bias_report (or evaluate them one at a time)")
-    if args.paper_table and GENERATES & set(task_names):
-        raise cli.UsageError(f"--paper_table: {', '.join(sorted(GENERATES & set(task_names)))} generate text; the "
+    for t in task_names:
+        if t not in tasks.names():
+            raise cli.UsageError(f"--tasks: unknown task {t!r}; tasks: {', '.join(tasks.names())}")
+    generating = [t for t in task_names if tasks.get(t).generates]
+    if args.paper_table and generating:
+        raise cli.UsageError(f"--paper_table: {', '.join(generating)} generate text; the "
                              "paper table holds log-likelihood tasks only (evaluate them with --tasks)")
     for path in args.checkpoint:
         cli.existing_path("--checkpoint", path)
     if args.text_files and args.jsonl:
         raise cli.UsageError("give --text_files or --jsonl, not both")
-    for t in task_names:
-        if t not in registry.names("task"):
-            raise cli.UsageError(f"--tasks: unknown task {t!r}; tasks: {', '.join(registry.names('task'))}")
     if (task_names or args.paper_table or args.bias_report) and not paths.is_dir(args.data_dir):
         raise cli.UsageError(f"--data_dir {args.data_dir} is not a directory; give the folder of <task>.jsonl files")
     if args.stride and args.max_len and args.stride > args.max_len:
@@ -131,23 +133,24 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
     names = task_names
     if args.paper_table and not names:
         names = [t for t in dict.fromkeys(task for task, _ in ev.SOURCES.values())
-                 if t in registry.names("task") and available(t, args.data_dir, args.tfds_data_dir)]
+                 if t in tasks.names() and available(t, args.data_dir, args.tfds_data_dir)]
     if args.bias_report and not names:
         names = [t for t in bias.report_tasks() if available(t, args.data_dir)]
         if not names:
             raise cli.UsageError(f"--bias_report: --data_dir {args.data_dir} holds none of crows_pairs_english.jsonl, "
                                  "winogender.jsonl, winogender_gotcha.jsonl, bbq.jsonl, toxigen.jsonl (see --prepare)")
-    zero_shot = [t for t in names if t in ZERO_SHOT]
+    zero_shot = [t for t in names if tasks.get(t).zero_shot]
     if args.num_fewshot and zero_shot:
+        why = tasks.get(zero_shot[0]).zero_shot
         raise cli.UsageError(f"--num_fewshot {args.num_fewshot}: {', '.join(zero_shot)} "
-                             f"{'is' if len(zero_shot) == 1 else 'are'} zero-shot ({ZERO_SHOT[zero_shot[0]]}); use 0, "
+                             f"{'is' if len(zero_shot) == 1 else 'are'} zero-shot ({why}); use 0, "
                              "or evaluate the few-shot tasks in a command of their own")
-    if args.kv_cache != "auto" and not GENERATES & set(names):
+    if args.kv_cache != "auto" and not any(tasks.get(t).generates for t in names):
         raise cli.UsageError(f"--kv_cache {args.kv_cache} is the decoding cache of generation tasks; log-likelihood "
                              "scoring keeps none: drop it")
-    if args.max_gen_toks and not GENERATES & set(names):
-        raise cli.UsageError(f"--max_gen_toks applies to generation tasks ({', '.join(sorted(GENERATES)[:4])}, ...); "
-                             "none is among the tasks evaluated: drop it")
+    if args.max_gen_toks and not any(tasks.get(t).generates for t in names):
+        raise cli.UsageError(f"--max_gen_toks applies to generation tasks ({', '.join(tasks.names('generation')[:4])}, "
+                             "...); none is among the tasks evaluated: drop it")
     if args.bias_report:
         cli.require("matplotlib", "--bias_report (its chart)", "matplotlib")
     loaded = {}

@@ -17,8 +17,8 @@ import re
 
 import numpy as np
 
-from neojax import cli, registry
-from neojax.evaluate.tasks import FEWSHOT_SEED, describe, fewshot_prefix, mean_stderr, rules, texts
+from neojax import cli
+from neojax.evaluate.task import FEWSHOT_SEED, Release, Task, fewshot_prefix, keep, mean_stderr, register, rules, texts
 
 LANGUAGES = {"de": "German", "en": "English", "fr": "French", "ro": "Romanian"}
 TRANSLATION = {"wmt16": [("de", "en"), ("en", "de"), ("ro", "en"), ("en", "ro")], "wmt14": [("fr", "en"), ("en", "fr")]}
@@ -85,9 +85,11 @@ def _translation_check(src: str, tgt: str):
 for _year, _pairs in TRANSLATION.items():
     for _src, _tgt in _pairs:
         _name = f"{_year}-{_src}-{_tgt}"
-        registry.register("task", _name)(functools.partial(translation, src=_src, tgt=_tgt))
-        describe(_name, f'{{"translation": {{"{_src}": ..., "{_tgt}": ...}}}}', _translation_check(_src, _tgt),
-                 generates=True)
+        register(Task(_name, functools.partial(translation, src=_src, tgt=_tgt),
+                      f'{{"translation": {{"{_src}": ..., "{_tgt}": ...}}}}', _translation_check(_src, _tgt),
+                      kind="generation",  # few-shot examples come from validation, as the harness's
+                      release=Release(f"wmt/{_year}", f"{_src if _tgt == 'en' else _tgt}-en",  # the pair's config
+                                      {"": "test", "train": "validation"}, keep("translation"))))
 
 
 # --- TruthfulQA (generation) ----------------------------------------------------------------------
@@ -137,7 +139,6 @@ def truthfulqa_metrics(doc, completion: str) -> dict:
     return out
 
 
-@registry.register("task", "truthfulqa_gen")
 def truthfulqa_gen(scorer, docs, train_docs, num_fewshot=0):
     completions = scorer.generate_until([(truthfulqa_prompt(d), [FEWSHOT_DELIMITER], MAX_GEN_TOKS) for d in docs])
     per_doc = [truthfulqa_metrics(d, c) for d, c in zip(docs, completions)]
@@ -164,9 +165,12 @@ def _truthfulqa_answers(doc):
 _truthfulqa_check = rules(texts("question", "best_answer"), _truthfulqa_answers)
 
 
-describe("truthfulqa_gen", '{"question", "best_answer", "correct_answers": [...], "incorrect_answers": [...]} '
-         "(TruthfulQA's generation config)", _truthfulqa_check, generates=True,
-         zero_shot="its six-QA preamble is the prompt")
+register(Task(
+    "truthfulqa_gen", truthfulqa_gen, '{"question", "best_answer", "correct_answers": [...], "incorrect_answers": '
+    "[...]} (TruthfulQA's generation config)", _truthfulqa_check, kind="generation",
+    zero_shot="its six-QA preamble is the prompt",
+    release=Release("truthfulqa/truthful_qa", "generation", {"": "validation"},
+                    keep("question", "best_answer", "correct_answers", "incorrect_answers"))))
 
 
 # --- CNN / DailyMail ------------------------------------------------------------------------------
@@ -179,12 +183,13 @@ def summary_rouge(reference: str, prediction: str) -> dict:
     return {k: scores[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")}
 
 
-@registry.register("task", "cnn_dailymail")
 def cnn_dailymail(scorer, docs, train_docs, num_fewshot=0):
     prompts = [f"Summarize the following article:\n\n{d['article']}\n\nSummary:" for d in docs]
     summaries = scorer.generate_until([(p, [FEWSHOT_DELIMITER], 128) for p in prompts])
     return _means([summary_rouge(d["highlights"], s) for d, s in zip(docs, summaries)])
 
 
-describe("cnn_dailymail", '{"article", "highlights"} (3.0.0 test split)', texts("article", "highlights"),
-         generates=True, zero_shot="as in the harness")
+register(Task(
+    "cnn_dailymail", cnn_dailymail, '{"article", "highlights"} (3.0.0 test split)', texts("article", "highlights"),
+    kind="generation", zero_shot="as in the harness",
+    release=Release("abisee/cnn_dailymail", "3.0.0", {"": "test"}, keep("article", "highlights"))))

@@ -196,7 +196,7 @@ BAD_RECORDS = [  # (task, file, changed fields, the field the error names)
 @pytest.mark.parametrize("task,file,changes,field", BAD_RECORDS,
                          ids=[f"{t}-{f}-{i}" for i, (t, _, _, f) in enumerate(BAD_RECORDS)])
 def test_every_bias_and_generation_record_is_checked(tmp_path, task, file, changes, field):
-    from neojax.evaluate.tasks import load_docs
+    from neojax.evaluate.task import load_docs
     path = tmp_path / f"{file}.jsonl"
     path.write_text(json.dumps(GOOD[file]) + "\n" + json.dumps({**GOOD[file], **changes}) + "\n")  # NaN as JSON NaN
     with pytest.raises(ValueError, match=f"{path} line 2: field '{field}'"):

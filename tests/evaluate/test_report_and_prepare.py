@@ -85,11 +85,13 @@ def test_prepare_writes_task_files_from_saved_datasets(tmp_path):
     assert r.returncode == 2 and "unknown task 'nosuchtask'" in r.stderr
 
 
-def test_prepare_knows_every_registered_task():
-    from neojax import registry
-    from neojax.evaluate.tasks import file_stem
-    missing = [t for t in registry.names("task") if file_stem(t) not in prepare.RELEASES]
-    assert missing == []
+def test_every_task_declares_its_release_and_tasks_sharing_a_file_share_it():
+    from neojax.evaluate import task
+    assert prepare.released() == task.names()
+    by_file = {}
+    for name in task.names():
+        declared = task.get(name)
+        assert by_file.setdefault(declared.stem, declared.release) == declared.release, name
 
 
 def test_prepare_without_network_is_one_clear_line(tmp_path):

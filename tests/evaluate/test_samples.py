@@ -4,7 +4,7 @@ import json
 
 from neojax import registry
 from neojax.evaluate import __main__ as evaluate_cli
-from neojax.evaluate.tasks import SAMPLES, load_docs
+from neojax.evaluate.task import SAMPLES, load_docs
 
 
 def test_every_task_has_sample_records():

@@ -12,7 +12,7 @@ from support import ref_loglikelihood, torch_logprobs, write_jsonl
 from neojax import checkpoint
 from neojax import evaluate as ev
 from neojax.evaluate.harness import Scorer
-from neojax.evaluate.tasks import hellaswag_clean, wikitext_detokenize
+from neojax.evaluate.paper import hellaswag_clean, wikitext_detokenize
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog", "Once upon a time there was a model",
              "GPT-Neo generates text one token at a time", "def hello(): print('hi')"]
@@ -171,7 +171,7 @@ def test_tfds_task_data_without_download(model, tmp_path):
     import tensorflow_datasets as tfds
 
     from neojax.data.sources import tfds_records
-    from neojax.evaluate.tasks import TFDS, available, load_docs
+    from neojax.evaluate.task import available, get, load_docs
     m, _ = model
     for name in ("piqa", "winogrande", "math_qa"):
         (tmp_path / name).mkdir()  # where `tfds build` would have put them
@@ -180,10 +180,10 @@ def test_tfds_task_data_without_download(model, tmp_path):
         piqa = load_docs(str(tmp_path / "none"), "piqa", tfds_data_dir=str(tmp_path))
         with pytest.raises(ValueError, match="TFDS winogrande split train_xl record 0: field 'sentence' has no '_'"):
             load_docs(str(tmp_path / "none"), "winogrande", "train", str(tmp_path))  # mock sentences have no blank
-        wino = [TFDS["winogrande"][2](r) for r in tfds_records("winogrande", "train_xl", str(tmp_path))]
+        wino = [get("winogrande").tfds.record(r) for r in tfds_records("winogrande", "train_xl", str(tmp_path))]
         with pytest.raises(ValueError, match="TFDS math_qa split test record 0: field 'correct' must be one of a-e"):
             load_docs(str(tmp_path / "none"), "mathqa", tfds_data_dir=str(tmp_path))  # mock answers are random text
-        mathqa = [TFDS["mathqa"][2](r) for r in tfds_records("math_qa", "test", str(tmp_path))]
+        mathqa = [get("mathqa").tfds.record(r) for r in tfds_records("math_qa", "test", str(tmp_path))]
         r = ev.evaluate(m.params, m.config, m.tokenizer, ["piqa"], str(tmp_path / "none"), tfds_data_dir=str(tmp_path))
     assert len(piqa) == 6 and all(isinstance(d["goal"], str) and d["label"] in (0, 1) for d in piqa)
     assert set(wino[0]) == {"sentence", "option1", "option2", "answer"} and {d["answer"] for d in wino} <= {"1", "2"}
