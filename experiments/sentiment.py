@@ -14,9 +14,7 @@ def get_config(variant: str = ""):
         raise ValueError(f"sentiment has no variants (got {variant!r})")
     c = base_config()
     c.objective = "classify"
-    c.classify = dict(train="train.jsonl", valid="", train_split="train", valid_split="validation",
-                      tfds_data_dir="", text_field="text", label_field="label",
-                      labels=[])  # [] = the sorted labels of the training data
+    c.classify.train = "train.jsonl"
     c.model.preset = ""
     c.model.init_from = "/models/gpt-neo-125M"
     c.data.seq_len = 128

@@ -43,7 +43,7 @@ from neojax.evaluate import evaluate
 from neojax.flops import measure_bandwidth, measure_peak_flops, train_flops_per_token
 from neojax.generate import generate
 from neojax.model import PRESETS, GPTNeo, init_params, preset
-from neojax.model.config import model_shape
+from neojax.model.config import DTYPES, REMATS, model_shape
 from neojax.model.quant import quantize_params
 from neojax.serve.api import build_app
 from neojax.serve.engine import Engine
@@ -382,10 +382,10 @@ def main(argv=None):
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--presets", default="gpt-neo-125M", help="comma-separated model shapes: presets, or "
                         "checkpoints and workdirs (their shapes; weights are random)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--train_batch", type=cli.positive_int, default=1)
     parser.add_argument("--seq_len", type=cli.positive_int, default=2048)
-    parser.add_argument("--remat", default="none", choices=["none", "full", "dots"], help="for the train rows")
+    parser.add_argument("--remat", default="none", choices=REMATS, help="for the train rows")
     parser.add_argument("--no_torch", action="store_true")
     parser.add_argument("--decode_batches", default="1,16", help="batch sizes of the decode rows")
     parser.add_argument("--quantize", choices=["int8"], help="decode rows: also int8 weights (and bfloat16), against "

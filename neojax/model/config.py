@@ -8,6 +8,8 @@ from typing import Any, Optional, Sequence
 from neojax import paths
 from neojax.model.backend import PLATFORMS
 
+DTYPES = ("float32", "bfloat16")  # compute dtypes (params stay float32)
+REMATS = ("none", "full", "dots")  # rematerialisation of each block
 ATTENTION_TYPES_HELP = 'attention_types looks like [[["global", "local"], 6]]: a list of [pattern, repeats] pairs'
 
 
@@ -95,13 +97,13 @@ class GPTNeoConfig:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if self.activation_function not in ("gelu_new", "gelu"):
             raise ValueError(f"activation_function={self.activation_function!r}: GPT-Neo uses 'gelu_new' (or 'gelu')")
-        if self.dtype not in ("float32", "bfloat16"):
+        if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: choose 'float32' or 'bfloat16'")
         if self.platform not in PLATFORMS:
             raise ValueError(f"platform={self.platform!r}: choose 'auto', 'cpu', 'gpu' or 'tpu'")
         if self.kv_cache not in ("auto", "int8"):
             raise ValueError(f"kv_cache={self.kv_cache!r}: choose 'auto' or 'int8'")
-        if self.remat not in ("none", "full", "dots"):
+        if self.remat not in REMATS:
             raise ValueError(f"remat={self.remat!r}: choose 'none', 'full' or 'dots'")
 
     @property

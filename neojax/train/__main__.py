@@ -22,6 +22,7 @@ from neojax import cli, paths, registry, sharding
 from neojax.model.config import PRESETS
 from neojax.train.config import apply_overrides, experiments, load_experiment
 from neojax.train.loop import NonFiniteError, train
+from neojax.train.schema import ConfigError
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
@@ -94,6 +95,8 @@ def main(argv=None) -> int:
     sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     try:
         result = train(config, args.workdir, args.adopt_config)
+    except ConfigError as e:  # worded as the flags that set the keys
+        raise e.for_flags() from None
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ TensorBoard events (tb/), the token cache (data_cache/) and any trained tokenize
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -24,6 +25,7 @@ from neojax.train import objectives as _objectives  # noqa: F401  (registers the
 from neojax.train.config import check_config
 from neojax.train.metrics import MetricsWriter
 from neojax.train.optim import make_optimizer
+from neojax.train.schema import ConfigError
 from neojax.train.step import init_state, make_train_step, model_params, state_specs, trainable
 from neojax.train.workdir import Workdir
 
@@ -42,80 +44,48 @@ def train(config, workdir: str, adopt_config: bool = False) -> dict:
     try:
         mesh = sharding.make_mesh(config.mesh)
     except ValueError as e:
-        raise UsageError(f"--config.mesh={config.mesh}: {e}") from None
+        raise ConfigError([("mesh", config.mesh, str(e))]) from None
     rules = tuple(tuple(r) for r in config.sharding_rules) or sharding.DEFAULT_RULES
     batch_axes = dict(rules)["act_batch"] or ()
     split = int(np.prod([mesh.shape[a] for a in ((batch_axes,) if isinstance(batch_axes, str) else batch_axes)]))
     if config.train.global_batch % (split * config.train.microbatches):
-        raise UsageError(f"--config.train.global_batch={config.train.global_batch} must be divisible by the "
-                         f"data-parallel devices ({split}, mesh {dict(mesh.shape)}) times train.microbatches="
-                         f"{config.train.microbatches}; change the batch or config.mesh (e.g. --config.mesh=data=1)")
+        raise ConfigError([("train.global_batch", config.train.global_batch, f"must be divisible by the data-parallel "
+                            f"devices ({split}, mesh {dict(mesh.shape)}) times train.microbatches="
+                            f"{config.train.microbatches}; change the batch or the mesh (e.g. mesh=data=1)")])
     with Workdir.open(config, workdir, adopt_config) as wd:
         return _train(config, wd, mesh, rules)
 
 
 def _train(config, wd: Workdir, mesh, rules) -> dict:
-    workdir = wd.path
-    main_process = jax.process_index() == 0
+    workdir, main_process = wd.path, jax.process_index() == 0
     with cli.about("--config"):  # the data, tokenizer and checkpoints the config names
         setup = registry.get("objective", config.objective)(config, workdir)
-    model_config, tokenizer, init_params, data = setup.model_config, setup.tokenizer, setup.params, setup.data
+    model_config, data = setup.model_config, setup.data
     optimizer, schedule = make_optimizer(config.optimizer, config.train.total_steps)
-
     adapters = lora.Lora(config.lora.rank, config.lora.alpha, tuple(config.lora.targets)) if config.lora.rank else None
-    rng = jax.random.PRNGKey(config.train.seed)
-    abstract = jax.eval_shape(lambda r: init_state(model_config, optimizer, r, init_params, adapters), rng)
+    init = lambda r: init_state(model_config, optimizer, r, setup.params, adapters)
+    abstract = jax.eval_shape(init, jax.random.PRNGKey(config.train.seed))
     state_sh = sharding.shardings(mesh, state_specs(model_config, abstract, rules, mesh))
-    ckpt = Checkpointer(str(paths.path(workdir) / "checkpoints"), config.checkpoint.keep, config.checkpoint.keep_period,
-                        config.checkpoint.async_save)
-    had_checkpoints = ckpt.latest_step() is not None
-    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
-    restored = ckpt.restore_intact(target) if had_checkpoints else None
-    if restored is not None:
-        start, state, data_state, _ = restored
-        data.train.set_state(data_state)
-        print(f"resumed from {ckpt.directory}/{start} (step {start})", flush=True)
-    elif had_checkpoints:
-        ckpt.close()
-        raise UsageError(f"--workdir {workdir}: every checkpoint is damaged (moved to "
-                         f"{paths.path(workdir) / 'damaged_checkpoints'}); start over in a new --workdir")
-    else:
-        init = jax.jit(lambda r: init_state(model_config, optimizer, r, init_params, adapters), out_shardings=state_sh)
-        state = init(rng)
-        start = 0
+    c = config.checkpoint
+    ckpt = Checkpointer(str(paths.path(workdir) / "checkpoints"), c.keep, c.keep_period, c.async_save)
+    start, state = _restore_or_init(ckpt, jax.jit(init, out_shardings=state_sh), abstract, state_sh, data, config)
     wd.write_config()  # only now: a refused or failed start leaves the workdir as it was
     if main_process:
-        write_model_card(str(paths.path(workdir) / "model"), model_config, tokenizer)
+        write_model_card(str(paths.path(workdir) / "model"), model_config, setup.tokenizer)
         print(_summary(config, state, mesh, start), flush=True)
     frozen_config = None if setup.frozen is None else setup.frozen[0]
     frozen = () if setup.frozen is None else (jax.device_put(
         setup.frozen[1], sharding.shardings(mesh, sharding.param_specs(frozen_config, rules, mesh))),)
-    nonfinite = {"step": 0, "streak": 0}  # written by the step's device callback, read here without a sync
-
-    def on_nonfinite(at, streak):
-        at, streak = int(at), int(streak)
-        if at > nonfinite["step"]:  # once per step, however many devices call back
-            nonfinite.update(step=at, streak=streak)
-            log.warning("step %d: non-finite gradients, update skipped (%d in a row)", at, streak)
-
+    guard = NonFiniteGuard(config.train.max_nonfinite_streak)
     step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
                               abstract_state=abstract, frozen_config=frozen_config, loss_fn=setup.loss,
-                              on_nonfinite=on_nonfinite, keep_zeros=config.train.keep_zeros)
+                              on_nonfinite=guard.on_device_report, keep_zeros=config.train.keep_zeros)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
-    ctx = dict(config=config, model_config=model_config, tokenizer=tokenizer, data=data, workdir=workdir, mesh=mesh)
-
-    # SIGTERM (a preemption) saves and stops. Many processes must stop at the same step (each save is
-    # collective): jax's preemption sync, which catches SIGTERM itself, names the step for all.
-    stop = {"sigterm": False}
-    agreed = jax.process_count() > 1
-    previous = None if agreed else signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    flops = _flops_per_step(config, model_config)
-    total, seq_len = config.train.total_steps, config.data.seq_len
-    tokens_per_step = config.train.global_batch * seq_len
-    last, window_start, window_steps = {}, time.perf_counter(), 0
-    run_start = time.perf_counter()
-    step = start
+    ctx = dict(config=config, model_config=model_config, tokenizer=setup.tokenizer, data=data, workdir=workdir,
+               mesh=mesh)
+    meter = Meter(config, model_config, schedule, start)
+    total, step, last = config.train.total_steps, start, {}
 
     def fetch():
         """The next batch, already on its way to the devices (sharded), and the data state after it."""
@@ -125,71 +95,169 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
     # The loop reads nothing back from the devices between log steps: the non-finite guard reports
     # through a callback, and the next batch is put on the devices while this step runs.
     pending = fetch() if step < total else None
-    try:
-        while step < total:
-            batch, data_state = pending
-            state, metrics = step_fn(state, batch, *frozen)
-            step += 1
-            window_steps += 1
-            pending = fetch() if step < total else None
-            log_step = step % config.train.log_every == 0 or step == total
-            streak = nonfinite["streak"]
-            if log_step:  # this step is read back anyway: its own count, should its callback be late
-                streak = max(streak, int(state.nonfinite_streak))
-            if streak >= config.train.max_nonfinite_streak:
-                raise NonFiniteError(
-                    f"{streak} consecutive steps had NaN/Inf gradients (step {step}); stopping. The last good "
-                    f"checkpoint is {ckpt.directory}/{ckpt.latest_step()}: lower optimizer.lr, raise "
-                    "optimizer.warmup_steps, or check the data")
-            if log_step:
-                elapsed = time.perf_counter() - window_start
-                m = jax.device_get(metrics)
-                tps = window_steps * tokens_per_step / elapsed
-                last = {"train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
-                        "train/lr": float(schedule(step)), "train/tokens_per_sec": tps,
-                        "train/nonfinite_total": int(state.nonfinite_total)}
-                for name in sorted(set(m) - {"loss", "grad_norm", "finite", "nll"}):  # kl, accuracy, ...
-                    last[f"train/{name}"] = float(m[name])
-                if flops.get("peak"):
-                    last["train/mfu"] = tps * flops["per_token"] / flops["peak"]
-                eta = (total - step) * elapsed / window_steps
-                writer.write(step, last)
-                if main_process:
-                    mfu = f" mfu {last['train/mfu']:.1%}" if "train/mfu" in last else ""
-                    extra = "".join(f" {k[6:]} {last[k]:.4f}" for k in ("train/kl", "train/accuracy") if k in last)
-                    print(f"step {step}/{total} loss {last['train/loss']:.4f}{extra} lr {last['train/lr']:.2e} "
-                          f"grad_norm {last['train/grad_norm']:.3f} {tps:,.0f} tok/s{mfu} "
-                          f"eta {duration(eta)}", flush=True)
-                window_start, window_steps = time.perf_counter(), 0
-                ckpt.check()  # a background save that failed is reported now, not a save later
-            if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total):
-                params = model_params(state.params)  # LoRA adapters merged in; otherwise the params as they are
-                for hook in hook_fns:
-                    writer.write(step, hook(params, step=step, **ctx))
-                window_start = time.perf_counter()  # tokens/s measures training only
-            if agreed and multihost_utils.reached_preemption_sync_point(step):
-                stop["sigterm"] = True
-            if step % config.checkpoint.every_steps == 0 or step == total or stop["sigterm"]:
-                ckpt.save(step, state, data_state, {"step": step, "config": config.to_dict()})
-                window_start = time.perf_counter()
-            if stop["sigterm"]:
-                if main_process:
-                    print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume",
-                          flush=True)
-                last["preempted"] = True
-                break
-        if adapters is not None and main_process:
-            lora.save_adapters(str(paths.path(workdir) / "adapters"), jax.device_get(state.params), adapters,
-                               overwrite=True)
-        if setup.finish is not None and step == total and not stop["sigterm"] and main_process:
-            setup.finish(workdir, jax.device_get(model_params(state.params)))
-    finally:
-        ckpt.close()
-        writer.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    last["wall_time_s"] = time.perf_counter() - run_start
+    with Preemption() as preemption:
+        try:
+            while step < total:
+                batch, data_state = pending
+                state, metrics = step_fn(state, batch, *frozen)
+                step += 1
+                pending = fetch() if step < total else None
+                log_step = due(step, config.train.log_every, total)
+                guard.check(step, state if log_step else None, ckpt)
+                if log_step:
+                    last = meter.log(step, jax.device_get(metrics), state)
+                    writer.write(step, last)
+                    if main_process:
+                        print(meter.line(step, last), flush=True)
+                    ckpt.check()  # a background save that failed is reported now, not a save later
+                if due(step, config.eval.every_steps, total):
+                    params = model_params(state.params)  # LoRA adapters merged in; otherwise the params as they are
+                    with meter.paused():
+                        for hook in hook_fns:
+                            writer.write(step, hook(params, step=step, **ctx))
+                stopping = preemption.requested(step)
+                if due(step, config.checkpoint.every_steps, total) or stopping:
+                    with meter.paused():
+                        ckpt.save(step, state, data_state, {"step": step, "config": config.to_dict()})
+                if stopping:
+                    if main_process:
+                        print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to resume",
+                              flush=True)
+                    last["preempted"] = True
+                    break
+            if main_process:
+                _export(setup, adapters, state, workdir, finished=step == total and not last.get("preempted"))
+        finally:
+            ckpt.close()
+            writer.close()
+    last["wall_time_s"] = meter.wall_time()
     return {"step": step, "state": state, **last}
+
+
+def due(step: int, every: int, total: int) -> bool:
+    """Whether something done every `every` steps (0: never) is due after `step`: on its multiples
+    and at the last step."""
+    return bool(every) and (step % every == 0 or step == total)
+
+
+def _restore_or_init(ckpt: Checkpointer, init, abstract, state_sh, data, config) -> tuple[int, object]:
+    """(step, state): the newest intact checkpoint's (the data iterator set to its position), or a
+    fresh state at step 0. A workdir whose checkpoints are all damaged is refused."""
+    if ckpt.latest_step() is None:
+        return 0, init(jax.random.PRNGKey(config.train.seed))
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+    restored = ckpt.restore_intact(target)
+    if restored is None:
+        ckpt.close()
+        workdir = paths.path(ckpt.directory).parent
+        raise UsageError(f"--workdir {workdir}: every checkpoint is damaged (moved to "
+                         f"{workdir / 'damaged_checkpoints'}); start over in a new --workdir")
+    start, state, data_state, _ = restored
+    data.train.set_state(data_state)
+    print(f"resumed from {ckpt.directory}/{start} (step {start})", flush=True)
+    return start, state
+
+
+def _export(setup, adapters, state, workdir: str, finished: bool) -> None:
+    """What a run leaves besides checkpoints: its LoRA adapters, and the objective's export once the
+    last step is done (a classifier's report, ...)."""
+    if adapters is not None:
+        lora.save_adapters(str(paths.path(workdir) / "adapters"), jax.device_get(state.params), adapters,
+                           overwrite=True)
+    if setup.finish is not None and finished:
+        setup.finish(workdir, jax.device_get(model_params(state.params)))
+
+
+class NonFiniteGuard:
+    """Ends the run after `limit` consecutive steps with NaN/Inf gradients (each one skipped by the
+    step). The step reports a skip through a device callback, so the loop need not read back."""
+
+    def __init__(self, limit: int):
+        self.limit, self.step, self.streak = limit, 0, 0
+
+    def on_device_report(self, at, streak) -> None:
+        at, streak = int(at), int(streak)
+        if at > self.step:  # once per step, however many devices call back
+            self.step, self.streak = at, streak
+            log.warning("step %d: non-finite gradients, update skipped (%d in a row)", at, streak)
+
+    def check(self, step: int, state, ckpt: Checkpointer) -> None:
+        """Raise NonFiniteError once the streak reaches the limit. `state`: a step read back anyway
+        (a log step), whose own count is used should its callback be late."""
+        streak = self.streak if state is None else max(self.streak, int(state.nonfinite_streak))
+        if streak >= self.limit:
+            raise NonFiniteError(
+                f"{streak} consecutive steps had NaN/Inf gradients (step {step}); stopping. The last good "
+                f"checkpoint is {ckpt.directory}/{ckpt.latest_step()}: lower optimizer.lr, raise "
+                "optimizer.warmup_steps, or check the data")
+
+
+class Preemption:
+    """SIGTERM (a preemption) saves and stops. Many processes must stop at the same step (each save
+    is collective): there jax's preemption sync, which catches SIGTERM itself, names the step."""
+
+    def __enter__(self):
+        self.sigterm, self.agreed = False, jax.process_count() > 1
+        self.previous = None if self.agreed else signal.signal(signal.SIGTERM, self._caught)
+        return self
+
+    def _caught(self, *_):
+        self.sigterm = True
+
+    def requested(self, step: int) -> bool:
+        if self.agreed and multihost_utils.reached_preemption_sync_point(step):
+            self.sigterm = True
+        return self.sigterm
+
+    def __exit__(self, *_):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+class Meter:
+    """Training speed between log steps (time in hooks and saves excluded), ETA and the log line."""
+
+    def __init__(self, config, model_config, schedule, start: int):
+        self.total, self.schedule = config.train.total_steps, schedule
+        self.tokens_per_step = config.train.global_batch * config.data.seq_len
+        self.flops = _flops_per_step(config, model_config)
+        self.started = self.window_start = time.perf_counter()
+        self.window_step, self.excluded, self.eta = start, 0.0, 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside (a hook, a save) is not training time."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - began
+
+    def log(self, step: int, m: dict, state) -> dict:
+        """The metrics of a log step: the step's own (read back) and the speed since the last log step."""
+        elapsed = time.perf_counter() - self.window_start - self.excluded
+        steps = step - self.window_step
+        tps = steps * self.tokens_per_step / elapsed
+        last = {"train/loss": float(m["loss"]), "train/grad_norm": float(m["grad_norm"]),
+                "train/lr": float(self.schedule(step)), "train/tokens_per_sec": tps,
+                "train/nonfinite_total": int(state.nonfinite_total)}
+        for name in sorted(set(m) - {"loss", "grad_norm", "finite", "nll"}):  # kl, accuracy, ...
+            last[f"train/{name}"] = float(m[name])
+        if self.flops.get("peak"):
+            last["train/mfu"] = tps * self.flops["per_token"] / self.flops["peak"]
+        self.eta = (self.total - step) * elapsed / steps
+        self.window_step, self.window_start, self.excluded = step, time.perf_counter(), 0.0
+        return last
+
+    def line(self, step: int, last: dict) -> str:
+        mfu = f" mfu {last['train/mfu']:.1%}" if "train/mfu" in last else ""
+        extra = "".join(f" {k[6:]} {last[k]:.4f}" for k in ("train/kl", "train/accuracy") if k in last)
+        return (f"step {step}/{self.total} loss {last['train/loss']:.4f}{extra} lr {last['train/lr']:.2e} "
+                f"grad_norm {last['train/grad_norm']:.3f} {last['train/tokens_per_sec']:,.0f} tok/s{mfu} "
+                f"eta {duration(self.eta)}")
+
+    def wall_time(self) -> float:
+        return time.perf_counter() - self.started
 
 
 def _flops_per_step(config, model_config) -> dict:

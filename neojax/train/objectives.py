@@ -5,13 +5,16 @@ builds the model, the data and the loss, and may export something when the run e
     def mine(config, workdir) -> Setup: ...
 
 `lm` is language modelling (with `data.source=chat`, chat fine-tuning); `distill` is language
-modelling plus the KL to a teacher's predictions (`distill.*`); `classify` is sequence
-classification (`neojax.finetune.classify`).
+modelling plus the KL to a teacher's predictions (`distill.*`, its loss here: `distill_loss`);
+`classify` is sequence classification (`neojax.finetune.classify`).
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
 
 from neojax import registry
 from neojax.data.tokenizer import Tokenizer
@@ -20,7 +23,7 @@ from neojax.finetune import classify
 from neojax.model.classifier import GPTNeoClassifier
 from neojax.model.config import GPTNeoConfig
 from neojax.train.setup import build_data, build_model, load_float
-from neojax.train.step import Teacher, batch_loss
+from neojax.train.step import Predictions, lm_loss, logits, predict, z_penalty
 
 
 @dataclasses.dataclass
@@ -49,6 +52,18 @@ def classification(config, workdir: str) -> Setup:
                  finish=lambda workdir, params: classify.export(workdir, model, params, tokenizer, data, batch))
 
 
+def distill_loss(pred: Predictions, teacher_logits, temperature: float, alpha: float, z_loss: float = 0.0):
+    """Knowledge distillation (Hinton et al. 2015, arXiv:1503.02531): (1 - alpha) x next-token
+    loss + alpha x T^2 x KL(teacher || student), both softened by temperature T, per target token
+    (+ z_loss x z_penalty). Returns (loss, aux with "kl")."""
+    _, aux = lm_loss(pred)
+    teacher_logp = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_logits) / temperature, axis=-1)
+    student_logp = jax.nn.log_softmax(pred.logits / temperature, axis=-1)
+    aux["kl"] = pred.mean(jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1))
+    loss = (1 - alpha) * aux["nll"] + alpha * temperature ** 2 * aux["kl"]
+    return (loss + z_loss * z_penalty(pred) if z_loss else loss), aux
+
+
 @registry.register("objective", "distill")
 def distillation(config, workdir: str) -> Setup:
     """Knowledge distillation from the checkpoint `distill.teacher` (same tokenizer): the teacher's
@@ -61,7 +76,9 @@ def distillation(config, workdir: str) -> Setup:
                          f"student {model_config.vocab_size}: distillation needs one tokenizer "
                          f"(set data.tokenizer={d.teacher})")
     data = build_data(config, tokenizer, workdir, model_config)  # only now: a refused teacher writes no cache
-    how = Teacher(teacher.config, d.temperature, d.alpha)
-    loss = lambda params, batch, rng, teacher_params: batch_loss(
-        params, model_config, batch, config.train.z_loss, rng, how, teacher_params)
+
+    def loss(params, batch, rng, teacher_params):
+        pred = predict(params, model_config, batch, rng)
+        return distill_loss(pred, logits(teacher_params, teacher.config, pred.inputs, None, pred.segments),
+                            d.temperature, d.alpha, config.train.z_loss)
     return Setup(model_config, tokenizer, params, data, loss=loss, frozen=(teacher.config, teacher.params))

@@ -20,6 +20,7 @@ from neojax.finetune import chat as _chat  # noqa: F401  (registers the chat bat
 from neojax.model import backend
 from neojax.model.config import ARCHITECTURE, GPTNeoConfig, preset
 from neojax.model.quant import dequantize_params, is_quantized
+from neojax.train.schema import ConfigError
 
 log = logging.getLogger("neojax.train")
 
@@ -82,7 +83,7 @@ def build_model(config, workdir: str):
         if clashes:
             raise UsageError(f"model.init_from {m.init_from} fixes the architecture, and "
                              f"{'; '.join(clashes)} differ{'s' if len(clashes) == 1 else ''}: drop the overrides "
-                             "(--config.model.overrides='{}') or start from another checkpoint")
+                             "(model.overrides={}) or start from another checkpoint")
         tokenizer = _tokenizer(config, workdir, loaded.tokenizer)
         if tokenizer.vocab_size > loaded.config.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but {m.init_from} only "
@@ -137,8 +138,8 @@ class Data:
 def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoConfig) -> Data:
     d, t = config.data, config.train
     if d.seq_len > model_config.max_position_embeddings:  # before any token is cached
-        raise UsageError(f"data.seq_len={d.seq_len} exceeds the model's {model_config.max_position_embeddings}-token "
-                         f"context; use --config.data.seq_len={model_config.max_position_embeddings} or less")
+        raise ConfigError([("data.seq_len", d.seq_len, f"exceeds the model's {model_config.max_position_embeddings}-"
+                            f"token context; use {model_config.max_position_embeddings} or less")])
     if d.source in registry.names("batch_source"):  # already batches, e.g. chat (neojax.finetune.chat)
         return Data(*registry.get("batch_source", d.source)(config, tokenizer, model_config), caches=[])
     cache_dir = d.cache_dir or str(paths.path(workdir) / "data_cache")

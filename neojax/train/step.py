@@ -1,4 +1,4 @@
-"""The train step: LM loss, gradient accumulation, non-finite guard, sharded jit with donation.
+"""The train step: next-token loss, gradient accumulation, non-finite guard, sharded jit with donation.
 
     step_fn = make_train_step(config, optimizer, mesh, rules, microbatches=4)
     state, metrics = step_fn(state, tokens)        # tokens: [global_batch, seq_len + 1]
@@ -6,8 +6,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -63,60 +62,63 @@ def state_specs(config: GPTNeoConfig, abstract_state, rules=sharding.DEFAULT_RUL
     return sharding.state_specs(abstract_state, sharding.param_specs(config, rules, mesh))
 
 
-@dataclasses.dataclass(frozen=True)
-class Teacher:
-    """Knowledge distillation (Hinton et al. 2015, arXiv:1503.02531): the loss becomes
-    (1 - alpha) * LM loss + alpha * T^2 * KL(teacher || student), both softened by temperature T,
-    per target token. The teacher's params are a frozen argument of the step."""
-    config: GPTNeoConfig
-    temperature: float = 2.0
-    alpha: float = 0.5
+class Predictions(NamedTuple):
+    """A forward pass over a batch: float32 logits of its inputs and which next-token targets count."""
+    logits: jax.Array    # [batch, T, vocab]
+    targets: jax.Array   # [batch, T]
+    weights: jax.Array   # [batch, T] float32: 1 where a target counts
+    inputs: jax.Array    # [batch, T] (so another model, a teacher, can read the same inputs)
+    segments: Any        # [batch, T] segment ids of the inputs (packed examples), or None
+
+    def mean(self, per_token):
+        """The mean of a [batch, T] quantity over the targets that count."""
+        return (per_token * self.weights).sum() / jnp.maximum(self.weights.sum(), 1.0)
 
 
-def _logits(params, config, inputs, rng=None, segment_ids=None):
+def logits(params, config: GPTNeoConfig, inputs, rng=None, segment_ids=None):
+    """Float32 logits; dropout on when `rng` is given (training)."""
     rngs = None if rng is None else {"dropout": rng}
     return GPTNeo(config).apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs,
                                 segment_ids=segment_ids)
 
 
-def lm_loss(params, config: GPTNeoConfig, tokens, loss_mask=None, z_loss: float = 0.0, rng=None, segment_ids=None,
-            teacher: Teacher | None = None, teacher_params=None):
-    """Mean next-token cross entropy over [batch, T+1] tokens (float32 logits). Returns (loss, aux).
-
-    loss_mask [batch, T+1]: which tokens count as targets (e.g. chat responses only);
-    segment_ids [batch, T+1]: packed examples (0 = padding), never predicted across a boundary;
-    teacher: mix in the KL to a teacher's softened predictions (aux["kl"])."""
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    input_segments = None if segment_ids is None else segment_ids[:, :-1]
-    logits = _logits(params, config, inputs, rng, input_segments)
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    nll = logz - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    weights = jnp.ones_like(nll) if loss_mask is None else loss_mask[:, 1:].astype(jnp.float32)
-    if segment_ids is not None:
-        weights = weights * ((segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0))
-    count = jnp.maximum(weights.sum(), 1.0)
-    mean = lambda x: (x * weights).sum() / count
-    loss = mean(nll)
-    aux = {"nll": loss, "tokens": weights.sum()}
-    if teacher is not None:
-        t = teacher.temperature
-        teacher_logp = jax.nn.log_softmax(jax.lax.stop_gradient(
-            _logits(teacher_params, teacher.config, inputs, None, input_segments)) / t, axis=-1)
-        student_logp = jax.nn.log_softmax(logits / t, axis=-1)
-        aux["kl"] = mean(jnp.sum(jnp.exp(teacher_logp) * (teacher_logp - student_logp), axis=-1))
-        loss = (1 - teacher.alpha) * loss + teacher.alpha * t ** 2 * aux["kl"]
-    if z_loss:
-        loss = loss + z_loss * mean(logz ** 2)
-    return loss, aux
-
-
-def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=None, teacher=None, teacher_params=None):
-    """lm_loss of a batch: a [batch, T+1] token array, or a dict with "tokens" and optionally
-    "loss_mask" and "segment_ids" (packed chat data)."""
+def predict(params, config: GPTNeoConfig, batch, rng=None) -> Predictions:
+    """The model over a batch: a [batch, T+1] token array, or a dict with "tokens" and optionally
+    "loss_mask" (which tokens count as targets, e.g. chat responses only) and "segment_ids"
+    (packed examples, 0 = padding: never predicted across a boundary)."""
     if not isinstance(batch, dict):
         batch = {"tokens": batch}
-    return lm_loss(params, config, batch["tokens"], batch.get("loss_mask"), z_loss, rng, batch.get("segment_ids"),
-                   teacher, teacher_params)
+    tokens, loss_mask, segment_ids = batch["tokens"], batch.get("loss_mask"), batch.get("segment_ids")
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    segments = None if segment_ids is None else segment_ids[:, :-1]
+    weights = jnp.ones(targets.shape, jnp.float32) if loss_mask is None else loss_mask[:, 1:].astype(jnp.float32)
+    if segment_ids is not None:
+        weights = weights * ((segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0))
+    return Predictions(logits(params, config, inputs, rng, segments), targets, weights, inputs, segments)
+
+
+def next_token_nll(pred: Predictions):
+    """Per target: the cross entropy of the next token ([batch, T])."""
+    logz = jax.nn.logsumexp(pred.logits, axis=-1)
+    return logz - jnp.take_along_axis(pred.logits, pred.targets[..., None], axis=-1)[..., 0]
+
+
+def z_penalty(pred: Predictions):
+    """PaLM's auxiliary z-loss term: the mean squared log-partition function."""
+    return pred.mean(jax.nn.logsumexp(pred.logits, axis=-1) ** 2)
+
+
+def lm_loss(pred: Predictions, z_loss: float = 0.0):
+    """Mean next-token cross entropy over the targets that count, plus z_loss x z_penalty.
+    Returns (loss, aux)."""
+    nll = pred.mean(next_token_nll(pred))
+    aux = {"nll": nll, "tokens": pred.weights.sum()}
+    return (nll + z_loss * z_penalty(pred) if z_loss else nll), aux
+
+
+def batch_loss(params, config: GPTNeoConfig, batch, z_loss: float = 0.0, rng=None):
+    """lm_loss of the model over a batch (see predict for the batch's forms)."""
+    return lm_loss(predict(params, config, batch, rng), z_loss)
 
 
 def zeros_kept(new, old):

@@ -12,7 +12,7 @@ import pytest
 
 from neojax.finetune.chat import encode_conversation, pack, read_conversations, render_prompt
 from neojax.model import GPTNeo, GPTNeoConfig, init_params
-from neojax.train.step import lm_loss
+from neojax.train.step import batch_loss
 
 CFG = GPTNeoConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
                    window_size=4, local_block_size=2, global_block_size=4, max_position_embeddings=40,
@@ -64,7 +64,7 @@ def test_a_prompt_token_never_changes_another_examples_gradient():
     tokens = np.concatenate([a, b])[None]
     seg = np.array([[1] * len(a) + [2] * len(b)])
     only_b = np.array([[0] * len(a) + [0, 0, 0] + [1] * (len(b) - 3)])  # b's "response" tokens
-    grad = jax.jit(jax.grad(lambda p, t, m: lm_loss(p, CFG, t, m, segment_ids=seg)[0]))
+    grad = jax.jit(jax.grad(lambda p, t, m: batch_loss(p, CFG, {"tokens": t, "loss_mask": m, "segment_ids": seg})[0]))
     changed = tokens.copy()
     changed[0, 2] = (changed[0, 2] + 7) % 50  # a prompt token of example a
     g1, g2 = grad(params, tokens, only_b), grad(params, changed, only_b)
@@ -82,7 +82,7 @@ def test_response_only_loss_is_the_mean_over_masked_targets_in_float64():
     seg = np.array([[1] * len(a) + [2] * len(b)])
     mask = (np.random.default_rng(0).random(tokens.shape) < 0.5).astype(np.int32)
     mask[0, len(a)] = 1  # b's first token: masked in anyway, as it cannot be predicted from a
-    loss, aux = lm_loss(params, CFG, tokens, mask, segment_ids=seg)
+    loss, aux = batch_loss(params, CFG, {"tokens": tokens, "loss_mask": mask, "segment_ids": seg})
     logits = np.asarray(GPTNeo(CFG).apply({"params": params}, tokens[:, :-1], segment_ids=seg[:, :-1]), np.float64)[0]
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1,
                                                                                                                keepdims=True)

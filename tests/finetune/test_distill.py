@@ -6,7 +6,8 @@ import pytest
 
 from neojax.model import GPTNeo, GPTNeoConfig, init_params
 from neojax.train.metrics import read_metrics
-from neojax.train.step import Teacher, lm_loss
+from neojax.train.objectives import distill_loss
+from neojax.train.step import logits, predict
 
 STUDENT = GPTNeoConfig(vocab_size=40, hidden_size=16, num_layers=1, num_heads=2, attention_types=[[["local"], 1]],
                        window_size=4, max_position_embeddings=16)
@@ -18,7 +19,8 @@ TEACHER = STUDENT.replace(hidden_size=32, num_layers=2, num_heads=4, attention_t
 def test_kl_term_matches_float64_definition(alpha, temperature):
     s, t = init_params(STUDENT, jax.random.key(0)), init_params(TEACHER, jax.random.key(1))
     tokens = np.random.default_rng(0).integers(0, 40, size=(2, 12))
-    loss, aux = lm_loss(s, STUDENT, tokens, teacher=Teacher(TEACHER, temperature, alpha), teacher_params=t)
+    pred = predict(s, STUDENT, tokens)
+    loss, aux = distill_loss(pred, logits(t, TEACHER, pred.inputs), temperature, alpha)
     logsoftmax = lambda x: x - x.max(-1, keepdims=True) - np.log(np.exp(x - x.max(-1, keepdims=True)).sum(-1,
                                                                                                           keepdims=True))
     ls = np.asarray(GPTNeo(STUDENT).apply({"params": s}, tokens[:, :-1]), np.float64)

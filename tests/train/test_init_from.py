@@ -61,6 +61,6 @@ def test_a_sequence_longer_than_the_context_is_refused_before_caching(corpus, ti
     c = _config(corpus, tiny_hf_with_tokenizer, init_from=tiny_hf_with_tokenizer)
     c.data.seq_len = 512
     model_config, tokenizer, _ = build_model(c, str(tmp_path))
-    with pytest.raises(UsageError, match="data.seq_len=512 exceeds the model's 128-token context"):
+    with pytest.raises(UsageError, match="data.seq_len=512: exceeds the model's 128-token context"):
         build_data(c, tokenizer, str(tmp_path), model_config)
     assert not os.path.exists(tmp_path / "data_cache")

@@ -3,6 +3,7 @@ import pytest
 
 from neojax.cli import UsageError
 from neojax.train.config import apply_overrides, base_config, check_config, config_changes, load_experiment
+from neojax.train.schema import ConfigError
 
 
 def test_overrides_take_the_field_type_lists_included():
@@ -42,10 +43,39 @@ def test_every_shipped_experiment_validates():
 def test_check_config_lists_every_problem_one_line_each():
     c = base_config()
     c.train.total_steps, c.checkpoint.keep, c.optimizer.lr = 0, 0, -1.0
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(ConfigError) as e:
         check_config(c)
     lines = str(e.value).splitlines()
-    assert len(lines) == 3 and all(line.startswith("--config.") for line in lines)
+    assert lines == ["config.optimizer.lr=-1.0: must be a finite number > 0 (the learning rate)",
+                     "config.train.total_steps=0: must be an integer >= 1",
+                     "config.checkpoint.keep=0: must be an integer >= 1"]
+    assert str(e.value.for_flags()).splitlines() == ["--" + line for line in lines]  # the command line's wording
+
+
+def test_the_schema_builds_the_defaults_and_checks_every_declared_key():
+    from neojax.train import schema
+    declared = dict(schema.fields())
+    c = base_config()
+    assert set(declared) == {k for k in _flat_keys(c.to_dict())}  # every key has one declaration, and only those
+    assert all(c_value == declared[k].default for k, c_value in _flat_items(c.to_dict()))
+    assert schema.problems(c.to_dict()) == []
+    assert base_config().eval.hooks is not c.eval.hooks  # defaults are fresh copies, never shared
+    for key, field in declared.items():  # a value of the wrong type is caught wherever a key has a check
+        if field.check is not None and not isinstance(field.default, (list, tuple)):
+            assert field.check(object()) is not None, key
+    assert schema.integer(1)(True) and schema.number(0, 1)(float("nan")) and schema.choice("a", "b")("c")
+
+
+def _flat_items(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict) and v and f"{prefix}{k}" not in ("model.overrides", "data.source_args"):
+            yield from _flat_items(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _flat_keys(d):
+    return [k for k, _ in _flat_items(d)]
 
 
 def test_config_changes_allow_cadence_refuse_data_and_note_rates():
@@ -56,3 +86,9 @@ def test_config_changes_allow_cadence_refuse_data_and_note_rates():
     b.data.seed, b.optimizer.lr = 3, 1e-4
     refused, noted = config_changes(a, b.to_dict())
     assert refused == ["data.seed: 0 -> 3"] and noted == ["optimizer.lr: 0.0003 -> 0.0001"]
+    # a workdir saved before a key joined the schema resumes while that key keeps its default
+    older = {k: v for k, v in a.items() if k != "classify"}
+    assert config_changes(older, base_config().to_dict()) == ([], [])
+    b = base_config()
+    b.classify.train = "x.jsonl"
+    assert config_changes(older, b.to_dict())[0] == ['classify.train: null -> "x.jsonl"']
