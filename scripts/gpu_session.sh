@@ -11,7 +11,7 @@ python3 -m pip install --quiet -r requirements.txt "jax[cuda12]==$(python3 -c 'i
 python3 -m pip install --quiet --no-deps -e .
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/device.txt"
 python3 -c "import jax; print(jax.devices())" | tee -a "$out/device.txt"
-python3 -m pytest -q tests/model/test_attention.py tests/generate/test_loop.py 2>&1 | tail -3 | tee "$out/tests.txt"
+python3 -m pytest -q tests/model/test_attention.py tests/generate/test_generate.py 2>&1 | tail -3 | tee "$out/tests.txt"
 bench() { python3 -m neojax.benchmark --no_torch --dtype bfloat16 "$@"; }
 bench --only train --presets gpt-neo-125M --train_batch 32 --remat none --output "$out/train_125m.json"
 bench --only train,memory --presets gpt-neo-1.3B --train_batch 8 --remat dots --output "$out/train_1p3b.json"
