@@ -29,6 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from neojax import checkpoint, cli, registry
 from neojax.serve.api import MAX_REQUEST_BYTES, BadRequest, build_app, error_body
 from neojax.serve.engine import Engine
+from neojax.serve.moderation import Moderator, parse_scope
 
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # JAX records one per traced (compiled) program
 
@@ -49,7 +50,23 @@ def main(argv=None) -> int:
                         help="require 'Authorization: Bearer KEY' on /v1 (default: $NEOJAX_API_KEY; none: open)")
     parser.add_argument("--max_request_bytes", type=cli.positive_int, default=MAX_REQUEST_BYTES,
                         help="larger request bodies get 413 before they are read")
+    gate = parser.add_argument_group("moderation gate (neojax.serve.moderation)")
+    gate.add_argument("--moderation", metavar="CLASSIFIER",
+                      help="a classifier from neojax's classification fine-tuning (its hf/ folder): flagged prompts "
+                           "get 400 (code content_filter), flagged outputs end with finish_reason content_filter; "
+                           "/v1/moderations returns its scores")
+    gate.add_argument("--moderation_threshold", type=cli.probability, default=None,
+                      help="flag a text when 1 - p(safe label) exceeds this (default 0.5)")
+    gate.add_argument("--moderation_safe_label", default=None, help="the classifier's label for acceptable text "
+                      "(default: its first label)")
+    gate.add_argument("--moderate", default=None, help="what the gate checks: prompts, outputs or prompts,outputs "
+                      "(the default)")
     args = parser.parse_args(argv)
+    moderate = parse_scope(args.moderate or "prompts,outputs")
+    given = [flag for flag in ("moderation_threshold", "moderation_safe_label", "moderate")
+             if getattr(args, flag) is not None]
+    if given and not args.moderation:
+        raise cli.UsageError(f"--{given[0]} sets the moderation gate; add --moderation CLASSIFIER (or drop it)")
     if args.port > 65535:
         raise cli.UsageError(f"--port {args.port}: a port is at most 65535")
     sock = _listen(args.host, args.port)  # before any loading: a port in use or a bad host is one line
@@ -70,12 +87,20 @@ def main(argv=None) -> int:
     if args.max_len > context:
         raise cli.UsageError(f"--max_len {args.max_len} exceeds the model's {context}-token context")
     name = args.model_name or os.path.basename(os.path.normpath(path))
+    moderator = None
+    if args.moderation:
+        where = cli.existing_path("--moderation", args.moderation)
+        with cli.about(f"--moderation {args.moderation}"):
+            moderator = Moderator.load(where, 0.5 if args.moderation_threshold is None else args.moderation_threshold,
+                                       args.moderation_safe_label or "")
     engine = Engine(model.params, model.config, model.tokenizer, args.max_batch, args.max_len or None, args.chunk,
                     args.max_queue)
     print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} ...",
           flush=True)
     engine.warm_up()
-    app = build_app(engine, name, args.max_request_bytes, args.api_key)
+    if moderator is not None:
+        moderator.score(["warm up"])  # compiled before the first request
+    app = build_app(engine, name, args.max_request_bytes, args.api_key, moderator, moderate)
     _count_compilations(app.state.api)
     engine.start()
 

@@ -30,6 +30,7 @@ from neojax.finetune.chat import STOP, render_prompt
 from neojax.serve import schema
 from neojax.serve.engine import Engine, QueueFull, Sequence, Settings
 from neojax.serve.metrics import Metrics
+from neojax.serve.moderation import Moderator
 from neojax.serve.schema import MAX_N
 
 MAX_REQUEST_BYTES = 4 << 20  # default body limit: a long chat history fits many times over
@@ -40,6 +41,7 @@ REFUSED = {"logit_bias": "logit_bias is not supported by neojax", "suffix": "suf
 CHAT_REFUSED = {**REFUSED, **{key: "logprobs are not supported on chat completions here; use /v1/completions"
                               for key in ("logprobs", "top_logprobs")}}
 PAGE = os.path.join(os.path.dirname(__file__), "chat.html")
+GATE_CHARS = 32  # with outputs moderated, new text is checked (and shown) in pieces of at least this many characters
 PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")  # metric labels
 
 
@@ -114,15 +116,21 @@ def _text(text: str, param: str) -> str:
 
 
 class Api:
-    def __init__(self, engine: Engine, model_name: str):
+    def __init__(self, engine: Engine, model_name: str, moderator: Optional[Moderator] = None,
+                 moderate: tuple = ("prompts", "outputs")):
         self.engine, self.model_name = engine, model_name
+        self.moderator = moderator
+        self.gate_prompts = moderator is not None and "prompts" in moderate
+        self.gate_outputs = moderator is not None and "outputs" in moderate
+        self.moderator_name = moderator.name if moderator is not None else None
         self.tokenizer, self.max_len = engine.tokenizer, engine.max_len
         self.vocab = engine.config.vocab_size
         self.CompletionRequest, self.ChatRequest = schema.requests(self.vocab, self.max_len)
         self.compilations = 0
         self.metrics = Metrics()
 
-    async def _body(self, request: Request, model: type[BaseModel], refused: dict) -> BaseModel:
+    async def _body(self, request: Request, model: type[BaseModel], refused: dict,
+                    model_name: Optional[str] = None) -> BaseModel:
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -133,9 +141,10 @@ class Api:
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object")
         parsed = _validated(model, body, refused)
-        if parsed.model is not None and parsed.model != self.model_name:
-            raise BadRequest(f"model {json.dumps(parsed.model)[:60]} is not served here; use {self.model_name!r} "
-                             "(GET /v1/models)", "model")
+        served = model_name or self.model_name
+        if parsed.model is not None and parsed.model != served:
+            raise BadRequest(f"model {json.dumps(parsed.model)[:60]} is not served here; use {served!r}"
+                             + ("" if model_name else " (GET /v1/models)"), "model")
         return parsed
 
     def _prompts(self, prompt) -> list[list[int]]:
@@ -160,6 +169,9 @@ class Api:
         settings, n = _settings(body, default_max=16)
         prompts = await asyncio.to_thread(self._prompts, body.prompt)  # the event loop serves others meanwhile
         self._fits(prompts, settings)
+        if self.gate_prompts:
+            texts = await asyncio.to_thread(lambda: [self.tokenizer.decode(ids) for ids in prompts])
+            await self._gate(texts, "prompt")
         if body.echo and body.stream:
             raise BadRequest("'echo' with 'stream' is not supported; ask for one of them", "echo")
         if body.logprobs is not None and body.stream:
@@ -176,13 +188,15 @@ class Api:
         settings, n = _settings(body, default_max=256)
         settings.stop = settings.stop + (STOP,)  # the chat template's next user turn
         text = _text(render_prompt([m.model_dump() for m in body.messages]), "messages")
+        if self.gate_prompts:
+            await self._gate([m.content for m in body.messages if m.role == "user"], "messages")
         ids = await asyncio.to_thread(self.tokenizer.encode, text)  # the event loop serves others meanwhile
         if body.max_tokens is None and body.max_completion_tokens is None:
             settings.max_tokens = min(settings.max_tokens, max(self.max_len - len(ids), 0))
         self._fits([ids], settings)
         seqs = [Sequence(ids, settings, None, choice=j) for j in range(n)]
         return await self._respond(request, seqs, body, "chatcmpl", "chat.completion",
-                                   lambda seq: {"message": {"role": "assistant", "content": seq.stream.text.lstrip()},
+                                   lambda seq: {"message": {"role": "assistant", "content": shown(seq).lstrip()},
                                                 "logprobs": None}, chat=True)
 
     async def _respond(self, request, seqs, body, prefix, kind, choice_of, chat=False):
@@ -201,17 +215,19 @@ class Api:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             return StreamingResponse(self._events(seqs, queue, head, kind, chat, include_usage, head_start),
                                      media_type="text/event-stream")
-        done = 0
+        done, events, pending = 0, self._gated(seqs, queue), None
         try:
             while done < len(seqs):
-                try:
-                    _, event = await asyncio.wait_for(queue.get(), timeout=0.5)
-                except asyncio.TimeoutError:
+                pending = pending or asyncio.ensure_future(anext(events))  # kept across timeouts, never cancelled
+                if not (await asyncio.wait({pending}, timeout=0.5))[0]:
                     if await request.is_disconnected():
                         return JSONResponse({}, status_code=499)
                     continue
+                (_, event), pending = pending.result(), None
                 done += "finish_reason" in event
         finally:
+            if pending is not None:
+                pending.cancel()
             self.engine.cancel([s for s in seqs if s.finish_reason is None])
             self._access_log(head["id"], seqs, head_start)
         choices = await asyncio.to_thread(  # detokenising (echo, logprobs) off the event loop too
@@ -223,9 +239,10 @@ class Api:
         started, texted = set(), set()
         done = 0
         sse = lambda obj: f"data: {json.dumps(obj)}\n\n"
+        events = self._gated(seqs, queue)
         try:
             while done < len(seqs):
-                index, event = await queue.get()
+                index, event = await anext(events)
                 if chat and index not in started:
                     started.add(index)
                     yield sse({**head, "object": kind, "choices": [
@@ -251,6 +268,53 @@ class Api:
             self.engine.cancel([s for s in seqs if s.finish_reason is None])
             self._access_log(head["id"], seqs, opened)
 
+    async def moderations(self, request: Request):
+        """OpenAI's /v1/moderations: per input, flagged, and each unsafe label's score and verdict."""
+        body = await self._body(request, schema.ModerationRequest, {}, model_name=self.moderator_name)
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        results = await asyncio.to_thread(self.moderator.score, [_text(t, "input") for t in texts])
+        return {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": self.moderator_name,
+                "results": [self.moderator.openai_result(r) for r in results]}
+
+    async def _gate(self, texts: list[str], param: str) -> None:
+        """A 400 (code content_filter) if the moderation gate flags any of `texts`."""
+        for i, result in enumerate(await asyncio.to_thread(self.moderator.score, texts)):
+            if result["flagged"]:
+                raise BadRequest(f"{param} {i} was refused by the moderation gate (flag score "
+                                 f"{result['flag_score']:.2f} > {self.moderator.threshold}); rephrase it", param,
+                                 code="content_filter")
+
+    async def _gated(self, seqs, queue):
+        """The engine's (index, event)s. With outputs moderated, a choice's new text is held until the
+        text so far passes the gate (checked every GATE_CHARS characters and at the end); a choice
+        the gate flags is cancelled and ends with finish_reason "content_filter", its text cut
+        before the flagged piece."""
+        held = [""] * len(seqs)
+        while True:
+            index, event = await queue.get()
+            seq = seqs[index]
+            if not self.gate_outputs:
+                yield index, event
+                continue
+            if seq.shown is not None and seq.finish_reason == "content_filter":
+                continue  # a cut choice's last events, already in the queue
+            if "text" in event:
+                held[index] += event["text"]
+                if len(held[index]) < GATE_CHARS:
+                    continue
+            if held[index]:
+                passed = "".join(seq.gated) + held[index]
+                if (await asyncio.to_thread(self.moderator.score, [passed]))[0]["flagged"]:
+                    self.engine.cancel([seq])
+                    seq.finish_reason, seq.shown = "content_filter", "".join(seq.gated)
+                    yield index, {"finish_reason": "content_filter"}
+                    continue
+                seq.gated.append(held[index])
+                yield index, {"text": held[index], "tokens": len(seq.tokens)}
+                held[index] = ""
+            if "finish_reason" in event:
+                yield index, event
+
     def _access_log(self, request_id: str, seqs, started: float) -> None:
         """One line per request (id, tokens in and out, seconds, each choice's finish reason), and /metrics."""
         usage, seconds = _usage(seqs), time.perf_counter() - started
@@ -261,7 +325,7 @@ class Api:
 
     def _choice_text(self, seq: Sequence, echo: bool, logprobs: Optional[int]) -> dict:
         prompt_text = self.tokenizer.decode(seq.prompt) if echo else ""
-        out: dict[str, Any] = {"text": prompt_text + seq.stream.text, "logprobs": None}
+        out: dict[str, Any] = {"text": prompt_text + shown(seq), "logprobs": None}
         if logprobs is None:
             return out
         piece = lambda t: self.tokenizer.decode([t])
@@ -286,6 +350,11 @@ class Api:
             offset += len(s)
         out["logprobs"] = {"tokens": strings, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
         return out
+
+
+def shown(seq: Sequence) -> str:
+    """The text a client got: all of it, or up to where the moderation gate cut it."""
+    return seq.stream.text if seq.shown is None else seq.shown
 
 
 def _usage(seqs) -> dict:
@@ -375,10 +444,14 @@ def _answers(model: type[BaseModel], *statuses: int, chunk: Optional[type[BaseMo
 
 
 def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQUEST_BYTES,
-              api_key: Optional[str] = None) -> FastAPI:
+              api_key: Optional[str] = None, moderator: Optional[Moderator] = None,
+              moderate: tuple = ("prompts", "outputs")) -> FastAPI:
+    """The app; with a `moderator`, the gate applies to what `moderate` names ("prompts" refused with
+    400 code content_filter, "outputs" cut with finish_reason content_filter) and /v1/moderations
+    scores texts. Without one, nothing of the gate exists."""
     app = FastAPI(title="neojax", version=__version__, docs_url=None, redoc_url=None,
                   description=f"An OpenAI-compatible API serving {model_name}.")
-    api = Api(engine, model_name)
+    api = Api(engine, model_name, moderator, moderate)
     app.state.api = api
     app.add_middleware(Guard, max_bytes=max_request_bytes, api_key=api_key, metrics=api.metrics)
     keyed = (401,) if api_key else ()
@@ -420,6 +493,11 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
     async def chat(request: Request):
         return await api.chat(request)
 
+    if moderator is not None:
+        @app.post("/v1/moderations", responses=_answers(schema.Moderation, 400, *keyed, 413))
+        async def moderations(request: Request):
+            return await api.moderations(request)
+
     @app.get("/", response_class=HTMLResponse)
     async def page():
         with open(PAGE, encoding="utf-8") as f:
@@ -431,7 +509,8 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
         if app.openapi_schema is None:
             doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            bodies = {"/v1/completions": api.CompletionRequest, "/v1/chat/completions": api.ChatRequest}
+            bodies = {"/v1/completions": api.CompletionRequest, "/v1/chat/completions": api.ChatRequest,
+                      **({"/v1/moderations": schema.ModerationRequest} if moderator is not None else {})}
             # the chunks are named only inside the event schemas, so FastAPI does not list them
             for model in (schema.CompletionChunk, schema.ChatCompletionChunk, *bodies.values()):
                 body = model.model_json_schema(ref_template="#/components/schemas/{model}")

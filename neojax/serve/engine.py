@@ -64,6 +64,8 @@ class Sequence:
     filled: int = 0          # prompt tokens in the cache
     slot: int = -1
     seed: int = 0            # of the request's random streams (settings.seed, else a fresh one)
+    gated: list = dataclasses.field(default_factory=list)  # text pieces the moderation gate passed
+    shown: Optional[str] = None  # the text shown when the moderation gate cut the choice
 
     def __post_init__(self):
         self.seed = (next(_SEEDS) * 7919 if self.settings.seed is None else self.settings.seed) % (2 ** 32)

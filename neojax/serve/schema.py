@@ -72,6 +72,26 @@ def requests(vocab: int, context: int) -> tuple[type[BaseModel], type[BaseModel]
 
 
 # --- answers ----------------------------------------------------------------------------------------
+FinishReason = Literal["stop", "length", "error", "abort", "content_filter"]  # content_filter: the moderation gate
+
+
+class ModerationRequest(Strict):
+    input: Union[str, list[str]] = Field(min_length=1, max_length=64)
+    model: Optional[str] = None
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+
+
+class Moderation(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -100,7 +120,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: Optional[Logprobs]
-    finish_reason: Optional[Literal["stop", "length", "error", "abort"]]
+    finish_reason: Optional[FinishReason]
 
 
 class Completion(BaseModel):
@@ -116,7 +136,7 @@ class CompletionChunkChoice(BaseModel):
     index: int
     text: str
     logprobs: None
-    finish_reason: Optional[Literal["stop", "length", "error", "abort"]]
+    finish_reason: Optional[FinishReason]
 
 
 class CompletionChunk(BaseModel):
@@ -138,7 +158,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: None
-    finish_reason: Optional[Literal["stop", "length", "error", "abort"]]
+    finish_reason: Optional[FinishReason]
 
 
 class ChatCompletion(BaseModel):
@@ -158,7 +178,7 @@ class Delta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int
     delta: Delta
-    finish_reason: Optional[Literal["stop", "length", "error", "abort"]]
+    finish_reason: Optional[FinishReason]
 
 
 class ChatCompletionChunk(BaseModel):
