@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from neojax import paths
-from neojax.data import sources
+from neojax.data import sources, transforms
 from neojax.data.tokenizer import Tokenizer
 from neojax.files import write_json
 
@@ -133,23 +133,29 @@ class TokenCache:
 def build_token_cache(source: str, source_args: dict, tokenizer: Tokenizer, cache_dir: str,
                       valid_fraction: float = 0.01, seed: int = 0, on_error: str = "raise",
                       dtype: Optional[str] = None, progress: bool = True, process_index: int = 0,
-                      process_count: int = 1, shard_docs: int = SHARD_DOCS) -> TokenCache:
+                      process_count: int = 1, shard_docs: int = SHARD_DOCS,
+                      transform: Optional[tuple] = None) -> TokenCache:
     """Tokenise `source` once into cache_dir/<fingerprint>/ (reused by later runs), local or remote.
 
     Documents are cut into shards of `shard_docs`; process p of P tokenises shards p, p + P, ...
     (each batch encoded on every core of its host) and publishes each by a marker written last, so
     a killed build resumes shard by shard, and a cache built by any number of processes holds the
     same tokens, split and windows. Process 0 writes meta.json once every shard is there; the
-    others wait for it."""
+    others wait for it. `transform`: (name, options, mode) of a registered data_transform applied to
+    every document (neojax.data.transforms), part of the cache's key."""
     source_args = dict(source_args)
     dt = token_dtype(tokenizer.vocab_size, dtype)
     key = json.dumps([CACHE_LAYOUT, shard_docs, _source_fingerprint(source, source_args),
-                      _tokenizer_fingerprint(tokenizer), valid_fraction, seed, str(dt)], sort_keys=True)
+                      _tokenizer_fingerprint(tokenizer), valid_fraction, seed, str(dt)]
+                     + ([transforms.fingerprint(*transform)] if transform else []), sort_keys=True)
     directory = paths.path(cache_dir) / f"{source}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (directory / "meta.json").exists():
         return TokenCache(str(directory))
     directory.mkdir(parents=True, exist_ok=True)
     docs, policy = sources.documents(source, source_args, on_error)
+    if transform:
+        name, options, mode = transform
+        docs = transforms.apply(docs, transforms.build(name, options), mode)
     who = f" (process 0's share of {process_count})" if process_count > 1 else ""
     bar = _progress(progress, f"tokenising {source}{who}")
     n_docs, n_shards = 0, 0

@@ -102,8 +102,9 @@ def fingerprint(name: str, args: dict, mode: str) -> list:
     return [name, dict(sorted(args.items())), mode, files + default]
 
 
-def apply(docs: Iterable[str], transform: Callable[[str], str], mode: str) -> Iterator[str]:
-    """The documents a run trains on: each one and its changed copy ("also"), or the copies ("instead")."""
+def apply(docs: Iterable, transform: Callable, mode: str) -> Iterator:
+    """The documents (or conversations) a run trains on: each one and, when the transform changes it,
+    its copy right after it ("also"), or the copies only ("instead")."""
     for doc in docs:
         new = transform(doc)
         if mode == "instead":

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from neojax import registry
+from neojax.data import transforms
 from neojax.data.pipeline import ArrayBatches
 from neojax.data.sources import DataError, json_lines
 from neojax.data.tokenizer import Tokenizer
@@ -120,6 +121,10 @@ def build_chat_data(config, tokenizer: Tokenizer, model_config):
         n_valid = int(round(d.valid_fraction * len(conversations)))
         valid = [conversations[i] for i in order[:n_valid]]
         conversations = [conversations[i] for i in order[n_valid:]]
+    if d.transform:  # every message's content, e.g. counterfactual augmentation (neojax.data.transforms)
+        change = transforms.build(d.transform, dict(d.transform_args))
+        swapped = lambda conv: [{**m, "content": change(m["content"])} for m in conv]
+        conversations = list(transforms.apply(conversations, swapped, d.transform_mode))
     encode = lambda convs: pack([encode_conversation(tokenizer, c) for c in convs], d.seq_len + 1)
     train = ArrayBatches(encode(conversations), t.global_batch, d.seed, jax.process_index(), jax.process_count())
     valid_batches = []

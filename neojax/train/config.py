@@ -22,6 +22,7 @@ import neojax.train.objectives  # noqa: F401
 import neojax.train.optim  # noqa: F401
 from neojax import paths, registry
 from neojax.cli import UsageError
+from neojax.data import transforms
 from neojax.data.sources import expand_paths
 from neojax.model.config import PRESETS, is_int, is_number, preset
 from neojax.train import schema
@@ -96,7 +97,7 @@ def load_experiment(spec: str) -> ml_collections.ConfigDict:
 
 
 # --- --config.key=value overrides --------------------------------------------------------------------
-FREE_FORM = ("model.overrides", "data.source_args")  # dicts whose keys the user chooses
+FREE_FORM = ("model.overrides", "data.source_args", "data.transform_args")  # dicts whose keys the user chooses
 
 
 def _literal(text: str):
@@ -223,6 +224,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def _check_data(c: dict, errors: list) -> None:
     d = c.get("data", {})
+    if d.get("transform") in registry.names("data_transform"):
+        try:
+            transforms.build(d["transform"], d.get("transform_args") or {})
+        except (TypeError, ValueError, OSError) as err:  # an unknown option, a bad or missing word-pair file
+            errors.append(("data.transform_args", d.get("transform_args"), f"{d['transform']}: {err}"))
+    elif d.get("transform_args") and not d.get("transform"):
+        errors.append(("data.transform_args", d["transform_args"], "options of data.transform, which is not set"))
     if d.get("source") in registry.names("data_source"):
         _check_source_args(d["source"], d.get("source_args") or {}, "data.source_args", errors)
     if d.get("source") == "mixture":

@@ -144,9 +144,10 @@ def build_data(config, tokenizer: Tokenizer, workdir: str, model_config: GPTNeoC
         return Data(*registry.get("batch_source", d.source)(config, tokenizer, model_config), caches=[])
     cache_dir = d.cache_dir or str(paths.path(workdir) / "data_cache")
     components = _components(config)
+    transform = (d.transform, dict(d.transform_args), d.transform_mode) if d.transform else None
     caches = [pipeline.build_token_cache(source, args, tokenizer, cache_dir, d.valid_fraction, d.seed, d.on_error,
                                          progress=jax.process_index() == 0, process_index=jax.process_index(),
-                                         process_count=jax.process_count())
+                                         process_count=jax.process_count(), transform=transform)
               for source, args, _ in components]
     for cache in caches:
         if cache.meta["vocab_size"] > model_config.vocab_size:

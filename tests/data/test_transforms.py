@@ -50,3 +50,4 @@ def test_modes_also_and_instead():
     swap = build("counterfactual", {})
     assert list(apply(docs, swap, "also")) == ["He ran.", "She ran.", "The sky.", "Her cat.", "His cat."]
     assert list(apply(docs, swap, "instead")) == ["She ran.", "The sky.", "His cat."]
+

@@ -130,3 +130,27 @@ def test_packed_chat_finetune_then_chat_from_the_command_line(tiny_hf_with_token
                        input="What is 2 plus one?\nAnd 3?\n\n", capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("Assistant:") == 2
+
+
+def test_chat_data_takes_the_data_transform_in_both_modes(tiny_tokenizer, tmp_path):
+    """Counterfactual augmentation of chat data: every message's content is swapped; "also" adds the
+    swapped conversation after its original (when it changes), "instead" trains on the swaps only."""
+    from neojax.finetune.chat import build_chat_data
+    from neojax.train.config import base_config
+    path = tmp_path / "chats.jsonl"
+    chats = [[{"role": "user", "content": "Is he my brother?"}, {"role": "assistant", "content": "He is."}],
+             [{"role": "user", "content": "Two plus two?"}, {"role": "assistant", "content": "Four."}]]
+    path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+    rows = {}
+    for mode in ("", "also", "instead"):
+        c = base_config()
+        c.data.update(source="chat", source_args={"paths": str(path)}, seq_len=63, valid_fraction=0.0,
+                      transform="counterfactual" if mode else "", transform_mode=mode or "also")
+        c.train.global_batch = 1
+        train, _ = build_chat_data(c, tiny_tokenizer, CFG.replace(max_position_embeddings=64))
+        texts = [tiny_tokenizer.decode([t for t in row if t != tiny_tokenizer.eos_id])
+                 for row in train.packed["tokens"]]
+        rows[mode] = "".join(texts)
+    assert "brother" in rows[""] and "sister" not in rows[""]
+    assert "Is he my brother?" in rows["also"] and "Is she my sister?" in rows["also"] and "She is." in rows["also"]
+    assert "sister" in rows["instead"] and "brother" not in rows["instead"] and "Four." in rows["instead"]

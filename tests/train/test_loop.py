@@ -277,3 +277,32 @@ def test_every_experiment_loads_and_documents_its_command():
     mask = decay_mask({"ln_f": {"scale": 0, "bias": 0}, "h_0": {"mlp": {"c_fc": {"kernel": 0, "bias": 0}}}, "wte": 0})
     assert mask == {"ln_f": {"scale": False, "bias": False}, "h_0": {"mlp": {"c_fc": {"kernel": True, "bias": False}}},
                     "wte": True}
+
+
+def test_a_run_with_the_transform_trains_on_swapped_copies_and_resumes_exactly(corpus, tiny_tokenizer, tmp_path):
+    """The transform is part of the token cache: the augmented cache holds each changed document
+    twice (original, then swapped), and a run stopped halfway resumes bit for bit."""
+    from neojax.data.pipeline import build_token_cache
+    from neojax.data.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_path(tiny_tokenizer.source)
+    text = tmp_path / "people.txt"
+    text.write_text("He said his father was tired.\n\nThe sky is blue.\n\nShe met her aunt.\n")
+    args = {"paths": str(text), "split": "blank_line"}
+    plain = build_token_cache("text_files", args, tok, str(tmp_path / "c"), valid_fraction=0, progress=False)
+    also = build_token_cache("text_files", args, tok, str(tmp_path / "c"), valid_fraction=0, progress=False,
+                             transform=("counterfactual", {}, "also"))
+    assert plain.directory != also.directory and also.meta["documents"] == 5
+    decoded = tok.decode(np.asarray(also.train).tolist())
+    assert "She said her mother was tired." in decoded and "He met his uncle." in decoded
+    assert decoded.count("The sky is blue.") == 1
+
+    def config(steps):
+        c = small_config(corpus, tiny_tokenizer.source, total_steps=steps)
+        c.data.transform = "counterfactual"
+        return c
+    whole, halves = str(tmp_path / "whole"), str(tmp_path / "halves")
+    train(config(8), whole)
+    train(config(4), halves)
+    train(config(8), halves)
+    assert _same(_params(whole), _params(halves)) and _losses(whole) == _losses(halves)
