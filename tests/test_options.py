@@ -128,9 +128,14 @@ def places(tiny_hf_with_tokenizer, tmp_path_factory):
     tok.save_model(str(root / "tok"))
     from neojax import checkpoint
     checkpoint.save(str(root / "int8"), checkpoint.load(tiny_hf_with_tokenizer, quantize="int8"), to="neojax")
+    from neojax.checkpoint.hf import save_hf_classifier
+    from neojax.model.classifier import init_classifier
+    model = checkpoint.load(tiny_hf_with_tokenizer)
+    save_hf_classifier(str(root / "gate"), init_classifier(model.config, 2, jax.random.key(0), model.params),
+                       model.config, ["ok", "flagged"], model.tokenizer)
     return {"hf": tiny_hf_with_tokenizer, "data": str(data), "other": str(other), "text": str(text),
             "jsonl": str(jsonl), "prompts": str(prompts), "tok": str(root / "tok"), "int8": str(root / "int8"),
-            "root": root}
+            "gate": str(root / "gate"), "root": root}
 
 
 def fill(argv, places, out):
@@ -308,6 +313,11 @@ SERVE = {
     "--model_name": (["--model_name", "other"], "changes"),
     "--api_key": (["--api_key", "k"], "changes"),
     "--max_request_bytes": (["--max_request_bytes", "100"], "changes"),
+    "--moderation": (["--moderation", "{gate}"], "changes"),
+    # the gate's settings, each against the gate without it
+    "--moderation_threshold": (["--moderation_threshold", "0.3"], "changes", ["--moderation", "{gate}"]),
+    "--moderation_safe_label": (["--moderation_safe_label", "flagged"], "changes", ["--moderation", "{gate}"]),
+    "--moderate": (["--moderate", "outputs"], "changes", ["--moderation", "{gate}"]),
 }
 
 
@@ -327,9 +337,11 @@ def serve_reaches(argv, monkeypatch) -> tuple:
         def start(self):
             pass
 
-    def build_app(engine, name, max_bytes, key):
-        seen["app"] = (name, max_bytes, key)
-        return real_build_app(engine, name, max_bytes, key)
+    def build_app(engine, name, max_bytes, key, moderator, moderate):
+        seen["app"] = (name, max_bytes, key, moderate)
+        if moderator is not None:
+            seen["gate"] = (moderator.threshold, moderator.safe_label, moderator.labels)
+        return real_build_app(engine, name, max_bytes, key, moderator, moderate)
 
     def run(self, sockets=None):
         host, port = sockets[0].getsockname()[:2]
@@ -346,6 +358,7 @@ def assert_each_reaches(reaches, table: dict, base: list, option: str, places: d
     """The command with `option` configures something other than without it (both start)."""
     if table[option] == "base":
         return
+    base = base + (table[option][2] if len(table[option]) > 2 else [])  # what the option modifies
     before = reaches(fill(base, places, places["root"]), monkeypatch)
     after = reaches(fill(base + table[option][0], places, places["root"]), monkeypatch)
     assert after[0] == before[0] == 0 and after[1] != before[1], (option, after, before)

@@ -255,6 +255,10 @@ def _check_hooks(c: dict, errors: list) -> None:
     hooks = e.get("hooks", []) if isinstance(e.get("hooks", []), (list, tuple)) else []
     if "tasks" in hooks and not e.get("tasks"):
         errors.append(("eval.tasks", [], "the 'tasks' hook needs task names, e.g. '[\"lambada_openai\"]'"))
+    if "bias_report" in hooks and not e.get("task_data_dir"):
+        errors.append(("eval.task_data_dir", "", "the 'bias_report' hook reads the bias suites' files "
+                       "(crows_pairs_english.jsonl, winogender.jsonl, bbq.jsonl, toxigen.jsonl; see evaluate "
+                       "--prepare) from this folder"))
     if "samples" in hooks and not e.get("sample_prompts"):
         errors.append(("eval.sample_prompts", [], "the 'samples' hook needs prompts, e.g. '[\"Once upon a\"]' "
                        "(or drop it from eval.hooks)"))
@@ -307,7 +311,7 @@ def _check_model(c: dict, errors: list) -> None:
 def _check_paths(c: dict, flat: dict, errors: list) -> None:
     """Files and directories the config names must exist (data globs are checked by the sources)."""
     keys = ["model.init_from", "data.tokenizer", "distill.teacher"]
-    if "tasks" in (c.get("eval", {}).get("hooks") or []):
+    if {"tasks", "bias_report"} & set(c.get("eval", {}).get("hooks") or []):
         keys.append("eval.task_data_dir")
     for key in keys:
         value = flat.get(key)

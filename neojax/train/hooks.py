@@ -10,11 +10,14 @@ import math
 import jax
 import jax.numpy as jnp
 
-from neojax import registry
-from neojax.evaluate import evaluate
+from neojax import paths, registry
+from neojax.evaluate import bias, evaluate, load_task
+from neojax.evaluate.task import EmptySubset, available
+from neojax.files import write_json
 from neojax.finetune import classify
 from neojax.generate import generate
 from neojax.model.classifier import GPTNeoClassifier
+from neojax.train.setup import load_float
 from neojax.train.step import batch_loss
 
 
@@ -88,4 +91,39 @@ def harness_tasks(params, *, config, model_config, tokenizer, step, **_):
            if isinstance(v, float) and v == v and not k.endswith("stderr") and k != "seconds"}  # NaN: undefined
     if jax.process_index() == 0:
         print(f"  tasks @ {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()), flush=True)
+    return out
+
+
+@registry.register("eval", "bias_report")
+def bias_report(params, *, config, model_config, tokenizer, step, workdir, **_):
+    """The bias suites (neojax.evaluate.bias) in eval.task_data_dir on these params; at the last step
+    also on the run's start (model.init_from), side by side in WORKDIR/bias_report.json, .md and
+    .png: what a mitigation (e.g. data.transform=counterfactual) changed. Logs the current values."""
+    e = config.eval
+    loaded = {}
+    for name in bias.report_tasks():
+        if available(name, e.task_data_dir):
+            try:
+                loaded[name] = load_task(e.task_data_dir, name)
+            except EmptySubset:  # a category the file has no record of: '-' in the report
+                continue
+    now = evaluate(params, model_config, tokenizer, list(loaded), e.task_data_dir, limit=e.task_limit, loaded=loaded)
+    table = {label: cells["now"] for label, cells in bias.bias_report({"now": now}).items()}
+    out = {f"bias/{label}": v for label, v in table.items() if v is not None}
+    if step != config.train.total_steps or jax.process_index() != 0:
+        return out
+    columns = {}
+    if config.model.init_from:
+        start = load_float(config.model.init_from, "model.init_from", dtype=model_config.dtype)
+        columns["before (model.init_from)"] = evaluate(start.params, start.config, tokenizer, list(loaded),
+                                                       e.task_data_dir, limit=e.task_limit, loaded=loaded)
+    columns[f"after (step {step})"] = now
+    report = bias.bias_report(columns)
+    directory = paths.path(workdir)
+    write_json(str(directory / "bias_report.json"), {"table": report, "results": columns, "step": step})
+    (directory / "bias_report.md").write_text(bias.format_bias_report(report) + "\n")
+    with paths.local_file(str(directory / "bias_report.png")) as local:
+        bias.plot_bias_report(report, local)
+    print(f"  bias report @ {step}:\n{bias.format_bias_report(report)}\n  wrote {directory / 'bias_report.json'}, "
+          ".md, .png", flush=True)
     return out

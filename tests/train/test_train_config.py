@@ -2,6 +2,7 @@
 import pytest
 
 from neojax.cli import UsageError
+from neojax.evaluate.task import SAMPLES
 from neojax.train.config import apply_overrides, base_config, check_config, config_changes, load_experiment
 from neojax.train.schema import ConfigError
 
@@ -34,6 +35,8 @@ def test_every_shipped_experiment_validates():
         c.data.tokenizer = ""
         c.distill.teacher = ""
         c.objective = "lm" if c.objective == "distill" else c.objective
+        if "bias_report" in c.eval.hooks:
+            c.eval.task_data_dir = SAMPLES  # the suites' sample records that ship with neojax
         if c.data.source in ("jsonl", "text_files", "chat"):
             c.data.source = "stdlib"
             c.data.source_args = {}
