@@ -171,7 +171,7 @@ class Api:
         self._fits(prompts, settings)
         if self.gate_prompts:
             texts = await asyncio.to_thread(lambda: [self.tokenizer.decode(ids) for ids in prompts])
-            await self._gate(texts, "prompt")
+            await self._gate(texts, "prompt", "prompt")
         if body.echo and body.stream:
             raise BadRequest("'echo' with 'stream' is not supported; ask for one of them", "echo")
         if body.logprobs is not None and body.stream:
@@ -189,7 +189,7 @@ class Api:
         settings.stop = settings.stop + (STOP,)  # the chat template's next user turn
         text = _text(render_prompt([m.model_dump() for m in body.messages]), "messages")
         if self.gate_prompts:
-            await self._gate([m.content for m in body.messages if m.role == "user"], "messages")
+            await self._gate([m.content for m in body.messages if m.role == "user"], "messages", "user message")
         ids = await asyncio.to_thread(self.tokenizer.encode, text)  # the event loop serves others meanwhile
         if body.max_tokens is None and body.max_completion_tokens is None:
             settings.max_tokens = min(settings.max_tokens, max(self.max_len - len(ids), 0))
@@ -276,11 +276,11 @@ class Api:
         return {"id": f"modr-{uuid.uuid4().hex[:24]}", "model": self.moderator_name,
                 "results": [self.moderator.openai_result(r) for r in results]}
 
-    async def _gate(self, texts: list[str], param: str) -> None:
+    async def _gate(self, texts: list[str], param: str, noun: str) -> None:
         """A 400 (code content_filter) if the moderation gate flags any of `texts`."""
         for i, result in enumerate(await asyncio.to_thread(self.moderator.score, texts)):
             if result["flagged"]:
-                raise BadRequest(f"{param} {i} was refused by the moderation gate (flag score "
+                raise BadRequest(f"{noun} {i} was refused by the moderation gate (flag score "
                                  f"{result['flag_score']:.2f} > {self.moderator.threshold}); rephrase it", param,
                                  code="content_filter")
 

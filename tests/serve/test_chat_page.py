@@ -99,3 +99,38 @@ def test_chat_page_sends_the_key_and_drops_the_oldest_turns_when_full(tiny_hf_wi
         assert shown == want.strip()  # the page sent exactly the shortened conversation
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.parametrize("scope", ["prompts", "outputs"])
+def test_chat_page_shows_the_moderation_gate_plainly(tiny_hf_with_tokenizer, driver, tmp_path, scope):
+    """A gate that flags everything (a fresh classifier head, a threshold of 0.01): a refused message
+    is a notice saying so, not an error; an answer the gate stops says where it stopped."""
+    import jax
+    from selenium.webdriver.common.by import By
+
+    from neojax import checkpoint
+    from neojax.checkpoint.hf import save_hf_classifier
+    from neojax.model.classifier import init_classifier
+    model = checkpoint.load(tiny_hf_with_tokenizer)
+    save_hf_classifier(str(tmp_path / "gate"), init_classifier(model.config, 2, jax.random.key(0), model.params),
+                       model.config, ["ok", "flagged"], model.tokenizer)
+    s = Server(tiny_hf_with_tokenizer, "--max_batch", "2", "--model_name", "tiny", "--moderation",
+               str(tmp_path / "gate"), "--moderation_threshold", "0.01", "--moderate", scope)
+    try:
+        driver.get(s.url + "/")
+        _fill(driver, temperature="0", max_tokens="40")
+        driver.find_element(By.ID, "input").send_keys("Tell me a story.\n")
+        deadline = time.time() + 60
+        while time.time() < deadline and not driver.find_elements(By.CSS_SELECTOR, ".refusal"):
+            time.sleep(0.05)
+        notice = driver.find_elements(By.CSS_SELECTOR, ".refusal")
+        assert notice and not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
+        if scope == "prompts":
+            assert notice[-1].text.startswith("user message 0 was refused by the moderation gate (flag score ")
+            assert not driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")  # nothing was generated
+        else:
+            answer = driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1]
+            assert answer.get_attribute("data-finish") == "content_filter" and answer.text == ""
+            assert notice[-1].text == "The moderation gate stopped this answer here."
+    finally:
+        assert s.stop() == 0, "".join(s.lines)
