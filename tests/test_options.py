@@ -306,6 +306,7 @@ SERVE = {
     "--max_batch": (["--max_batch", "3"], "changes"),
     "--max_len": (["--max_len", "64"], "changes"),
     "--chunk": (["--chunk", "8"], "changes"),
+    "--step_tokens": (["--step_tokens", "64"], "changes"),
     "--max_queue": (["--max_queue", "5"], "changes"),
     "--dtype": (["--dtype", "bfloat16"], "changes"),
     "--quantize": (["--quantize", "int8"], "changes"),

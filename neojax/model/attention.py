@@ -138,13 +138,13 @@ class AttentionVariant:
         """Whether its decoding state is a softmax KV cache, which `extend` keeps per slot."""
         return self.step is None
 
-    def extend(self, q, k, v, cache, starts, config, row=None):
+    def extend(self, q, k, v, cache, starts, config, rows=None):
         """New tokens of independent rows at their own cache slots (a server's batch): (out, cache)."""
         if not self.servable:
             raise ValueError("this attention variant keeps a running state, not a KV cache per slot; serving needs "
                              "softmax attention variants")
         bias = None if self.bias is None else functools.partial(self.bias, config)
-        return extend_attention(q, k, v, cache, starts, self.window(config), bias, row)
+        return extend_attention(q, k, v, cache, starts, self.window(config), bias, rows)
 
     def decode(self, q, k, v, cache, slot, config):
         """One new token at `slot` against the decoding state: (out, cache)."""
@@ -246,24 +246,26 @@ def slot_cache(batch: int, heads: int, capacity: int, head_dim: int, dtype, int8
             "v_scale": zeros(shape[:3], jnp.float32)}
 
 
-def extend_attention(q, k, v, cache, starts, window: Optional[int], bias=None, row=None):
+def extend_attention(q, k, v, cache, starts, window: Optional[int], bias=None, rows=None):
     """C new tokens per row (q, k, v: [batch, C, heads, head_dim]) at slots starts[b] .. starts[b]+C-1
     of that row's own cache (a slot_cache; rows are independent requests at their own lengths).
     A query sees the keys at slots up to its own (inside the window): entries past it, padding or a
     previous request's leftovers, never. The cache needs room for starts + C: writes never wrap.
-    `row` (one request, batch 1): the cache holds every request and row is this one's; it is
-    written in place and only its row is read."""
+    `rows` ([batch] ints): the cache holds every request and query row p is cache row rows[p] (a
+    batch of prompt chunks of some requests); those rows are written in place and only they are
+    read. A row given twice must carry the same tokens (padding a batch repeats its first row)."""
     c = q.shape[1]
     capacity = cache["k"].shape[2]
     new = _store(_entries(k, v), cache)
-    if row is None:
+    if rows is None:
         write = jax.vmap(lambda buf, x, s: jax.lax.dynamic_update_slice_in_dim(buf, x, s, axis=1))
         cache = {n: write(cache[n], x, starts) for n, x in new.items()}
         view = cache
-    else:
-        at = lambda x: (row, 0, starts[0]) + (0,) * (x.ndim - 3)
-        cache = {n: jax.lax.dynamic_update_slice(cache[n], x, at(x)) for n, x in new.items()}
-        view = {n: jax.lax.dynamic_slice_in_dim(x, row, 1, axis=0) for n, x in cache.items()}
+    else:  # new[n]: [P, heads, C, ...] into cache rows `rows` at slots starts[p] + 0..C-1
+        slots = (starts[:, None] + jnp.arange(c))[:, None, :]
+        heads = jnp.arange(q.shape[2])[None, :, None]
+        cache = {n: cache[n].at[rows[:, None, None], heads, slots].set(x) for n, x in new.items()}
+        view = {n: x[rows] for n, x in cache.items()}
     distance = (starts[:, None, None] + jnp.arange(c)[None, :, None]) - jnp.arange(capacity)[None, None, :]
     visible = distance >= 0
     if window is not None:

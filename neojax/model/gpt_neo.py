@@ -50,7 +50,7 @@ class SelfAttention(nn.Module):
         if variant.qk is not None:  # rotary and other position-dependent query/key maps
             q, k = variant.qk(q, k, positions, cfg)
         if isinstance(mode, modes.Extend):
-            y, cache = variant.extend(q, k, v, cache, mode.starts, cfg, mode.row)
+            y, cache = variant.extend(q, k, v, cache, mode.starts, cfg, mode.rows)
         elif isinstance(mode, modes.Decode):
             y, cache = variant.decode(q, k, v, cache, mode.slot, cfg)
         else:
@@ -139,15 +139,15 @@ class GPTNeo(nn.Module):
         x, cache = self._blocks(tokens, None, position_ids, None, modes.Decode(slot), cache)
         return self.head(x[:, 0]), cache
 
-    def extend(self, tokens, starts, cache, row=None, last=None):
+    def extend(self, tokens, starts, cache, rows=None, last=None):
         """Serving: row b's tokens ([batch, C]) at its cache slots starts[b] .. starts[b]+C-1 (a prompt
-        chunk, or C = 1 to decode), rows independent; `row`: one request's chunk in a cache of many
-        (see extend_attention). Returns (logits [batch, C, vocab], cache), or with `last` only the
-        logits at that position ([batch, vocab])."""
+        chunk, or C = 1 to decode), rows independent; `rows`: which rows of a cache of many these are
+        (see extend_attention). Returns (logits [batch, C, vocab], cache), or with `last` ([batch])
+        only each row's logits at its position last[b] ([batch, vocab])."""
         positions = jnp.minimum(starts[:, None] + jnp.arange(tokens.shape[1]), self.config.max_position_embeddings - 1)
-        x, cache = self._blocks(tokens, None, positions, None, modes.Extend(starts, row), cache)
+        x, cache = self._blocks(tokens, None, positions, None, modes.Extend(starts, rows), cache)
         if last is not None:
-            x = jax.lax.dynamic_index_in_dim(x, last, axis=1, keepdims=False)
+            x = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
         return self.head(x), cache
 
     def head(self, x):

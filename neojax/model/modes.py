@@ -4,10 +4,10 @@ down to the attention variant, instead of a mode inferred from which arguments a
     Full(train)          training and scoring: attend over the input; no cache (dropout if train)
     Prefill(length)      attend over a prompt and start a cache with room for `length` slots
     Decode(slot)         one new token per row at cache `slot` (a left-padded batch shares slots)
-    Extend(starts, row)  serving: row b's new tokens at its own slots starts[b].. (rows independent);
-                         with `row`, one request's chunk written into that row of a cache of many
+    Extend(starts, rows) serving: row b's new tokens at its own slots starts[b].. (rows independent);
+                         with `rows`, query row p is cache row rows[p] of a cache of many requests
 
-They are pytrees: traced fields (slot, starts, row) are leaves, the rest static, so a mode passes
+They are pytrees: traced fields (slot, starts, rows) are leaves, the rest static, so a mode passes
 through `nn.remat` and `jax.jit` like any argument.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Decode:
 @struct.dataclass
 class Extend:
     starts: jax.Array
-    row: Optional[jax.Array] = None
+    rows: Optional[jax.Array] = None
     train = False
 
 

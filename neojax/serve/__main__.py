@@ -42,7 +42,10 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=cli.nonneg_int, default=8000)
     parser.add_argument("--max_batch", type=cli.positive_int, default=16, help="sequences decoded together (slots)")
     parser.add_argument("--max_len", type=cli.positive_int, default=0, help="tokens per slot (default: the context)")
-    parser.add_argument("--chunk", type=cli.positive_int, default=64, help="prompt tokens prefilled per step")
+    parser.add_argument("--chunk", type=cli.positive_int, default=64, help="prompt tokens per chunk")
+    parser.add_argument("--step_tokens", type=cli.positive_int, default=512,
+                        help="tokens an engine step may process: a decode token per generating slot, the rest as "
+                             "prompt chunks of several requests together")
     parser.add_argument("--max_queue", type=cli.positive_int, default=256, help="waiting requests before 429")
     cli.add_model_options(parser)
     parser.add_argument("--model_name", help="the model's name in the API (default: the checkpoint's folder name)")
@@ -94,9 +97,9 @@ def main(argv=None) -> int:
             moderator = Moderator.load(where, 0.5 if args.moderation_threshold is None else args.moderation_threshold,
                                        args.moderation_safe_label or "")
     engine = Engine(model.params, model.config, model.tokenizer, args.max_batch, args.max_len or None, args.chunk,
-                    args.max_queue)
-    print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} ...",
-          flush=True)
+                    args.max_queue, args.step_tokens)
+    print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} (up to "
+          f"{engine.max_prefill} a step) ...", flush=True)
     engine.warm_up()
     if moderator is not None:
         moderator.score(["warm up"])  # compiled before the first request

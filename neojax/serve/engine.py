@@ -1,10 +1,11 @@
 """Continuous batching: one thread owns the model and a slot KV cache.
 
 The cache has `max_batch` rows (slots) of `max_len` positions. A request (one choice of it) waits
-in a bounded queue, takes a free slot, has its prompt prefilled in chunks of `chunk` tokens, one
-chunk per engine step, interleaved with decode steps of every slot already generating, and leaves
-its slot the step it finishes. Every program has fixed shapes ([max_batch] decode, [chunk] prefill),
-so after warm-up no request compiles anything. Rows never see each other's cache entries
+in a bounded queue, takes a free slot, has its prompt prefilled in chunks of `chunk` tokens, and
+leaves its slot the step it finishes. A step spends a budget of `step_tokens`: one decode token for
+every slot generating, the rest on prompt chunks, several prompts' chunks in one program (a batch
+of P rows, P a power of two). Every program has fixed shapes ([max_batch] decode, [P, chunk]
+prefill), all compiled by `warm_up`, so no request compiles anything. Rows never see each other's cache entries
 (`extend_attention`: a query sees only its own row's slots up to its own position).
 """
 from __future__ import annotations
@@ -120,9 +121,12 @@ def _next(logits, sampling: Sampling) -> Drawn:
 
 class Engine:
     def __init__(self, params, config: GPTNeoConfig, tokenizer, max_batch: int = 16, max_len: Optional[int] = None,
-                 chunk: int = 64, max_queue: int = 256):
+                 chunk: int = 64, max_queue: int = 256, step_tokens: int = 512):
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_batch, self.chunk, self.max_queue = max_batch, chunk, max_queue
+        self.step_tokens = step_tokens
+        # prompt chunks one step may prefill together: a power of two within the budget and the slots
+        self.max_prefill = 1 << (max(1, min(max_batch, step_tokens // chunk)).bit_length() - 1)
         self.max_len = min(max_len or config.max_position_embeddings, config.max_position_embeddings)
         self.cache = self._new_cache()
         self.slots: list[Optional[Sequence]] = [None] * max_batch
@@ -141,9 +145,10 @@ class Engine:
         """Compile both programs (fixed shapes: nothing compiles after this)."""
         b, c = self.max_batch, self.chunk
         zeros = lambda n, dtype=np.int32: np.zeros(n, dtype)
-        for scored in (False, True):
-            self.cache, *_ = self._prefill(self.params, self.cache, zeros(c), np.int32(0), np.int32(0), np.int32(1),
-                                           zeros(c), self._sampling([None]), scored=scored)
+        for rows, scored in [(p, False) for p in _buckets(self.max_prefill)] + [(1, True)]:
+            self.cache, *_ = self._prefill(self.params, self.cache, zeros((rows, c)), zeros(rows), zeros(rows),
+                                           np.ones(rows, np.int32), zeros((rows, c)), self._sampling([None] * rows),
+                                           scored=scored)
         self.cache, _ = self._decode(self.params, self.transposed, self.cache, zeros(b), zeros(b),
                                      self._sampling([None] * b))
         jax.block_until_ready(self.cache)
@@ -195,12 +200,15 @@ class Engine:
         self.waiting.clear()
 
     def _step(self) -> None:
-        """At most one prompt chunk (running streams wait for no more than that), then one decode
-        step of every slot that is generating."""
+        """Prompt chunks within the step's token budget (what the decoding slots leave of it; at least
+        one chunk, so prompts always advance), then one decode step of every slot generating."""
         self._drop_cancelled()
         filling = [s for s in self.slots if s is not None and s.prefilling]
         if filling:
-            self._isolated(filling[:1], self._prefill_chunk)
+            generating = sum(s is not None and s.decoding for s in self.slots)
+            room = min(self.max_prefill, max(1, (self.step_tokens - generating) // self.chunk))
+            scored = [s for s in filling if s.echo_logprobs][:1]  # a prompt scored position by position: alone
+            self._isolated(scored or [s for s in filling if not s.echo_logprobs][:room], self._prefill_chunks)
         decoding = [s for s in self.slots if s is not None and s.decoding]
         if decoding:
             self._isolated(decoding, self._decode_step)
@@ -259,28 +267,38 @@ class Engine:
                         get(lambda s: s.seed, 0, np.uint32), get(lambda s: s.choice, 0, np.uint32),
                         get(lambda s: len(s.tokens), 0, np.uint32))
 
-    def _prefill_chunk(self, seqs: list[Sequence]) -> None:
-        (seq,), c = seqs, self.chunk
-        start = seq.filled
-        piece = seq.prompt[start:start + c]
-        tokens, targets = np.zeros(c, np.int32), np.zeros(c, np.int32)
-        tokens[:len(piece)] = piece
-        following = seq.prompt[start + 1:start + 1 + c]
-        targets[:len(following)] = following
+    def _prefill_chunks(self, seqs: list[Sequence]) -> None:
+        """The next prompt chunk of each of seqs, in one program (padded to a bucket of rows by
+        repeating the first); a prompt's last chunk gives its first new token."""
+        c, rows = self.chunk, _buckets(self.max_prefill, len(seqs))
+        padded = seqs + [seqs[0]] * (rows - len(seqs))
+        tokens, targets = np.zeros((rows, c), np.int32), np.zeros((rows, c), np.int32)
+        pieces = []
+        for i, seq in enumerate(padded):
+            piece = seq.prompt[seq.filled:seq.filled + c]
+            following = seq.prompt[seq.filled + 1:seq.filled + 1 + c]
+            tokens[i, :len(piece)], targets[i, :len(following)] = piece, following
+            pieces.append((len(piece), len(following)))
+        row_of = lambda f: np.array([f(s) for s in padded], np.int32)
+        scored = seqs[0].echo_logprobs
         self.cache, prompt, drawn = self._prefill(
-            self.params, self.cache, tokens, np.int32(seq.slot), np.int32(start), np.int32(len(piece)), targets,
-            self._sampling([seq]), scored=seq.echo_logprobs)
-        if seq.echo_logprobs:
+            self.params, self.cache, tokens, row_of(lambda s: s.slot), row_of(lambda s: s.filled),
+            np.array([n for n, _ in pieces], np.int32), targets, self._sampling(padded), scored=scored)
+        if scored:
             prompt = jax.device_get(prompt)
-            for i in range(len(following)):
-                seq.prompt_logprobs.append(float(prompt.logprob[i]))
-                seq.prompt_top.append(list(zip(prompt.top_ids[i].tolist(), prompt.top_lp[i].tolist())))
-        seq.filled += len(piece)
-        if seq.filled == len(seq.prompt):  # the prompt's last position gives the first new token
-            if seq.settings.max_tokens == 0:
-                self._finish(seq, "length")
-            else:
-                self._accept(seq, jax.device_get(drawn), 0)
+        finished = [i for i, seq in enumerate(seqs) if seq.filled + pieces[i][0] == len(seq.prompt)]
+        drawn = jax.device_get(drawn) if finished else None
+        for i, seq in enumerate(seqs):
+            if scored:
+                for j in range(pieces[i][1]):
+                    seq.prompt_logprobs.append(float(prompt.logprob[i, j]))
+                    seq.prompt_top.append(list(zip(prompt.top_ids[i, j].tolist(), prompt.top_lp[i, j].tolist())))
+            seq.filled += pieces[i][0]
+            if i in finished:  # the prompt's last position gives the first new token
+                if seq.settings.max_tokens == 0:
+                    self._finish(seq, "length")
+                else:
+                    self._accept(seq, drawn, i)
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
         rows = [None] * self.max_batch
@@ -341,20 +359,27 @@ def _emit(seq: Sequence, event: dict) -> None:
         seq.cancelled = True
 
 
-def _prefill(params, cache, tokens, slot, start, count, targets, sampling: Sampling, *, config, scored):
-    """One prompt chunk into one slot (written in place). Returns the cache, with `scored` the Scores
-    of each position's next prompt token (else zeros: only the last position's logits are
-    computed), and the token Drawn after the chunk's last valid position."""
+def _buckets(largest: int, rows: Optional[int] = None):
+    """The prefill programs' row counts (1, 2, 4, ... largest), or the one that fits `rows`."""
+    sizes = [1 << i for i in range(largest.bit_length())]
+    return sizes if rows is None else next(p for p in sizes if p >= rows)
+
+
+def _prefill(params, cache, tokens, rows, starts, counts, targets, sampling: Sampling, *, config, scored):
+    """Prompt chunks ([P, C]) of P sequences into their cache rows `rows` at slots starts[p].. (written
+    in place). Returns the cache, with `scored` the Scores of each position's next prompt token (else
+    zeros: only each row's last position's logits are computed), and the token Drawn after each
+    chunk's last valid position (counts[p] - 1)."""
     model = GPTNeo(config)
     if not scored:
-        last, cache = model.apply({"params": params}, tokens[None], start[None], cache, slot, count - 1,
-                                  method=GPTNeo.extend)
-        c = tokens.shape[0]
-        zeros = Scores(jnp.zeros(c), jnp.zeros((c, TOP_LOGPROBS), jnp.int32), jnp.zeros((c, TOP_LOGPROBS)))
+        last, cache = model.apply({"params": params}, tokens, starts, cache, rows, counts - 1, method=GPTNeo.extend)
+        shape = tokens.shape
+        zeros = Scores(jnp.zeros(shape), jnp.zeros((*shape, TOP_LOGPROBS), jnp.int32),
+                       jnp.zeros((*shape, TOP_LOGPROBS)))
         return cache, zeros, _next(last, sampling)
-    logits, cache = model.apply({"params": params}, tokens[None], start[None], cache, slot, method=GPTNeo.extend)
-    last = jax.lax.dynamic_index_in_dim(logits[0], count - 1, axis=0, keepdims=True)
-    return cache, _scores(logits[0], targets), _next(last, sampling)
+    logits, cache = model.apply({"params": params}, tokens, starts, cache, rows, method=GPTNeo.extend)
+    last = jnp.take_along_axis(logits, (counts - 1)[:, None, None], axis=1)[:, 0]
+    return cache, _scores(logits, targets), _next(last, sampling)
 
 
 def _decode(params, transposed, cache, tokens, starts, sampling: Sampling, *, config):

@@ -118,3 +118,29 @@ def test_a_failure_that_loses_the_cache_ends_the_running_and_serves_the_next(tin
     want = generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=8).tokens[0]
     assert first == [want[:1]]  # the prefill's token, then the failed decode step ended it
     assert again == [want]
+
+
+def test_prompts_arriving_together_are_prefilled_together_and_decode_as_generate(tiny):
+    """Batched prefill: one program takes several prompts' chunks (rows padded to a power of two);
+    each sequence's tokens equal generate's, and a prompt scored for echo logprobs goes alone."""
+    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=4, chunk=8, step_tokens=24)
+    assert engine.max_prefill == 2  # 24 tokens a step hold three chunks of 8: two rows (a power of two)
+    engine.warm_up()
+    rows_seen = []
+    program = engine._prefill
+
+    def spy(params, cache, tokens, *args, **kwargs):
+        rows_seen.append((tokens.shape[0], len(set(np.asarray(args[0]).tolist()))))  # rows, distinct slots
+        return program(params, cache, tokens, *args, **kwargs)
+    engine._prefill = spy
+    engine.start()
+    texts = ("The quick brown fox jumps over the lazy dog", "Once upon a time there was", "def hello():\n" * 3, "A")
+    prompts = [tiny.tokenizer.encode(t) for t in texts]
+    try:
+        got = _run(engine, prompts, 10)
+    finally:
+        engine.shutdown()
+    want = [generate(tiny.params, tiny.config, [p], tiny.tokenizer, max_new_tokens=10).tokens[0] for p in prompts]
+    assert got == want
+    assert (2, 2) in rows_seen and all(rows in (1, 2) for rows, _ in rows_seen)
+    assert len(rows_seen) < sum(-(-len(p) // 8) for p in prompts)  # fewer programs than chunks
