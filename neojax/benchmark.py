@@ -41,7 +41,7 @@ from neojax.data.pipeline import TokenCache, TrainBatches
 from neojax.data.tokenizer import Tokenizer
 from neojax.evaluate import evaluate
 from neojax.flops import measure_bandwidth, measure_peak_flops, train_flops_per_token
-from neojax.generate import generate
+from neojax.generate import decode_weights, generate
 from neojax.model import PRESETS, GPTNeo, init_params, preset
 from neojax.model.config import DTYPES, REMATS, model_shape
 from neojax.model.quant import quantize_params
@@ -144,7 +144,8 @@ def bench_decode(config, params, batch, new_tokens=128, prompt_len=32, torch_too
     Rounds alternate neojax and transformers, and each side keeps its fastest run of each length,
     so that a slow spell of a shared machine does not fall on one side only."""
     prompts = [list(range(1, prompt_len + 1))] * batch
-    sides = {"neojax": lambda n: generate(params, config, prompts, max_new_tokens=n, stop_tokens=())}
+    weights = decode_weights(params, config)  # made once, as a session generating repeatedly would
+    sides = {"neojax": lambda n: generate(params, config, prompts, max_new_tokens=n, stop_tokens=(), weights=weights)}
     if torch_too:
         import torch  # deferred: the reference is optional (requirements-test.txt)
         model = _torch_model(config, params)
@@ -183,7 +184,9 @@ def bench_ttft(config, params, prompt_len=512):
     is shortened to half the context for models with fewer positions."""
     prompt_len = min(prompt_len, config.max_position_embeddings // 2)
     prompt = [list(np.random.default_rng(0).integers(0, config.vocab_size, prompt_len))]
-    return prompt_len, _best(lambda: generate(params, config, prompt, max_new_tokens=1, stop_tokens=()))
+    weights = decode_weights(params, config)
+    return prompt_len, _best(lambda: generate(params, config, prompt, max_new_tokens=1, stop_tokens=(),
+                                              weights=weights))
 
 
 def bench_data(tokens=20_000_000, seq_len=2048, batch=16):

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from neojax.cli import Progress
-from neojax.generate import generate
+from neojax.generate import decode_weights, generate
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
 
@@ -124,13 +124,14 @@ class Scorer:
         order = sorted(range(len(requests)), key=lambda i: (tuple(requests[i][1]), requests[i][2], -len(encoded[i])))
         results: list = [None] * len(requests)
         progress = Progress(self.label, len(requests))
+        weights = decode_weights(self.params, self.config)  # once for every batch of the task
         while order:
             first = order[0]
             same = lambda i: (tuple(requests[i][1]), requests[i][2]) == (tuple(requests[first][1]), requests[first][2])
             chunk = [i for i in order[:self.batch_size] if same(i)]
             order = order[len(chunk):]
             out = generate(self.params, self.config, [encoded[i] for i in chunk], self.tokenizer,
-                           max_new_tokens=requests[first][2], stop_strings=list(requests[first][1]))
+                           max_new_tokens=requests[first][2], stop_strings=list(requests[first][1]), weights=weights)
             for i, text, new in zip(chunk, out.texts, out.tokens):
                 results[i] = text
                 self.tokens_generated += len(new)

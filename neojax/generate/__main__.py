@@ -11,7 +11,7 @@ import sys
 
 from neojax import checkpoint, cli
 from neojax.finetune.chat import STOP, render_prompt
-from neojax.generate.loop import fit, generate
+from neojax.generate.loop import decode_weights, fit, generate
 
 
 def _stream_to(out):
@@ -107,7 +107,7 @@ def _check_modes(args, prompts) -> None:
 def _interactive(model, settings, seed) -> int:
     """Chat-style loop: the conversation so far is the context, left-truncated when the window fills."""
     history: list[int] = []
-    settings = {**settings, "truncate": True}
+    settings = {**settings, "truncate": True, "weights": decode_weights(model.params, model.config)}
     print("neojax interactive generation: empty line or Ctrl-D to quit.", file=sys.stderr)
     for turn, line in enumerate(_typed_lines("> ")):
         history += model.tokenizer.encode(line)
@@ -133,7 +133,8 @@ def _typed_lines(prompt: str):
 def _chat(model, settings, seed, system: str = "") -> int:
     """Chat in the template the model was fine-tuned with: each answer ends at EOS or a new "User:"."""
     messages = [{"role": "system", "content": system}] if system else []
-    settings = {**settings, "truncate": True, "stop_strings": list(settings["stop_strings"]) + [STOP]}
+    settings = {**settings, "truncate": True, "stop_strings": list(settings["stop_strings"]) + [STOP],
+                "weights": decode_weights(model.params, model.config)}
     print("neojax chat: empty line or Ctrl-D to quit.", file=sys.stderr)
     for turn, line in enumerate(_typed_lines("User: ")):
         messages.append({"role": "user", "content": line})

@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import weakref
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -117,27 +116,15 @@ def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k
     return carry[5], carry[6]
 
 
-_TRANSPOSED: dict = {}  # weak references to the last params' leaves, their dtype, and their copies
-
-
 def decode_weights(params, config: GPTNeoConfig):
     """The weight copies decode steps multiply by, or None: [out, in] (twice as fast on CPUs) and in
-    the compute dtype (no per-token conversion of float32 weights; int8 stays int8). Reused while
-    the same arrays are passed (interactive sessions, repeated calls, a server): the copy is a pass
-    over every weight, not worth repeating. The cache holds the params weakly: once they are gone
-    (a training hook's, say), so is their copy."""
+    the compute dtype (no per-token conversion of float32 weights; int8 stays int8). One pass over
+    every weight: a caller that generates many times with the same params (a server, a chat session,
+    the harness) makes them once and passes them to each `generate(..., weights=)`; nothing keeps
+    them for it."""
     if not (backend.xla_cpu_workarounds(config) or config.dtype != "float32"):
         return None
-    dtype = config.dtype
-    leaves = jax.tree.leaves(params)
-    cached = _TRANSPOSED.get("leaves", ())
-    if len(cached) != len(leaves) or any(r() is not x for r, x in zip(cached, leaves)) or \
-            _TRANSPOSED.get("dtype") != dtype:
-        _TRANSPOSED.clear()  # free the previous copy first
-        _TRANSPOSED.update(leaves=[weakref.ref(x) for x in leaves], dtype=dtype,
-                           value=_transposed_kernels(params, dtype))
-        weakref.finalize(leaves[0], _TRANSPOSED.clear)
-    return _TRANSPOSED["value"]
+    return _transposed_kernels(params, config.dtype)
 
 
 _transposed_kernels = jax.jit(transposed_kernels, static_argnums=1)
@@ -159,15 +146,16 @@ def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalt
 def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *, max_new_tokens: int = 32,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              stop_tokens: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), seed: int = 0,
-             truncate: bool = False,
-             on_text: Optional[Callable[[int, str], None]] = None) -> Generation:
+             truncate: bool = False, on_text: Optional[Callable[[int, str], None]] = None,
+             weights=None) -> Generation:
     """Continue each prompt (a string, needing `tokenizer`, or a list of token ids).
 
     temperature 0 is greedy; a sampled row draws as neojax.sampling says (row r with `seed` draws
     what the server's choice r with that seed draws). stop_tokens defaults to the EOS id;
     stop_strings end a row once its text contains one (the text is cut before it).
     `on_text(row, piece)` streams decoded text. Prompts that leave no room for max_new_tokens
-    within the context raise, or are left truncated with truncate=True."""
+    within the context raise, or are left truncated with truncate=True. `weights`: decode_weights(
+    params, config), for a caller that generates repeatedly (made here otherwise)."""
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if isinstance(prompts, (str, np.ndarray)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
         prompts = [prompts]
@@ -197,7 +185,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     if host:
         watcher = _WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
     try:
-        transposed = decode_weights(params, config)
+        transposed = decode_weights(params, config) if weights is None else weights
         out, lengths = _generate_program(
             params, transposed, jnp.asarray(tokens), jnp.asarray(mask), np.uint32(seed % 2 ** 32),
             jnp.float32(temperature or 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.float32(repetition_penalty),

@@ -286,18 +286,24 @@ def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path):
     assert r.returncode == 2 and "argument --top_p: '2' is not a number in (0, 1]" in r.stderr
 
 
-def test_the_decode_copy_of_the_weights_goes_with_them(hf_dirs):
-    """decode_weights reuses its copy while the same params come back, and holds them weakly: once
-    the params are gone (a training hook's, say) the copy is freed too."""
+def test_nothing_keeps_the_weights_after_generate(hf_dirs):
+    """generate keeps no copy of the params (nor of their decode layout) once it returns: a training
+    hook's params, say, are freed with the hook. A caller that generates repeatedly passes the
+    copies it made once (weights=) and gets the same tokens."""
     import gc
+    import weakref
 
-    from neojax.generate import loop as gen
+    from neojax.generate import decode_weights
     directory, _, _ = hf_dirs["window7_inner40"]
     config, params, _ = load_hf(directory)
     config = config.replace(platform="cpu")
     params = jax.tree.map(jnp.asarray, params)
-    first = gen.decode_weights(params, config)
-    assert gen.decode_weights(params, config) is first  # reused
-    del params, first
+    once = generate(params, config, [[1, 2, 3]], max_new_tokens=8).tokens
+    weights = decode_weights(params, config)
+    assert weights is not None and generate(params, config, [[1, 2, 3]], max_new_tokens=8, weights=weights).tokens \
+        == once
+    gone = weakref.ref(jax.tree.leaves(params)[0])
+    copies = weakref.ref(jax.tree.leaves(weights)[0])
+    del params, weights
     gc.collect()
-    assert gen._TRANSPOSED == {}
+    assert gone() is None and copies() is None
