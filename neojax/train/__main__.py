@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import shlex
 import sys
 
@@ -20,6 +21,7 @@ from absl import logging as absl_logging
 
 from neojax import cli, paths, registry, sharding
 from neojax.model.config import PRESETS
+from neojax.train import schema
 from neojax.train.config import apply_overrides, experiments, load_experiment
 from neojax.train.loop import NonFiniteError, train
 from neojax.train.schema import ConfigError
@@ -35,6 +37,9 @@ def list_registry() -> str:
     lines.append(f"model presets: {', '.join(PRESETS)}")
     for kind in registry.kinds():
         lines.append(f"{kind}: {', '.join(registry.names(kind))}")
+    lines.append("config keys (--config.KEY=VALUE; default, meaning):")
+    for key, field in schema.fields():
+        lines.append(f"  {key:<30} {json.dumps(field.default, default=str):<26} {field.doc}".rstrip())
     return "\n".join(lines)
 
 

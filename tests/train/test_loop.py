@@ -233,6 +233,10 @@ def test_cli_list_unknown_names_and_typos(tmp_path):
     assert r.returncode == 0 and "quickstart" in r.stdout and "gpt_neo_2p7b_pile" in r.stdout
     assert "attention: alibi, global, linear, local, rotary" in r.stdout
     assert "schedule: constant, cosine, linear" in r.stdout
+    from neojax.train import schema
+    keys = [line.split()[0] for line in r.stdout.split("config keys")[1].splitlines()[1:]]
+    assert keys == [k for k, _ in schema.fields()]  # every key the schema declares, with its default and meaning
+    assert "data.transform_mode" in r.stdout and "also: each document and its transformed copy" in r.stdout
     r = _cli("--config", "quickstrat", "--workdir", str(tmp_path))
     assert r.returncode != 0 and "unknown experiment 'quickstrat'" in r.stderr and "quickstart" in r.stderr
     r = _cli("--config", "quickstart:smoke", "--workdir", str(tmp_path), "--config.train.totl_steps=3")
