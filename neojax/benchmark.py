@@ -328,8 +328,9 @@ def _serving(params, config, tokenizer, max_batch, max_len):
 def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     """The server over HTTP: `clients` concurrent greedy streams (prompts of 32-256 tokens, `new_tokens`
     each) on `clients` slots with continuous batching, against the same requests sent one at a time
-    to a one-slot server. Returns generated tokens/s of both and the concurrent run's
-    time-to-first-token percentiles."""
+    to a one-slot server. Returns generated tokens/s of both, the concurrent run's
+    time-to-first-token percentiles, and the limit: generate's greedy decode rate at batch `clients`
+    in this run (the engine's steps are those decode steps plus prefill and the host's work)."""
     text = _synthetic_text()
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as d:
@@ -372,8 +373,9 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
         stop()
     ttft = np.array([t for t, _ in results])
     lengths = [len(p) for p in prompts]
+    limit, _ = bench_decode(config, params, clients, new_tokens=new_tokens, torch_too=False, rounds=2)
     return {"batched": batched, "alone": alone, "ttft_p50": float(np.percentile(ttft, 50)),
-            "ttft_p99": float(np.percentile(ttft, 99)),
+            "ttft_p99": float(np.percentile(ttft, 99)), "limit": limit,
             "workload": f"prompts {min(lengths)}-{max(lengths)} tokens, {new_tokens} new tokens"}
 
 
@@ -487,6 +489,8 @@ def main(argv=None):
         add(_row(f"{label}: one request at a time", "tokens/s", served["alone"]))
         add(_row(f"{label}: time to first token p50", "s", served["ttft_p50"]))
         add(_row(f"{label}: time to first token p99", "s", served["ttft_p99"]))
+        add(_row(f"{label}: the limit, generate's batch-16 decode in this run", "tokens/s", served["limit"]))
+        add(_row(f"{label}: continuous batching / the limit", "%", 100 * served["batched"] / served["limit"]))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
         for n in (1, 2):
