@@ -303,9 +303,10 @@ def _synthetic_tokenizer(texts, config, directory) -> Tokenizer:
     return Tokenizer.from_path(directory)
 
 
-def _serving(params, config, tokenizer, max_batch, max_len):
+def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0):
     """(port, stop) of a server on 127.0.0.1 in this process, warmed up."""
-    engine = Engine(params, config, tokenizer, max_batch=max_batch, max_len=max_len, chunk=64)
+    engine = Engine(params, config, tokenizer, max_batch=max_batch, max_len=max_len, chunk=64,
+                    prefix_cache_mb=prefix_cache_mb)
     engine.warm_up()
     engine.start()
     with socket.socket() as s:
@@ -349,8 +350,8 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
         for line in conn.getresponse():
             if line.startswith(b"data: {"):
                 chunk = json.loads(line[6:])
-                if first is None and chunk["choices"] and chunk["choices"][0]["text"]:
-                    first = time.perf_counter() - start
+                if first is None and chunk["choices"]:  # its first text, or its end (a random model may
+                    first = time.perf_counter() - start  # write tokens that are no text yet)
                 tokens = chunk.get("usage", {}).get("completion_tokens", tokens) if chunk.get("usage") else tokens
         conn.close()
         return first or 0.0, tokens
@@ -374,8 +375,24 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     ttft = np.array([t for t, _ in results])
     lengths = [len(p) for p in prompts]
     limit, _ = bench_decode(config, params, clients, new_tokens=new_tokens, torch_too=False, rounds=2)
+    # a chat's shared system prompt: the same 200 tokens (fewer on a short context) before each prompt
+    system = tokenizer.encode(text(300))[:min(200, max(longest - 32, longest // 2))]
+    shared = [system + p[:longest - len(system)] for p in prompts]
+    reuse = {}
+    for budget in (0, 256):
+        port, stop = _serving(params, config, tokenizer, clients, max_len, prefix_cache_mb=budget)
+        try:
+            one(port, shared[0])  # warm, and (with reuse) the system prompt computed once
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                runs = list(pool.map(lambda p: one(port, p), shared))
+            reuse[budget] = (sum(n for _, n in runs) / (time.perf_counter() - start),
+                             float(np.percentile([t for t, _ in runs], 50)))
+        finally:
+            stop()
     return {"batched": batched, "alone": alone, "ttft_p50": float(np.percentile(ttft, 50)),
-            "ttft_p99": float(np.percentile(ttft, 99)), "limit": limit,
+            "ttft_p99": float(np.percentile(ttft, 99)), "limit": limit, "system": len(system),
+            "reuse_off": reuse[0], "reuse_on": reuse[256],
             "workload": f"prompts {min(lengths)}-{max(lengths)} tokens, {new_tokens} new tokens"}
 
 
@@ -491,6 +508,11 @@ def main(argv=None):
         add(_row(f"{label}: time to first token p99", "s", served["ttft_p99"]))
         add(_row(f"{label}: the limit, generate's batch-16 decode in this run", "tokens/s", served["limit"]))
         add(_row(f"{label}: continuous batching / the limit", "%", 100 * served["batched"] / served["limit"]))
+        for state in ("off", "on"):
+            rate, first = served[f"reuse_{state}"]
+            shared = f"{label}, a shared {served['system']}-token system prompt, prefix reuse {state}"
+            add(_row(f"{shared}: tokens/s", "tokens/s", rate))
+            add(_row(f"{shared}: time to first token p50", "s", first))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
         for n in (1, 2):

@@ -36,5 +36,5 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
     assert len(bounds) == 3 and all(v > 0 for v in bounds.values())
     assert any(name.startswith("greedy decode tiny int8 weights batch 16") for name in rows)
     serve = [r for name, r in rows.items() if name.startswith("serve tiny")]
-    assert len(serve) == 6 and all(r["neojax"] > 0 for r in serve)
+    assert len(serve) == 10 and all(r["neojax"] > 0 for r in serve)
     assert "train tiny T=64 batch 2" in capsys.readouterr().out

@@ -307,6 +307,7 @@ SERVE = {
     "--max_len": (["--max_len", "64"], "changes"),
     "--chunk": (["--chunk", "8"], "changes"),
     "--step_tokens": (["--step_tokens", "64"], "changes"),
+    "--prefix_cache_mb": (["--prefix_cache_mb", "8"], "changes"),
     "--max_queue": (["--max_queue", "5"], "changes"),
     "--dtype": (["--dtype", "bfloat16"], "changes"),
     "--quantize": (["--quantize", "int8"], "changes"),

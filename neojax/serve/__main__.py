@@ -47,6 +47,9 @@ def main(argv=None) -> int:
                         help="tokens an engine step may process: a decode token per generating slot, the rest as "
                              "prompt chunks of several requests together")
     parser.add_argument("--max_queue", type=cli.positive_int, default=256, help="waiting requests before 429")
+    parser.add_argument("--prefix_cache_mb", type=cli.nonneg_int, default=0,
+                        help="memory for computed prompt prefixes (whole chunks, exact token match, least recently "
+                             "used out): a repeated system prompt or context is not prefilled again (0: off)")
     cli.add_model_options(parser)
     parser.add_argument("--model_name", help="the model's name in the API (default: the checkpoint's folder name)")
     parser.add_argument("--api_key", default=os.environ.get("NEOJAX_API_KEY"),
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
             moderator = Moderator.load(where, 0.5 if args.moderation_threshold is None else args.moderation_threshold,
                                        args.moderation_safe_label or "")
     engine = Engine(model.params, model.config, model.tokenizer, args.max_batch, args.max_len or None, args.chunk,
-                    args.max_queue, args.step_tokens)
+                    args.max_queue, args.step_tokens, args.prefix_cache_mb)
     print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} (up to "
           f"{engine.max_prefill} a step) ...", flush=True)
     engine.warm_up()

@@ -65,6 +65,7 @@ class Sequence:
     filled: int = 0          # prompt tokens in the cache
     slot: int = -1
     seed: int = 0            # of the request's random streams (settings.seed, else a fresh one)
+    looked_up: bool = False  # its prompt's blocks were looked for in the prefix cache
     gated: list = dataclasses.field(default_factory=list)  # text pieces the moderation gate passed
     shown: Optional[str] = None  # the text shown when the moderation gate cut the choice
 
@@ -121,7 +122,7 @@ def _next(logits, sampling: Sampling) -> Drawn:
 
 class Engine:
     def __init__(self, params, config: GPTNeoConfig, tokenizer, max_batch: int = 16, max_len: Optional[int] = None,
-                 chunk: int = 64, max_queue: int = 256, step_tokens: int = 512):
+                 chunk: int = 64, max_queue: int = 256, step_tokens: int = 512, prefix_cache_mb: int = 0):
         self.params, self.config, self.tokenizer = params, config, tokenizer
         self.max_batch, self.chunk, self.max_queue = max_batch, chunk, max_queue
         self.step_tokens = step_tokens
@@ -135,6 +136,16 @@ class Engine:
         self.stopping = False
         self.steps = 0
         self.transposed = decode_weights(params, config)  # the copies generate's decode steps use
+        # Prefix reuse: the KV entries of whole prompt chunks ("blocks"), by the exact tokens up to the
+        # block's end, least recently used first out, in a store of as many blocks as fit the budget.
+        block = self._new_cache(rows=1, slots=chunk)
+        block_bytes = sum(x.nbytes for x in jax.tree.leaves(block))
+        self.prefix_blocks = prefix_cache_mb * 2 ** 20 // block_bytes
+        self.store = self._new_cache(rows=self.prefix_blocks, slots=chunk) if self.prefix_blocks else None
+        self.prefixes: collections.OrderedDict = collections.OrderedDict()  # prompt[:end] -> block
+        self.reused_tokens = 0
+        self._save = jax.jit(_copy_block, donate_argnums=0)      # store <- cache row
+        self._restore = jax.jit(_copy_block, donate_argnums=0)   # cache row <- store
         self._prefill = jax.jit(functools.partial(_prefill, config=config), donate_argnums=1,
                                 static_argnames="scored")
         self._decode = jax.jit(functools.partial(_decode, config=config), donate_argnums=2)
@@ -151,6 +162,10 @@ class Engine:
                                            scored=scored)
         self.cache, _ = self._decode(self.params, self.transposed, self.cache, zeros(b), zeros(b),
                                      self._sampling([None] * b))
+        if self.store is not None:
+            zero = np.int32(0)
+            self.store = self._save(self.store, self.cache, zero, zero, zero, zero)
+            self.cache = self._restore(self.cache, self.store, zero, zero, zero, zero)
         jax.block_until_ready(self.cache)
 
     def start(self) -> None:
@@ -204,6 +219,10 @@ class Engine:
         one chunk, so prompts always advance), then one decode step of every slot generating."""
         self._drop_cancelled()
         filling = [s for s in self.slots if s is not None and s.prefilling]
+        for seq in filling:
+            if not seq.looked_up:
+                self._isolated([seq], self._reuse_prefix)
+        filling = [s for s in filling if s.finish_reason is None]
         if filling:
             generating = sum(s is not None and s.decoding for s in self.slots)
             room = min(self.max_prefill, max(1, (self.step_tokens - generating) // self.chunk))
@@ -238,10 +257,11 @@ class Engine:
     def _cache_alive(self) -> bool:
         return not any(leaf.is_deleted() for leaf in jax.tree.leaves(self.cache))
 
-    def _new_cache(self) -> list:
+    def _new_cache(self, rows: Optional[int] = None, slots: Optional[int] = None) -> list:
+        """The slot cache (max_batch rows; room for a whole chunk past max_len: a chunk's writes never
+        wrap onto earlier entries), or another shape of it (the prefix store)."""
         heads, head_dim, dtype = self.config.num_heads, self.config.head_dim, jnp.dtype(self.config.dtype)
-        # room for a whole chunk past max_len: a chunk's writes never wrap onto earlier entries
-        return [slot_cache(self.max_batch, heads, self.max_len + self.chunk, head_dim, dtype,
+        return [slot_cache(rows or self.max_batch, heads, slots or self.max_len + self.chunk, head_dim, dtype,
                            self.config.kv_cache == "int8") for _ in self.config.attention_layers]
 
     def _admit(self) -> None:
@@ -267,6 +287,35 @@ class Engine:
                         get(lambda s: s.seed, 0, np.uint32), get(lambda s: s.choice, 0, np.uint32),
                         get(lambda s: len(s.tokens), 0, np.uint32))
 
+    def _reuse_prefix(self, seqs: list[Sequence]) -> None:
+        """Copy the cached blocks of a new sequence's prompt into its slot (whole chunks, matching
+        exactly from the start; at least its last prompt token is left to prefill: its logits give
+        the first new token). A prompt scored for echo logprobs is prefilled in full."""
+        (seq,) = seqs
+        seq.looked_up, c = True, self.chunk
+        if self.store is None or seq.echo_logprobs:
+            return
+        while seq.filled + c < len(seq.prompt):
+            block = self.prefixes.get(key := tuple(seq.prompt[:seq.filled + c]))
+            if block is None:
+                return
+            self.prefixes.move_to_end(key)
+            self.cache = self._restore(self.cache, self.store, np.int32(seq.slot), np.int32(seq.filled),
+                                       np.int32(block), np.int32(0))
+            seq.filled += c
+            self.reused_tokens += c
+
+    def _keep_block(self, seq: Sequence, end: int) -> None:
+        """Keep the block of seq's prompt ending at `end` (just prefilled) in the prefix store."""
+        key = tuple(seq.prompt[:end])
+        if key in self.prefixes:
+            self.prefixes.move_to_end(key)
+            return
+        block = len(self.prefixes) if len(self.prefixes) < self.prefix_blocks else self.prefixes.popitem(last=False)[1]
+        self.store = self._save(self.store, self.cache, np.int32(block), np.int32(0), np.int32(seq.slot),
+                                np.int32(end - self.chunk))
+        self.prefixes[key] = block
+
     def _prefill_chunks(self, seqs: list[Sequence]) -> None:
         """The next prompt chunk of each of seqs, in one program (padded to a bucket of rows by
         repeating the first); a prompt's last chunk gives its first new token."""
@@ -286,6 +335,9 @@ class Engine:
             np.array([n for n, _ in pieces], np.int32), targets, self._sampling(padded), scored=scored)
         if scored:
             prompt = jax.device_get(prompt)
+        for i, seq in enumerate(seqs):
+            if self.store is not None and pieces[i][0] == c:
+                self._keep_block(seq, seq.filled + c)
         finished = [i for i, seq in enumerate(seqs) if seq.filled + pieces[i][0] == len(seq.prompt)]
         drawn = jax.device_get(drawn) if finished else None
         for i, seq in enumerate(seqs):
@@ -357,6 +409,20 @@ def _emit(seq: Sequence, event: dict) -> None:
         seq.on_event(event)
     except Exception:  # RuntimeError from a closed loop, or whatever a listener raises
         seq.cancelled = True
+
+
+def _copy_block(to, source, to_row, to_start, from_row, from_start):
+    """`to` with the chunk-long run of entries at (from_row, from_start) of `source` written at
+    (to_row, to_start), in every layer (a cache row's block into the prefix store, or back)."""
+    def layer(dst, src):
+        out = {}
+        for name, x in dst.items():
+            length = min(x.shape[2], src[name].shape[2])  # the store's blocks are one chunk long
+            piece = jax.lax.dynamic_slice(src[name], (from_row, 0, from_start) + (0,) * (x.ndim - 3),
+                                          (1, x.shape[1], length) + x.shape[3:])
+            out[name] = jax.lax.dynamic_update_slice(x, piece, (to_row, 0, to_start) + (0,) * (x.ndim - 3))
+        return out
+    return [layer(d, s) for d, s in zip(to, source)]
 
 
 def _buckets(largest: int, rows: Optional[int] = None):

@@ -144,3 +144,59 @@ def test_prompts_arriving_together_are_prefilled_together_and_decode_as_generate
     assert got == want
     assert (2, 2) in rows_seen and all(rows in (1, 2) for rows, _ in rows_seen)
     assert len(rows_seen) < sum(-(-len(p) // 8) for p in prompts)  # fewer programs than chunks
+
+
+@pytest.mark.parametrize("kv_cache", ["auto", "int8"])
+def test_a_repeated_prefix_is_not_prefilled_again_and_output_is_unchanged(tiny, kv_cache):
+    """Prefix reuse: prompts sharing a system prompt of several chunks prefill it once, and every
+    sequence's tokens are those with reuse off (and generate's: with an int8 cache the engine's
+    chunked prefill reads earlier chunks from int8, which generate's one-pass prefill does not)."""
+    config = tiny.config.replace(kv_cache=kv_cache)
+    system = tiny.tokenizer.encode("You are a helpful assistant who answers briefly and kindly. " * 2)
+    assert len(system) >= 24
+    prompts = [system + tiny.tokenizer.encode(q) for q in (" What is two plus two?", " Name a colour.", " Hi")]
+    outputs, starts = {}, {}
+    for budget in (0, 1):
+        engine = Engine(tiny.params, config, tiny.tokenizer, max_batch=2, chunk=8, prefix_cache_mb=budget)
+        engine.warm_up()
+        chunks = []
+        program = engine._prefill
+
+        def spy(params, cache, tokens, rows, steps, *args, program=program, chunks=chunks, **kwargs):
+            chunks.append(np.asarray(steps).tolist())
+            return program(params, cache, tokens, rows, steps, *args, **kwargs)
+        engine._prefill = spy
+        engine.start()
+        try:
+            first = _run(engine, prompts[:1], 6)
+            alone = len(chunks)
+            outputs[budget] = first + _run(engine, prompts[1:], 6)
+        finally:
+            engine.shutdown()
+        starts[budget] = chunks[alone:]
+    assert outputs[1] == outputs[0]
+    if kv_cache == "auto":
+        assert outputs[1] == [generate(tiny.params, config, [p], tiny.tokenizer, max_new_tokens=6).tokens[0]
+                              for p in prompts]
+    shared = (len(system) // 8) * 8
+    assert engine.reused_tokens == 2 * shared  # the later two restored every whole block of the system prompt
+    assert all(start >= shared for step in starts[1] for start in step)  # and prefilled none of it
+    assert any(start < shared for step in starts[0] for start in step)  # which, without reuse, they did
+    assert 0 < len(engine.prefixes) <= engine.prefix_blocks
+
+
+def test_prefix_store_evicts_the_least_recently_used_block(tiny):
+    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=1, chunk=8, prefix_cache_mb=1)
+    engine.prefix_blocks = 2  # a tiny budget: two blocks
+    engine.warm_up()
+    engine.start()
+    try:
+        texts = ["one two three four five six seven eight nine ten " * 3, "alpha beta gamma delta epsilon zeta " * 3]
+        for text in texts:
+            assert len(tiny.tokenizer.encode(text)) > 24  # at least two whole blocks of 8, and a token after them
+            _run(engine, [tiny.tokenizer.encode(text)], 2)
+    finally:
+        engine.shutdown()
+    second = tuple(tiny.tokenizer.encode(texts[1]))
+    assert len(engine.prefixes) == 2 and sorted(engine.prefixes.values()) == [0, 1]  # the two slots, reused
+    assert all(key == second[:len(key)] for key in engine.prefixes)  # the first prompt's blocks were evicted
