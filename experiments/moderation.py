@@ -12,20 +12,12 @@ hf/ folder is the gate:
 1 - p(benign) exceeds --moderation_threshold. See docs/responsible_use.md for what such a gate can
 and cannot catch.
 """
-from neojax.train.config import base_config, lock
+from neojax.train.config import load_experiment
 
 
 def get_config(variant: str = ""):
     if variant:
         raise ValueError(f"moderation has no variants (got {variant!r})")
-    c = base_config()
-    c.objective = "classify"
-    c.classify.update(train="tasks/toxigen.jsonl", text_field="text", label_field="label", labels=["benign", "toxic"])
-    c.model.preset = ""
-    c.model.init_from = "/models/gpt-neo-125M"
-    c.data.seq_len = 128
-    c.optimizer.update(schedule="linear", lr=2e-5, warmup_steps=50, final_lr_ratio=0.0, weight_decay=0.01)
-    c.train.update(total_steps=1000, global_batch=16, log_every=20)
-    c.eval.every_steps = 200
-    c.eval.hooks = ["classification"]
-    return lock(c)
+    c = load_experiment("sentiment")  # the classification recipe, on ToxiGen's statements
+    c.classify.update(train="tasks/toxigen.jsonl", labels=["benign", "toxic"])
+    return c

@@ -138,8 +138,8 @@ class Engine:
         self.transposed = decode_weights(params, config)  # the copies generate's decode steps use
         # Prefix reuse: the KV entries of whole prompt chunks ("blocks"), by the exact tokens up to the
         # block's end, least recently used first out, in a store of as many blocks as fit the budget.
-        block = self._new_cache(rows=1, slots=chunk)
-        block_bytes = sum(x.nbytes for x in jax.tree.leaves(block))
+        block = jax.eval_shape(lambda: self._new_cache(rows=1, slots=chunk))  # shapes only: nothing allocated
+        block_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(block))
         self.prefix_blocks = prefix_cache_mb * 2 ** 20 // block_bytes
         self.store = self._new_cache(rows=self.prefix_blocks, slots=chunk) if self.prefix_blocks else None
         self.prefixes: collections.OrderedDict = collections.OrderedDict()  # prompt[:end] -> block

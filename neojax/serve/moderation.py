@@ -88,9 +88,6 @@ class Moderator:
                             "scores": {label: float(p[i]) for i, label in enumerate(self.labels)}})
         return results
 
-    def flagged(self, text: str) -> bool:
-        return self.score([text])[0]["flagged"]
-
     def openai_result(self, result: dict) -> dict:
         """One result of /v1/moderations in OpenAI's shape: categories are the unsafe labels."""
         return {"flagged": result["flagged"],

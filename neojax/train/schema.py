@@ -225,6 +225,9 @@ def fields(schema: dict = SCHEMA, prefix: str = ""):
             yield f"{prefix}{k}", v
 
 
+_MISSING = object()
+
+
 def problems(config: dict) -> list[tuple[str, Any, str]]:
     """(key, value, problem) for every declared key whose value fails its check."""
     out = []
@@ -236,5 +239,3 @@ def problems(config: dict) -> list[tuple[str, Any, str]]:
             out.append((key, node, problem))
     return out
 
-
-_MISSING = object()
