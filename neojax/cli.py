@@ -185,17 +185,18 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """One line on stderr at most every `every` seconds, and at the end: done/total, rate, ETA."""
+    """One line on stderr at most every `every` seconds, and at the end: done/total, rate, ETA
+    (`show`: False on every process of a multi-process run but the one that speaks for it)."""
 
-    def __init__(self, label: str, total: int, unit: str = "requests", every: float = 5.0):
-        self.label, self.total, self.unit, self.every = label, total, unit, every
+    def __init__(self, label: str, total: int, unit: str = "requests", every: float = 5.0, show: bool = True):
+        self.label, self.total, self.unit, self.every, self.show = label, total, unit, every, show
         self.done, self.start = 0, time.perf_counter()
         self.shown = self.start
 
     def update(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self.shown >= self.every or self.done >= self.total:
+        if self.show and (now - self.shown >= self.every or self.done >= self.total):
             self.shown = now
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate else 0.0

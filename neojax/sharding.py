@@ -10,6 +10,7 @@ style), `tensor` (attention heads, MLP columns and vocabulary split across devic
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -20,7 +21,9 @@ from typing import Optional, Sequence
 
 import jax
 import numpy as np
+from flax import linen as nn
 from jax._src import distributed  # the key-value client initialize() made: jax has no public API for it
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from neojax import cli
@@ -155,6 +158,131 @@ def shardings(mesh: Mesh, specs):
 def batch_spec(rules=DEFAULT_RULES) -> PartitionSpec:
     """How a [batch, time] token batch is split: batch over the data-parallel axes."""
     return PartitionSpec(dict(rules)["act_batch"])
+
+
+# --- inference: params, caches and batches on a mesh ---------------------------------------------
+def data_parallel(mesh, rules=DEFAULT_RULES) -> int:
+    """How many ways a batch is split: the product of the mesh axes `act_batch` maps to."""
+    axes = dict(rules)["act_batch"] or ()
+    sizes = _mesh_sizes(mesh)
+    return math.prod(sizes.get(a, 1) for a in ((axes,) if isinstance(axes, str) else axes))
+
+
+def mesh_of(tree) -> Optional[Mesh]:
+    """The mesh a pytree's arrays are placed on (by `place`), or None (host arrays, one device)."""
+    leaf = next(iter(jax.tree.leaves(tree)), None)
+    sharding = getattr(leaf, "sharding", None)
+    return sharding.mesh if isinstance(sharding, NamedSharding) else None
+
+
+def put(x, mesh: Mesh, spec=PartitionSpec()):
+    """A host array (the same on every process) as one global array split by `spec`: each process
+    copies only the shards its own devices hold."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec), lambda index: x[index])
+
+
+def inference_specs(params, config, rules=DEFAULT_RULES, mesh=None):
+    """PartitionSpecs for the params an inference command runs: the training rules' specs, and for
+    int8 weights (neojax.model.quant) each scale split as its kernel's output (or wte's rows)."""
+    specs = named_leaves(param_specs(config, rules, mesh), is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+    def one(path, leaf):
+        name = path_name(path)
+        if name in specs:
+            return specs[name]
+        if name.endswith("kernel_scale"):
+            return PartitionSpec(*specs[name[:-len("_scale")]][-1:])
+        if name == "wte_scale":
+            return PartitionSpec(*specs["wte"][:1])
+        return PartitionSpec()  # anything else (none today) is replicated
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def place(params, config, mesh: Mesh, rules=DEFAULT_RULES):
+    """Params (host arrays) as global arrays in their shards on `mesh`, by the training rules: no
+    device ever holds a split parameter whole."""
+    specs = inference_specs(params, config, rules, mesh)
+    return jax.tree.map(lambda x, s: put(x, mesh, s), params, specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+@contextlib.contextmanager
+def on(mesh: Mesh, rules=DEFAULT_RULES):
+    """Trace and run under `mesh`, the model's logical activation names mapped by `rules`."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def gathered(x) -> np.ndarray:
+    """A (global) array whole on this host: a split one gathered from every process."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def cache_spec(ndim: int, rules=DEFAULT_RULES) -> PartitionSpec:
+    """A decoding cache's entries ([rows, heads, slots, ...]): split by head as the heads are."""
+    return PartitionSpec(None, dict(rules)["heads"], *([None] * (ndim - 2)))
+
+
+def check_inference_mesh(sizes: dict, config, rows: Optional[int] = None, rows_name: str = "the batch") -> None:
+    """A ValueError before any weight is read when `sizes` cannot split this model or batch."""
+    if config.num_heads % sizes["tensor"]:
+        raise ValueError(f"tensor={sizes['tensor']} does not divide the model's {config.num_heads} attention heads; "
+                         f"use a divisor (e.g. tensor={math.gcd(config.num_heads, sizes['tensor'])})")
+    split = data_parallel(sizes)
+    if rows is not None and rows % split:
+        raise ValueError(f"data x fsdp = {split} does not divide {rows_name} ({rows}); use a multiple of {split}")
+
+
+def auto_mesh(config, num_devices: int) -> dict[str, int]:
+    """Every device: heads split over as many as divide them (up to 8, one host's chips), the rest
+    splitting the batch."""
+    tensor = max(t for t in range(1, min(num_devices, 8) + 1) if num_devices % t == 0 and config.num_heads % t == 0)
+    return {"data": num_devices // tensor, "fsdp": 1, "tensor": tensor}
+
+
+def add_mesh_options(parser, default: str = "data=-1") -> None:
+    """--mesh and the multi-host flags of an inference command (see inference_mesh)."""
+    parser.add_argument("--mesh", default=default, help="devices as data=D,fsdp=F,tensor=T (-1: the rest; 'auto': "
+                        "heads over up to 8 devices that divide them, the batch over the rest); default "
+                        f"{default}, every device of every process")
+    add_distributed_options(parser)
+
+
+def add_distributed_options(parser) -> None:
+    parser.add_argument("--coordinator", help="multi-host: coordinator address host:port")
+    parser.add_argument("--num_processes", type=cli.positive_int, help="multi-host: number of processes")
+    parser.add_argument("--process_id", type=cli.nonneg_int, help="multi-host: this process's index")
+
+
+def inference_mesh(args, shapes: Sequence, rows: Optional[int] = None, rows_flag: str = "--batch_size") -> Mesh:
+    """The mesh of an inference command's --mesh for models of these configs (read without their
+    weights), after jax.distributed starts from its flags; a mesh that cannot split a model's heads
+    or `rows` is one line naming the flags, before any weight is read."""
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    count = jax.device_count()
+    try:
+        if args.mesh == "auto":
+            sizes = auto_mesh(shapes[0], count) if shapes else {"data": count, "fsdp": 1, "tensor": 1}
+        else:
+            sizes = parse_mesh(args.mesh)
+            # one process may run on fewer of its devices (e.g. data=1: one device, to compare)
+            used = math.prod(sizes.values())
+            if -1 not in sizes.values() and used < count and jax.process_count() == 1:
+                count = used
+            sizes = resolve_mesh_shape(sizes, count)
+        for config in shapes:
+            check_inference_mesh(sizes, config, rows, f"{rows_flag} {rows}")
+    except ValueError as e:
+        raise cli.UsageError(f"--mesh {args.mesh}: {e}") from None
+    return make_mesh(sizes, jax.devices()[:count])
+
+
+def speaks() -> bool:
+    """Whether this process prints and writes for the run (process 0 of a multi-process run)."""
+    return jax.process_index() == 0
 
 
 # --- initialisation born sharded ------------------------------------------------------------------

@@ -6,6 +6,11 @@ python -m neojax.evaluate --bias_report --checkpoint A [--checkpoint B] --data_d
 python -m neojax.evaluate --prepare lambada_openai,wmt16-de-en,bbq,... --data_dir DIR
 python -m neojax.evaluate --checkpoint PATH --sample_tasks --tasks piqa,bbq,wmt16-de-en   # offline, made-up records
 
+Every device is used: --mesh data=-1 (the default) splits the requests over all of them;
+tensor=T splits heads and MLP columns for a model too big for one device. Multi-host: the same
+command on every host, with --coordinator/--num_processes/--process_id (or TPU/SLURM detection);
+process 0 prints and writes.
+
 PATH is a Hugging Face directory, a neojax directory or a training workdir. Task files are
 <task>.jsonl (and <task>.train.jsonl for few-shot) in data_dir; `pile.jsonl(.zst)` there feeds
 the Pile BPB/PPL columns of the paper table. piqa, winogrande and mathqa can instead read TFDS
@@ -19,13 +24,14 @@ import os
 import sys
 from typing import Optional
 
-from neojax import __version__, checkpoint, cli, paths
+from neojax import __version__, checkpoint, cli, paths, sharding
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.errors import UsageError
 from neojax.evaluate import bias, prepare
 from neojax.evaluate import task as tasks
 from neojax.evaluate.task import SAMPLES, EmptySubset, available
+from neojax.model.config import model_shape
 
 
 def _texts(args) -> list[str]:
@@ -45,7 +51,8 @@ def main(argv=None) -> int:
     parser.add_argument("--tfds_data_dir", help="prepared TFDS datasets, for tasks without a jsonl in data_dir")
     parser.add_argument("--num_fewshot", type=cli.nonneg_int, default=0)
     parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task (0 = all)")
-    parser.add_argument("--batch_size", type=cli.positive_int, default=8)
+    parser.add_argument("--batch_size", type=cli.positive_int, help="rows per step over all devices, a multiple of "
+                        "the mesh's data x fsdp (default: 8 per data-parallel device)")
     parser.add_argument("--max_len", type=cli.nonneg_int, default=0, help="context length (default: the model's)")
     parser.add_argument("--max_gen_toks", type=cli.positive_int, help="tokens a generation task may generate "
                         "(default: the task's own, or half the context where that does not fit)")
@@ -61,6 +68,7 @@ def main(argv=None) -> int:
                         "public releases (needs the datasets package and the hub, or --prepare_source)")
     parser.add_argument("--prepare_source", help="datasets saved with save_to_disk, read instead of the hub")
     cli.add_model_options(parser)
+    sharding.add_mesh_options(parser)
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     if args.sample_tasks:
@@ -83,11 +91,20 @@ def main(argv=None) -> int:
     if not args.checkpoint:
         raise cli.UsageError("--checkpoint is required (a Hugging Face or neojax directory, or a training workdir)")
     loaded, texts = _check_args(args)
-    out = _run(args, loaded, texts)
-    if args.output:
+    shapes = [model_shape(path) for path in args.checkpoint if _stated(path)]
+    mesh = sharding.inference_mesh(args, shapes, args.batch_size)
+    args.batch_size = args.batch_size or 8 * sharding.data_parallel(mesh)
+    out = _run(args, loaded, texts, mesh)
+    if args.output and sharding.speaks():
         paths.write_text(args.output, json.dumps(_finite(out), indent=2))
         print(f"wrote {args.output}")
     return 0
+
+
+def _stated(path: str) -> bool:
+    """Whether the checkpoint states its shape without its weights being read (not mesh-tensorflow)."""
+    with cli.about(f"--checkpoint {path}"):
+        return checkpoint.detect_format(path) != "mesh_tf"
 
 
 def _finite(value):
@@ -182,7 +199,7 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
     return loaded, texts
 
 
-def _run(args, loaded: dict, texts: Optional[list[str]]) -> dict:
+def _run(args, loaded: dict, texts: Optional[list[str]], mesh) -> dict:
     rows, results_all = {}, {}
     for path in args.checkpoint:
         with cli.about(f"--checkpoint {path}"):
@@ -200,6 +217,9 @@ def _run(args, loaded: dict, texts: Optional[list[str]]) -> dict:
         if args.stride > (args.max_len or context):
             raise cli.UsageError(f"--stride {args.stride} exceeds the {args.max_len or context}-token context; a "
                                  "window predicts at most that many tokens")
+        with cli.about(f"--mesh {args.mesh}"):
+            sharding.check_inference_mesh(dict(mesh.shape), model.config)
+        model = model._replace(params=sharding.place(model.params, model.config, mesh))
         max_len = args.max_len or None
         results = ev.evaluate(model.params, model.config, model.tokenizer, list(loaded), args.data_dir,
                               args.num_fewshot, args.limit, args.batch_size, max_len, args.tfds_data_dir, loaded,
@@ -214,7 +234,8 @@ def _run(args, loaded: dict, texts: Optional[list[str]]) -> dict:
                                                   args.stride or None)
         for task, metrics in results.items():
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
-            print(f"{path} {task}: {shown}")
+            if sharding.speaks():
+                print(f"{path} {task}: {shown}")
         results_all[path] = results
         rows[path] = (ev.published_row(model.config), results)
     meta = {"neojax_version": __version__, "data_dir": str(paths.path(args.data_dir)),
@@ -222,15 +243,17 @@ def _run(args, loaded: dict, texts: Optional[list[str]]) -> dict:
             "tfds_data_dir": args.tfds_data_dir and os.path.abspath(args.tfds_data_dir)}
     if args.paper_table:
         table = ev.paper_table(rows)
-        print(ev.format_table(table))
+        if sharding.speaks():
+            print(ev.format_table(table))
         return {"table": table, "results": results_all, **meta}
     if args.bias_report:
         table = bias.bias_report(results_all)
-        print(bias.format_bias_report(table))
         chart = os.path.splitext(args.output)[0] + ".png"
-        with paths.local_file(chart) as local:
-            bias.plot_bias_report(table, local)
-        print(f"wrote {chart}")
+        if sharding.speaks():
+            print(bias.format_bias_report(table))
+            with paths.local_file(chart) as local:
+                bias.plot_bias_report(table, local)
+            print(f"wrote {chart}")
         return {"table": table, "chart": chart, "results": results_all, **meta}
     only = args.checkpoint[0]
     return {**results_all[only], "config": {"checkpoint": str(paths.path(only)), **meta}}

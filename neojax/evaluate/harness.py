@@ -18,7 +18,9 @@ from typing import Iterable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from neojax import sharding
 from neojax.cli import Progress
 from neojax.generate import decode_weights, generate
 from neojax.model.config import GPTNeoConfig
@@ -28,7 +30,9 @@ BUCKETS = (64, 128, 256, 512, 1024, 2048)
 
 
 @functools.lru_cache(maxsize=4)
-def _scorer(config: GPTNeoConfig):
+def _scorer(config: GPTNeoConfig, mesh=None):
+    """The compiled scoring program; on a mesh, rows split over the data axes and the scores
+    gathered whole on every process."""
     def score(params, tokens):
         """Per position t: log p(tokens[t+1] | tokens[:t+1]) and whether it is the argmax."""
         logits = GPTNeo(config).apply({"params": params}, tokens[:, :-1])
@@ -36,7 +40,15 @@ def _scorer(config: GPTNeoConfig):
         target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
         ll = target_logit - jax.nn.logsumexp(logits, axis=-1)
         return ll, jnp.argmax(logits, axis=-1) == targets
-    return jax.jit(score)
+    if mesh is None:
+        single = jax.jit(score)
+        return lambda params, tokens: single(params, jnp.asarray(tokens))
+    program = jax.jit(score, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def run(params, tokens):
+        with sharding.on(mesh):
+            return program(params, sharding.put(tokens, mesh, sharding.batch_spec()))
+    return run
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -78,7 +90,9 @@ class Scorer:
         self.max_len = max_len or config.max_position_embeddings
         self.max_gen_toks = max_gen_toks  # the user's, in place of each task's own
         self._budget_said = False
-        self.score = _scorer(config)
+        self.mesh = sharding.mesh_of(params)  # placed params (sharding.place): rows split over its data axes
+        self.split = sharding.data_parallel(self.mesh) if self.mesh is not None else 1
+        self.score = _scorer(config, self.mesh)
         self.tokens_scored = self.tokens_generated = 0
         self.label = label
 
@@ -97,15 +111,16 @@ class Scorer:
             whole = (list(context) + list(continuation))[-(self.max_len + 1):]
             inputs.append((i, whole, len(continuation)))
         inputs.sort(key=lambda r: -len(r[1]))  # longest first: similar lengths share a batch
-        progress = Progress(self.label, len(inputs))
+        progress = Progress(self.label, len(inputs), show=sharding.speaks())
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start:start + self.batch_size]
             width = self._bucket(max(len(w) for _, w, _ in chunk))
             rows = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())  # few shapes, little padding
+            rows = -(-rows // self.split) * self.split  # every data-parallel device gets as many rows
             tokens = np.zeros((rows, width), np.int32)
             for row, (_, whole, _) in enumerate(chunk):
                 tokens[row, :len(whole)] = whole
-            ll, greedy = jax.device_get(self.score(self.params, jnp.asarray(tokens)))
+            ll, greedy = jax.device_get(self.score(self.params, tokens))
             for row, (i, whole, n_cont) in enumerate(chunk):
                 span = slice(len(whole) - 1 - n_cont, len(whole) - 1)
                 results[i] = (float(ll[row, span].sum()), bool(greedy[row, span].all()))
@@ -123,7 +138,7 @@ class Scorer:
                    for context, _, max_gen_toks in requests]
         order = sorted(range(len(requests)), key=lambda i: (tuple(requests[i][1]), requests[i][2], -len(encoded[i])))
         results: list = [None] * len(requests)
-        progress = Progress(self.label, len(requests))
+        progress = Progress(self.label, len(requests), show=sharding.speaks())
         weights = decode_weights(self.params, self.config)  # once for every batch of the task
         while order:
             first = order[0]

@@ -5,6 +5,7 @@ multiple of 32, so a session compiles once per (batch, bucket), not per call or 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -15,8 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
+from jax.sharding import PartitionSpec
 
-from neojax import registry
+from neojax import registry, sharding
 from neojax.flops import matmul_params
 from neojax.generate.stream import TextWatcher, cut
 from neojax.model import backend
@@ -167,6 +169,10 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     encoded = [list(tokenizer.encode(p)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
     encoded = [ids or [eos] for ids in encoded]  # an empty prompt starts from <|endoftext|>
     encoded = fit(encoded, max_new_tokens, config, truncate)
+    mesh = sharding.mesh_of(params)  # placed params (sharding.place): rows split over the mesh's data axes
+    rows = len(encoded)
+    if mesh is not None:  # every data-parallel device gets as many rows (copies of row 0, dropped after)
+        encoded = encoded + [encoded[0]] * (-rows % sharding.data_parallel(mesh))
     longest = max(len(ids) for ids in encoded)
     prompt_len = _bucket(longest, config.max_position_embeddings)
     tokens = np.zeros((len(encoded), prompt_len), np.int32)
@@ -183,24 +189,29 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     host = bool(stop_strings or on_text)
     call = next(_CALLS) % 2 ** 31
     if host:
-        watcher = _WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
+        shown = on_text and (lambda row, piece: on_text(row, piece) if row < rows else None)
+        watcher = _WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, shown, set(stops))
+    inputs = (tokens, mask, np.uint32(seed % 2 ** 32), np.float32(temperature or 1.0), np.int32(top_k),
+              np.float32(top_p), np.float32(repetition_penalty), stop_array, np.int32(max_new_tokens), np.int32(call))
     try:
-        transposed = decode_weights(params, config) if weights is None else weights
-        out, lengths = _generate_program(
-            params, transposed, jnp.asarray(tokens), jnp.asarray(mask), np.uint32(seed % 2 ** 32),
-            jnp.float32(temperature or 1.0), jnp.int32(top_k), jnp.float32(top_p), jnp.float32(repetition_penalty),
-            jnp.asarray(stop_array), jnp.int32(max_new_tokens), np.int32(call), config=config, max_new=max_new,
-            greedy=temperature == 0, penalty=repetition_penalty != 1.0, host=host)
-        out, lengths = np.asarray(out), np.asarray(lengths)
+        with sharding.on(mesh) if mesh is not None else contextlib.nullcontext():
+            if mesh is not None:  # global arrays: the batch split over the data axes, the rest on every device
+                inputs = tuple(sharding.put(x, mesh, sharding.batch_spec() if i < 2 else PartitionSpec())
+                               for i, x in enumerate(inputs))
+            transposed = decode_weights(params, config) if weights is None else weights
+            out, lengths = _generate_program(
+                params, transposed, *inputs, config=config, max_new=max_new, greedy=temperature == 0,
+                penalty=repetition_penalty != 1.0, host=host)
+        out, lengths = sharding.gathered(out), sharding.gathered(lengths)
     finally:
         _WATCHERS.pop(call, None)
-    new = [out[row, :lengths[row]].tolist() for row in range(len(encoded))]
+    new = [out[row, :lengths[row]].tolist() for row in range(rows)]
     texts = None
     if tokenizer is not None:
         texts = [cut(tokenizer.decode(ids), stop_strings) for ids in new]
         if host:
             watcher.flush()  # text held back as a possible stop-string prefix
-    return Generation(tokens=new, prompt_tokens=encoded, texts=texts)
+    return Generation(tokens=new, prompt_tokens=encoded[:rows], texts=texts)
 
 
 def fit(encoded: list[list[int]], max_new_tokens: int, config: GPTNeoConfig, truncate: bool) -> list[list[int]]:

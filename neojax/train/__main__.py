@@ -75,9 +75,7 @@ def parse(argv: list[str]):
     parser.add_argument("--workdir", required=True, help="directory for everything the run produces")
     parser.add_argument("--adopt_config", action="store_true",
                         help="resume a workdir whose config.json is lost with this command's config")
-    parser.add_argument("--coordinator", help="multi-host: coordinator address host:port")
-    parser.add_argument("--num_processes", type=cli.positive_int, help="multi-host: number of processes")
-    parser.add_argument("--process_id", type=cli.nonneg_int, help="multi-host: this process's index")
+    sharding.add_distributed_options(parser)
     args = parser.parse_args(rest)
     if not args.workdir.strip():
         raise cli.UsageError("--workdir is empty; give a directory for the run")
