@@ -236,19 +236,21 @@ def check_inference_mesh(sizes: dict, config, rows: Optional[int] = None, rows_n
         raise ValueError(f"data x fsdp = {split} does not divide {rows_name} ({rows}); use a multiple of {split}")
 
 
-def auto_mesh(config, num_devices: int) -> dict[str, int]:
-    """Every device: heads split over as many as divide them (up to 8, one host's chips), the rest
-    splitting the batch."""
-    tensor = max(t for t in range(1, min(num_devices, 8) + 1) if num_devices % t == 0 and config.num_heads % t == 0)
-    return {"data": num_devices // tensor, "fsdp": 1, "tensor": tensor}
+def auto_mesh(config, num_devices: int, rows: bool = True) -> dict[str, int]:
+    """Heads split over as many devices as divide them (up to 8, one host's chips) and, with `rows`,
+    the batch over the rest (every device); without, those devices alone (a server's one engine)."""
+    fits = [t for t in range(1, min(num_devices, 8) + 1) if config.num_heads % t == 0]
+    tensor = max(t for t in fits if num_devices % t == 0 or not rows)
+    return {"data": num_devices // tensor if rows else 1, "fsdp": 1, "tensor": tensor}
 
 
-def add_mesh_options(parser, default: str = "data=-1") -> None:
-    """--mesh and the multi-host flags of an inference command (see inference_mesh)."""
+def add_mesh_options(parser, default: str = "data=-1", hosts: bool = True) -> None:
+    """--mesh and (`hosts`) the multi-host flags of an inference command (see inference_mesh)."""
     parser.add_argument("--mesh", default=default, help="devices as data=D,fsdp=F,tensor=T (-1: the rest; 'auto': "
                         "heads over up to 8 devices that divide them, the batch over the rest); default "
-                        f"{default}, every device of every process")
-    add_distributed_options(parser)
+                        f"{default}, every device{' of every process' if hosts else ''}")
+    if hosts:
+        add_distributed_options(parser)
 
 
 def add_distributed_options(parser) -> None:
@@ -257,15 +259,20 @@ def add_distributed_options(parser) -> None:
     parser.add_argument("--process_id", type=cli.nonneg_int, help="multi-host: this process's index")
 
 
-def inference_mesh(args, shapes: Sequence, rows: Optional[int] = None, rows_flag: str = "--batch_size") -> Mesh:
+def inference_mesh(args, shapes: Sequence, rows: Optional[int] = None, rows_flag: str = "--batch_size",
+                   replicas: bool = True) -> Mesh:
     """The mesh of an inference command's --mesh for models of these configs (read without their
     weights), after jax.distributed starts from its flags; a mesh that cannot split a model's heads
-    or `rows` is one line naming the flags, before any weight is read."""
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    or `rows` is one line naming the flags, before any weight is read. `replicas`: whether 'auto'
+    splits rows over the devices the heads leave (not for a server's single engine)."""
+    initialize_distributed(coordinator=getattr(args, "coordinator", None),
+                           num_processes=getattr(args, "num_processes", None),
+                           process_id=getattr(args, "process_id", None))
     count = jax.device_count()
     try:
         if args.mesh == "auto":
-            sizes = auto_mesh(shapes[0], count) if shapes else {"data": count, "fsdp": 1, "tensor": 1}
+            sizes = auto_mesh(shapes[0], count, replicas) if shapes else {"data": count, "fsdp": 1, "tensor": 1}
+            count = math.prod(sizes.values())
         else:
             sizes = parse_mesh(args.mesh)
             # one process may run on fewer of its devices (e.g. data=1: one device, to compare)
@@ -277,7 +284,7 @@ def inference_mesh(args, shapes: Sequence, rows: Optional[int] = None, rows_flag
             check_inference_mesh(sizes, config, rows, f"{rows_flag} {rows}")
     except ValueError as e:
         raise cli.UsageError(f"--mesh {args.mesh}: {e}") from None
-    return make_mesh(sizes, jax.devices()[:count])
+    return make_mesh(spec=sizes, devices=jax.devices()[:count])
 
 
 def speaks() -> bool:
@@ -313,6 +320,8 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
     # The coordination service aborts a survivor (a C++ stack trace) after its heartbeat timeout;
     # watch_peers reports a lost peer in one line well before that.
     timeouts = dict(heartbeat_timeout_seconds=int(4 * LOST_AFTER_S), initialization_timeout=300)
+    if num_processes == 1:
+        return  # one process: nothing to coordinate
     if coordinator is None and num_processes is None:
         if not any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
                                              "JAX_COORDINATOR_ADDRESS")):

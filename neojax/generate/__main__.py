@@ -2,16 +2,22 @@
 
     python -m neojax.generate --checkpoint PATH --prompt "..." [--max_new_tokens N]
         [--temperature T --top_k K --top_p P --seed S] [--num_samples N] [--stop STRING ...]
-        [--prompt_file FILE] [--interactive | --chat [--system TEXT]]
+        [--prompt_file FILE] [--interactive | --chat [--system TEXT]] [--mesh auto|data=D,tensor=T]
+
+Every device is used (--mesh auto: heads split over the devices that divide them, rows over the
+rest); greedy output is the same token for token on any mesh.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-from neojax import checkpoint, cli
+import jax
+
+from neojax import checkpoint, cli, sharding
 from neojax.finetune.chat import STOP, render_prompt
 from neojax.generate.loop import decode_weights, fit, generate
+from neojax.model.config import model_shape
 
 
 def _stream_to(out):
@@ -42,6 +48,7 @@ def main(argv=None) -> int:
                         help=r'stop string (repeatable); \n, \t and \\ are escapes, e.g. --stop "\n\n"')
     parser.add_argument("--truncate", action="store_true", help="left-truncate prompts that do not fit")
     cli.add_model_options(parser)
+    sharding.add_mesh_options(parser, default="auto")
     args = parser.parse_args(argv)
     if any(not s for s in args.stop):
         raise cli.UsageError("--stop: an empty stop string would end every row at once; give text")
@@ -57,7 +64,17 @@ def main(argv=None) -> int:
         raise cli.UsageError("no prompt: give --prompt TEXT, --prompt_file FILE, --interactive or --chat")
     _check_modes(args, prompts)
     with cli.about(f"--checkpoint {args.checkpoint}"):
-        model = checkpoint.load(os.path.expanduser(args.checkpoint), **cli.model_options(args))
+        path = os.path.expanduser(args.checkpoint)
+        stated = [model_shape(path)] if checkpoint.detect_format(path) != "mesh_tf" else []
+    mesh = sharding.inference_mesh(args, stated)
+    if (args.chat or args.interactive) and jax.process_count() > 1:
+        raise cli.UsageError(f"{'--chat' if args.chat else '--interactive'} reads one keyboard: run it as one process "
+                             "(its --mesh may still span that host's devices)")
+    with cli.about(f"--checkpoint {args.checkpoint}"):
+        model = checkpoint.load(path, **cli.model_options(args))
+    with cli.about(f"--mesh {args.mesh}"):
+        sharding.check_inference_mesh(dict(mesh.shape), model.config)
+    model = model._replace(params=sharding.place(model.params, model.config, mesh))
     if model.tokenizer is None:
         raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
                              "merges.txt), e.g. python -m neojax.convert SRC DST --to neojax --tokenizer DIR")
@@ -75,14 +92,14 @@ def main(argv=None) -> int:
         encoded = fit([model.tokenizer.encode(p) or [model.tokenizer.eos_id] for p in prompts], args.max_new_tokens,
                       model.config, args.truncate)
     batch = [ids for ids in encoded for _ in range(args.num_samples)]
-    streaming = len(batch) == 1
+    streaming = len(batch) == 1 and sharding.speaks()
     if streaming:
         sys.stdout.write(prompts[0])
     out = generate(model.params, model.config, batch, model.tokenizer, seed=args.seed,
                    on_text=_stream_to(sys.stdout) if streaming else None, **settings)
     if streaming:
         print()
-    else:
+    elif sharding.speaks():
         for i, text in enumerate(out.texts):
             print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompts[i // args.num_samples]}{text}")
     return 0

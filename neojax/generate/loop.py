@@ -65,6 +65,11 @@ def apply_repetition_penalty(logits, seen, penalty):
     return jnp.where(seen, penalised, logits)
 
 
+def _whole(x):
+    """`x` replicated when tracing under a mesh (sharding.on): what a host callback reads and returns."""
+    return x if jax.sharding.get_abstract_mesh().empty else jax.lax.with_sharding_constraint(x, PartitionSpec())
+
+
 def _host_step(call, tokens, step, done):
     return np.asarray(_WATCHERS[int(call)](np.asarray(tokens), int(step), np.asarray(done)), dtype=bool)
 
@@ -101,8 +106,9 @@ def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k
         stopped = jnp.any(token[:, None] == stop_tokens[None, :], axis=-1)
         lengths = jnp.where(done | stopped, lengths, i + 1)
         if host:  # streaming and stop strings: the host sees each token and may end a row
-            stopped |= io_callback(_host_step, jax.ShapeDtypeStruct((batch,), jnp.bool_), call, token, i, done,
-                                   ordered=True)
+            seen_by_host = _whole(token), _whole(done)  # on a mesh: gathered for the host, whose answer all rows read
+            stopped |= _whole(io_callback(_host_step, jax.ShapeDtypeStruct((batch,), jnp.bool_), call,
+                                          seen_by_host[0], i, seen_by_host[1], ordered=True))
         done = done | stopped
         if penalty:
             seen = seen.at[jnp.arange(batch), token].set(True)

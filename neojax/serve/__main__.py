@@ -1,12 +1,14 @@
 """python -m neojax.serve --checkpoint PATH [--host 127.0.0.1] [--port 8000] [--max_batch 16] [--max_len N]
     [--chunk 64] [--max_queue 256] [--dtype float32|bfloat16] [--quantize int8] [--kv_cache int8] [--model_name NAME]
-    [--api_key KEY] [--max_request_bytes N]
+    [--api_key KEY] [--max_request_bytes N] [--mesh auto|tensor=T]
 
 An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health) with
 continuous batching, and a chat page at /. The port is taken before the model loads (--port 0: a
 free one, announced); beyond loopback, require a key with --api_key or NEOJAX_API_KEY. PATH is
 anything `generate` takes: a Hugging Face
-directory, a neojax directory or a training workdir (LoRA adapters merged).
+directory, a neojax directory or a training workdir (LoRA adapters merged). One process serves on
+this host's devices: --mesh auto splits the heads, the KV cache and the MLP over as many devices
+as divide the heads (up to 8: tensor=T).
 
     curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"model": "gpt-neo-125M", "prompt": "Once upon a time", "max_tokens": 32}'
@@ -26,7 +28,8 @@ import jax
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from neojax import checkpoint, cli, registry
+from neojax import checkpoint, cli, registry, sharding
+from neojax.model.config import model_shape
 from neojax.serve.api import MAX_REQUEST_BYTES, BadRequest, build_app, error_body
 from neojax.serve.engine import Engine
 from neojax.serve.moderation import Moderator, parse_scope
@@ -51,6 +54,7 @@ def main(argv=None) -> int:
                         help="memory for computed prompt prefixes (whole chunks, exact token match, least recently "
                              "used out): a repeated system prompt or context is not prefilled again (0: off)")
     cli.add_model_options(parser)
+    sharding.add_mesh_options(parser, default="auto", hosts=False)
     parser.add_argument("--model_name", help="the model's name in the API (default: the checkpoint's folder name)")
     parser.add_argument("--api_key", default=os.environ.get("NEOJAX_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1 (default: $NEOJAX_API_KEY; none: open)")
@@ -81,6 +85,9 @@ def main(argv=None) -> int:
               "model; set --api_key (or NEOJAX_API_KEY)", file=sys.stderr, flush=True)
     path = cli.existing_path("--checkpoint", args.checkpoint)
     with cli.about(f"--checkpoint {args.checkpoint}"):
+        stated = [model_shape(path)] if checkpoint.detect_format(path) != "mesh_tf" else []
+    mesh = sharding.inference_mesh(args, stated, replicas=False)
+    with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(path, **cli.model_options(args))
     if model.tokenizer is None:
         raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
@@ -92,6 +99,9 @@ def main(argv=None) -> int:
     context = model.config.max_position_embeddings
     if args.max_len > context:
         raise cli.UsageError(f"--max_len {args.max_len} exceeds the model's {context}-token context")
+    with cli.about(f"--mesh {args.mesh}"):
+        sharding.check_inference_mesh(dict(mesh.shape), model.config)
+    model = model._replace(params=sharding.place(model.params, model.config, mesh))
     name = args.model_name or os.path.basename(os.path.normpath(path))
     moderator = None
     if args.moderation:

@@ -21,7 +21,9 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
+from neojax import sharding
 from neojax.generate import TextStream, decode_weights
 from neojax.model.attention import slot_cache
 from neojax.model.config import GPTNeoConfig
@@ -129,6 +131,11 @@ class Engine:
         # prompt chunks one step may prefill together: a power of two within the budget and the slots
         self.max_prefill = 1 << (max(1, min(max_batch, step_tokens // chunk)).bit_length() - 1)
         self.max_len = min(max_len or config.max_position_embeddings, config.max_position_embeddings)
+        # Placed params (sharding.place): the caches split by head as the heads are, in every program
+        mesh, self.cache_sharding = sharding.mesh_of(params), None
+        if mesh is not None:
+            self.cache_sharding = jax.tree.map(lambda x: NamedSharding(mesh, sharding.cache_spec(x.ndim)),
+                                               jax.eval_shape(self._new_cache))
         self.cache = self._new_cache()
         self.slots: list[Optional[Sequence]] = [None] * max_batch
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -144,11 +151,12 @@ class Engine:
         self.store = self._new_cache(rows=self.prefix_blocks, slots=chunk) if self.prefix_blocks else None
         self.prefixes: collections.OrderedDict = collections.OrderedDict()  # prompt[:end] -> block
         self.reused_tokens = 0
-        self._save = jax.jit(_copy_block, donate_argnums=0)      # store <- cache row
-        self._restore = jax.jit(_copy_block, donate_argnums=0)   # cache row <- store
-        self._prefill = jax.jit(functools.partial(_prefill, config=config), donate_argnums=1,
+        pin = functools.partial(_pinned, shardings=self.cache_sharding)
+        self._save = jax.jit(pin(_copy_block), donate_argnums=0)      # store <- cache row
+        self._restore = jax.jit(pin(_copy_block), donate_argnums=0)   # cache row <- store
+        self._prefill = jax.jit(pin(functools.partial(_prefill, config=config)), donate_argnums=1,
                                 static_argnames="scored")
-        self._decode = jax.jit(functools.partial(_decode, config=config), donate_argnums=2)
+        self._decode = jax.jit(pin(functools.partial(_decode, config=config)), donate_argnums=2)
         self.thread = threading.Thread(target=self._run, name="neojax-engine", daemon=True)
 
     # --- the API side ---------------------------------------------------------------------------
@@ -261,8 +269,11 @@ class Engine:
         """The slot cache (max_batch rows; room for a whole chunk past max_len: a chunk's writes never
         wrap onto earlier entries), or another shape of it (the prefix store)."""
         heads, head_dim, dtype = self.config.num_heads, self.config.head_dim, jnp.dtype(self.config.dtype)
-        return [slot_cache(rows or self.max_batch, heads, slots or self.max_len + self.chunk, head_dim, dtype,
-                           self.config.kv_cache == "int8") for _ in self.config.attention_layers]
+        make = lambda: [slot_cache(rows or self.max_batch, heads, slots or self.max_len + self.chunk, head_dim, dtype,
+                                   self.config.kv_cache == "int8") for _ in self.config.attention_layers]
+        if self.cache_sharding is None:
+            return make()
+        return jax.jit(make, out_shardings=self.cache_sharding)()  # born in its shards
 
     def _admit(self) -> None:
         """Waiting sequences into free slots (a cancelled one is dropped, not given a slot)."""
@@ -423,6 +434,20 @@ def _copy_block(to, source, to_row, to_start, from_row, from_start):
             out[name] = jax.lax.dynamic_update_slice(x, piece, (to_row, 0, to_start) + (0,) * (x.ndim - 3))
         return out
     return [layer(d, s) for d, s in zip(to, source)]
+
+
+def _pinned(program, shardings):
+    """`program` with the cache it returns (its first result) kept in `shardings`: the cache a step
+    donates comes back laid out as it went in, so no later step compiles again."""
+    if shardings is None:
+        return program
+
+    def run(*args, **kwargs):
+        out = program(*args, **kwargs)
+        if isinstance(out, list):
+            return jax.lax.with_sharding_constraint(out, shardings)
+        return (jax.lax.with_sharding_constraint(out[0], shardings),) + tuple(out[1:])
+    return run
 
 
 def _buckets(largest: int, rows: Optional[int] = None):
