@@ -1,11 +1,14 @@
-"""python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,serve,data] [--output bench.json]
+"""python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,serve,mesh,data] [--mesh SPEC]
+    [--output bench.json]
 
 Measures, on whatever devices are present, side by side with transformers (torch, CPU) where that
 applies: the matmul peak, training tokens/s and MFU at T=2048, the compiled peak memory of a
 training step with and without rematerialisation, the forward time of a local-only stack at
 T=512..4096 (linear in T), greedy decode tokens/s at batch 1 and 16 with time to first token,
 harness evaluation rates (lambada examples/s, wikitext tokens/s, wmt examples/s), the server
-(continuous batching against one request at a time, time to first token) and the data pipeline.
+(continuous batching against one request at a time, time to first token), evaluation and serving
+on meshes of 1, 2, 4, ... devices (on a CPU the overhead of the sharded path; on accelerators the
+scaling) and the data pipeline.
 Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the tests.
 
 On an accelerator: python -m neojax.benchmark --dtype bfloat16 --presets gpt-neo-125M,gpt-neo-1.3B
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import functools
 import glob
 import http.client
 import json
@@ -35,7 +39,7 @@ import optax
 import uvicorn
 from tokenizers import ByteLevelBPETokenizer
 
-from neojax import cli, paths
+from neojax import cli, paths, sharding
 from neojax.checkpoint.hf import state_dict_from_params
 from neojax.data.pipeline import TokenCache, TrainBatches
 from neojax.data.tokenizer import Tokenizer
@@ -263,7 +267,7 @@ def bench_tokenize(tokenizer, texts):
     return n / (time.perf_counter() - start)
 
 
-def bench_eval(config, params, lambada_docs=64, wiki_pages=2, wmt_docs=16, batch_size=8):
+def bench_eval(config, params, lambada_docs=64, wiki_pages=2, wmt_docs=16, batch_size=8, translate=True):
     """Harness requests on synthetic text with a byte-level BPE trained here: lambada_openai
     examples/s (about 75 words each, as the real set), wikitext tokens/s (rolling windows over
     about 4,000-token pages) and wmt16-de-en examples/s (greedy generation until a newline, at most
@@ -279,7 +283,7 @@ def bench_eval(config, params, lambada_docs=64, wiki_pages=2, wmt_docs=16, batch
             with open(os.path.join(d, f"{name}.jsonl"), "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         run = lambda task: evaluate(params, config, tokenizer, [task], d, batch_size=batch_size)[task]
-        translate = config.max_position_embeddings > 2 * 256  # the task generates up to 256 tokens
+        translate = translate and config.max_position_embeddings > 2 * 256  # the task generates up to 256 tokens
         run("lambada_openai"), run("wikitext"), translate and run("wmt16-de-en")  # compiles every padded shape
         lam, wiki = run("lambada_openai"), run("wikitext")
         trans = run("wmt16-de-en") if translate else None
@@ -326,12 +330,8 @@ def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0):
     return port, stop
 
 
-def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
-    """The server over HTTP: `clients` concurrent greedy streams (prompts of 32-256 tokens, `new_tokens`
-    each) on `clients` slots with continuous batching, against the same requests sent one at a time
-    to a one-slot server. Returns generated tokens/s of both, the concurrent run's
-    time-to-first-token percentiles, and the limit: generate's greedy decode rate at batch `clients`
-    in this run (the engine's steps are those decode steps plus prefill and the host's work)."""
+def _serve_workload(config, clients, new_tokens, max_len):
+    """(text(n), tokenizer, `clients` prompts of 32-256 tokens, max_len) for the serving rows."""
     text = _synthetic_text()
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as d:
@@ -339,32 +339,69 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     max_len = min(max_len, config.max_position_embeddings)
     longest = min(256, max_len - new_tokens - 1)  # a small shape's context holds less
     prompts = [tokenizer.encode(text(400))[:n] for n in rng.integers(min(32, longest), longest + 1, clients)]
+    prompts[int(np.argmax([len(p) for p in prompts]))] = tokenizer.encode(text(400))[:longest]  # the longest there
+    return text, tokenizer, prompts, max_len
 
-    def one(port, prompt):
-        """(seconds to the first token, generated tokens) of one streamed request."""
-        body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": new_tokens, "temperature": 0,
-                           "stream": True, "stream_options": {"include_usage": True}})
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
-        start, first, tokens = time.perf_counter(), None, 0
-        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
-        for line in conn.getresponse():
-            if line.startswith(b"data: {"):
-                chunk = json.loads(line[6:])
-                if first is None and chunk["choices"]:  # its first text, or its end (a random model may
-                    first = time.perf_counter() - start  # write tokens that are no text yet)
-                tokens = chunk.get("usage", {}).get("completion_tokens", tokens) if chunk.get("usage") else tokens
-        conn.close()
-        return first or 0.0, tokens
 
-    port, stop = _serving(params, config, tokenizer, clients, max_len)
+def bench_mesh(config, params, counts, clients=16, new_tokens=64):
+    """Evaluation and serving on meshes of `counts` devices: lambada_openai examples/s and wikitext
+    tokens/s with the requests split over data=n (batch 8 per device), serving tokens/s with the
+    model split over tensor=n (16 streams), and the evaluation rows of the unplaced single-device
+    path (what the sharded path at one device is held to)."""
+    host = jax.device_get(params)
+    out = {"single": bench_eval(config, host, translate=False)}
+    _, tokenizer, prompts, max_len = _serve_workload(config, clients, new_tokens, 512)
+    for n in counts:
+        placed = sharding.place(host, config, sharding.make_mesh({"data": n}, jax.devices()[:n]))
+        out[("data", n)] = bench_eval(config, placed, batch_size=8 * n, translate=False)
+        if config.num_heads % n == 0:
+            placed = sharding.place(host, config, sharding.make_mesh({"tensor": n}, jax.devices()[:n]))
+            out[("tensor", n)] = _concurrent(placed, config, tokenizer, prompts, max_len, new_tokens)[0]
+        del placed
+    return out
+
+
+def _one_request(port, prompt, new_tokens):
+    """(seconds to the first token, generated tokens) of one streamed greedy request."""
+    body = json.dumps({"model": "bench", "prompt": prompt, "max_tokens": new_tokens, "temperature": 0,
+                       "stream": True, "stream_options": {"include_usage": True}})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=900)
+    start, first, tokens = time.perf_counter(), None, 0
+    conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    for line in conn.getresponse():
+        if line.startswith(b"data: {"):
+            chunk = json.loads(line[6:])
+            if first is None and chunk["choices"]:  # its first text, or its end (a random model may
+                first = time.perf_counter() - start  # write tokens that are no text yet)
+            tokens = chunk.get("usage", {}).get("completion_tokens", tokens) if chunk.get("usage") else tokens
+    conn.close()
+    return first or 0.0, tokens
+
+
+def _concurrent(params, config, tokenizer, prompts, max_len, new_tokens, prefix_cache_mb=0):
+    """(generated tokens/s, [(time to first token, tokens)] per prompt) of every prompt streamed at
+    once to a server with a slot each, after one request to warm the HTTP path."""
+    port, stop = _serving(params, config, tokenizer, len(prompts), max_len, prefix_cache_mb)
     try:
-        one(port, prompts[0])  # the HTTP path warm
+        _one_request(port, prompts[0], new_tokens)
         start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            results = list(pool.map(lambda p: one(port, p), prompts))
-        batched = sum(n for _, n in results) / (time.perf_counter() - start)
+        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+            results = list(pool.map(lambda p: _one_request(port, p, new_tokens), prompts))
+        return sum(n for _, n in results) / (time.perf_counter() - start), results
     finally:
         stop()
+
+
+def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
+    """The server over HTTP: `clients` concurrent greedy streams (prompts of 32-256 tokens, `new_tokens`
+    each) on `clients` slots with continuous batching, against the same requests sent one at a time
+    to a one-slot server. Returns generated tokens/s of both, the concurrent run's
+    time-to-first-token percentiles, and the limit: generate's greedy decode rate at batch `clients`
+    in this run (the engine's steps are those decode steps plus prefill and the host's work)."""
+    text, tokenizer, prompts, max_len = _serve_workload(config, clients, new_tokens, max_len)
+    longest = max(len(p) for p in prompts)
+    one = functools.partial(_one_request, new_tokens=new_tokens)
+    batched, results = _concurrent(params, config, tokenizer, prompts, max_len, new_tokens)
     port, stop = _serving(params, config, tokenizer, 1, max_len)
     try:
         one(port, prompts[0])
@@ -379,24 +416,16 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     system = tokenizer.encode(text(300))[:min(200, max(longest - 32, longest // 2))]
     shared = [system + p[:longest - len(system)] for p in prompts]
     reuse = {}
-    for budget in (0, 256):
-        port, stop = _serving(params, config, tokenizer, clients, max_len, prefix_cache_mb=budget)
-        try:
-            one(port, shared[0])  # warm, and (with reuse) the system prompt computed once
-            start = time.perf_counter()
-            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-                runs = list(pool.map(lambda p: one(port, p), shared))
-            reuse[budget] = (sum(n for _, n in runs) / (time.perf_counter() - start),
-                             float(np.percentile([t for t, _ in runs], 50)))
-        finally:
-            stop()
+    for budget in (0, 256):  # (with reuse, the warm-up request computes the system prompt once)
+        rate, runs = _concurrent(params, config, tokenizer, shared, max_len, new_tokens, budget)
+        reuse[budget] = (rate, float(np.percentile([t for t, _ in runs], 50)))
     return {"batched": batched, "alone": alone, "ttft_p50": float(np.percentile(ttft, 50)),
             "ttft_p99": float(np.percentile(ttft, 99)), "limit": limit, "system": len(system),
             "reuse_off": reuse[0], "reuse_on": reuse[256],
             "workload": f"prompts {min(lengths)}-{max(lengths)} tokens, {new_tokens} new tokens"}
 
 
-SECTIONS = ("peak", "train", "memory", "local", "decode", "eval", "serve", "data")
+SECTIONS = ("peak", "train", "memory", "local", "decode", "eval", "serve", "mesh", "data")
 
 
 def main(argv=None):
@@ -412,6 +441,8 @@ def main(argv=None):
     parser.add_argument("--decode_batches", default="1,16", help="batch sizes of the decode rows")
     parser.add_argument("--quantize", choices=["int8"], help="decode rows: also int8 weights (and bfloat16), against "
                         "the weight-bandwidth bound")
+    parser.add_argument("--mesh", help="run the decode, eval and serve rows on this mesh (e.g. data=8 or tensor=4; "
+                        "default: one device, unplaced); the mesh rows sweep 1, 2, 4, ... devices anyway")
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
@@ -431,7 +462,13 @@ def main(argv=None):
         cli.writable_output("--output", args.output)
     torch_too = not args.no_torch and not _on_accelerator()  # the reference is torch's CPU build
     config = shapes[presets[0]].replace(dtype=args.dtype)
+    mesh = None
+    if args.mesh:
+        args.coordinator = args.num_processes = args.process_id = None  # one process
+        mesh = sharding.inference_mesh(args, [config], rows=8, rows_flag="the eval rows' batch")
     params = init_params(config, jax.random.key(0))
+    placed = params if mesh is None else sharding.place(jax.device_get(params), config, mesh)
+    on = "" if mesh is None else f" mesh {','.join(f'{a}={n}' for a, n in mesh.shape.items() if n > 1) or 'data=1'}"
     rows = []
 
     def add(row):
@@ -469,8 +506,8 @@ def main(argv=None):
         raise cli.UsageError(f"--decode_batches {args.decode_batches}: give positive integers, comma-separated")
     if "decode" in sections:
         for batch in decode_batches:
-            ours, theirs = bench_decode(config, params, batch, torch_too=torch_too)
-            add(_row(f"greedy decode {presets[0]} {args.dtype} batch {batch} (128 new tokens)", "tokens/s",
+            ours, theirs = bench_decode(config, placed, batch, torch_too=torch_too)
+            add(_row(f"greedy decode {presets[0]} {args.dtype}{on} batch {batch} (128 new tokens)", "tokens/s",
                      ours, theirs))
         prompt_len, seconds = bench_ttft(config, params)
         add(_row(f"time to first token, {prompt_len}-token prompt, batch 1", "s", seconds))
@@ -491,17 +528,18 @@ def main(argv=None):
                     add(_row(f"greedy decode {presets[0]} {label} batch {batch} (steps at {share:.0f}% of the "
                              "bound's rate)", "tokens/s", ours))
     if "eval" in sections:
-        rates = bench_eval(config, params)
-        add(_row(f"evaluate lambada_openai {presets[0]} {args.dtype} (batch 8)", "examples/s", rates["lambada"]))
-        add(_row(f"evaluate wikitext {presets[0]} {args.dtype} (rolling windows)", "tokens/s", rates["wikitext"]))
+        rates = bench_eval(config, placed)
+        add(_row(f"evaluate lambada_openai {presets[0]} {args.dtype}{on} (batch 8)", "examples/s", rates["lambada"]))
+        add(_row(f"evaluate wikitext {presets[0]} {args.dtype}{on} (rolling windows)", "tokens/s", rates["wikitext"]))
         if "wmt" in rates:
-            add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} (batch 8, greedy until newline)", "examples/s",
-                     rates["wmt"]))
-            add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype} generated", "tokens/s", rates["wmt_tokens"]))
+            add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype}{on} (batch 8, greedy until newline)",
+                     "examples/s", rates["wmt"]))
+            add(_row(f"evaluate wmt16-de-en {presets[0]} {args.dtype}{on} generated", "tokens/s",
+                     rates["wmt_tokens"]))
         add(_row("tokenizer: byte-level BPE, encode_batch", "tokens/s", rates["tokenizer"]))
     if "serve" in sections:
-        served = bench_serve(config, params)
-        label = f"serve {presets[0]} {args.dtype}, 16 concurrent streams ({served['workload']})"
+        served = bench_serve(config, placed)
+        label = f"serve {presets[0]} {args.dtype}{on}, 16 concurrent streams ({served['workload']})"
         add(_row(f"{label}: continuous batching", "tokens/s", served["batched"]))
         add(_row(f"{label}: one request at a time", "tokens/s", served["alone"]))
         add(_row(f"{label}: time to first token p50", "s", served["ttft_p50"]))
@@ -513,6 +551,24 @@ def main(argv=None):
             shared = f"{label}, a shared {served['system']}-token system prompt, prefix reuse {state}"
             add(_row(f"{shared}: tokens/s", "tokens/s", rate))
             add(_row(f"{shared}: time to first token p50", "s", first))
+    if "mesh" in sections:
+        counts = [n for n in (1, 2, 4, 8, 16, 32) if n <= jax.device_count()]
+        meshes = bench_mesh(config, params, counts)
+        one = meshes["single"]
+        add(_row(f"evaluate lambada_openai {presets[0]}, one device unplaced (batch 8)", "examples/s", one["lambada"]))
+        add(_row(f"evaluate wikitext {presets[0]}, one device unplaced", "tokens/s", one["wikitext"]))
+        for n in counts:
+            rates = meshes[("data", n)]
+            add(_row(f"evaluate lambada_openai {presets[0]}, mesh data={n} (batch {8 * n})", "examples/s",
+                     rates["lambada"]))
+            add(_row(f"evaluate wikitext {presets[0]}, mesh data={n}", "tokens/s", rates["wikitext"]))
+            if n == 1:
+                add(_row("evaluate: the sharded path at one device against the unplaced path (lambada_openai, "
+                         "wikitext)", "%", 100 * min(rates["lambada"] / one["lambada"],
+                                                     rates["wikitext"] / one["wikitext"])))
+            if ("tensor", n) in meshes:
+                add(_row(f"serve {presets[0]} {args.dtype}, 16 concurrent streams, mesh tensor={n}", "tokens/s",
+                         meshes[("tensor", n)]))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
         for n in (1, 2):

@@ -3,7 +3,7 @@
     python -m neojax.prune --checkpoint PATH --method magnitude --sparsity 0.5 [--scope layer] --output DST
     python -m neojax.prune --checkpoint PATH --method 2:4 --output DST
     python -m neojax.prune --checkpoint PATH --report report.json --text_files 'valid/*.txt'
-        [--tasks lambada_openai --data_dir tasks/] [--sparsities 0.1,0.3,0.5,0.7]
+        [--tasks lambada_openai --data_dir tasks/] [--sparsities 0.1,0.3,0.5,0.7] [--mesh data=-1]
 
 Pruning zeroes the blocks' matmul kernels (attention q/k/v/out, MLP): magnitude (the smallest |w|,
 over all kernels together or per layer) or 2:4 (2 of every 4 inputs). A pruned model recovers by
@@ -22,10 +22,11 @@ import sys
 import jax
 import numpy as np
 
-from neojax import checkpoint, cli, paths
+from neojax import checkpoint, cli, paths, sharding
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.files import write_json
+from neojax.model.config import model_shape
 from neojax.model.decode import cached_logprobs
 from neojax.model.quant import param_bytes, quantize_params
 from neojax.model.sparsity import apply_masks, magnitude_masks, sparsity, two_four_masks
@@ -68,6 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", default=".")
     parser.add_argument("--limit", type=cli.nonneg_int, default=0, help="first N examples per task / texts")
     parser.add_argument("--sparsities", default=SPARSITIES, help="magnitude sparsities in the report")
+    parser.add_argument("--batch_size", type=cli.positive_int, help="the report's scoring rows per step, a multiple "
+                        "of the mesh's data x fsdp (default: 8 per data-parallel device)")
+    sharding.add_mesh_options(parser)  # the report's: every variant is scored on every device
     args = parser.parse_args(argv)
     args.checkpoint = cli.existing_path("--checkpoint", args.checkpoint)
     _check_modes(args)
@@ -101,7 +105,10 @@ def _check_modes(args) -> None:
                                   ("--scope", args.scope != "global")) if given]
     reporting = [f for f, given in (("--text_files", args.text_files), ("--jsonl", args.jsonl), ("--tasks", args.tasks),
                                     ("--data_dir", args.data_dir != "."), ("--limit", args.limit),
-                                    ("--sparsities", args.sparsities != SPARSITIES)) if given]
+                                    ("--sparsities", args.sparsities != SPARSITIES),
+                                    ("--batch_size", args.batch_size), ("--mesh", args.mesh != "data=-1"),
+                                    *((f, getattr(args, f[2:]) is not None)
+                                      for f in ("--coordinator", "--num_processes", "--process_id"))) if given]
     if args.report and pruning:
         raise cli.UsageError(f"--report measures every variant and writes no model; drop {', '.join(pruning)} (prune "
                              "in a command of its own)")
@@ -129,7 +136,13 @@ def _report(args) -> int:
     texts = texts[:args.limit] if args.limit else texts
     loaded = {t: ev.load_task(args.data_dir, t) for t in task_names}
     with cli.about(f"--checkpoint {args.checkpoint}"):
+        stated = [model_shape(args.checkpoint)] if checkpoint.detect_format(args.checkpoint) != "mesh_tf" else []
+    mesh = sharding.inference_mesh(args, stated, args.batch_size)
+    batch_size = args.batch_size or 8 * sharding.data_parallel(mesh)
+    with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(args.checkpoint)
+    with cli.about(f"--mesh {args.mesh}"):
+        sharding.check_inference_mesh(dict(mesh.shape), model.config)
     base_params, base_config = model.params, model.config
     # (label, config, params made when measured, sparsity)
     variants = [("float32", base_config, lambda: base_params, 0.0),
@@ -140,23 +153,26 @@ def _report(args) -> int:
     variants += [("2:4", base_config, functools.partial(prune, base_params, "2:4"), 0.5)]
     rows = []
     for label, config, make_params, level in variants:
-        params = make_params()
-        scorer = ev.Scorer(params, config, model.tokenizer, 8, label=f"{label} perplexity")
+        params = sharding.place(make_params(), config, mesh)
+        scorer = ev.Scorer(params, config, model.tokenizer, batch_size, label=f"{label} perplexity")
         row = {"variant": label, "sparsity": level, "bytes": param_bytes(params),
                "perplexity": ev.perplexity_of_texts(scorer, texts)["perplexity"],
                "cached_perplexity": _cached_perplexity(params, config, model.tokenizer, texts)}
         results = ev.evaluate(params, config, model.tokenizer, task_names, args.data_dir, limit=args.limit,
-                              loaded=loaded)
+                              batch_size=batch_size, loaded=loaded)
         for task, metrics in results.items():
             for key in ("acc", "perplexity", "bleu"):
                 if key in metrics:
                     row[f"{task}/{key}"] = metrics[key]
         rows.append(row)
-        print(f"  {label}: {row['bytes'] / 1e6:.1f} MB, perplexity {row['perplexity']:.3f}", flush=True)
+        if sharding.speaks():
+            print(f"  {label}: {row['bytes'] / 1e6:.1f} MB, perplexity {row['perplexity']:.3f}", flush=True)
     base = rows[0]
     for row in rows:
         row["bytes_vs_float32"] = row["bytes"] / base["bytes"]
         row["perplexity_change"] = row["perplexity"] / base["perplexity"] - 1
+    if not sharding.speaks():
+        return 0  # process 0 writes the report
     print(_table(rows))
     chart = os.path.splitext(args.report)[0] + ".png"
     with paths.local_file(chart) as local:
@@ -172,8 +188,11 @@ def _cached_perplexity(params, config, tokenizer, texts, length: int = 256) -> f
     scoring above never reads."""
     encoded = [tokenizer.encode(t) for t in texts]
     length = min(length, config.max_position_embeddings, max(len(ids) for ids in encoded))
-    rows = [ids[:length] for ids in encoded if len(ids) >= length]
-    logprobs = jax.jit(cached_logprobs, static_argnums=1)(params, config, np.array(rows, np.int32))
+    rows = np.array([ids[:length] for ids in encoded if len(ids) >= length], np.int32)
+    mesh = sharding.mesh_of(params)
+    if mesh is not None:
+        rows = sharding.put(rows, mesh)
+    logprobs = sharding.gathered(jax.jit(cached_logprobs, static_argnums=1)(params, config, rows))
     return float(np.exp(-np.mean(np.asarray(logprobs, np.float64))))
 
 
