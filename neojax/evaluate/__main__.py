@@ -24,6 +24,8 @@ import os
 import sys
 from typing import Optional
 
+import jax
+
 from neojax import __version__, checkpoint, cli, paths, sharding
 from neojax import evaluate as ev
 from neojax.data import sources
@@ -240,7 +242,8 @@ def _run(args, loaded: dict, texts: Optional[list[str]], mesh) -> dict:
         rows[path] = (ev.published_row(model.config), results)
     meta = {"neojax_version": __version__, "data_dir": str(paths.path(args.data_dir)),
             "data_files": paths.glob(str(paths.path(args.data_dir) / "*.jsonl*")), "num_fewshot": args.num_fewshot,
-            "tfds_data_dir": args.tfds_data_dir and os.path.abspath(args.tfds_data_dir)}
+            "tfds_data_dir": args.tfds_data_dir and os.path.abspath(args.tfds_data_dir), "mesh": dict(mesh.shape),
+            "processes": jax.process_count()}
     if args.paper_table:
         table = ev.paper_table(rows)
         if sharding.speaks():

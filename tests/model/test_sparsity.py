@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from neojax.evaluate.task import SAMPLES
 from neojax.model import GPTNeoConfig, init_params
 from neojax.model.sparsity import apply_masks, is_two_four, magnitude_masks, prunable, sparsity, two_four_masks
 from neojax.prune import prune
@@ -128,3 +129,48 @@ def test_prune_command_and_report(tiny_hf_with_tokenizer, tmp_path):
     assert rows["int8 KV cache"]["cached_perplexity"] != rows["float32"]["cached_perplexity"]  # the cache is measured
     assert rows["int8 KV cache"]["perplexity"] == rows["float32"]["perplexity"]  # full-sequence scoring has no cache
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _report_rows(path):
+    import json
+    return {row["variant"]: row for row in json.loads(path.read_text())["rows"]}
+
+
+def _same_rows(got, want):
+    assert set(got) == set(want)
+    for variant, row in want.items():
+        for key, value in row.items():
+            assert got[variant][key] == pytest.approx(value, rel=2e-5, abs=1e-6), (variant, key, got[variant][key], value)
+
+
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_the_report_on_a_mesh_equals_one_device(tiny_hf_with_tokenizer, tmp_path, processes):
+    """Every variant scored with heads split over tensor and rows over data (8 simulated devices), or
+    by 2 real processes (2 devices each): the single-device report."""
+    from support import free_port
+    text = tmp_path / "valid.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. Once upon a time there was a model.\n" * 4)
+    argv = ["--checkpoint", tiny_hf_with_tokenizer, "--text_files", str(text), "--sparsities", "0.5", "--tasks",
+            "piqa", "--data_dir", SAMPLES]
+    r = _run(*argv, "--report", str(tmp_path / "one.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    command = [sys.executable, "-m", "neojax.prune", *argv, "--report", str(tmp_path / "mesh.json")]
+    if processes == 1:
+        procs = [subprocess.Popen(command + ["--mesh", "data=2,tensor=4"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))]
+    else:
+        port = free_port()
+        procs = [subprocess.Popen(command + ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+                                             "--process_id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                 for i in range(processes)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0] * processes, outs[0][1][-2000:]
+    _same_rows(_report_rows(tmp_path / "mesh.json"), _report_rows(tmp_path / "one.json"))
+    if processes == 2:  # process 0 alone prints
+        assert [line for line in outs[1][0].splitlines() if not line.startswith("[Gloo]")] == []

@@ -200,3 +200,30 @@ def test_prefix_store_evicts_the_least_recently_used_block(tiny):
     second = tuple(tiny.tokenizer.encode(texts[1]))
     assert len(engine.prefixes) == 2 and sorted(engine.prefixes.values()) == [0, 1]  # the two slots, reused
     assert all(key == second[:len(key)] for key in engine.prefixes)  # the first prompt's blocks were evicted
+
+
+@pytest.mark.parametrize("mesh", ["tensor=4", "tensor=2", "data=2,tensor=2"])
+def test_a_sharded_engine_decodes_as_generate_and_compiles_nothing_after_warm_up(tiny, mesh):
+    """Params, the slot cache and the prefix store split by head (sharding.place): the same tokens,
+    the caches stay in their shards, and no request compiles a program."""
+    from neojax import sharding
+    devices = jax.devices()[:int(np.prod([int(part.split("=")[1]) for part in mesh.split(",")]))]
+    params = sharding.place(tiny.params, tiny.config, sharding.make_mesh(mesh, devices))
+    prompts = [tiny.tokenizer.encode(t) for t in ("The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3)]
+    want = [generate(tiny.params, tiny.config, [p], tiny.tokenizer, max_new_tokens=12).tokens[0] for p in prompts]
+    traced = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **_: traced.append(event) if event.endswith("jaxpr_trace_duration") else None)
+    engine = Engine(params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8, prefix_cache_mb=1)
+    engine.warm_up()
+    engine.start()
+    before = len(traced)
+    try:
+        got = _run(engine, prompts, 12)
+        again = _run(engine, prompts[2:], 12)  # its first chunks come from the prefix store
+    finally:
+        engine.shutdown()
+    assert got == want and again == want[2:]
+    assert engine.reused_tokens > 0 and len(traced) == before
+    heads = engine.cache[0]["k"].sharding.spec
+    assert tuple(heads)[:2] == (None, "tensor") and len(engine.cache[0]["k"].sharding.device_set) == len(devices)

@@ -1,0 +1,117 @@
+"""Evaluation on a mesh (8 simulated devices, and 2 real processes): every task family gives the
+single-device numbers (log-likelihoods to float32 rounding, accuracies and generated text exactly),
+and a mesh that cannot split the model or the batch is one line before any weight is read."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import pytest
+from support import free_port
+
+from neojax import checkpoint, sharding
+from neojax.evaluate import evaluate
+from neojax.evaluate.task import SAMPLES
+
+# one task of each family: log-likelihood (and lambada's greedy match), rolling perplexity,
+# generation (greedy until a stop string) and the bias suites
+TASKS = ["piqa", "lambada_openai", "wikitext", "wmt16-de-en", "crows_pairs_english", "bbq"]
+
+
+def assert_same(got: dict, want: dict, where: str) -> None:
+    for task, metrics in want.items():
+        for key, value in metrics.items():
+            if key == "seconds":
+                continue
+            other = got[task][key]
+            if isinstance(value, float) and not math.isnan(value):
+                assert other == pytest.approx(value, rel=2e-5, abs=1e-6), (where, task, key, other, value)
+            else:
+                assert other == value or (value != value and other != other), (where, task, key, other, value)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_hf_with_tokenizer):
+    return checkpoint.load(tiny_hf_with_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def single(model):
+    return evaluate(model.params, model.config, model.tokenizer, TASKS, SAMPLES, max_gen_toks=16)
+
+
+@pytest.mark.parametrize("mesh", ["data=8", "data=2,tensor=4", "fsdp=2,tensor=2,data=2"])
+def test_every_task_family_equals_one_device(mesh, model, single):
+    placed = sharding.place(model.params, model.config, sharding.make_mesh(mesh))
+    assert sharding.mesh_of(placed) is not None
+    wte = placed["wte"]
+    assert len(wte.sharding.device_set) == 8
+    split = sharding.data_parallel(sharding.mesh_of(placed))
+    got = evaluate(placed, model.config, model.tokenizer, TASKS, SAMPLES, max_gen_toks=16, batch_size=2 * split)
+    assert_same(got, single, mesh)
+    assert all(got[t]["n"] == single[t]["n"] for t in TASKS)
+
+
+def test_int8_weights_place_their_scales_with_their_kernels(model):
+    from neojax.model.quant import quantize_params
+    params = jax.device_get(quantize_params(model.params))
+    placed = sharding.place(params, model.config, sharding.make_mesh("data=2,tensor=4"))
+    leaves = dict(jax.tree_util.tree_leaves_with_path(placed))
+    specs = {jax.tree_util.keystr(k): v.sharding.spec for k, v in leaves.items()}
+    scales = {k: s for k, s in specs.items() if k.endswith("['kernel_scale']")}
+    assert scales and any("tensor" in str(s) for s in scales.values()), specs
+    for name, spec in scales.items():  # a scale is split as its kernel's output dimension
+        assert tuple(spec) == tuple(specs[name.replace("kernel_scale", "kernel")])[-1:], (name, spec)
+    want = evaluate(params, model.config, model.tokenizer, ["piqa", "wikitext"], SAMPLES)
+    assert_same(evaluate(placed, model.config, model.tokenizer, ["piqa", "wikitext"], SAMPLES, batch_size=4),
+                want, "int8")
+
+
+def run(argv, env_devices=8, **kwargs):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={env_devices}"}
+    return subprocess.run([sys.executable, "-m", "neojax.evaluate", *argv], capture_output=True, text=True,
+                          timeout=600, env=env, **kwargs)
+
+
+def test_a_mesh_that_does_not_split_the_model_or_batch_is_one_line_before_loading(tiny_hf_with_tokenizer, tmp_path):
+    shapeless = tmp_path / "no_weights"  # the config says the shape; reading weights would fail
+    shapeless.mkdir()
+    shutil.copy(f"{tiny_hf_with_tokenizer}/config.json", shapeless)
+    base = ["--checkpoint", str(shapeless), "--sample_tasks", "--tasks", "piqa"]
+    for extra, words in ((["--mesh", "tensor=8"], "does not divide the model's 4 attention heads"),
+                         (["--mesh", "data=4", "--batch_size", "6"], "does not divide --batch_size 6"),
+                         (["--mesh", "data=16"], "needs 16 devices but 8 are present"),
+                         (["--mesh", "rows=2"], "unknown mesh axes")):
+        r = run(base + extra)
+        assert r.returncode == 2 and r.stderr.startswith("error: --mesh") and r.stderr.count("\n") == 1, r.stderr
+        assert words in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_process_writes(tiny_hf_with_tokenizer, tmp_path):
+    """2 processes of 2 devices each on a loopback coordinator against one process on 1 device: the
+    same JSON; process 1 prints no result and writes nothing."""
+    argv = ["--checkpoint", tiny_hf_with_tokenizer, "--sample_tasks", "--tasks", ",".join(TASKS), "--max_gen_toks",
+            "16"]
+    one = run(argv + ["--output", str(tmp_path / "one.json")], env_devices=1)
+    assert one.returncode == 0, one.stderr[-2000:]
+    port = free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [subprocess.Popen([sys.executable, "-m", "neojax.evaluate", *argv, "--output", str(tmp_path / "two.json"),
+                               "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    want, got = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert_same({t: got[t] for t in TASKS}, {t: want[t] for t in TASKS}, "2 processes")
+    assert "piqa" in outs[0][0] and "wrote" in outs[0][0]
+    ours = [line for line in outs[1][0].splitlines() if not line.startswith("[Gloo]")]  # gloo says it connected
+    assert ours == [] and "requests" not in outs[1][1]  # process 0 alone prints (progress too)
+    assert got["config"]["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
