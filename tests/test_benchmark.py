@@ -38,3 +38,20 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
     serve = [r for name, r in rows.items() if name.startswith("serve tiny")]
     assert len(serve) == 10 and all(r["neojax"] > 0 for r in serve)
     assert "train tiny T=64 batch 2" in capsys.readouterr().out
+
+
+def test_mesh_rows_per_device_count(tmp_path):
+    """The mesh section on the 8 simulated devices: evaluation over data=1..8, serving over the
+    tensor sizes that divide tiny's heads, the unplaced path beside them; --mesh places the
+    eval rows' model."""
+    out = tmp_path / "bench.json"
+    benchmark.main(["--presets", "tiny", "--seq_len", "64", "--only", "mesh,eval", "--mesh", "data=2",
+                    "--output", str(out)])
+    rows = {r["name"]: r["neojax"] for r in json.loads(out.read_text())["rows"]}
+    heads = preset("tiny").num_heads
+    for n in (1, 2, 4, 8):
+        assert rows[f"evaluate lambada_openai tiny, mesh data={n} (batch {8 * n})"] > 0
+        assert rows[f"evaluate wikitext tiny, mesh data={n}"] > 0
+        assert (f"serve tiny float32, 16 concurrent streams, mesh tensor={n}" in rows) == (heads % n == 0)
+    assert rows["evaluate: the sharded path at one device against the unplaced path (lambada_openai, wikitext)"] > 0
+    assert rows["evaluate lambada_openai tiny float32 mesh data=2 (batch 8)"] > 0

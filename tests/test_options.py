@@ -145,6 +145,16 @@ def fill(argv, places, out):
 # Per command: the base command line, then per option a case: (arguments added to the base (or to
 # the case's own base), or ("replace", full arguments), expectation, [a base of its own], [stdin]).
 # Expectations: "changes", "refused", or ("reaches", (module, attribute, keyword, value)).
+# The multi-host flags of the inference commands reach jax.distributed (one process: nothing to join).
+HOSTS = {
+    "--coordinator": (["--coordinator", "127.0.0.1:1", "--num_processes", "1"],
+                      ("reaches", ("neojax.sharding", "initialize_distributed", "coordinator", "127.0.0.1:1"))),
+    "--num_processes": (["--num_processes", "1"],
+                        ("reaches", ("neojax.sharding", "initialize_distributed", "num_processes", 1))),
+    "--process_id": (["--process_id", "0", "--num_processes", "1"],
+                     ("reaches", ("neojax.sharding", "initialize_distributed", "process_id", 0))),
+}
+MESH_OF_2 = ("reaches", ("neojax.sharding", "make_mesh", "spec", {"data": 2, "fsdp": 1, "tensor": 1}))
 GENERATE_BASE = ["--checkpoint", "{hf}", "--prompt", "The quick", "--max_new_tokens", "6"]
 SAMPLED = GENERATE_BASE + ["--temperature", "1.5"]
 GENERATE = {
@@ -171,6 +181,8 @@ GENERATE = {
     "--dtype": (["--dtype", "bfloat16"], ("reaches", ("neojax.checkpoint", "load", "dtype", "bfloat16"))),
     "--quantize": (["--quantize", "int8"], ("reaches", ("neojax.checkpoint", "load", "quantize", "int8"))),
     "--kv_cache": (["--kv_cache", "int8"], ("reaches", ("neojax.checkpoint", "load", "kv_cache", "int8"))),
+    "--mesh": (["--mesh", "data=2"], MESH_OF_2),  # the output is the same on any mesh
+    **HOSTS,
 }
 EVALUATE_BASE = ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "piqa", "--limit", "3", "--output",
                  "{out}/r.json"]
@@ -192,7 +204,7 @@ EVALUATE = {
                                       "--tfds_data_dir", "{root}"])], "refused"),
     "--num_fewshot": (["--num_fewshot", "1"], "changes"),
     "--limit": (["--limit", "1"], "changes"),
-    "--batch_size": (["--batch_size", "1"], ("reaches", ("neojax.evaluate", "Scorer", "batch_size", 1))),
+    "--batch_size": (["--batch_size", "16"], ("reaches", ("neojax.evaluate", "Scorer", "batch_size", 16))),
     "--max_len": (["--max_len", "16"], "changes", WIKITEXT),
     "--max_gen_toks": (["--max_gen_toks", "2"], "changes", TRUTHFUL),
     "--text_files": (["--text_files", "{text}"], "changes"),
@@ -207,6 +219,8 @@ EVALUATE = {
     "--dtype": (["--dtype", "bfloat16"], "changes", WIKITEXT),
     "--quantize": (["--quantize", "int8"], "changes", WIKITEXT),
     "--kv_cache": (["--kv_cache", "int8"], "refused"),
+    "--mesh": (["--mesh", "data=2"], MESH_OF_2),  # the results are the same on any mesh
+    **HOSTS,
 }
 PRUNE_BASE = ["--checkpoint", "{hf}", "--method", "magnitude", "--sparsity", "0.5", "--output", "{out}/p"]
 PRUNE = {
@@ -224,6 +238,10 @@ PRUNE = {
     "--data_dir": (["--data_dir", "{data}"], "refused"),
     "--limit": (["--limit", "2"], "refused"),
     "--sparsities": (["--sparsities", "0.2"], "refused"),
+    # the report's (tests/model/test_sparsity.py runs it on meshes); pruning itself would ignore them
+    "--batch_size": (["--batch_size", "16"], "refused"),
+    "--mesh": (["--mesh", "data=2"], "refused"),
+    **{flag: (added, "refused") for flag, (added, _) in HOSTS.items()},
 }
 CONVERT_BASE = ["{hf}", "{out}/c"]
 CONVERT = {
@@ -320,6 +338,7 @@ SERVE = {
     "--moderation_threshold": (["--moderation_threshold", "0.3"], "changes", ["--moderation", "{gate}"]),
     "--moderation_safe_label": (["--moderation_safe_label", "flagged"], "changes", ["--moderation", "{gate}"]),
     "--moderate": (["--moderate", "outputs"], "changes", ["--moderation", "{gate}"]),
+    "--mesh": (["--mesh", "tensor=2"], "changes"),  # the devices the params are split over
 }
 
 
@@ -330,7 +349,7 @@ def serve_reaches(argv, monkeypatch) -> tuple:
     class Engine(RealEngine):
         def __init__(self, params, config, tokenizer, *args):
             seen["engine"] = (config.dtype, config.kv_cache, sorted({str(x.dtype) for x in jax.tree.leaves(params)}),
-                              args)
+                              args, len(jax.tree.leaves(params)[0].sharding.device_set))
             super().__init__(params, config, tokenizer, *args)
 
         def warm_up(self):
