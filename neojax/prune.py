@@ -26,7 +26,6 @@ from neojax import checkpoint, cli, paths, sharding
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.files import write_json
-from neojax.model.config import model_shape
 from neojax.model.decode import cached_logprobs
 from neojax.model.quant import param_bytes, quantize_params
 from neojax.model.sparsity import apply_masks, magnitude_masks, sparsity, two_four_masks
@@ -136,8 +135,8 @@ def _report(args) -> int:
     texts = texts[:args.limit] if args.limit else texts
     loaded = {t: ev.load_task(args.data_dir, t) for t in task_names}
     with cli.about(f"--checkpoint {args.checkpoint}"):
-        stated = [model_shape(args.checkpoint)] if checkpoint.detect_format(args.checkpoint) != "mesh_tf" else []
-    mesh = sharding.inference_mesh(args, stated, args.batch_size)
+        stated = checkpoint.stated_shape(args.checkpoint)
+    mesh = sharding.inference_mesh(args, [stated], args.batch_size)
     batch_size = args.batch_size or 8 * sharding.data_parallel(mesh)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(args.checkpoint)

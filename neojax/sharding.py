@@ -262,9 +262,11 @@ def add_distributed_options(parser) -> None:
 def inference_mesh(args, shapes: Sequence, rows: Optional[int] = None, rows_flag: str = "--batch_size",
                    replicas: bool = True) -> Mesh:
     """The mesh of an inference command's --mesh for models of these configs (read without their
-    weights), after jax.distributed starts from its flags; a mesh that cannot split a model's heads
-    or `rows` is one line naming the flags, before any weight is read. `replicas`: whether 'auto'
-    splits rows over the devices the heads leave (not for a server's single engine)."""
+    weights; None: not known before loading), after jax.distributed starts from its flags; a mesh
+    that cannot split a model's heads or `rows` is one line naming the flags, before any weight is
+    read. `replicas`: whether 'auto' splits rows over the devices the heads leave (not for a
+    server's single engine)."""
+    shapes = [config for config in shapes if config is not None]
     initialize_distributed(coordinator=getattr(args, "coordinator", None),
                            num_processes=getattr(args, "num_processes", None),
                            process_id=getattr(args, "process_id", None))

@@ -17,7 +17,7 @@ from neojax.checkpoint.hf import load_hf, save_hf
 from neojax.checkpoint.io import NATIVE_MARKER, check_params, load_native, load_workdir, save_native
 from neojax.checkpoint.mesh_tf import config_from_mtf_json, load_mesh_tf
 from neojax.data.tokenizer import Tokenizer
-from neojax.model.config import GPTNeoConfig
+from neojax.model.config import GPTNeoConfig, model_shape
 from neojax.model.quant import is_quantized, quantize_params
 
 FORMATS = ("hf", "neojax", "workdir", "mesh_tf")
@@ -64,6 +64,12 @@ def detect_format(path: str) -> str:
                      "mesh-tensorflow checkpoint (*.index + *.data-*)")
 
 
+def stated_shape(path: str) -> Optional[GPTNeoConfig]:
+    """The config a checkpoint states without its weights being read, or None (mesh-tensorflow: its
+    shape comes from --mtf_config with the weights)."""
+    return None if detect_format(path) == "mesh_tf" else model_shape(path)
+
+
 def load(path: str, mtf_config: Optional[str] = None, quantize: Optional[str] = None,
          **config_overrides) -> Pretrained:
     """Config, params (host numpy float32) and tokenizer from any supported format.
@@ -107,4 +113,5 @@ def save(path: str, model: Pretrained, to: str, overwrite: bool = False) -> str:
     raise ValueError(f"cannot write format {to!r}; choose 'hf' or 'neojax'")
 
 
-__all__ = ["FORMATS", "Pretrained", "atomic_directory", "check_params", "detect_format", "load", "save"]
+__all__ = ["FORMATS", "Pretrained", "atomic_directory", "check_params", "detect_format", "load", "save",
+           "stated_shape"]

@@ -22,7 +22,7 @@ from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import param_shapes
 from neojax.model.lora import is_lora, merge
 from neojax.model.quant import is_quantized, quantized_shapes
-from neojax.tree import named_leaves
+from neojax.tree import named_leaves, path_keys
 
 NATIVE_MARKER = "neojax.json"
 
@@ -107,11 +107,17 @@ def load_workdir(workdir: str, step=None):
 
 
 def here(metadata):
-    """A restore target for saved array metadata: every array whole on this process's first device,
-    whatever mesh, device count or process count wrote it (orbax otherwise restores the saved
-    layout, which fails on fewer devices)."""
+    """A restore target for saved array metadata, whatever mesh, device count or process count wrote
+    it (orbax otherwise restores the saved layout, which fails on fewer devices): the parameters as
+    host arrays (a command then places them in their shards: no device holds one whole), the rest
+    (step counters, random keys) on this process's first device."""
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+
+    def target(path, m):
+        if path_keys(path)[:1] == ("params",):
+            return np.empty(m.shape, m.dtype)
+        return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device)
+    return jax.tree_util.tree_map_with_path(target, metadata)
 
 
 def quiet_orbax() -> None:

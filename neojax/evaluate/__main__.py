@@ -33,7 +33,6 @@ from neojax.errors import UsageError
 from neojax.evaluate import bias, prepare
 from neojax.evaluate import task as tasks
 from neojax.evaluate.task import SAMPLES, EmptySubset, available
-from neojax.model.config import model_shape
 
 
 def _texts(args) -> list[str]:
@@ -93,7 +92,10 @@ def main(argv=None) -> int:
     if not args.checkpoint:
         raise cli.UsageError("--checkpoint is required (a Hugging Face or neojax directory, or a training workdir)")
     loaded, texts = _check_args(args)
-    shapes = [model_shape(path) for path in args.checkpoint if _stated(path)]
+    shapes = []
+    for path in args.checkpoint:
+        with cli.about(f"--checkpoint {path}"):
+            shapes.append(checkpoint.stated_shape(path))
     mesh = sharding.inference_mesh(args, shapes, args.batch_size)
     args.batch_size = args.batch_size or 8 * sharding.data_parallel(mesh)
     out = _run(args, loaded, texts, mesh)
@@ -102,11 +104,6 @@ def main(argv=None) -> int:
         print(f"wrote {args.output}")
     return 0
 
-
-def _stated(path: str) -> bool:
-    """Whether the checkpoint states its shape without its weights being read (not mesh-tensorflow)."""
-    with cli.about(f"--checkpoint {path}"):
-        return checkpoint.detect_format(path) != "mesh_tf"
 
 
 def _finite(value):

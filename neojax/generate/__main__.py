@@ -17,7 +17,6 @@ import jax
 from neojax import checkpoint, cli, sharding
 from neojax.finetune.chat import STOP, render_prompt
 from neojax.generate.loop import decode_weights, fit, generate
-from neojax.model.config import model_shape
 
 
 def _stream_to(out):
@@ -65,8 +64,8 @@ def main(argv=None) -> int:
     _check_modes(args, prompts)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         path = os.path.expanduser(args.checkpoint)
-        stated = [model_shape(path)] if checkpoint.detect_format(path) != "mesh_tf" else []
-    mesh = sharding.inference_mesh(args, stated)
+        stated = checkpoint.stated_shape(path)
+    mesh = sharding.inference_mesh(args, [stated])
     if (args.chat or args.interactive) and jax.process_count() > 1:
         raise cli.UsageError(f"{'--chat' if args.chat else '--interactive'} reads one keyboard: run it as one process "
                              "(its --mesh may still span that host's devices)")

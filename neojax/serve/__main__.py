@@ -29,7 +29,6 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from neojax import checkpoint, cli, registry, sharding
-from neojax.model.config import model_shape
 from neojax.serve.api import MAX_REQUEST_BYTES, BadRequest, build_app, error_body
 from neojax.serve.engine import Engine
 from neojax.serve.moderation import Moderator, parse_scope
@@ -85,8 +84,8 @@ def main(argv=None) -> int:
               "model; set --api_key (or NEOJAX_API_KEY)", file=sys.stderr, flush=True)
     path = cli.existing_path("--checkpoint", args.checkpoint)
     with cli.about(f"--checkpoint {args.checkpoint}"):
-        stated = [model_shape(path)] if checkpoint.detect_format(path) != "mesh_tf" else []
-    mesh = sharding.inference_mesh(args, stated, replicas=False)
+        stated = checkpoint.stated_shape(path)
+    mesh = sharding.inference_mesh(args, [stated], replicas=False)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(path, **cli.model_options(args))
     if model.tokenizer is None:

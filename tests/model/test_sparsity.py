@@ -140,7 +140,7 @@ def _same_rows(got, want):
     assert set(got) == set(want)
     for variant, row in want.items():
         for key, value in row.items():
-            assert got[variant][key] == pytest.approx(value, rel=2e-5, abs=1e-6), (variant, key, got[variant][key], value)
+            assert got[variant][key] == pytest.approx(value, rel=2e-5, abs=1e-6), (variant, key, got[variant][key])
 
 
 @pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
