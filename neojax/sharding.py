@@ -236,12 +236,13 @@ def check_inference_mesh(sizes: dict, config, rows: Optional[int] = None, rows_n
         raise ValueError(f"data x fsdp = {split} does not divide {rows_name} ({rows}); use a multiple of {split}")
 
 
-def auto_mesh(config, num_devices: int, rows: bool = True) -> dict[str, int]:
-    """Heads split over as many devices as divide them (up to 8, one host's chips) and, with `rows`,
-    the batch over the rest (every device); without, those devices alone (a server's one engine)."""
+def auto_mesh(config, num_devices: int, replicas: bool = True) -> dict[str, int]:
+    """Heads split over as many devices as divide them (up to 8, one host's chips) and, with
+    `replicas`, the batch over the rest (every device); without, those devices alone (a server's
+    one engine)."""
     fits = [t for t in range(1, min(num_devices, 8) + 1) if config.num_heads % t == 0]
-    tensor = max(t for t in fits if num_devices % t == 0 or not rows)
-    return {"data": num_devices // tensor if rows else 1, "fsdp": 1, "tensor": tensor}
+    tensor = max(t for t in fits if num_devices % t == 0 or not replicas)
+    return {"data": num_devices // tensor if replicas else 1, "fsdp": 1, "tensor": tensor}
 
 
 def add_mesh_options(parser, default: str = "data=-1", hosts: bool = True) -> None:

@@ -146,3 +146,19 @@ def test_plan_and_benchmark_take_a_checkpoint_or_workdir(tiny_hf_with_tokenizer,
     row = next(line for line in out.splitlines() if line.startswith("wte "))
     assert f"({want.vocab_size}, {want.hidden_size})" in row  # the checkpoint's shape, not a preset's
     assert f"(x{want.num_layers})" in out
+
+
+def test_inference_meshes_auto_and_checks():
+    from neojax.model.config import preset
+    from neojax.sharding import auto_mesh, check_inference_mesh, data_parallel
+    neo = preset("gpt-neo-125M")  # 12 heads
+    assert auto_mesh(neo, 8) == {"data": 2, "fsdp": 1, "tensor": 4}
+    assert auto_mesh(neo, 16) == {"data": 4, "fsdp": 1, "tensor": 4}
+    assert auto_mesh(neo, 8, replicas=False) == {"data": 1, "fsdp": 1, "tensor": 6}  # a server's one engine
+    assert auto_mesh(neo, 1) == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert data_parallel({"data": 2, "fsdp": 4, "tensor": 2}) == 8
+    check_inference_mesh({"data": 2, "fsdp": 4, "tensor": 3}, neo, rows=16)
+    with pytest.raises(ValueError, match="does not divide the model's 12 attention heads"):
+        check_inference_mesh({"data": 1, "fsdp": 1, "tensor": 8}, neo)
+    with pytest.raises(ValueError, match=r"data x fsdp = 8 does not divide the batch \(12\)"):
+        check_inference_mesh({"data": 2, "fsdp": 4, "tensor": 1}, neo, rows=12)
