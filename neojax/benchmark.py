@@ -346,11 +346,12 @@ def _serve_workload(config, clients, new_tokens, max_len):
 def bench_mesh(config, params, counts, clients=16, new_tokens=64):
     """Evaluation and serving on meshes of `counts` devices: lambada_openai examples/s and wikitext
     tokens/s with the requests split over data=n (batch 8 per device), serving tokens/s with the
-    model split over tensor=n (16 streams), and the evaluation rows of the unplaced single-device
-    path (what the sharded path at one device is held to)."""
+    model split over tensor=n (16 streams), and the same rows of the unplaced single-device path
+    (what the sharded path at one device is held to)."""
     host = jax.device_get(params)
     out = {"single": bench_eval(config, host, translate=False)}
     _, tokenizer, prompts, max_len = _serve_workload(config, clients, new_tokens, 512)
+    out["single"]["serve"] = _concurrent(host, config, tokenizer, prompts, max_len, new_tokens)[0]
     for n in counts:
         placed = sharding.place(host, config, sharding.make_mesh({"data": n}, jax.devices()[:n]))
         out[("data", n)] = bench_eval(config, placed, batch_size=8 * n, translate=False)
@@ -557,6 +558,8 @@ def main(argv=None):
         one = meshes["single"]
         add(_row(f"evaluate lambada_openai {presets[0]}, one device unplaced (batch 8)", "examples/s", one["lambada"]))
         add(_row(f"evaluate wikitext {presets[0]}, one device unplaced", "tokens/s", one["wikitext"]))
+        add(_row(f"serve {presets[0]} {args.dtype}, 16 concurrent streams, one device unplaced", "tokens/s",
+                 one["serve"]))
         for n in counts:
             rates = meshes[("data", n)]
             add(_row(f"evaluate lambada_openai {presets[0]}, mesh data={n} (batch {8 * n})", "examples/s",
@@ -569,6 +572,9 @@ def main(argv=None):
             if ("tensor", n) in meshes:
                 add(_row(f"serve {presets[0]} {args.dtype}, 16 concurrent streams, mesh tensor={n}", "tokens/s",
                          meshes[("tensor", n)]))
+            if n == 1:
+                add(_row("serve: the sharded engine at one device against the unplaced one", "%",
+                         100 * meshes[("tensor", 1)] / one["serve"]))
     if "data" in sections:
         add(_row("data: packed shuffled batches from token shards", "tokens/s", bench_data()))
         for n in (1, 2):

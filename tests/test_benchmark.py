@@ -54,4 +54,5 @@ def test_mesh_rows_per_device_count(tmp_path):
         assert rows[f"evaluate wikitext tiny, mesh data={n}"] > 0
         assert (f"serve tiny float32, 16 concurrent streams, mesh tensor={n}" in rows) == (heads % n == 0)
     assert rows["evaluate: the sharded path at one device against the unplaced path (lambada_openai, wikitext)"] > 0
+    assert rows["serve: the sharded engine at one device against the unplaced one"] > 0
     assert rows["evaluate lambada_openai tiny float32 mesh data=2 (batch 8)"] > 0

@@ -183,6 +183,10 @@ GENERATE = {
     "--kv_cache": (["--kv_cache", "int8"], ("reaches", ("neojax.checkpoint", "load", "kv_cache", "int8"))),
     "--mesh": (["--mesh", "data=2"], MESH_OF_2),  # the output is the same on any mesh
     **HOSTS,
+    # speculative decoding: the same greedy text, so what reaches generate
+    "--draft": (["--draft", "{hf}"], ("reaches", ("neojax.generate.__main__", "generate", "draft_tokens", 4))),
+    "--draft_tokens": (["--draft", "{hf}", "--draft_tokens", "2"],
+                       ("reaches", ("neojax.generate.__main__", "generate", "draft_tokens", 2))),
 }
 EVALUATE_BASE = ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "piqa", "--limit", "3", "--output",
                  "{out}/r.json"]

@@ -3,6 +3,7 @@
     python -m neojax.generate --checkpoint PATH --prompt "..." [--max_new_tokens N]
         [--temperature T --top_k K --top_p P --seed S] [--num_samples N] [--stop STRING ...]
         [--prompt_file FILE] [--interactive | --chat [--system TEXT]] [--mesh auto|data=D,tensor=T]
+        [--draft SMALLER_CHECKPOINT [--draft_tokens K]]
 
 Every device is used (--mesh auto: heads split over the devices that divide them, rows over the
 rest); greedy output is the same token for token on any mesh.
@@ -16,6 +17,7 @@ import jax
 
 from neojax import checkpoint, cli, sharding
 from neojax.finetune.chat import STOP, render_prompt
+from neojax.generate import speculative
 from neojax.generate.loop import decode_weights, fit, generate
 
 
@@ -46,6 +48,9 @@ def main(argv=None) -> int:
     parser.add_argument("--stop", action="append", default=[], type=cli.unescape,
                         help=r'stop string (repeatable); \n, \t and \\ are escapes, e.g. --stop "\n\n"')
     parser.add_argument("--truncate", action="store_true", help="left-truncate prompts that do not fit")
+    parser.add_argument("--draft", help="a smaller model with the same tokenizer that proposes tokens for this one "
+                        "to check (speculative decoding: the same greedy text, samples distributed as without it)")
+    parser.add_argument("--draft_tokens", type=cli.positive_int, default=4, help="tokens the draft proposes a round")
     cli.add_model_options(parser)
     sharding.add_mesh_options(parser, default="auto")
     args = parser.parse_args(argv)
@@ -65,21 +70,31 @@ def main(argv=None) -> int:
     with cli.about(f"--checkpoint {args.checkpoint}"):
         path = os.path.expanduser(args.checkpoint)
         stated = checkpoint.stated_shape(path)
+    draft = _check_draft(args)
     mesh = sharding.inference_mesh(args, [stated])
     if (args.chat or args.interactive) and jax.process_count() > 1:
         raise cli.UsageError(f"{'--chat' if args.chat else '--interactive'} reads one keyboard: run it as one process "
                              "(its --mesh may still span that host's devices)")
+    if draft and jax.process_count() > 1:
+        raise cli.UsageError("--draft decodes on one device of one process: run it as one process")
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(path, **cli.model_options(args))
-    with cli.about(f"--mesh {args.mesh}"):
-        sharding.check_inference_mesh(dict(mesh.shape), model.config)
-    model = model._replace(params=sharding.place(model.params, model.config, mesh))
+    if draft:
+        with cli.about(f"--draft {args.draft}"):
+            draft = checkpoint.load(draft, **cli.model_options(args))
+            speculative.check_draft(model.config, draft.config, args.draft_tokens)
+    else:
+        with cli.about(f"--mesh {args.mesh}"):
+            sharding.check_inference_mesh(dict(mesh.shape), model.config)
+        model = model._replace(params=sharding.place(model.params, model.config, mesh))
     if model.tokenizer is None:
         raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
                              "merges.txt), e.g. python -m neojax.convert SRC DST --to neojax --tokenizer DIR")
     settings = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                     top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_strings=args.stop,
                     truncate=args.truncate)
+    if draft:
+        settings.update(draft=(draft.params, draft.config), draft_tokens=args.draft_tokens)
     if args.max_new_tokens >= model.config.max_position_embeddings:
         raise cli.UsageError(f"--max_new_tokens {args.max_new_tokens} leaves no room for a prompt in the model's "
                              f"{model.config.max_position_embeddings}-token context; ask for fewer")
@@ -101,7 +116,24 @@ def main(argv=None) -> int:
     elif sharding.speaks():
         for i, text in enumerate(out.texts):
             print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompts[i // args.num_samples]}{text}")
+    if out.acceptance is not None:
+        print(f"the draft kept {out.acceptance:.0%} of its proposals", file=sys.stderr)
     return 0
+
+
+def _check_draft(args):
+    """The --draft path, checked (speculative decoding runs on one device), or None."""
+    if args.draft_tokens != 4 and not args.draft:
+        raise cli.UsageError("--draft_tokens is how many tokens --draft proposes a round; add --draft or drop it")
+    if not args.draft:
+        return None
+    if args.mesh != "auto":
+        raise cli.UsageError(f"--draft decodes on one device; drop --mesh {args.mesh}")
+    if args.repetition_penalty != 1.0:
+        raise cli.UsageError("--repetition_penalty changes the model's distribution token by token; speculative "
+                             "decoding (--draft) does not apply it: use one or the other")
+    args.mesh = "data=1"
+    return cli.existing_path("--draft", args.draft)
 
 
 def _check_modes(args, prompts) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import math
 from typing import Callable, Optional, Sequence
 
@@ -20,7 +19,8 @@ from jax.sharding import PartitionSpec
 
 from neojax import registry, sharding
 from neojax.flops import matmul_params
-from neojax.generate.stream import TextWatcher, cut
+from neojax.generate import speculative
+from neojax.generate.stream import CALLS, WATCHERS, TextWatcher, cut
 from neojax.model import backend
 from neojax.model.config import GPTNeoConfig
 from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
@@ -29,10 +29,6 @@ from neojax.sampling import draw
 
 NEW_TOKEN_BUCKET = 32
 MAX_PHASES = 4  # decode-loop phases with growing caches (each is compiled: see _phase_ends)
-# The host side (streaming, stop strings) of each generate call running now, by call number: the
-# compiled loop's callback is the same function for every call, so the number picks the handler.
-_WATCHERS: dict[int, Callable] = {}
-_CALLS = itertools.count()
 
 
 @dataclasses.dataclass
@@ -40,6 +36,7 @@ class Generation:
     tokens: list[list[int]]  # new tokens per row, stop token excluded
     prompt_tokens: list[list[int]]
     texts: Optional[list[str]] = None  # decoded new text per row, cut before any stop string
+    acceptance: Optional[float] = None  # with a draft model: the share of its proposals kept
 
 
 def _bucket(n: int, limit: int) -> int:
@@ -71,7 +68,7 @@ def _whole(x):
 
 
 def _host_step(call, tokens, step, done):
-    return np.asarray(_WATCHERS[int(call)](np.asarray(tokens), int(step), np.asarray(done)), dtype=bool)
+    return np.asarray(WATCHERS[int(call)](np.asarray(tokens), int(step), np.asarray(done)), dtype=bool)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "greedy", "penalty", "host"))
@@ -155,7 +152,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              stop_tokens: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), seed: int = 0,
              truncate: bool = False, on_text: Optional[Callable[[int, str], None]] = None,
-             weights=None) -> Generation:
+             weights=None, draft=None, draft_tokens: int = 4) -> Generation:
     """Continue each prompt (a string, needing `tokenizer`, or a list of token ids).
 
     temperature 0 is greedy; a sampled row draws as neojax.sampling says (row r with `seed` draws
@@ -163,7 +160,9 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     stop_strings end a row once its text contains one (the text is cut before it).
     `on_text(row, piece)` streams decoded text. Prompts that leave no room for max_new_tokens
     within the context raise, or are left truncated with truncate=True. `weights`: decode_weights(
-    params, config), for a caller that generates repeatedly (made here otherwise)."""
+    params, config), for a caller that generates repeatedly (made here otherwise). `draft`: (params,
+    config) of a smaller model with the same tokenizer that proposes `draft_tokens` tokens a round
+    (neojax.generate.speculative): the same greedy output, samples distributed as without it."""
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if isinstance(prompts, (str, np.ndarray)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
         prompts = [prompts]
@@ -175,6 +174,9 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     encoded = [list(tokenizer.encode(p)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
     encoded = [ids or [eos] for ids in encoded]  # an empty prompt starts from <|endoftext|>
     encoded = fit(encoded, max_new_tokens, config, truncate)
+    if draft is not None:
+        return _speculative(params, config, encoded, tokenizer, draft, draft_tokens, max_new_tokens, temperature,
+                            top_k, top_p, repetition_penalty, stop_tokens, stop_strings, seed, on_text)
     mesh = sharding.mesh_of(params)  # placed params (sharding.place): rows split over the mesh's data axes
     rows = len(encoded)
     if mesh is not None:  # every data-parallel device gets as many rows (copies of row 0, dropped after)
@@ -193,10 +195,10 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     stop_array[:len(stops)] = stops
 
     host = bool(stop_strings or on_text)
-    call = next(_CALLS) % 2 ** 31
+    call = next(CALLS) % 2 ** 31
     if host:
         shown = on_text and (lambda row, piece: on_text(row, piece) if row < rows else None)
-        watcher = _WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, shown, set(stops))
+        watcher = WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, shown, set(stops))
     inputs = (tokens, mask, np.uint32(seed % 2 ** 32), np.float32(temperature or 1.0), np.int32(top_k),
               np.float32(top_p), np.float32(repetition_penalty), stop_array, np.int32(max_new_tokens), np.int32(call))
     try:
@@ -210,7 +212,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
                 penalty=repetition_penalty != 1.0, host=host)
         out, lengths = sharding.gathered(out), sharding.gathered(lengths)
     finally:
-        _WATCHERS.pop(call, None)
+        WATCHERS.pop(call, None)
     new = [out[row, :lengths[row]].tolist() for row in range(rows)]
     texts = None
     if tokenizer is not None:
@@ -218,6 +220,48 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
         if host:
             watcher.flush()  # text held back as a possible stop-string prefix
     return Generation(tokens=new, prompt_tokens=encoded[:rows], texts=texts)
+
+
+def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, temperature, top_k, top_p,
+                 repetition_penalty, stop_tokens, stop_strings, seed, on_text) -> Generation:
+    """generate() with a draft model proposing k tokens a round (neojax.generate.speculative)."""
+    draft_params, draft_config = draft
+    speculative.check_draft(config, draft_config, k)
+    if repetition_penalty != 1.0:
+        raise ValueError("repetition_penalty changes the target's distribution token by token; speculative "
+                         "decoding (draft=) does not apply it: use one or the other")
+    if sharding.mesh_of(params) is not None or sharding.mesh_of(draft_params) is not None:
+        raise ValueError("speculative decoding (draft=) runs on one device: pass host params, not placed ones")
+    eos = tokenizer.eos_id if tokenizer is not None else config.eos_token_id
+    width = _bucket(max(len(ids) for ids in encoded), config.max_position_embeddings)
+    tokens = np.zeros((len(encoded), width), np.int32)
+    for row, ids in enumerate(encoded):
+        tokens[row, :len(ids)] = ids
+    check_tokens(tokens, config)
+    max_new = -(-max_new_tokens // NEW_TOKEN_BUCKET) * NEW_TOKEN_BUCKET
+    stops = list(stop_tokens) if stop_tokens is not None else [eos]
+    stop_array = np.full(_bucket(max(len(stops), 8), 1 << 30), -1, np.int32)
+    stop_array[:len(stops)] = stops
+    host = bool(stop_strings or on_text)
+    call = next(CALLS) % 2 ** 31
+    if host:
+        watcher = WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
+    try:
+        out, counts, kept, proposed = speculative.speculative_program(
+            params, draft_params, tokens, np.array([len(ids) for ids in encoded], np.int32), np.uint32(seed % 2 ** 32),
+            np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p), stop_array,
+            np.int32(max_new_tokens), np.int32(call), config=config, draft_config=draft_config, k=k, max_new=max_new,
+            greedy=temperature == 0, host=host)
+        out, counts = np.asarray(out), np.asarray(counts)
+    finally:
+        WATCHERS.pop(call, None)
+    new = [out[row, :counts[row]].tolist() for row in range(len(encoded))]
+    texts = None
+    if tokenizer is not None:
+        texts = [cut(tokenizer.decode(ids), stop_strings) for ids in new]
+        if host:
+            watcher.flush()
+    return Generation(tokens=new, prompt_tokens=encoded, texts=texts, acceptance=float(kept) / max(int(proposed), 1))
 
 
 def fit(encoded: list[list[int]], max_new_tokens: int, config: GPTNeoConfig, truncate: bool) -> list[list[int]]:

@@ -4,9 +4,15 @@ request the serving engine runs (a TextStream per choice).
 """
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from typing import Callable, Sequence
 
 import numpy as np
+
+# The host side (streaming, stop strings) of each generate call running now, by call number: a
+# compiled loop's callback is the same function for every call, so the number picks the handler.
+WATCHERS: dict[int, Callable] = {}
+CALLS = itertools.count()
 
 
 def cut(text: str, stop_strings: Sequence[str]) -> str:

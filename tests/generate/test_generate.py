@@ -216,7 +216,7 @@ def test_streaming_calls_in_threads_each_stream_their_own_text(tiny_hf_with_toke
     running at once in threads (a notebook's, a hook's) never stream into each other."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from neojax.generate import loop
+    from neojax.generate import stream
     model = checkpoint.load(tiny_hf_with_tokenizer)
     prompts = ["Once upon a time", "def hello():", "The quick brown fox", "A B C D"]
 
@@ -232,7 +232,7 @@ def test_streaming_calls_in_threads_each_stream_their_own_text(tiny_hf_with_toke
              for p in prompts]
     assert [text for _, text in results] == alone * 2
     assert [pieces for pieces, _ in results] == alone * 2
-    assert loop._WATCHERS == {}  # each call's watcher leaves with it
+    assert stream.WATCHERS == {}  # each call's watcher leaves with it
 
 
 def test_one_compilation_per_bucket(hf_dirs):

@@ -1,0 +1,121 @@
+"""Speculative decoding: greedy output is generate's own, token for token, whatever the draft
+proposes (the target itself, a random model, 1 or 4 tokens a round), with stop strings and
+streaming; sampled tokens are distributed as the target's (chi-square against the exact
+marginals the target gives, in float64)."""
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from neojax import checkpoint
+from neojax.generate import generate
+from neojax.model import GPTNeo, init_params, preset
+
+
+@pytest.fixture(scope="module")
+def model(tiny_hf_with_tokenizer):
+    return checkpoint.load(tiny_hf_with_tokenizer)
+
+
+def random_draft(config, seed=3):
+    draft = config.replace(num_layers=1, attention_types=((("global",), 1),))
+    return jax.device_get(init_params(draft, jax.random.key(seed))), draft
+
+
+PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n"]
+
+
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("which", ["the target itself", "a random model"])
+def test_greedy_output_is_the_targets(model, k, which):
+    draft = (model.params, model.config) if which == "the target itself" else random_draft(model.config)
+    want = generate(model.params, model.config, PROMPTS, model.tokenizer, max_new_tokens=40)
+    got = generate(model.params, model.config, PROMPTS, model.tokenizer, max_new_tokens=40, draft=draft,
+                   draft_tokens=k)
+    assert got.tokens == want.tokens and got.texts == want.texts
+    if which == "the target itself":
+        assert got.acceptance == 1.0
+    else:
+        assert got.acceptance < 0.5  # it really was checked, and mostly overruled
+
+
+def test_stop_strings_and_streaming_with_a_draft(model):
+    want = generate(model.params, model.config, PROMPTS, model.tokenizer, max_new_tokens=40)
+    stop = next(text[4:6] for text in want.texts if len(text) > 8)
+    want = generate(model.params, model.config, PROMPTS, model.tokenizer, max_new_tokens=40, stop_strings=[stop])
+    streamed = {}
+    got = generate(model.params, model.config, PROMPTS, model.tokenizer, max_new_tokens=40, stop_strings=[stop],
+                   draft=random_draft(model.config), draft_tokens=3,
+                   on_text=lambda row, piece: streamed.__setitem__(row, streamed.get(row, "") + piece))
+    assert got.tokens == want.tokens and got.texts == want.texts
+    assert all(streamed.get(i, "") == text for i, text in enumerate(want.texts))
+
+
+def test_a_draft_must_share_the_vocabulary_and_penalties_are_refused(model):
+    params, config = random_draft(model.config)
+    other = config.replace(vocab_size=config.vocab_size + 1)
+    with pytest.raises(ValueError, match="must share the target's tokenizer"):
+        generate(model.params, model.config, PROMPTS, model.tokenizer, draft=(params, other))
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        generate(model.params, model.config, PROMPTS, model.tokenizer, draft=(params, config), repetition_penalty=1.2)
+
+
+def test_sampled_tokens_are_distributed_as_the_targets():
+    """4096 rows sample 3 tokens after one prompt with a draft that disagrees often; tokens 2 and 3
+    come from proposals kept or the residual draw. Their counts are tested against the target's
+    exact marginals (float64 softmax of its logits over every prefix), and would fail against the
+    draft's own."""
+    config = preset("tiny").replace(vocab_size=12, num_layers=2, max_position_embeddings=64, eos_token_id=99,
+                                    bos_token_id=99)
+    params = jax.device_get(init_params(config, jax.random.key(0)))
+    params = jax.tree.map(lambda x: x * 4 if x.ndim == 2 and x.shape[0] == 12 else x, params)  # peakier
+    draft = random_draft(config, seed=7)
+    prompt = [1, 5, 2]
+    rows = 4096
+    out = generate(params, config, [prompt] * rows, max_new_tokens=3, temperature=1.0, seed=11, draft=draft,
+                   draft_tokens=2, stop_tokens=())
+    tokens = np.array(out.tokens)
+    assert tokens.shape == (rows, 3) and 0 < out.acceptance < 0.9
+
+    def probs(p, c, prefixes):
+        logits = GPTNeo(c).apply({"params": p}, np.array(prefixes, np.int32))[:, -1]
+        logits = np.asarray(logits, np.float64)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def marginals(p, c):
+        v = c.vocab_size
+        p1 = probs(p, c, [prompt])[0]
+        p2 = probs(p, c, [prompt + [a] for a in range(v)])                              # [t1, t2]
+        p3 = probs(p, c, [prompt + [a, b] for a in range(v) for b in range(v)]).reshape(v, v, v)
+        joint12 = p1[:, None] * p2
+        return joint12.sum(0), (joint12[..., None] * p3).sum((0, 1))
+
+    target2, target3 = marginals(params, config)
+    draft2, draft3 = marginals(*draft)
+    for position, want, other in ((1, target2, draft2), (2, target3, draft3)):
+        counts = np.bincount(tokens[:, position], minlength=config.vocab_size)
+        assert stats.chisquare(counts, rows * want).pvalue > 1e-3, (position, counts, rows * want)
+        assert stats.chisquare(counts, rows * other).pvalue < 1e-6  # the test can tell the draft apart
+
+
+def test_cli_draft(tiny_hf_with_tokenizer, tmp_path):
+    from neojax.checkpoint.hf import save_hf
+    model = checkpoint.load(tiny_hf_with_tokenizer)
+    params, config = random_draft(model.config)
+    draft_dir = str(tmp_path / "draft")
+    save_hf(draft_dir, params, config, model.tokenizer)
+    argv = [sys.executable, "-m", "neojax.generate", "--checkpoint", tiny_hf_with_tokenizer, "--prompt", "Once upon",
+            "--prompt", "def", "--max_new_tokens", "20"]
+    plain = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    drafted = subprocess.run(argv + ["--draft", draft_dir, "--draft_tokens", "3"], capture_output=True, text=True,
+                             timeout=300)
+    assert plain.returncode == drafted.returncode == 0, drafted.stderr[-2000:]
+    assert drafted.stdout == plain.stdout and "--- [1.0] ---" in plain.stdout
+    assert "draft kept" in drafted.stderr
+    refused = subprocess.run(argv + ["--draft", draft_dir, "--repetition_penalty", "1.3"], capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "repetition_penalty" in refused.stderr
