@@ -176,7 +176,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     encoded = fit(encoded, max_new_tokens, config, truncate)
     if draft is not None:
         return _speculative(params, config, encoded, tokenizer, draft, draft_tokens, max_new_tokens, temperature,
-                            top_k, top_p, repetition_penalty, stop_tokens, stop_strings, seed, on_text)
+                            top_k, top_p, repetition_penalty, stop_tokens, stop_strings, seed, on_text, weights)
     mesh = sharding.mesh_of(params)  # placed params (sharding.place): rows split over the mesh's data axes
     rows = len(encoded)
     if mesh is not None:  # every data-parallel device gets as many rows (copies of row 0, dropped after)
@@ -223,7 +223,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
 
 
 def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, temperature, top_k, top_p,
-                 repetition_penalty, stop_tokens, stop_strings, seed, on_text) -> Generation:
+                 repetition_penalty, stop_tokens, stop_strings, seed, on_text, weights) -> Generation:
     """generate() with a draft model proposing k tokens a round (neojax.generate.speculative)."""
     draft_params, draft_config = draft
     speculative.check_draft(config, draft_config, k)
@@ -248,10 +248,12 @@ def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, t
         watcher = WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
     try:
         out, counts, kept, proposed = speculative.speculative_program(
-            params, draft_params, tokens, np.array([len(ids) for ids in encoded], np.int32), np.uint32(seed % 2 ** 32),
-            np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p), stop_array,
-            np.int32(max_new_tokens), np.int32(call), config=config, draft_config=draft_config, k=k, max_new=max_new,
-            greedy=temperature == 0, host=host)
+            params, draft_params, decode_weights(params, config) if weights is None else weights,
+            decode_weights(draft_params, draft_config), tokens,
+            np.array([len(ids) for ids in encoded], np.int32), np.uint32(seed % 2 ** 32),
+            np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p), stop_array, np.int32(max_new_tokens),
+            np.int32(call), config=config, draft_config=draft_config, k=k, max_new=max_new, greedy=temperature == 0,
+            host=host)
         out, counts = np.asarray(out), np.asarray(counts)
     finally:
         WATCHERS.pop(call, None)

@@ -76,11 +76,12 @@ def _host_round(call, tokens, counts, done):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "draft_config", "k", "max_new", "greedy", "host"))
-def speculative_program(params, draft_params, tokens, counts, seed, temperature, top_k, top_p, stop_tokens, n_new,
-                        call, *, config: GPTNeoConfig, draft_config: GPTNeoConfig, k: int, max_new: int,
-                        greedy: bool, host: bool):
-    """tokens [batch, width]: prompts left-aligned, counts[b] of them real. Returns the new tokens
-    [batch, max_new + k + 1], their count per row, and the proposals kept and made."""
+def speculative_program(params, draft_params, transposed, draft_transposed, tokens, counts, seed, temperature, top_k,
+                        top_p, stop_tokens, n_new, call, *, config: GPTNeoConfig, draft_config: GPTNeoConfig, k: int,
+                        max_new: int, greedy: bool, host: bool):
+    """tokens [batch, width]: prompts left-aligned, counts[b] of them real; `transposed` and
+    `draft_transposed`: decode_weights of each (the few-row steps multiply by them). Returns the new
+    tokens [batch, max_new + k + 1], their count per row, and the proposals kept and made."""
     batch, width = tokens.shape
     slots = width + max_new + k + 2
     target, draft = GPTNeo(config), GPTNeo(draft_config)
@@ -91,6 +92,8 @@ def speculative_program(params, draft_params, tokens, counts, seed, temperature,
     _, draft_cache = draft.apply({"params": draft_params}, tokens, zeros, _cache(draft_config, batch, slots),
                                  None, counts - 1, method=GPTNeo.extend)
     base = jax.random.key(seed)
+    stepping = lambda p, t: {"params": p} if t is None else {"params": p, "transposed": t}
+    target_vars, draft_vars = stepping(params, transposed), stepping(draft_params, draft_transposed)
 
     def key(row_keys, purpose, round_):
         return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(r, purpose), round_))(row_keys)
@@ -133,18 +136,18 @@ def speculative_program(params, draft_params, tokens, counts, seed, temperature,
         r = s.rounds + 1
         # the draft: its cache gets `prev` (again: the same entry, or the one a round of k kept lacks)
         # and `last`, then proposes k tokens one step at a time
-        logits, cache = draft.apply({"params": draft_params}, jnp.stack([s.prev, s.last], 1), s.length - 1,
-                                    s.draft_cache, method=GPTNeo.extend)
+        logits, cache = draft.apply(draft_vars, jnp.stack([s.prev, s.last], 1), s.length - 1, s.draft_cache,
+                                    method=GPTNeo.extend)
         proposals, q_logits = [], []
         for i in range(k):
             step_logits = logits[:, -1]
             proposals.append(pick(step_logits, key(row_keys, 1 + i, r)))
             q_logits.append(step_logits)
             if i < k - 1:
-                logits, cache = draft.apply({"params": draft_params}, proposals[-1][:, None], s.length + 1 + i, cache,
+                logits, cache = draft.apply(draft_vars, proposals[-1][:, None], s.length + 1 + i, cache,
                                             method=GPTNeo.extend)
         proposed = jnp.stack(proposals, 1)                                        # [batch, k]
-        p_logits, target_cache = target.apply({"params": params}, jnp.concatenate([s.last[:, None], proposed], 1),
+        p_logits, target_cache = target.apply(target_vars, jnp.concatenate([s.last[:, None], proposed], 1),
                                               s.length, s.target_cache, method=GPTNeo.extend)  # [batch, k+1, vocab]
         if greedy:
             choice = jnp.argmax(p_logits, axis=-1).astype(jnp.int32)              # [batch, k+1]
