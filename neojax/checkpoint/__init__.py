@@ -79,8 +79,9 @@ def load(path: str, mtf_config: Optional[str] = None, quantize: Optional[str] = 
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize={quantize!r}: choose 'int8' (or None)")
     model = _load(path, mtf_config, **config_overrides)
-    if quantize:
-        model = model._replace(params=jax.device_get(quantize_params(model.params)))
+    if quantize:  # on the host's CPU: an accelerator never holds the float model whole
+        with jax.default_device(jax.devices("cpu")[0]):
+            model = model._replace(params=jax.device_get(quantize_params(model.params)))
     return model
 
 
