@@ -6,7 +6,9 @@ leaves its slot the step it finishes. A step spends a budget of `step_tokens`: o
 every slot generating, the rest on prompt chunks, several prompts' chunks in one program (a batch
 of P rows, P a power of two). Every program has fixed shapes ([max_batch] decode, [P, chunk]
 prefill), all compiled by `warm_up`, so no request compiles anything. Rows never see each other's cache entries
-(`extend_attention`: a query sees only its own row's slots up to its own position).
+(`extend_attention`: a query sees only its own row's slots up to its own position). The host reads
+a step's tokens before dispatching the next (EOS and lengths decide its rows), but turns them into
+text (detokenising, stop strings, streaming) while the device runs the next step.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ class Sequence:
     finish_reason: Optional[str] = None
     cancelled: bool = False
     stream: Optional[TextStream] = None
+    shown_tokens: int = 0  # tokens its stream has turned into text (the host's part lags a step)
     filled: int = 0          # prompt tokens in the cache
     slot: int = -1
     seed: int = 0            # of the request's random streams (settings.seed, else a fresh one)
@@ -239,6 +242,8 @@ class Engine:
         decoding = [s for s in self.slots if s is not None and s.decoding]
         if decoding:
             self._isolated(decoding, self._decode_step)
+        else:
+            self._stream_pending()
         self.steps += 1
 
     def _isolated(self, seqs: list[Sequence], step: Callable) -> None:
@@ -344,6 +349,7 @@ class Engine:
         self.cache, prompt, drawn = self._prefill(
             self.params, self.cache, tokens, row_of(lambda s: s.slot), row_of(lambda s: s.filled),
             np.array([n for n, _ in pieces], np.int32), targets, self._sampling(padded), scored=scored)
+        self._stream_pending()  # the last step's text, while the device runs this one
         if scored:
             prompt = jax.device_get(prompt)
         for i, seq in enumerate(seqs):
@@ -372,37 +378,62 @@ class Engine:
         starts = np.array([0 if p is None else p.length if p.decoding else p.filled for p in self.slots], np.int32)
         self.cache, drawn = self._decode(self.params, self.transposed, self.cache, tokens, starts,
                                          self._sampling(rows))
+        self._stream_pending()  # the last step's text, while the device runs this one
         drawn = jax.device_get(drawn)
         for i, seq in enumerate(rows):
-            if seq is not None and not seq.cancelled:
-                try:  # the host's part of one sequence (stop strings, text, its listener) fails only that one
+            if seq is not None and not seq.cancelled and seq.finish_reason is None:
+                try:
                     self._accept(seq, drawn, i)
                 except Exception:
                     traceback.print_exc()
                     self._finish(seq, "error")
 
     def _accept(self, seq: Sequence, drawn: Drawn, row: int) -> None:
-        """Row `row` of drawn (on the host) is seq's new token: stop at EOS, a stop string,
-        max_tokens or the end of the context."""
+        """Row `row` of drawn (on the host) is seq's new token: stop at EOS, max_tokens or the end of
+        the context. Its text (and a stop string in it) comes after the next step is dispatched
+        (_stream_pending); a step run for a row a stop string ended is dropped."""
         token = int(drawn.token[row])
         if token == self.tokenizer.eos_id:
             return self._finish(seq, "stop")
         seq.tokens.append(token)
         seq.logprobs.append(float(drawn.scores.logprob[row]))
         seq.top.append(list(zip(drawn.scores.top_ids[row].tolist(), drawn.scores.top_lp[row].tolist())))
-        text, stopped = seq.stream.add(token)
-        if text:
-            _emit(seq, {"text": text, "tokens": len(seq.tokens)})
-        if stopped:
-            return self._finish(seq, "stop")
         if len(seq.tokens) >= seq.settings.max_tokens or seq.length + 1 >= self.max_len:
             self._finish(seq, "length")
+
+    def _stream_pending(self) -> None:
+        """The host's part of every running sequence's new tokens (text, stop strings, its listener):
+        called with a step in flight. A failure ends only its own sequence."""
+        for seq in self.slots:
+            if seq is not None and seq.finish_reason is None and seq.shown_tokens < len(seq.tokens):
+                try:
+                    if self._stream(seq):
+                        self._finish(seq, "stop")
+                except Exception:
+                    traceback.print_exc()
+                    self._finish(seq, "error")
+
+    def _stream(self, seq: Sequence) -> bool:
+        """seq's tokens not yet shown into its stream, each piece of text emitted; at a stop string
+        the tokens after it are dropped and True returned."""
+        for j in range(seq.shown_tokens, len(seq.tokens)):
+            text, stopped = seq.stream.add(seq.tokens[j])
+            seq.shown_tokens = j + 1
+            if text:
+                _emit(seq, {"text": text, "tokens": j + 1})
+            if stopped:
+                del seq.tokens[j + 1:], seq.logprobs[j + 1:], seq.top[j + 1:]
+                return True
+        return False
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         if seq.finish_reason is not None:
             return
         try:
-            rest = seq.stream.flush() if seq.stream is not None and reason != "error" else ""
+            rest = ""
+            if seq.stream is not None and reason != "error":
+                reason = "stop" if self._stream(seq) else reason  # its last tokens' text first
+                rest = seq.stream.flush()
         except Exception:
             traceback.print_exc()
             rest, reason = "", "error"

@@ -227,3 +227,34 @@ def test_a_sharded_engine_decodes_as_generate_and_compiles_nothing_after_warm_up
     assert engine.reused_tokens > 0 and len(traced) == before
     heads = engine.cache[0]["k"].sharding.spec
     assert tuple(heads)[:2] == (None, "tensor") and len(engine.cache[0]["k"].sharding.device_set) == len(devices)
+
+
+def test_text_is_made_while_the_next_step_runs(tiny):
+    """Overlap: a token's text (detokenising, stop strings, streaming) comes after the step that
+    computes the next token is dispatched; the tokens and text are those of running it in lockstep."""
+    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
+    engine.warm_up()
+    log = []
+    decode = engine._decode
+
+    def dispatch(*args, **kwargs):
+        log.append("step")
+        return decode(*args, **kwargs)
+    engine._decode = dispatch
+    prompt = tiny.tokenizer.encode("The quick brown fox")
+    want = generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=8)
+    stop = want.texts[0][3:5]
+    want = generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=8, stop_strings=[stop])
+    done = threading.Event()
+    seq = Sequence(prompt, Settings(max_tokens=8, temperature=0.0, stop=(stop,)),
+                   lambda event: (log.append(event), done.set() if "finish_reason" in event else None))
+    engine.start()
+    try:
+        engine.submit([seq])
+        assert done.wait(60)
+    finally:
+        engine.shutdown()
+    texts = [(i, e) for i, e in enumerate(log) if isinstance(e, dict) and "text" in e]
+    assert texts and all(log[:i].count("step") >= e["tokens"] for i, e in texts)  # after the next step's dispatch
+    assert seq.tokens == want.tokens[0] and "".join(e["text"] for _, e in texts) == want.texts[0]
+    assert seq.finish_reason == "stop"
