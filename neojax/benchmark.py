@@ -368,7 +368,8 @@ def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0):
 
 
 def _serve_workload(config, clients, new_tokens, max_len):
-    """(text(n), tokenizer, `clients` prompts of 32-256 tokens, max_len) for the serving rows."""
+    """(text(n), tokenizer, `clients` prompts of 32-256 tokens, max_len, the longest a prompt may be)
+    for the serving rows."""
     text = _synthetic_text()
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as d:
@@ -376,8 +377,7 @@ def _serve_workload(config, clients, new_tokens, max_len):
     max_len = min(max_len, config.max_position_embeddings)
     longest = min(256, max_len - new_tokens - 1)  # a small shape's context holds less
     prompts = [tokenizer.encode(text(400))[:n] for n in rng.integers(min(32, longest), longest + 1, clients)]
-    prompts[int(np.argmax([len(p) for p in prompts]))] = tokenizer.encode(text(400))[:longest]  # the longest there
-    return text, tokenizer, prompts, max_len
+    return text, tokenizer, prompts, max_len, longest
 
 
 def bench_mesh(config, params, counts, clients=16, new_tokens=64):
@@ -387,7 +387,7 @@ def bench_mesh(config, params, counts, clients=16, new_tokens=64):
     (what the sharded path at one device is held to)."""
     host = jax.device_get(params)
     out = {"single": bench_eval(config, host, translate=False)}
-    _, tokenizer, prompts, max_len = _serve_workload(config, clients, new_tokens, 512)
+    _, tokenizer, prompts, max_len, _ = _serve_workload(config, clients, new_tokens, 512)
     out["single"]["serve"] = _concurrent(host, config, tokenizer, prompts, max_len, new_tokens)[0]
     for n in counts:
         placed = sharding.place(host, config, sharding.make_mesh({"data": n}, jax.devices()[:n]))
@@ -436,8 +436,7 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     to a one-slot server. Returns generated tokens/s of both, the concurrent run's
     time-to-first-token percentiles, and the limit: generate's greedy decode rate at batch `clients`
     in this run (the engine's steps are those decode steps plus prefill and the host's work)."""
-    text, tokenizer, prompts, max_len = _serve_workload(config, clients, new_tokens, max_len)
-    longest = max(len(p) for p in prompts)
+    text, tokenizer, prompts, max_len, longest = _serve_workload(config, clients, new_tokens, max_len)
     one = functools.partial(_one_request, new_tokens=new_tokens)
     batched, results = _concurrent(params, config, tokenizer, prompts, max_len, new_tokens)
     port, stop = _serving(params, config, tokenizer, 1, max_len)
@@ -501,8 +500,7 @@ def main(argv=None):
     torch_too = not args.no_torch and not _on_accelerator()  # the reference is torch's CPU build
     config = shapes[presets[0]].replace(dtype=args.dtype)
     mesh = None
-    if args.mesh:
-        args.coordinator = args.num_processes = args.process_id = None  # one process
+    if args.mesh:  # one process
         mesh = sharding.inference_mesh(args, [config], rows=8, rows_flag="the eval rows' batch")
     params = init_params(config, jax.random.key(0))
     placed = params if mesh is None else sharding.place(jax.device_get(params), config, mesh)

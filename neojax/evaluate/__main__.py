@@ -105,7 +105,6 @@ def main(argv=None) -> int:
     return 0
 
 
-
 def _finite(value):
     """NaN (an undefined score, e.g. a bias score without examples) as JSON null."""
     if isinstance(value, dict):
