@@ -10,6 +10,7 @@ style), `tensor` (attention heads, MLP columns and vocabulary split across devic
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import math
 import os
@@ -310,6 +311,7 @@ LOST_AFTER_S = 30.0  # silence after which a peer is declared lost (the coordina
 SUSPECT_S = 6.0  # the same, once a collective has failed (a dead peer resets its connections at once)
 LOST_EXIT = 75  # EX_TEMPFAIL: the run stopped for a reason outside it; re-running resumes
 _collective_failed = threading.Event()
+_closing = threading.Event()  # this process is exiting: a coordination service going away is expected
 
 
 def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
@@ -361,7 +363,10 @@ def watch_peers(every: float = HEARTBEAT_S, lost_after: float = LOST_AFTER_S) ->
             try:
                 client.key_value_set(f"neojax/beat/{me}", str(beat), allow_overwrite=True)
                 beats = dict(client.key_value_dir_get("neojax/beat/"))
-            except Exception as e:  # the coordinator (process 0) is gone
+            except Exception as e:  # the coordinator (process 0) is gone, or every process is done
+                time.sleep(every / 2)  # a shutdown that just stopped the service has cleared the client by now
+                if _closing.is_set() or distributed.global_state.client is None:
+                    return  # this process is shutting down: the service went away on purpose
                 if me == 0:
                     raise
                 lost("process 0 (the coordinator)", f"its coordination service stopped answering: "
@@ -376,6 +381,7 @@ def watch_peers(every: float = HEARTBEAT_S, lost_after: float = LOST_AFTER_S) ->
                     lost(f"process {p}", f"no heartbeat for {now - since:.0f}s")
             time.sleep(every)
 
+    atexit.register(_closing.set)  # before jax's own shutdown at exit (atexit runs last-registered first)
     thread = threading.Thread(target=run, name="neojax-peer-watch", daemon=True)
     thread.start()
     return thread
