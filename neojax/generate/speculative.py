@@ -112,7 +112,7 @@ def speculative_program(params, draft_params, transposed, draft_transposed, toke
         valid = jnp.arange(width)[None] < n[:, None]
         stop_hit = jnp.any(new[..., None] == stop_tokens[None, None], axis=-1) & valid
         first_stop = jnp.where(jnp.any(stop_hit, 1), jnp.argmax(stop_hit, 1), width)
-        n_out = jnp.minimum(n, first_stop)  # the tokens before a stop token
+        n_out = jnp.minimum(jnp.minimum(n, first_stop), n_new - count)  # before a stop token, within n_new
         ended = first_stop < n
         if host:  # streaming and stop strings: the host reads the round's tokens and may end a row
             stop_at = io_callback(_host_round, jax.ShapeDtypeStruct((batch,), jnp.int32), call, new, n_out, done,

@@ -54,6 +54,18 @@ def test_stop_strings_and_streaming_with_a_draft(model):
     assert all(streamed.get(i, "") == text for i, text in enumerate(want.texts))
 
 
+@pytest.mark.parametrize("n", [5, 7])
+def test_streaming_stops_at_max_new_tokens_inside_a_round(model, n):
+    """A round of 5 kept tokens overshoots max_new_tokens: the extra ones are neither kept nor streamed."""
+    streamed = {}
+    got = generate(model.params, model.config, PROMPTS, model.tokenizer, max_new_tokens=n,
+                   draft=(model.params, model.config), draft_tokens=4,
+                   on_text=lambda row, piece: streamed.__setitem__(row, streamed.get(row, "") + piece))
+    want = generate(model.params, model.config, PROMPTS, model.tokenizer, max_new_tokens=n)
+    assert got.tokens == want.tokens and all(len(t) == n for t in got.tokens)
+    assert [streamed.get(i, "") for i in range(len(PROMPTS))] == want.texts
+
+
 def test_a_draft_must_share_the_vocabulary_and_penalties_are_refused(model):
     params, config = random_draft(model.config)
     other = config.replace(vocab_size=config.vocab_size + 1)
