@@ -202,7 +202,8 @@ def inference_specs(params, config, rules=DEFAULT_RULES, mesh=None):
 
 def place(params, config, mesh: Mesh, rules=DEFAULT_RULES):
     """Params (host arrays) as global arrays in their shards on `mesh`, by the training rules: no
-    device ever holds a split parameter whole."""
+    device ever holds a split parameter whole. A ValueError when `mesh` cannot split the heads."""
+    check_inference_mesh(dict(mesh.shape), config)
     specs = inference_specs(params, config, rules, mesh)
     return jax.tree.map(lambda x, s: put(x, mesh, s), params, specs,
                         is_leaf=lambda x: isinstance(x, PartitionSpec))

@@ -216,8 +216,7 @@ def _run(args, loaded: dict, texts: Optional[list[str]], mesh) -> dict:
             raise cli.UsageError(f"--stride {args.stride} exceeds the {args.max_len or context}-token context; a "
                                  "window predicts at most that many tokens")
         with cli.about(f"--mesh {args.mesh}"):
-            sharding.check_inference_mesh(dict(mesh.shape), model.config)
-        model = model._replace(params=sharding.place(model.params, model.config, mesh))
+            model = model._replace(params=sharding.place(model.params, model.config, mesh))
         max_len = args.max_len or None
         results = ev.evaluate(model.params, model.config, model.tokenizer, list(loaded), args.data_dir,
                               args.num_fewshot, args.limit, args.batch_size, max_len, args.tfds_data_dir, loaded,

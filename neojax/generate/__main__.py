@@ -85,8 +85,7 @@ def main(argv=None) -> int:
             speculative.check_draft(model.config, draft.config, args.draft_tokens)
     else:
         with cli.about(f"--mesh {args.mesh}"):
-            sharding.check_inference_mesh(dict(mesh.shape), model.config)
-        model = model._replace(params=sharding.place(model.params, model.config, mesh))
+            model = model._replace(params=sharding.place(model.params, model.config, mesh))
     if model.tokenizer is None:
         raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
                              "merges.txt), e.g. python -m neojax.convert SRC DST --to neojax --tokenizer DIR")

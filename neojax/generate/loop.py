@@ -103,9 +103,9 @@ def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k
         stopped = jnp.any(token[:, None] == stop_tokens[None, :], axis=-1)
         lengths = jnp.where(done | stopped, lengths, i + 1)
         if host:  # streaming and stop strings: the host sees each token and may end a row
-            seen_by_host = _whole(token), _whole(done)  # on a mesh: gathered for the host, whose answer all rows read
-            stopped |= _whole(io_callback(_host_step, jax.ShapeDtypeStruct((batch,), jnp.bool_), call,
-                                          seen_by_host[0], i, seen_by_host[1], ordered=True))
+            # on a mesh the host reads (and answers) whole arrays, not one device's rows
+            stopped |= _whole(io_callback(_host_step, jax.ShapeDtypeStruct((batch,), jnp.bool_), call, _whole(token),
+                                          i, _whole(done), ordered=True))
         done = done | stopped
         if penalty:
             seen = seen.at[jnp.arange(batch), token].set(True)
@@ -190,18 +190,12 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
         mask[row, prompt_len - len(ids):] = 1
     check_tokens(tokens, config)
     max_new = -(-max_new_tokens // NEW_TOKEN_BUCKET) * NEW_TOKEN_BUCKET
-    stops = list(stop_tokens) if stop_tokens is not None else [eos]
-    stop_array = np.full(_bucket(max(len(stops), 8), 1 << 30), -1, np.int32)  # fixed size: no recompiles
-    stop_array[:len(stops)] = stops
-
-    host = bool(stop_strings or on_text)
-    call = next(CALLS) % 2 ** 31
-    if host:
-        shown = on_text and (lambda row, piece: on_text(row, piece) if row < rows else None)
-        watcher = WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, shown, set(stops))
-    inputs = (tokens, mask, np.uint32(seed % 2 ** 32), np.float32(temperature or 1.0), np.int32(top_k),
-              np.float32(top_p), np.float32(repetition_penalty), stop_array, np.int32(max_new_tokens), np.int32(call))
-    try:
+    stops, stop_array = _stops(stop_tokens, eos)
+    shown = on_text and (lambda row, piece: on_text(row, piece) if row < rows else None)
+    with _watching(tokenizer, len(encoded), stop_strings, shown, stops) as (call, watcher):
+        inputs = (tokens, mask, np.uint32(seed % 2 ** 32), np.float32(temperature or 1.0), np.int32(top_k),
+                  np.float32(top_p), np.float32(repetition_penalty), stop_array, np.int32(max_new_tokens),
+                  np.int32(call))
         with sharding.on(mesh) if mesh is not None else contextlib.nullcontext():
             if mesh is not None:  # global arrays: the batch split over the data axes, the rest on every device
                 inputs = tuple(sharding.put(x, mesh, sharding.batch_spec() if i < 2 else PartitionSpec())
@@ -209,16 +203,10 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
             transposed = decode_weights(params, config) if weights is None else weights
             out, lengths = _generate_program(
                 params, transposed, *inputs, config=config, max_new=max_new, greedy=temperature == 0,
-                penalty=repetition_penalty != 1.0, host=host)
+                penalty=repetition_penalty != 1.0, host=watcher is not None)
         out, lengths = sharding.gathered(out), sharding.gathered(lengths)
-    finally:
-        WATCHERS.pop(call, None)
     new = [out[row, :lengths[row]].tolist() for row in range(rows)]
-    texts = None
-    if tokenizer is not None:
-        texts = [cut(tokenizer.decode(ids), stop_strings) for ids in new]
-        if host:
-            watcher.flush()  # text held back as a possible stop-string prefix
+    texts = _texts(tokenizer, new, stop_strings, watcher)
     return Generation(tokens=new, prompt_tokens=encoded[:rows], texts=texts)
 
 
@@ -239,31 +227,50 @@ def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, t
         tokens[row, :len(ids)] = ids
     check_tokens(tokens, config)
     max_new = -(-max_new_tokens // NEW_TOKEN_BUCKET) * NEW_TOKEN_BUCKET
-    stops = list(stop_tokens) if stop_tokens is not None else [eos]
-    stop_array = np.full(_bucket(max(len(stops), 8), 1 << 30), -1, np.int32)
-    stop_array[:len(stops)] = stops
-    host = bool(stop_strings or on_text)
-    call = next(CALLS) % 2 ** 31
-    if host:
-        watcher = WATCHERS[call] = TextWatcher(tokenizer, len(encoded), stop_strings, on_text, set(stops))
-    try:
+    stops, stop_array = _stops(stop_tokens, eos)
+    with _watching(tokenizer, len(encoded), stop_strings, on_text, stops) as (call, watcher):
         out, counts, kept, proposed = speculative.speculative_program(
             params, draft_params, decode_weights(params, config) if weights is None else weights,
             decode_weights(draft_params, draft_config), tokens,
             np.array([len(ids) for ids in encoded], np.int32), np.uint32(seed % 2 ** 32),
             np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p), stop_array, np.int32(max_new_tokens),
             np.int32(call), config=config, draft_config=draft_config, k=k, max_new=max_new, greedy=temperature == 0,
-            host=host)
+            host=watcher is not None)
         out, counts = np.asarray(out), np.asarray(counts)
+    new = [out[row, :counts[row]].tolist() for row in range(len(encoded))]
+    texts = _texts(tokenizer, new, stop_strings, watcher)
+    return Generation(tokens=new, prompt_tokens=encoded, texts=texts, acceptance=float(kept) / max(int(proposed), 1))
+
+
+def _stops(stop_tokens, eos) -> tuple[list[int], np.ndarray]:
+    """The stop tokens (default EOS), and as a -1-padded array of a bucketed size (no recompiles)."""
+    stops = list(stop_tokens) if stop_tokens is not None else [eos]
+    array = np.full(_bucket(max(len(stops), 8), 1 << 30), -1, np.int32)
+    array[:len(stops)] = stops
+    return stops, array
+
+
+@contextlib.contextmanager
+def _watching(tokenizer, rows, stop_strings, on_text, stops):
+    """(call number, its TextWatcher or None without stop strings or streaming): the host side a
+    compiled loop's callback finds by number while the call runs."""
+    call, watcher = next(CALLS) % 2 ** 31, None
+    if stop_strings or on_text:
+        watcher = WATCHERS[call] = TextWatcher(tokenizer, rows, stop_strings, on_text, set(stops))
+    try:
+        yield call, watcher
     finally:
         WATCHERS.pop(call, None)
-    new = [out[row, :counts[row]].tolist() for row in range(len(encoded))]
-    texts = None
-    if tokenizer is not None:
-        texts = [cut(tokenizer.decode(ids), stop_strings) for ids in new]
-        if host:
-            watcher.flush()
-    return Generation(tokens=new, prompt_tokens=encoded, texts=texts, acceptance=float(kept) / max(int(proposed), 1))
+
+
+def _texts(tokenizer, new, stop_strings, watcher) -> Optional[list[str]]:
+    """Each row's new text cut before a stop string; the watcher's held-back text streamed last."""
+    if tokenizer is None:
+        return None
+    texts = [cut(tokenizer.decode(ids), stop_strings) for ids in new]
+    if watcher is not None:
+        watcher.flush()  # text held back as a possible stop-string prefix
+    return texts
 
 
 def fit(encoded: list[list[int]], max_new_tokens: int, config: GPTNeoConfig, truncate: bool) -> list[list[int]]:

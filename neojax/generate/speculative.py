@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import io_callback
 
 from neojax.generate.stream import WATCHERS
-from neojax.model.attention import slot_cache
+from neojax.model.attention import slot_caches
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
 from neojax.sampling import filter_logits
@@ -51,11 +51,6 @@ def check_draft(config: GPTNeoConfig, draft_config: GPTNeoConfig, k: int) -> Non
                          f"{config.vocab_size}: a draft must share the target's tokenizer")
     if not 1 <= k <= 16:
         raise ValueError(f"draft_tokens={k}: propose between 1 and 16 tokens a round")
-
-
-def _cache(config: GPTNeoConfig, batch: int, slots: int) -> list:
-    return [slot_cache(batch, config.num_heads, slots, config.head_dim, jnp.dtype(config.dtype),
-                       config.kv_cache == "int8") for _ in config.attention_layers]
 
 
 def _probs(logits, temperature, top_k, top_p):
@@ -87,9 +82,9 @@ def speculative_program(params, draft_params, transposed, draft_transposed, toke
     target, draft = GPTNeo(config), GPTNeo(draft_config)
     rows = jnp.arange(batch)
     zeros = jnp.zeros((batch,), jnp.int32)
-    last_logits, target_cache = target.apply({"params": params}, tokens, zeros, _cache(config, batch, slots),
+    last_logits, target_cache = target.apply({"params": params}, tokens, zeros, slot_caches(config, batch, slots),
                                              None, counts - 1, method=GPTNeo.extend)
-    _, draft_cache = draft.apply({"params": draft_params}, tokens, zeros, _cache(draft_config, batch, slots),
+    _, draft_cache = draft.apply({"params": draft_params}, tokens, zeros, slot_caches(draft_config, batch, slots),
                                  None, counts - 1, method=GPTNeo.extend)
     base = jax.random.key(seed)
     stepping = lambda p, t: {"params": p} if t is None else {"params": p, "transposed": t}

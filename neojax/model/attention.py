@@ -246,6 +246,12 @@ def slot_cache(batch: int, heads: int, capacity: int, head_dim: int, dtype, int8
             "v_scale": zeros(shape[:3], jnp.float32)}
 
 
+def slot_caches(config, batch: int, capacity: int) -> list:
+    """An empty slot_cache per attention layer of `config` (its compute dtype; int8 if its kv_cache is)."""
+    return [slot_cache(batch, config.num_heads, capacity, config.head_dim, jnp.dtype(config.dtype),
+                       config.kv_cache == "int8") for _ in config.attention_layers]
+
+
 def extend_attention(q, k, v, cache, starts, window: Optional[int], bias=None, rows=None):
     """C new tokens per row (q, k, v: [batch, C, heads, head_dim]) at slots starts[b] .. starts[b]+C-1
     of that row's own cache (a slot_cache; rows are independent requests at their own lengths).

@@ -99,8 +99,7 @@ def main(argv=None) -> int:
     if args.max_len > context:
         raise cli.UsageError(f"--max_len {args.max_len} exceeds the model's {context}-token context")
     with cli.about(f"--mesh {args.mesh}"):
-        sharding.check_inference_mesh(dict(mesh.shape), model.config)
-    model = model._replace(params=sharding.place(model.params, model.config, mesh))
+        model = model._replace(params=sharding.place(model.params, model.config, mesh))
     name = args.model_name or os.path.basename(os.path.normpath(path))
     moderator = None
     if args.moderation:

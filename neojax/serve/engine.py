@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding
 
 from neojax import sharding
 from neojax.generate import TextStream, decode_weights
-from neojax.model.attention import slot_cache
+from neojax.model.attention import slot_caches
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
 from neojax.sampling import draw
@@ -273,9 +273,7 @@ class Engine:
     def _new_cache(self, rows: Optional[int] = None, slots: Optional[int] = None) -> list:
         """The slot cache (max_batch rows; room for a whole chunk past max_len: a chunk's writes never
         wrap onto earlier entries), or another shape of it (the prefix store)."""
-        heads, head_dim, dtype = self.config.num_heads, self.config.head_dim, jnp.dtype(self.config.dtype)
-        make = lambda: [slot_cache(rows or self.max_batch, heads, slots or self.max_len + self.chunk, head_dim, dtype,
-                                   self.config.kv_cache == "int8") for _ in self.config.attention_layers]
+        make = lambda: slot_caches(self.config, rows or self.max_batch, slots or self.max_len + self.chunk)
         if self.cache_sharding is None:
             return make()
         return jax.jit(make, out_shardings=self.cache_sharding)()  # born in its shards
