@@ -1,5 +1,5 @@
 """python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,serve,mesh,data] [--mesh SPEC]
-    [--output bench.json]
+    [--output bench.json] [--coordinator HOST:PORT --num_processes N --process_id I]
 
 Measures, on whatever devices are present, side by side with transformers (torch, CPU) where that
 applies: the matmul peak, training tokens/s and MFU at T=2048, the compiled peak memory of a
@@ -10,6 +10,11 @@ harness evaluation rates (lambada examples/s, wikitext tokens/s, wmt examples/s)
 on meshes of 1, 2, 4, ... devices (on a CPU the overhead of the sharded path; on accelerators the
 scaling) and the data pipeline.
 Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the tests.
+
+On several hosts, every host runs the same command with the multi-host flags and --only
+decode,eval,serve: those rows run on a mesh over every process's devices (--mesh, default auto),
+the server's engine replayed by the other processes (neojax.serve.relay); process 0 prints and
+writes.
 
 On an accelerator: python -m neojax.benchmark --dtype bfloat16 --presets gpt-neo-125M,gpt-neo-1.3B
   --train_batch 16 --remat dots --no_torch
@@ -51,6 +56,7 @@ from neojax.model.config import DTYPES, REMATS, model_shape
 from neojax.model.quant import quantize_params
 from neojax.serve.api import build_app
 from neojax.serve.engine import Engine
+from neojax.serve.relay import Relay
 from neojax.train.step import init_state, make_train_step
 
 
@@ -345,10 +351,15 @@ def _synthetic_tokenizer(texts, config, directory) -> Tokenizer:
 
 
 def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0):
-    """(port, stop) of a server on 127.0.0.1 in this process, warmed up."""
+    """(port, stop) of a server on 127.0.0.1 in this process, warmed up; on another process of a
+    multi-host run (None, None), once its engine has replayed process 0's to the end."""
+    relay = Relay() if jax.process_count() > 1 else None
     engine = Engine(params, config, tokenizer, max_batch=max_batch, max_len=max_len, chunk=64,
-                    prefix_cache_mb=prefix_cache_mb)
+                    prefix_cache_mb=prefix_cache_mb, relay=relay if sharding.speaks() else None)
     engine.warm_up()
+    if not sharding.speaks():
+        engine.follow(relay)
+        return None, None
     engine.start()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -420,6 +431,8 @@ def _concurrent(params, config, tokenizer, prompts, max_len, new_tokens, prefix_
     """(generated tokens/s, [(time to first token, tokens)] per prompt) of every prompt streamed at
     once to a server with a slot each, after one request to warm the HTTP path."""
     port, stop = _serving(params, config, tokenizer, len(prompts), max_len, prefix_cache_mb)
+    if port is None:  # another process of a multi-host run: process 0 measures
+        return 0.0, [(0.0, 0)] * len(prompts)
     try:
         _one_request(port, prompts[0], new_tokens)
         start = time.perf_counter()
@@ -439,13 +452,14 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     text, tokenizer, prompts, max_len, longest = _serve_workload(config, clients, new_tokens, max_len)
     one = functools.partial(_one_request, new_tokens=new_tokens)
     batched, results = _concurrent(params, config, tokenizer, prompts, max_len, new_tokens)
-    port, stop = _serving(params, config, tokenizer, 1, max_len)
-    try:
-        one(port, prompts[0])
-        start = time.perf_counter()
-        alone = sum(one(port, p)[1] for p in prompts) / (time.perf_counter() - start)
-    finally:
-        stop()
+    port, stop, alone = *_serving(params, config, tokenizer, 1, max_len), 0.0
+    if port is not None:
+        try:
+            one(port, prompts[0])
+            start = time.perf_counter()
+            alone = sum(one(port, p)[1] for p in prompts) / (time.perf_counter() - start)
+        finally:
+            stop()
     ttft = np.array([t for t, _ in results])
     lengths = [len(p) for p in prompts]
     limit, _ = bench_decode(config, params, clients, new_tokens=new_tokens, torch_too=False, rounds=2)
@@ -463,6 +477,7 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
 
 
 SECTIONS = ("peak", "train", "memory", "local", "decode", "eval", "serve", "mesh", "data")
+ON_HOSTS = ("peak", "decode", "eval", "serve")  # the sections a multi-host run measures on its mesh
 
 
 def main(argv=None):
@@ -479,12 +494,18 @@ def main(argv=None):
     parser.add_argument("--quantize", choices=["int8"], help="decode rows: also int8 weights (and bfloat16), against "
                         "the weight-bandwidth bound")
     parser.add_argument("--mesh", help="run the decode, eval and serve rows on this mesh (e.g. data=8 or tensor=4; "
-                        "default: one device, unplaced); the mesh rows sweep 1, 2, 4, ... devices anyway")
+                        "default: one device, unplaced; with the multi-host flags: auto); the mesh rows sweep 1, "
+                        "2, 4, ... devices anyway")
+    sharding.add_distributed_options(parser)
     parser.add_argument("--output")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     if not sections or sections - set(SECTIONS):
         raise cli.UsageError(f"--only {args.only}: sections are {', '.join(SECTIONS)}")
+    hosts = args.coordinator or (args.num_processes or 1) > 1
+    if hosts and sections - set(ON_HOSTS):
+        raise cli.UsageError(f"--only {args.only}: {', '.join(sorted(sections - set(ON_HOSTS)))} measure one "
+                             f"process; with the multi-host flags give --only {','.join(ON_HOSTS[1:])}")
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     if not presets:
         raise cli.UsageError(f"--presets {args.presets!r}: give presets ({', '.join(PRESETS)}) or checkpoint paths")
@@ -497,11 +518,14 @@ def main(argv=None):
                                  "token context")
     if args.output:
         cli.writable_output("--output", args.output)
-    torch_too = not args.no_torch and not _on_accelerator()  # the reference is torch's CPU build
     config = shapes[presets[0]].replace(dtype=args.dtype)
     mesh = None
-    if args.mesh:  # one process
+    if args.mesh or hosts:
+        args.mesh = args.mesh or "auto"
         mesh = sharding.inference_mesh(args, [config], rows=8, rows_flag="the eval rows' batch")
+    speaks = sharding.speaks()  # process 0 of a multi-host run prints and writes
+    # the reference is torch's CPU build (one process's)
+    torch_too = not args.no_torch and not _on_accelerator() and jax.process_count() == 1
     params = init_params(config, jax.random.key(0))
     placed = params if mesh is None else sharding.place(jax.device_get(params), config, mesh)
     on = "" if mesh is None else f" mesh {','.join(f'{a}={n}' for a, n in mesh.shape.items() if n > 1) or 'data=1'}"
@@ -509,8 +533,9 @@ def main(argv=None):
 
     def add(row):
         rows.append(row)
-        print(f"  measured {row['name']}: {row['neojax']:.2f} {row['unit']}"
-              + ("" if row["transformers"] is None else f" (transformers {row['transformers']:.2f})"), flush=True)
+        if speaks:
+            print(f"  measured {row['name']}: {row['neojax']:.2f} {row['unit']}"
+                  + ("" if row["transformers"] is None else f" (transformers {row['transformers']:.2f})"), flush=True)
     size = 8192 if _on_accelerator() else 2048
     peak = measure_peak_flops(jnp.dtype(args.dtype), size=size, seconds=2.0)
     add(_row(f"matmul peak ({args.dtype}, {size}^3)", "GFLOP/s", peak / 1e9))
@@ -624,6 +649,8 @@ def main(argv=None):
             add(_row(f"data: token cache build, {n} process(es), per process", "tokens/s", bench_cache_build(n)))
         for n in (1, 2):
             add(_row(f"data: quickstart smoke, {n} process(es): time to first step", "s", bench_first_step(n)))
+    if not speaks:
+        return 0
     width = max(len(r["name"]) for r in rows)
     print(f"{'benchmark':<{width}}  {'unit':<9} {'neojax':>10} {'transformers':>13} {'ratio':>6}")
     for r in rows:

@@ -268,7 +268,7 @@ def inference_mesh(args, shapes: Sequence, rows: Optional[int] = None, rows_flag
     weights; None: not known before loading), after jax.distributed starts from its flags; a mesh
     that cannot split a model's heads or `rows` is one line naming the flags, before any weight is
     read. `replicas`: whether 'auto' splits rows over the devices the heads leave (not for a
-    server's single engine)."""
+    server's single engine on one host; a mesh over several processes takes all of their devices)."""
     shapes = [config for config in shapes if config is not None]
     initialize_distributed(coordinator=getattr(args, "coordinator", None),
                            num_processes=getattr(args, "num_processes", None),
@@ -276,6 +276,7 @@ def inference_mesh(args, shapes: Sequence, rows: Optional[int] = None, rows_flag
     count = jax.device_count()
     try:
         if args.mesh == "auto":
+            replicas = replicas or jax.process_count() > 1
             sizes = auto_mesh(shapes[0], count, replicas) if shapes else {"data": count, "fsdp": 1, "tensor": 1}
             count = math.prod(sizes.values())
         else:
@@ -341,6 +342,11 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
                                    process_id=process_id, **timeouts)
     if jax.process_count() > 1:
         watch_peers()
+
+
+def coordination_client():
+    """The key-value client of the coordination service jax.distributed runs (None: one process)."""
+    return distributed.global_state.client
 
 
 def watch_peers(every: float = HEARTBEAT_S, lost_after: float = LOST_AFTER_S) -> threading.Thread:

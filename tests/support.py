@@ -105,11 +105,12 @@ def free_port() -> int:
 
 
 class Server:
-    """`python -m neojax.serve --checkpoint CHECKPOINT --port FREE EXTRA...`, or with `argv` that command line."""
+    """`python -m neojax.serve --checkpoint CHECKPOINT --port FREE EXTRA...`, or with `argv` that command line,
+    on `devices` CPU devices (default one, as a user runs it)."""
 
-    def __init__(self, checkpoint: str, *extra: str, argv: list = ()):
+    def __init__(self, checkpoint: str, *extra: str, argv: list = (), devices: int = 1):
         argv = list(argv) or ["--checkpoint", checkpoint, "--port", str(free_port()), *extra]
-        env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user runs it
+        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" if devices > 1 else "")
         self.proc = subprocess.Popen([sys.executable, "-m", "neojax.serve", *argv], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env)
         self.lines, self.url = [], None

@@ -29,6 +29,7 @@ from neojax.generate import __main__ as generate_cli
 from neojax.serve import __main__ as serve_cli
 from neojax.serve.api import build_app as real_build_app
 from neojax.serve.engine import Engine as RealEngine
+from neojax.sharding import initialize_distributed as real_initialize_distributed
 from neojax.train import __main__ as train_cli
 
 pytestmark = pytest.mark.slow  # about a hundred runs of the commands (the fast subset: -m 'not slow')
@@ -343,6 +344,7 @@ SERVE = {
     "--moderation_safe_label": (["--moderation_safe_label", "flagged"], "changes", ["--moderation", "{gate}"]),
     "--moderate": (["--moderate", "outputs"], "changes", ["--moderation", "{gate}"]),
     "--mesh": (["--mesh", "tensor=2"], "changes"),  # the devices the params are split over
+    **{flag: (added, "changes") for flag, (added, _) in HOSTS.items()},  # what jax.distributed is given
 }
 
 
@@ -351,10 +353,10 @@ def serve_reaches(argv, monkeypatch) -> tuple:
     seen = {}
 
     class Engine(RealEngine):
-        def __init__(self, params, config, tokenizer, *args):
+        def __init__(self, params, config, tokenizer, *args, **kwargs):
             seen["engine"] = (config.dtype, config.kv_cache, sorted({str(x.dtype) for x in jax.tree.leaves(params)}),
-                              args, len(jax.tree.leaves(params)[0].sharding.device_set))
-            super().__init__(params, config, tokenizer, *args)
+                              args, kwargs, len(jax.tree.leaves(params)[0].sharding.device_set))
+            super().__init__(params, config, tokenizer, *args, **kwargs)
 
         def warm_up(self):
             pass
@@ -373,8 +375,12 @@ def serve_reaches(argv, monkeypatch) -> tuple:
         asked = argv[len(argv) - argv[::-1].index("--port")]  # the last --port given
         seen["socket"] = (self.config.host, host, port if asked != "0" else "free")
         sockets[0].close()
+    def initialize_distributed(**flags):
+        seen["distributed"] = flags
+        return real_initialize_distributed(**flags)
     monkeypatch.setattr(serve_cli, "Engine", Engine)
     monkeypatch.setattr(serve_cli, "build_app", build_app)
+    monkeypatch.setattr(sharding_cli, "initialize_distributed", initialize_distributed)
     monkeypatch.setattr(uvicorn.Server, "run", run)
     return cli.run(serve_cli.main, argv), seen
 

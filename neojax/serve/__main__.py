@@ -1,14 +1,17 @@
 """python -m neojax.serve --checkpoint PATH [--host 127.0.0.1] [--port 8000] [--max_batch 16] [--max_len N]
     [--chunk 64] [--max_queue 256] [--dtype float32|bfloat16] [--quantize int8] [--kv_cache int8] [--model_name NAME]
     [--api_key KEY] [--max_request_bytes N] [--mesh auto|tensor=T]
+    [--coordinator HOST:PORT --num_processes N --process_id I]
 
 An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health) with
 continuous batching, and a chat page at /. The port is taken before the model loads (--port 0: a
 free one, announced); beyond loopback, require a key with --api_key or NEOJAX_API_KEY. PATH is
 anything `generate` takes: a Hugging Face
-directory, a neojax directory or a training workdir (LoRA adapters merged). One process serves on
-this host's devices: --mesh auto splits the heads, the KV cache and the MLP over as many devices
-as divide the heads (up to 8: tensor=T).
+directory, a neojax directory or a training workdir (LoRA adapters merged). --mesh auto splits the
+heads, the KV cache and the MLP over as many devices as divide the heads (up to 8: tensor=T). A
+model too big for one host runs every host's process with the multi-host flags and a mesh over all
+of their devices (e.g. --mesh tensor=16): process 0 listens and schedules, the others replay its
+engine's steps on their shards (neojax.serve.relay).
 
     curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"model": "gpt-neo-125M", "prompt": "Once upon a time", "max_tokens": 32}'
@@ -32,6 +35,7 @@ from neojax import checkpoint, cli, registry, sharding
 from neojax.serve.api import MAX_REQUEST_BYTES, BadRequest, build_app, error_body
 from neojax.serve.engine import Engine
 from neojax.serve.moderation import Moderator, parse_scope
+from neojax.serve.relay import Relay
 
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # JAX records one per traced (compiled) program
 
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
                         help="memory for computed prompt prefixes (whole chunks, exact token match, least recently "
                              "used out): a repeated system prompt or context is not prefilled again (0: off)")
     cli.add_model_options(parser)
-    sharding.add_mesh_options(parser, default="auto", hosts=False)
+    sharding.add_mesh_options(parser, default="auto")
     parser.add_argument("--model_name", help="the model's name in the API (default: the checkpoint's folder name)")
     parser.add_argument("--api_key", default=os.environ.get("NEOJAX_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1 (default: $NEOJAX_API_KEY; none: open)")
@@ -78,14 +82,16 @@ def main(argv=None) -> int:
         raise cli.UsageError(f"--{given[0]} sets the moderation gate; add --moderation CLASSIFIER (or drop it)")
     if args.port > 65535:
         raise cli.UsageError(f"--port {args.port}: a port is at most 65535")
-    sock = _listen(args.host, args.port)  # before any loading: a port in use or a bad host is one line
-    if not args.api_key and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
-        print(f"warning: serving on {args.host} without --api_key: anyone who reaches this machine can use the "
-              "model; set --api_key (or NEOJAX_API_KEY)", file=sys.stderr, flush=True)
     path = cli.existing_path("--checkpoint", args.checkpoint)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         stated = checkpoint.stated_shape(path)
     mesh = sharding.inference_mesh(args, [stated], replicas=False)
+    leads = sharding.speaks()  # process 0 listens and schedules; the others follow its engine
+    if leads:
+        sock = _listen(args.host, args.port)  # before any loading: a port in use or a bad host is one line
+        if not args.api_key and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+            print(f"warning: serving on {args.host} without --api_key: anyone who reaches this machine can use "
+                  "the model; set --api_key (or NEOJAX_API_KEY)", file=sys.stderr, flush=True)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(path, **cli.model_options(args))
     if model.tokenizer is None:
@@ -102,16 +108,22 @@ def main(argv=None) -> int:
         model = model._replace(params=sharding.place(model.params, model.config, mesh))
     name = args.model_name or os.path.basename(os.path.normpath(path))
     moderator = None
-    if args.moderation:
+    if args.moderation and leads:  # the gate runs beside the API, on process 0
         where = cli.existing_path("--moderation", args.moderation)
         with cli.about(f"--moderation {args.moderation}"):
             moderator = Moderator.load(where, 0.5 if args.moderation_threshold is None else args.moderation_threshold,
                                        args.moderation_safe_label or "")
+    relay = Relay() if jax.process_count() > 1 else None
     engine = Engine(model.params, model.config, model.tokenizer, args.max_batch, args.max_len or None, args.chunk,
-                    args.max_queue, args.step_tokens, args.prefix_cache_mb)
-    print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} (up to "
-          f"{engine.max_prefill} a step) ...", flush=True)
+                    args.max_queue, args.step_tokens, args.prefix_cache_mb, relay=relay if leads else None)
+    if leads:
+        print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} (up "
+              f"to {engine.max_prefill} a step) ...", flush=True)
     engine.warm_up()
+    if not leads:
+        print(f"process {jax.process_index()}: following process 0's engine", flush=True)
+        engine.follow(relay)
+        return 0
     if moderator is not None:
         moderator.score(["warm up"])  # compiled before the first request
     app = build_app(engine, name, args.max_request_bytes, args.api_key, moderator, moderate)

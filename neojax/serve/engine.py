@@ -9,6 +9,10 @@ prefill), all compiled by `warm_up`, so no request compiles anything. Rows never
 (`extend_attention`: a query sees only its own row's slots up to its own position). The host reads
 a step's tokens before dispatching the next (EOS and lengths decide its rows), but turns them into
 text (detokenising, stop strings, streaming) while the device runs the next step.
+
+On a mesh over several hosts (neojax.serve.relay) process 0's engine schedules, and every program
+call it makes (the methods marked `_everywhere`) is posted first and replayed by the other
+processes' engines (`follow`), so each process's shards stay in step.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
+from jax.sharding import NamedSharding, PartitionSpec
 
 from neojax import sharding
 from neojax.generate import TextStream, decode_weights
@@ -31,6 +35,7 @@ from neojax.model.attention import slot_caches
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
 from neojax.sampling import draw
+from neojax.serve.relay import STOP, Relay
 
 TOP_LOGPROBS = 5  # the most top logprobs a request may ask for (OpenAI's completions limit)
 _SEEDS = itertools.count(1)  # fresh seeds for requests that give none
@@ -125,10 +130,22 @@ def _next(logits, sampling: Sampling) -> Drawn:
     return Drawn(token, _scores(logits, token))
 
 
+def _everywhere(method):
+    """A program call that a multi-host server's other processes make too: posted (its name and host
+    arguments) before process 0 makes it."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if self.relay is not None:
+            self.relay.post((method.__name__, args, kwargs))
+        return method(self, *args, **kwargs)
+    return run
+
+
 class Engine:
     def __init__(self, params, config: GPTNeoConfig, tokenizer, max_batch: int = 16, max_len: Optional[int] = None,
-                 chunk: int = 64, max_queue: int = 256, step_tokens: int = 512, prefix_cache_mb: int = 0):
-        self.params, self.config, self.tokenizer = params, config, tokenizer
+                 chunk: int = 64, max_queue: int = 256, step_tokens: int = 512, prefix_cache_mb: int = 0,
+                 relay: Optional[Relay] = None):
+        self.params, self.config, self.tokenizer, self.relay = params, config, tokenizer, relay
         self.max_batch, self.chunk, self.max_queue = max_batch, chunk, max_queue
         self.step_tokens = step_tokens
         # prompt chunks one step may prefill together: a power of two within the budget and the slots
@@ -139,6 +156,7 @@ class Engine:
         if mesh is not None:
             self.cache_sharding = jax.tree.map(lambda x: NamedSharding(mesh, sharding.cache_spec(x.ndim)),
                                                jax.eval_shape(self._new_cache))
+        replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
         self.cache = self._new_cache()
         self.slots: list[Optional[Sequence]] = [None] * max_batch
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -154,7 +172,7 @@ class Engine:
         self.store = self._new_cache(rows=self.prefix_blocks, slots=chunk) if self.prefix_blocks else None
         self.prefixes: collections.OrderedDict = collections.OrderedDict()  # prompt[:end] -> block
         self.reused_tokens = 0
-        pin = functools.partial(_pinned, shardings=self.cache_sharding)
+        pin = functools.partial(_pinned, shardings=self.cache_sharding, results=replicated)
         self._save = jax.jit(pin(_copy_block), donate_argnums=0)      # store <- cache row
         self._restore = jax.jit(pin(_copy_block), donate_argnums=0)   # cache row <- store
         self._prefill = jax.jit(pin(functools.partial(_prefill, config=config)), donate_argnums=1,
@@ -224,6 +242,18 @@ class Engine:
         for seq in list(self.waiting) + [s for s in self.slots if s is not None]:
             self._finish(seq, "abort")
         self.waiting.clear()
+        if self.relay is not None:
+            self.relay.post(STOP)
+
+    def follow(self, relay: Relay) -> None:
+        """Another process of a multi-host server: make process 0's program calls, in order, until it
+        stops. A call that fails fails on process 0 too, which then decides (as it does alone)."""
+        while (message := relay.receive()) != STOP:
+            name, args, kwargs = message
+            try:
+                getattr(self, name)(*args, **kwargs)
+            except Exception:
+                traceback.print_exc()
 
     def _step(self) -> None:
         """Prompt chunks within the step's token budget (what the decoding slots leave of it; at least
@@ -258,7 +288,7 @@ class Engine:
                 traceback.print_exc()
                 for seq in [s for s in self.slots if s is not None]:
                     self._finish(seq, "error")
-                self.cache = self._new_cache()
+                self._reset_cache()
             elif len(seqs) == 1:
                 traceback.print_exc()
                 self._finish(seqs[0], "error")
@@ -277,6 +307,30 @@ class Engine:
         if self.cache_sharding is None:
             return make()
         return jax.jit(make, out_shardings=self.cache_sharding)()  # born in its shards
+
+    # --- the programs: the only device work after warm-up, each replayed by a multi-host server's
+    # other processes (their arguments are host values) --------------------------------------------
+    @_everywhere
+    def _reset_cache(self) -> None:
+        self.cache = self._new_cache()
+
+    @_everywhere
+    def _run_prefill(self, *host, scored: bool):
+        self.cache, prompt, drawn = self._prefill(self.params, self.cache, *host, scored=scored)
+        return prompt, drawn
+
+    @_everywhere
+    def _run_decode(self, *host):
+        self.cache, drawn = self._decode(self.params, self.transposed, self.cache, *host)
+        return drawn
+
+    @_everywhere
+    def _run_save(self, *host) -> None:
+        self.store = self._save(self.store, self.cache, *host)
+
+    @_everywhere
+    def _run_restore(self, *host) -> None:
+        self.cache = self._restore(self.cache, self.store, *host)
 
     def _admit(self) -> None:
         """Waiting sequences into free slots (a cancelled one is dropped, not given a slot)."""
@@ -314,8 +368,7 @@ class Engine:
             if block is None:
                 return
             self.prefixes.move_to_end(key)
-            self.cache = self._restore(self.cache, self.store, np.int32(seq.slot), np.int32(seq.filled),
-                                       np.int32(block), np.int32(0))
+            self._run_restore(np.int32(seq.slot), np.int32(seq.filled), np.int32(block), np.int32(0))
             seq.filled += c
             self.reused_tokens += c
 
@@ -326,8 +379,7 @@ class Engine:
             self.prefixes.move_to_end(key)
             return
         block = len(self.prefixes) if len(self.prefixes) < self.prefix_blocks else self.prefixes.popitem(last=False)[1]
-        self.store = self._save(self.store, self.cache, np.int32(block), np.int32(0), np.int32(seq.slot),
-                                np.int32(end - self.chunk))
+        self._run_save(np.int32(block), np.int32(0), np.int32(seq.slot), np.int32(end - self.chunk))
         self.prefixes[key] = block
 
     def _prefill_chunks(self, seqs: list[Sequence]) -> None:
@@ -344,9 +396,9 @@ class Engine:
             pieces.append((len(piece), len(following)))
         row_of = lambda f: np.array([f(s) for s in padded], np.int32)
         scored = seqs[0].echo_logprobs
-        self.cache, prompt, drawn = self._prefill(
-            self.params, self.cache, tokens, row_of(lambda s: s.slot), row_of(lambda s: s.filled),
-            np.array([n for n, _ in pieces], np.int32), targets, self._sampling(padded), scored=scored)
+        prompt, drawn = self._run_prefill(tokens, row_of(lambda s: s.slot), row_of(lambda s: s.filled),
+                                          np.array([n for n, _ in pieces], np.int32), targets, self._sampling(padded),
+                                          scored=scored)
         self._stream_pending()  # the last step's text, while the device runs this one
         if scored:
             prompt = jax.device_get(prompt)
@@ -374,8 +426,7 @@ class Engine:
         tokens = np.array([0 if s is None else s.tokens[-1] for s in rows], np.int32)
         # a row left out writes its (ignored) entry where its own next step will write anyway
         starts = np.array([0 if p is None else p.length if p.decoding else p.filled for p in self.slots], np.int32)
-        self.cache, drawn = self._decode(self.params, self.transposed, self.cache, tokens, starts,
-                                         self._sampling(rows))
+        drawn = self._run_decode(tokens, starts, self._sampling(rows))
         self._stream_pending()  # the last step's text, while the device runs this one
         drawn = jax.device_get(drawn)
         for i, seq in enumerate(rows):
@@ -465,9 +516,10 @@ def _copy_block(to, source, to_row, to_start, from_row, from_start):
     return [layer(d, s) for d, s in zip(to, source)]
 
 
-def _pinned(program, shardings):
+def _pinned(program, shardings, results):
     """`program` with the cache it returns (its first result) kept in `shardings`: the cache a step
-    donates comes back laid out as it went in, so no later step compiles again."""
+    donates comes back laid out as it went in, so no later step compiles again. Its other results
+    (tokens, scores) are whole on every device (`results`): every process can read them."""
     if shardings is None:
         return program
 
@@ -475,7 +527,8 @@ def _pinned(program, shardings):
         out = program(*args, **kwargs)
         if isinstance(out, list):
             return jax.lax.with_sharding_constraint(out, shardings)
-        return (jax.lax.with_sharding_constraint(out[0], shardings),) + tuple(out[1:])
+        return (jax.lax.with_sharding_constraint(out[0], shardings),
+                *jax.lax.with_sharding_constraint(out[1:], results))
     return run
 
 
