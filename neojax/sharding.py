@@ -238,11 +238,12 @@ def check_inference_mesh(sizes: dict, config, rows: Optional[int] = None, rows_n
         raise ValueError(f"data x fsdp = {split} does not divide {rows_name} ({rows}); use a multiple of {split}")
 
 
-def auto_mesh(config, num_devices: int, replicas: bool = True) -> dict[str, int]:
-    """Heads split over as many devices as divide them (up to 8, one host's chips) and, with
-    `replicas`, the batch over the rest (every device); without, those devices alone (a server's
-    one engine)."""
-    fits = [t for t in range(1, min(num_devices, 8) + 1) if config.num_heads % t == 0]
+def auto_mesh(configs, num_devices: int, replicas: bool = True) -> dict[str, int]:
+    """Heads split over as many devices as divide them (every model's: a config or several; up to 8,
+    one host's chips) and, with `replicas`, the batch over the rest (every device); without, those
+    devices alone (a server's one engine)."""
+    heads = math.gcd(*[c.num_heads for c in (configs if isinstance(configs, (list, tuple)) else [configs])])
+    fits = [t for t in range(1, min(num_devices, 8) + 1) if heads % t == 0]
     tensor = max(t for t in fits if num_devices % t == 0 or not replicas)
     return {"data": num_devices // tensor if replicas else 1, "fsdp": 1, "tensor": tensor}
 
@@ -277,7 +278,7 @@ def inference_mesh(args, shapes: Sequence, rows: Optional[int] = None, rows_flag
     try:
         if args.mesh == "auto":
             replicas = replicas or jax.process_count() > 1
-            sizes = auto_mesh(shapes[0], count, replicas) if shapes else {"data": count, "fsdp": 1, "tensor": 1}
+            sizes = auto_mesh(shapes, count, replicas) if shapes else {"data": count, "fsdp": 1, "tensor": 1}
             count = math.prod(sizes.values())
         else:
             sizes = parse_mesh(args.mesh)

@@ -345,6 +345,8 @@ SERVE = {
     "--moderate": (["--moderate", "outputs"], "changes", ["--moderation", "{gate}"]),
     "--mesh": (["--mesh", "tensor=2"], "changes"),  # the devices the params are split over
     **{flag: (added, "changes") for flag, (added, _) in HOSTS.items()},  # what jax.distributed is given
+    "--draft": (["--draft", "{hf}"], "changes"),
+    "--draft_tokens": (["--draft_tokens", "2"], "changes", ["--draft", "{hf}"]),
 }
 
 
@@ -355,7 +357,8 @@ def serve_reaches(argv, monkeypatch) -> tuple:
     class Engine(RealEngine):
         def __init__(self, params, config, tokenizer, *args, **kwargs):
             seen["engine"] = (config.dtype, config.kv_cache, sorted({str(x.dtype) for x in jax.tree.leaves(params)}),
-                              args, kwargs, len(jax.tree.leaves(params)[0].sharding.device_set))
+                              args, {k: v[1] if k == "draft" and v else v for k, v in kwargs.items()},  # its config
+                              len(jax.tree.leaves(params)[0].sharding.device_set))
             super().__init__(params, config, tokenizer, *args, **kwargs)
 
         def warm_up(self):

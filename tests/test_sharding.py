@@ -156,6 +156,7 @@ def test_inference_meshes_auto_and_checks():
     assert auto_mesh(neo, 16) == {"data": 4, "fsdp": 1, "tensor": 4}
     assert auto_mesh(neo, 8, replicas=False) == {"data": 1, "fsdp": 1, "tensor": 6}  # a server's one engine
     assert auto_mesh(neo, 1) == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert auto_mesh([neo, neo.replace(num_heads=2)], 8, replicas=False)["tensor"] == 2  # a draft's heads too
     assert data_parallel({"data": 2, "fsdp": 4, "tensor": 2}) == 8
     check_inference_mesh({"data": 2, "fsdp": 4, "tensor": 3}, neo, rows=16)
     with pytest.raises(ValueError, match="does not divide the model's 12 attention heads"):

@@ -126,6 +126,8 @@ def _check_draft(args):
         raise cli.UsageError("--draft_tokens is how many tokens --draft proposes a round; add --draft or drop it")
     if not args.draft:
         return None
+    with cli.about(f"--draft_tokens {args.draft_tokens}"):
+        speculative.check_draft_tokens(args.draft_tokens)
     if args.mesh != "auto":
         raise cli.UsageError(f"--draft decodes on one device; drop --mesh {args.mesh}")
     if args.repetition_penalty != 1.0:

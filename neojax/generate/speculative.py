@@ -28,6 +28,8 @@ from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
 from neojax.sampling import filter_logits
 
+MAX_DRAFT_TOKENS = 16
+
 
 class Round(NamedTuple):
     """What a decoding loop carries from round to round, per row."""
@@ -49,12 +51,51 @@ def check_draft(config: GPTNeoConfig, draft_config: GPTNeoConfig, k: int) -> Non
     if draft_config.vocab_size != config.vocab_size:
         raise ValueError(f"the draft model has a {draft_config.vocab_size}-token vocabulary and the target "
                          f"{config.vocab_size}: a draft must share the target's tokenizer")
-    if not 1 <= k <= 16:
-        raise ValueError(f"draft_tokens={k}: propose between 1 and 16 tokens a round")
+    check_draft_tokens(k)
+
+
+def check_draft_tokens(k: int) -> None:
+    if not 1 <= k <= MAX_DRAFT_TOKENS:
+        raise ValueError(f"draft_tokens={k}: propose between 1 and {MAX_DRAFT_TOKENS} tokens a round")
 
 
 def _probs(logits, temperature, top_k, top_p):
     return jax.nn.softmax(filter_logits(logits, temperature, top_k, top_p), axis=-1)
+
+
+def verify(p_logits, q_logits, proposed, temperature, top_k, top_p, accept_keys, final_keys, greedy):
+    """Which leading proposals a row keeps, and the token after them: (kept [batch], final [batch]).
+    p_logits [batch, k+1, vocab]: the target's at the row's newest token and at each of its k
+    proposals; q_logits [batch, k, vocab]: the draft's that proposed them; settings scalars or one
+    per row ([batch, 1]). Greedy rows (`greedy`: True, or a bool per row) keep the proposals equal to
+    the target's argmax, then take its argmax; sampled rows follow the standard rule (module doc)."""
+    k = proposed.shape[1]
+    choice = jnp.argmax(p_logits, axis=-1).astype(jnp.int32)                  # [batch, k+1]
+    agree = (choice[:, :k] == proposed).astype(jnp.int32)
+    kept = jnp.sum(jnp.cumprod(agree, axis=1), axis=1)                       # leading agreements
+    final = jnp.take_along_axis(choice, kept[:, None], axis=1)[:, 0]
+    if greedy is True:
+        return kept, final
+    p = _probs(p_logits, temperature, top_k, top_p)                           # [batch, k+1, vocab]
+    q = _probs(q_logits, temperature, top_k, top_p)                           # [batch, k, vocab]
+    p_d = jnp.take_along_axis(p[:, :k], proposed[..., None], axis=-1)[..., 0]
+    q_d = jnp.take_along_axis(q, proposed[..., None], axis=-1)[..., 0]
+    u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(accept_keys)
+    accepted = jnp.sum(jnp.cumprod((u * q_d < p_d).astype(jnp.int32), axis=1), axis=1)  # u < p/q (q > 0 where drawn)
+    q_pad = jnp.concatenate([q, jnp.zeros_like(q[:, :1])], 1)                 # after k kept: p itself
+    at = lambda x: jnp.take_along_axis(x, accepted[:, None, None], axis=1)[:, 0]
+    residual = jnp.maximum(at(p) - at(q_pad), 0.0)
+    residual = jnp.where(residual.sum(-1, keepdims=True) > 0, residual, at(p))
+    drawn = jax.vmap(jax.random.categorical)(final_keys, jnp.log(residual)).astype(jnp.int32)
+    return jnp.where(greedy, kept, accepted), jnp.where(greedy, final, drawn)
+
+
+def taken(proposed, kept, final):
+    """[batch, k+1]: each row's kept proposals, then its final token, then zeros."""
+    k = proposed.shape[1]
+    new = jnp.where(jnp.arange(k + 1)[None] < kept[:, None], jnp.concatenate([proposed, proposed[:, :1]], 1),
+                    final[:, None])
+    return jnp.where(jnp.arange(k + 1)[None] <= kept[:, None], new, 0)
 
 
 def _host_round(call, tokens, counts, done):
@@ -144,28 +185,9 @@ def speculative_program(params, draft_params, transposed, draft_transposed, toke
         proposed = jnp.stack(proposals, 1)                                        # [batch, k]
         p_logits, target_cache = target.apply(target_vars, jnp.concatenate([s.last[:, None], proposed], 1),
                                               s.length, s.target_cache, method=GPTNeo.extend)  # [batch, k+1, vocab]
-        if greedy:
-            choice = jnp.argmax(p_logits, axis=-1).astype(jnp.int32)              # [batch, k+1]
-            agree = (choice[:, :k] == proposed).astype(jnp.int32)
-            kept = jnp.sum(jnp.cumprod(agree, axis=1), axis=1)                   # leading agreements
-            final = jnp.take_along_axis(choice, kept[:, None], axis=1)[:, 0]
-        else:
-            p = _probs(p_logits, temperature, top_k, top_p)                       # [batch, k+1, vocab]
-            q = _probs(jnp.stack(q_logits, 1), temperature, top_k, top_p)       # [batch, k, vocab]
-            p_d = jnp.take_along_axis(p[:, :k], proposed[..., None], axis=-1)[..., 0]
-            q_d = jnp.take_along_axis(q, proposed[..., None], axis=-1)[..., 0]
-            u = jax.vmap(lambda kk: jax.random.uniform(kk, (k,)))(key(row_keys, k + 1, r))
-            accept = (u * q_d < p_d).astype(jnp.int32)                            # u < p/q (q > 0 where drawn)
-            kept = jnp.sum(jnp.cumprod(accept, axis=1), axis=1)
-            q_pad = jnp.concatenate([q, jnp.zeros_like(q[:, :1])], 1)             # after k kept: p itself
-            residual = jnp.maximum(jnp.take_along_axis(p, kept[:, None, None], axis=1)[:, 0]
-                                   - jnp.take_along_axis(q_pad, kept[:, None, None], axis=1)[:, 0], 0.0)
-            residual = jnp.where(residual.sum(-1, keepdims=True) > 0, residual,
-                                 jnp.take_along_axis(p, kept[:, None, None], axis=1)[:, 0])
-            final = jax.vmap(jax.random.categorical)(key(row_keys, k + 2, r), jnp.log(residual)).astype(jnp.int32)
-        new = jnp.where(jnp.arange(k + 1)[None] < kept[:, None], jnp.concatenate([proposed, proposed[:, :1]], 1),
-                        final[:, None])                                           # [batch, k+1]: kept, then final
-        new = jnp.where(jnp.arange(k + 1)[None] <= kept[:, None], new, 0)
+        kept, final = verify(p_logits, jnp.stack(q_logits, 1), proposed, temperature, top_k, top_p,
+                             key(row_keys, k + 1, r), key(row_keys, k + 2, r), greedy)
+        new = taken(proposed, kept, final)
         n = kept + 1
         out, count, done = commit(s.out, s.count, s.done, new, n)
         prev = jnp.where(kept > 0, jnp.take_along_axis(proposed, jnp.maximum(kept - 1, 0)[:, None], axis=1)[:, 0],

@@ -1,7 +1,7 @@
 """python -m neojax.serve --checkpoint PATH [--host 127.0.0.1] [--port 8000] [--max_batch 16] [--max_len N]
     [--chunk 64] [--max_queue 256] [--dtype float32|bfloat16] [--quantize int8] [--kv_cache int8] [--model_name NAME]
     [--api_key KEY] [--max_request_bytes N] [--mesh auto|tensor=T]
-    [--coordinator HOST:PORT --num_processes N --process_id I]
+    [--coordinator HOST:PORT --num_processes N --process_id I] [--draft SMALLER_CHECKPOINT [--draft_tokens K]]
 
 An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health) with
 continuous batching, and a chat page at /. The port is taken before the model loads (--port 0: a
@@ -11,7 +11,9 @@ directory, a neojax directory or a training workdir (LoRA adapters merged). --me
 heads, the KV cache and the MLP over as many devices as divide the heads (up to 8: tensor=T). A
 model too big for one host runs every host's process with the multi-host flags and a mesh over all
 of their devices (e.g. --mesh tensor=16): process 0 listens and schedules, the others replay its
-engine's steps on their shards (neojax.serve.relay).
+engine's steps on their shards (neojax.serve.relay). --draft: a smaller model with the same
+tokenizer proposes K tokens a step for every stream and the model checks them in one step
+(speculative decoding: the same greedy output, sampled output distributed as without it).
 
     curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
         -d '{"model": "gpt-neo-125M", "prompt": "Once upon a time", "max_tokens": 32}'
@@ -32,6 +34,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from neojax import checkpoint, cli, registry, sharding
+from neojax.generate import speculative
 from neojax.serve.api import MAX_REQUEST_BYTES, BadRequest, build_app, error_body
 from neojax.serve.engine import Engine
 from neojax.serve.moderation import Moderator, parse_scope
@@ -56,6 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prefix_cache_mb", type=cli.nonneg_int, default=0,
                         help="memory for computed prompt prefixes (whole chunks, exact token match, least recently "
                              "used out): a repeated system prompt or context is not prefilled again (0: off)")
+    parser.add_argument("--draft", help="a smaller model with the same tokenizer (e.g. gpt-neo-125M for 1.3B) that "
+                        "proposes tokens for every stream, checked by this one in one step")
+    parser.add_argument("--draft_tokens", type=cli.positive_int, default=4, help="tokens the draft proposes a step")
     cli.add_model_options(parser)
     sharding.add_mesh_options(parser, default="auto")
     parser.add_argument("--model_name", help="the model's name in the API (default: the checkpoint's folder name)")
@@ -82,10 +88,19 @@ def main(argv=None) -> int:
         raise cli.UsageError(f"--{given[0]} sets the moderation gate; add --moderation CLASSIFIER (or drop it)")
     if args.port > 65535:
         raise cli.UsageError(f"--port {args.port}: a port is at most 65535")
+    if args.draft_tokens != 4 and not args.draft:
+        raise cli.UsageError("--draft_tokens is how many tokens --draft proposes a step; add --draft or drop it")
+    with cli.about(f"--draft_tokens {args.draft_tokens}"):
+        speculative.check_draft_tokens(args.draft_tokens)
     path = cli.existing_path("--checkpoint", args.checkpoint)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         stated = checkpoint.stated_shape(path)
-    mesh = sharding.inference_mesh(args, [stated], replicas=False)
+    shapes = [stated]
+    if args.draft:
+        draft_path = cli.existing_path("--draft", args.draft)
+        with cli.about(f"--draft {args.draft}"):
+            shapes.append(checkpoint.stated_shape(draft_path))
+    mesh = sharding.inference_mesh(args, shapes, replicas=False)
     leads = sharding.speaks()  # process 0 listens and schedules; the others follow its engine
     if leads:
         sock = _listen(args.host, args.port)  # before any loading: a port in use or a bad host is one line
@@ -106,6 +121,13 @@ def main(argv=None) -> int:
         raise cli.UsageError(f"--max_len {args.max_len} exceeds the model's {context}-token context")
     with cli.about(f"--mesh {args.mesh}"):
         model = model._replace(params=sharding.place(model.params, model.config, mesh))
+    draft = None
+    if args.draft:
+        with cli.about(f"--draft {args.draft}"):
+            drafter = checkpoint.load(draft_path, **cli.model_options(args))
+            speculative.check_draft(model.config, drafter.config, args.draft_tokens)
+        with cli.about(f"--mesh {args.mesh}"):
+            draft = (sharding.place(drafter.params, drafter.config, mesh), drafter.config)
     name = args.model_name or os.path.basename(os.path.normpath(path))
     moderator = None
     if args.moderation and leads:  # the gate runs beside the API, on process 0
@@ -115,10 +137,12 @@ def main(argv=None) -> int:
                                        args.moderation_safe_label or "")
     relay = Relay() if jax.process_count() > 1 else None
     engine = Engine(model.params, model.config, model.tokenizer, args.max_batch, args.max_len or None, args.chunk,
-                    args.max_queue, args.step_tokens, args.prefix_cache_mb, relay=relay if leads else None)
+                    args.max_queue, args.step_tokens, args.prefix_cache_mb, relay=relay if leads else None, draft=draft,
+                    draft_tokens=args.draft_tokens)
     if leads:
         print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} (up "
-              f"to {engine.max_prefill} a step) ...", flush=True)
+              f"to {engine.max_prefill} a step){f', {args.draft_tokens} drafted tokens a step' if draft else ''} ...",
+              flush=True)
     engine.warm_up()
     if not leads:
         print(f"process {jax.process_index()}: following process 0's engine", flush=True)

@@ -10,6 +10,13 @@ prefill), all compiled by `warm_up`, so no request compiles anything. Rows never
 a step's tokens before dispatching the next (EOS and lengths decide its rows), but turns them into
 text (detokenising, stop strings, streaming) while the device runs the next step.
 
+With a draft model (a smaller one with the same tokenizer) each decode step is speculative
+(neojax.generate.speculative): the draft proposes `draft_tokens` tokens for every decoding row, the
+target scores them in one step and every row keeps its own share, 1 to k+1 tokens; the draft's
+cache (prefilled with the prompts, in the same slot rows) follows the target's. The decode then
+runs on a bucket of the decoding rows only (1, 2, 4, ... rows), so a lightly loaded server does the
+work of its few streams.
+
 On a mesh over several hosts (neojax.serve.relay) process 0's engine schedules, and every program
 call it makes (the methods marked `_everywhere`) is posted first and replayed by the other
 processes' engines (`follow`), so each process's shards stay in step.
@@ -31,10 +38,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from neojax import sharding
 from neojax.generate import TextStream, decode_weights
+from neojax.generate.speculative import taken, verify
 from neojax.model.attention import slot_caches
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
-from neojax.sampling import draw
+from neojax.sampling import draw, filter_logits
 from neojax.serve.relay import STOP, Relay
 
 TOP_LOGPROBS = 5  # the most top logprobs a request may ask for (OpenAI's completions limit)
@@ -144,8 +152,11 @@ def _everywhere(method):
 class Engine:
     def __init__(self, params, config: GPTNeoConfig, tokenizer, max_batch: int = 16, max_len: Optional[int] = None,
                  chunk: int = 64, max_queue: int = 256, step_tokens: int = 512, prefix_cache_mb: int = 0,
-                 relay: Optional[Relay] = None):
+                 relay: Optional[Relay] = None, draft: Optional[tuple] = None, draft_tokens: int = 4):
         self.params, self.config, self.tokenizer, self.relay = params, config, tokenizer, relay
+        # the draft model's (params, config); its cache layers follow the target's in self.cache
+        self.draft_params, self.draft_config = draft if draft is not None else (None, None)
+        self.k = draft_tokens if draft is not None else 0
         self.max_batch, self.chunk, self.max_queue = max_batch, chunk, max_queue
         self.step_tokens = step_tokens
         # prompt chunks one step may prefill together: a power of two within the budget and the slots
@@ -164,6 +175,7 @@ class Engine:
         self.stopping = False
         self.steps = 0
         self.transposed = decode_weights(params, config)  # the copies generate's decode steps use
+        self.draft_transposed = None if draft is None else decode_weights(self.draft_params, self.draft_config)
         # Prefix reuse: the KV entries of whole prompt chunks ("blocks"), by the exact tokens up to the
         # block's end, least recently used first out, in a store of as many blocks as fit the budget.
         block = jax.eval_shape(lambda: self._new_cache(rows=1, slots=chunk))  # shapes only: nothing allocated
@@ -172,12 +184,15 @@ class Engine:
         self.store = self._new_cache(rows=self.prefix_blocks, slots=chunk) if self.prefix_blocks else None
         self.prefixes: collections.OrderedDict = collections.OrderedDict()  # prompt[:end] -> block
         self.reused_tokens = 0
+        self.proposed = self.kept = 0  # the draft's proposals, and those kept
         pin = functools.partial(_pinned, shardings=self.cache_sharding, results=replicated)
         self._save = jax.jit(pin(_copy_block), donate_argnums=0)      # store <- cache row
         self._restore = jax.jit(pin(_copy_block), donate_argnums=0)   # cache row <- store
-        self._prefill = jax.jit(pin(functools.partial(_prefill, config=config)), donate_argnums=1,
-                                static_argnames="scored")
+        self._prefill = jax.jit(pin(functools.partial(_prefill, config=config, draft_config=self.draft_config)),
+                                donate_argnums=2, static_argnames="scored")
         self._decode = jax.jit(pin(functools.partial(_decode, config=config)), donate_argnums=2)
+        self._speculate = jax.jit(pin(functools.partial(_speculate, config=config, draft_config=self.draft_config,
+                                                        k=self.k)), donate_argnums=4)
         self.thread = threading.Thread(target=self._run, name="neojax-engine", daemon=True)
 
     # --- the API side ---------------------------------------------------------------------------
@@ -186,11 +201,17 @@ class Engine:
         b, c = self.max_batch, self.chunk
         zeros = lambda n, dtype=np.int32: np.zeros(n, dtype)
         for rows, scored in [(p, False) for p in _buckets(self.max_prefill)] + [(1, True)]:
-            self.cache, *_ = self._prefill(self.params, self.cache, zeros((rows, c)), zeros(rows), zeros(rows),
-                                           np.ones(rows, np.int32), zeros((rows, c)), self._sampling([None] * rows),
-                                           scored=scored)
-        self.cache, _ = self._decode(self.params, self.transposed, self.cache, zeros(b), zeros(b),
-                                     self._sampling([None] * b))
+            self.cache, *_ = self._prefill(self.params, self.draft_params, self.cache, zeros((rows, c)), zeros(rows),
+                                           zeros(rows), np.ones(rows, np.int32), zeros((rows, c)),
+                                           self._sampling([None] * rows), scored=scored)
+        if self.k:
+            for rows in _buckets(self.max_batch):
+                self.cache, *_ = self._speculate(self.params, self.transposed, self.draft_params,
+                                                 self.draft_transposed, self.cache, zeros(rows), zeros(rows),
+                                                 zeros(rows), np.ones(rows, np.int32), self._sampling([None] * rows))
+        else:
+            self.cache, _ = self._decode(self.params, self.transposed, self.cache, zeros(b), zeros(b),
+                                         self._sampling([None] * b))
         if self.store is not None:
             zero = np.int32(0)
             self.store = self._save(self.store, self.cache, zero, zero, zero, zero)
@@ -226,8 +247,9 @@ class Engine:
 
     def busy(self) -> dict:
         with self.cond:
+            speculative = {"draft_proposed": self.proposed, "draft_kept": self.kept} if self.k else {}
             return {"running": sum(s is not None for s in self.slots), "waiting": len(self.waiting),
-                    "slots": self.max_batch, "steps": self.steps}
+                    "slots": self.max_batch, "steps": self.steps, **speculative}
 
     # --- the engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -271,7 +293,7 @@ class Engine:
             self._isolated(scored or [s for s in filling if not s.echo_logprobs][:room], self._prefill_chunks)
         decoding = [s for s in self.slots if s is not None and s.decoding]
         if decoding:
-            self._isolated(decoding, self._decode_step)
+            self._isolated(decoding, self._speculate_step if self.k else self._decode_step)
         else:
             self._stream_pending()
         self.steps += 1
@@ -301,9 +323,12 @@ class Engine:
         return not any(leaf.is_deleted() for leaf in jax.tree.leaves(self.cache))
 
     def _new_cache(self, rows: Optional[int] = None, slots: Optional[int] = None) -> list:
-        """The slot cache (max_batch rows; room for a whole chunk past max_len: a chunk's writes never
-        wrap onto earlier entries), or another shape of it (the prefix store)."""
-        make = lambda: slot_caches(self.config, rows or self.max_batch, slots or self.max_len + self.chunk)
+        """The slot cache (max_batch rows; room for a whole chunk, or a speculative step, past max_len:
+        writes never wrap onto earlier entries), or another shape of it (the prefix store); the
+        draft's layers after the target's."""
+        rows, slots = rows or self.max_batch, slots or self.max_len + max(self.chunk, self.k + 2)
+        make = lambda: slot_caches(self.config, rows, slots) + (
+            [] if self.draft_config is None else slot_caches(self.draft_config, rows, slots))
         if self.cache_sharding is None:
             return make()
         return jax.jit(make, out_shardings=self.cache_sharding)()  # born in its shards
@@ -316,8 +341,14 @@ class Engine:
 
     @_everywhere
     def _run_prefill(self, *host, scored: bool):
-        self.cache, prompt, drawn = self._prefill(self.params, self.cache, *host, scored=scored)
+        self.cache, prompt, drawn = self._prefill(self.params, self.draft_params, self.cache, *host, scored=scored)
         return prompt, drawn
+
+    @_everywhere
+    def _run_speculate(self, *host):
+        self.cache, drawn, taking = self._speculate(self.params, self.transposed, self.draft_params,
+                                                    self.draft_transposed, self.cache, *host)
+        return drawn, taking
 
     @_everywhere
     def _run_decode(self, *host):
@@ -437,10 +468,32 @@ class Engine:
                     traceback.print_exc()
                     self._finish(seq, "error")
 
-    def _accept(self, seq: Sequence, drawn: Drawn, row: int) -> None:
-        """Row `row` of drawn (on the host) is seq's new token: stop at EOS, max_tokens or the end of
-        the context. Its text (and a stop string in it) comes after the next step is dispatched
-        (_stream_pending); a step run for a row a stop string ended is dropped."""
+    def _speculate_step(self, seqs: list[Sequence]) -> None:
+        """A speculative step of the decoding rows (a bucket of them, padded by repeating the first):
+        each takes the 1 to k+1 tokens its row kept, up to where it finishes."""
+        padded = seqs + [seqs[0]] * (_buckets(self.max_batch, len(seqs)) - len(seqs))
+        row_of = lambda f: np.array([f(s) for s in padded], np.int32)
+        drawn, taking = self._run_speculate(
+            row_of(lambda s: s.slot), row_of(lambda s: s.tokens[-2] if len(s.tokens) > 1 else s.prompt[-1]),
+            row_of(lambda s: s.tokens[-1]), row_of(lambda s: s.length), self._sampling(padded))
+        self._stream_pending()  # the last step's text, while the device runs this one
+        drawn, taking = jax.device_get((drawn, taking))
+        self.proposed += self.k * len(seqs)
+        self.kept += int(taking[:len(seqs)].sum()) - len(seqs)
+        for i, seq in enumerate(seqs):
+            for j in range(int(taking[i])):
+                if seq.cancelled or seq.finish_reason is not None:
+                    break
+                try:
+                    self._accept(seq, drawn, (i, j))
+                except Exception:
+                    traceback.print_exc()
+                    self._finish(seq, "error")
+
+    def _accept(self, seq: Sequence, drawn: Drawn, row) -> None:
+        """Row `row` of drawn (on the host; with a draft, (row, position)) is seq's new token: stop at
+        EOS, max_tokens or the end of the context. Its text (and a stop string in it) comes after the
+        next step is dispatched (_stream_pending); a step run for a row a stop string ended is dropped."""
         token = int(drawn.token[row])
         if token == self.tokenizer.eos_id:
             return self._finish(seq, "stop")
@@ -538,11 +591,28 @@ def _buckets(largest: int, rows: Optional[int] = None):
     return sizes if rows is None else next(p for p in sizes if p >= rows)
 
 
-def _prefill(params, cache, tokens, rows, starts, counts, targets, sampling: Sampling, *, config, scored):
+def _prefill(params, draft_params, cache, tokens, rows, starts, counts, targets, sampling: Sampling, *, config,
+             draft_config, scored):
     """Prompt chunks ([P, C]) of P sequences into their cache rows `rows` at slots starts[p].. (written
-    in place). Returns the cache, with `scored` the Scores of each position's next prompt token (else
-    zeros: only each row's last position's logits are computed), and the token Drawn after each
-    chunk's last valid position (counts[p] - 1)."""
+    in place; the draft's cache too, with a draft). Returns the cache, with `scored` the Scores of
+    each position's next prompt token (else zeros: only each row's last position's logits are
+    computed), and the token Drawn after each chunk's last valid position (counts[p] - 1)."""
+    cache, drafts = _split(cache, config)
+    if draft_config is not None:
+        _, drafts = GPTNeo(draft_config).apply({"params": draft_params}, tokens, starts, drafts, rows, counts - 1,
+                                               method=GPTNeo.extend)
+    cache, prompt, drawn = _prefill_target(params, cache, tokens, rows, starts, counts, targets, sampling,
+                                           config=config, scored=scored)
+    return cache + drafts, prompt, drawn
+
+
+def _split(cache: list, config) -> tuple[list, list]:
+    """The engine's cache as (the target's layers, the draft's)."""
+    n = len(config.attention_layers)
+    return cache[:n], cache[n:]
+
+
+def _prefill_target(params, cache, tokens, rows, starts, counts, targets, sampling: Sampling, *, config, scored):
     model = GPTNeo(config)
     if not scored:
         last, cache = model.apply({"params": params}, tokens, starts, cache, rows, counts - 1, method=GPTNeo.extend)
@@ -557,6 +627,51 @@ def _prefill(params, cache, tokens, rows, starts, counts, targets, sampling: Sam
 
 def _decode(params, transposed, cache, tokens, starts, sampling: Sampling, *, config):
     """One token for every row at its own position. Returns the cache and each row's token Drawn."""
-    variables = {"params": params} if transposed is None else {"params": params, "transposed": transposed}
-    logits, cache = GPTNeo(config).apply(variables, tokens[:, None], starts, cache, method=GPTNeo.extend)
+    logits, cache = GPTNeo(config).apply(_stepping(params, transposed), tokens[:, None], starts, cache,
+                                         method=GPTNeo.extend)
     return cache, _next(logits[:, 0], sampling)
+
+
+def _stepping(params, transposed) -> dict:
+    """The variables of a few-row step (decode_weights' copies where it made them)."""
+    return {"params": params} if transposed is None else {"params": params, "transposed": transposed}
+
+
+def _speculate(params, transposed, draft_params, draft_transposed, cache, rows, prev, last, starts,
+               sampling: Sampling, *, config, draft_config, k):
+    """P decoding rows (cache rows `rows`), each with its newest token `last` (not yet in the caches;
+    its slot is starts[p]) and the token before it `prev`: the draft takes prev (again) and last,
+    then proposes k tokens one at a time; the target scores last and the k proposals in one step,
+    and `verify` keeps each row's share (greedy rows: what the target alone would take). Returns
+    the cache, the tokens Drawn per position [P, k+1] and how many each row takes (kept + 1)."""
+    target_cache, drafts = _split(cache, config)
+    target, draft = GPTNeo(config), GPTNeo(draft_config)
+    greedy = sampling.temperature == 0
+    per_row = lambda x: x[:, None]  # a row's setting against its k+1 positions
+    temperature, top_k, top_p = per_row(jnp.maximum(sampling.temperature, 1e-6)), per_row(sampling.top_k), \
+        per_row(sampling.top_p)
+
+    def keys(purpose):  # the row's streams for this step (its draw index), apart from the plain sampler's
+        return jax.vmap(lambda s, c, t: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
+            jax.random.key(s), c), t), purpose))(sampling.seeds, sampling.choices, sampling.draws)
+
+    draft_vars = _stepping(draft_params, draft_transposed)
+    logits, drafts = draft.apply(draft_vars, jnp.stack([prev, last], 1), starts - 1, drafts, rows,
+                                 method=GPTNeo.extend)
+    proposals, q_logits = [], []
+    for i in range(k):
+        q = logits[:, -1]
+        filtered = filter_logits(q, temperature[:, 0], top_k[:, 0], top_p[:, 0])
+        drawn = jax.vmap(jax.random.categorical)(keys(1 + i), filtered).astype(jnp.int32)
+        proposals.append(jnp.where(greedy, jnp.argmax(q, axis=-1).astype(jnp.int32), drawn))
+        q_logits.append(q)
+        if i < k - 1:
+            logits, drafts = draft.apply(draft_vars, proposals[-1][:, None], starts + 1 + i, drafts, rows,
+                                         method=GPTNeo.extend)
+    proposed = jnp.stack(proposals, 1)
+    p_logits, target_cache = target.apply(_stepping(params, transposed), jnp.concatenate([last[:, None], proposed], 1),
+                                          starts, target_cache, rows, method=GPTNeo.extend)
+    kept, final = verify(p_logits, jnp.stack(q_logits, 1), proposed, temperature, top_k, top_p, keys(k + 1),
+                         keys(k + 2), greedy)
+    new = taken(proposed, kept, final)
+    return target_cache + drafts, Drawn(new, _scores(p_logits, new)), kept + 1

@@ -1,5 +1,6 @@
 """The server's counters in Prometheus' text format (GET /metrics): requests by path and status,
-tokens in and out, request latency as a histogram, and the engine's slots and queue."""
+tokens in and out, request latency as a histogram, the engine's slots and queue, and with a draft
+model the tokens it proposed and those kept."""
 from __future__ import annotations
 
 import bisect
@@ -43,4 +44,7 @@ class Metrics:
             lines += [f"neojax_request_seconds_sum {self.latency_sum}", f"neojax_request_seconds_count {total}"]
         for name, key in (("running", "running"), ("queue_length", "waiting"), ("slots", "slots")):
             lines += [f"# TYPE neojax_{name} gauge", f"neojax_{name} {engine[key]}"]
+        for key in ("draft_proposed", "draft_kept"):  # speculative decoding: the acceptance rate is their ratio
+            if key in engine:
+                lines += [f"# TYPE neojax_{key}_tokens_total counter", f"neojax_{key}_tokens_total {engine[key]}"]
         return "\n".join(lines) + "\n"

@@ -1,0 +1,169 @@
+"""Speculative decoding in the engine: greedy output is the target's own, token for token (a draft
+that always agrees and one that mostly does not, 1 or 3 proposals, prompts sharing slots, stop
+strings, max_tokens inside a round, the prefix store); sampled tokens are distributed as the
+target's (chi-square against the exact marginals, float64); nothing compiles after warm-up."""
+import threading
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from neojax.generate import generate
+from neojax.model import GPTNeo, init_params, preset
+from neojax.serve.engine import Engine, Sequence, Settings
+
+PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3, "GPT-Neo generates"]
+
+
+def random_draft(config, seed=3):
+    draft = config.replace(num_layers=1, attention_types=((("global",), 1),))
+    return jax.device_get(init_params(draft, jax.random.key(seed))), draft
+
+
+def run(engine, prompts, settings):
+    """Every prompt through a started engine; the finished sequences."""
+    done = threading.Event()
+    seqs = []
+
+    def on_event(event):
+        if "finish_reason" in event and all(s.finish_reason for s in seqs):
+            done.set()
+    seqs += [Sequence(p, settings, on_event) for p in prompts]
+    engine.submit(seqs)
+    assert done.wait(300)
+    return seqs
+
+
+def serving(params, config, tokenizer, **kwargs):
+    engine = Engine(params, config, tokenizer, **{"max_batch": 2, "chunk": 8, **kwargs})
+    engine.warm_up()
+    engine.start()
+    return engine
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("which", ["the target itself", "a random model"])
+def test_greedy_output_is_the_targets(tiny, k, which):
+    draft = (tiny.params, tiny.config) if which == "the target itself" else random_draft(tiny.config)
+    prompts = [tiny.tokenizer.encode(t) for t in PROMPTS]
+    want = [generate(tiny.params, tiny.config, [p], tiny.tokenizer, max_new_tokens=13) for p in prompts]
+    plain = serving(tiny.params, tiny.config, tiny.tokenizer)
+    try:
+        scores = run(plain, prompts, Settings(max_tokens=13, temperature=0.0))
+    finally:
+        plain.shutdown()
+    traced = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **_: traced.append(event) if event.endswith("jaxpr_trace_duration") else None)
+    engine = serving(tiny.params, tiny.config, tiny.tokenizer, draft=draft, draft_tokens=k, prefix_cache_mb=1)
+    before = len(traced)
+    try:
+        got = run(engine, prompts, Settings(max_tokens=13, temperature=0.0))  # 4 prompts, 2 slots
+        again = run(engine, prompts[2:3], Settings(max_tokens=13, temperature=0.0))  # from the prefix store
+    finally:
+        engine.shutdown()
+    assert [s.tokens for s in got] == [w.tokens[0] for w in want] and again[0].tokens == want[2].tokens[0]
+    assert [s.finish_reason for s in got] == [s.finish_reason for s in scores]
+    for s, p in zip(got, scores):  # each token's log-probability and top 5, as without a draft
+        np.testing.assert_allclose(s.logprobs, p.logprobs, atol=1e-4)
+        assert [[i for i, _ in top] for top in s.top] == [[i for i, _ in top] for top in p.top]
+    assert engine.reused_tokens > 0 and len(traced) == before  # nothing compiled after warm-up
+    if which == "the target itself":
+        assert engine.kept == engine.proposed > 0
+    else:
+        assert engine.kept < 0.5 * engine.proposed  # really checked, and mostly overruled
+
+
+def test_stop_strings_and_max_tokens_inside_a_round(tiny):
+    """A draft that always agrees makes rounds of 4 tokens: a stop string or max_tokens inside one
+    ends the text there, as without a draft."""
+    prompt = tiny.tokenizer.encode(PROMPTS[0])
+    full = generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=20).texts[0]
+    stop = full[5:7]
+    engine = serving(tiny.params, tiny.config, tiny.tokenizer, draft=(tiny.params, tiny.config), draft_tokens=3)
+    try:
+        for settings, want in ((Settings(max_tokens=20, temperature=0.0, stop=(stop,)),
+                                generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=20,
+                                         stop_strings=[stop])),
+                               (Settings(max_tokens=6, temperature=0.0),
+                                generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=6))):
+            texts = []
+            seq = Sequence(prompt, settings, lambda e: texts.append(e.get("text", "")) or done.set()
+                           if "finish_reason" in e else texts.append(e.get("text", "")))
+            done = threading.Event()
+            engine.submit([seq])
+            assert done.wait(60)
+            assert seq.tokens == want.tokens[0] and "".join(texts) == want.texts[0]
+    finally:
+        engine.shutdown()
+
+
+class Letters:
+    """A tokenizer for a 12-token vocabulary: token i is the letter 'a' + i (no end-of-text id)."""
+    eos_id = 99
+
+    def decode(self, ids):
+        return "".join(chr(97 + i) for i in ids)
+
+
+def test_sampled_tokens_are_distributed_as_the_targets():
+    """2048 sequences sample 3 tokens after one prompt on a 12-token model with a draft that
+    disagrees often: tokens 2 and 3 come from kept proposals or the residual draw. Their counts
+    match the target's exact marginals (float64 softmax over every prefix) and not the draft's."""
+    config = preset("tiny").replace(vocab_size=12, num_layers=2, max_position_embeddings=64, eos_token_id=99,
+                                    bos_token_id=99)
+    params = jax.device_get(init_params(config, jax.random.key(0)))
+    params = jax.tree.map(lambda x: x * 4 if x.ndim == 2 and x.shape[0] == 12 else x, params)  # peakier
+    draft = random_draft(config, seed=7)
+    prompt, rows = [1, 5, 2], 2048
+    engine = serving(params, config, Letters(), max_batch=32, chunk=4, max_queue=rows, draft=draft, draft_tokens=2)
+    try:
+        seqs = run(engine, [prompt] * rows, Settings(max_tokens=3, temperature=1.0))
+    finally:
+        engine.shutdown()
+    tokens = np.array([s.tokens for s in seqs])
+    assert tokens.shape == (rows, 3) and 0 < engine.kept < 0.9 * engine.proposed
+
+    def probs(p, c, prefixes):
+        logits = np.asarray(GPTNeo(c).apply({"params": p}, np.array(prefixes, np.int32))[:, -1], np.float64)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def marginals(p, c):
+        v = c.vocab_size
+        p1 = probs(p, c, [prompt])[0]
+        p2 = probs(p, c, [prompt + [a] for a in range(v)])
+        p3 = probs(p, c, [prompt + [a, b] for a in range(v) for b in range(v)]).reshape(v, v, v)
+        joint12 = p1[:, None] * p2
+        return joint12.sum(0), (joint12[..., None] * p3).sum((0, 1))
+
+    target2, target3 = marginals(params, config)
+    draft2, draft3 = marginals(*draft)
+    for position, want, other in ((1, target2, draft2), (2, target3, draft3)):
+        counts = np.bincount(tokens[:, position], minlength=config.vocab_size)
+        assert stats.chisquare(counts, rows * want).pvalue > 1e-3, (position, counts, rows * want)
+        assert stats.chisquare(counts, rows * other).pvalue < 1e-6  # the test can tell the draft apart
+
+
+def test_a_sharded_engine_with_a_draft_decodes_as_generate(tiny):
+    """Both models split by head over tensor=2 (sharding.place): the same tokens, both caches stay in
+    their shards, nothing compiles after warm-up."""
+    from neojax import sharding
+    mesh = sharding.make_mesh("tensor=2", jax.devices()[:2])
+    draft_params, draft_config = random_draft(tiny.config)
+    prompts = [tiny.tokenizer.encode(t) for t in PROMPTS[:3]]
+    want = [generate(tiny.params, tiny.config, [p], tiny.tokenizer, max_new_tokens=12).tokens[0] for p in prompts]
+    traced = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **_: traced.append(event) if event.endswith("jaxpr_trace_duration") else None)
+    engine = serving(sharding.place(tiny.params, tiny.config, mesh), tiny.config, tiny.tokenizer,
+                     draft=(sharding.place(draft_params, draft_config, mesh), draft_config), draft_tokens=2)
+    before = len(traced)
+    try:
+        got = run(engine, prompts, Settings(max_tokens=12, temperature=0.0))
+    finally:
+        engine.shutdown()
+    assert [s.tokens for s in got] == want and len(traced) == before
+    assert all(tuple(layer["k"].sharding.spec)[:2] == (None, "tensor") for layer in engine.cache)
+    assert len(engine.cache) == len(tiny.config.attention_layers) + len(draft_config.attention_layers)
