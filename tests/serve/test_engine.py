@@ -129,9 +129,9 @@ def test_prompts_arriving_together_are_prefilled_together_and_decode_as_generate
     rows_seen = []
     program = engine._prefill
 
-    def spy(params, cache, tokens, *args, **kwargs):
+    def spy(params, draft, cache, tokens, *args, **kwargs):
         rows_seen.append((tokens.shape[0], len(set(np.asarray(args[0]).tolist()))))  # rows, distinct slots
-        return program(params, cache, tokens, *args, **kwargs)
+        return program(params, draft, cache, tokens, *args, **kwargs)
     engine._prefill = spy
     engine.start()
     texts = ("The quick brown fox jumps over the lazy dog", "Once upon a time there was", "def hello():\n" * 3, "A")
@@ -162,9 +162,9 @@ def test_a_repeated_prefix_is_not_prefilled_again_and_output_is_unchanged(tiny, 
         chunks = []
         program = engine._prefill
 
-        def spy(params, cache, tokens, rows, steps, *args, program=program, chunks=chunks, **kwargs):
+        def spy(params, draft, cache, tokens, rows, steps, *args, program=program, chunks=chunks, **kwargs):
             chunks.append(np.asarray(steps).tolist())
-            return program(params, cache, tokens, rows, steps, *args, **kwargs)
+            return program(params, draft, cache, tokens, rows, steps, *args, **kwargs)
         engine._prefill = spy
         engine.start()
         try:
