@@ -226,6 +226,27 @@ def bench_speculative(config, params, k=4, new_tokens=128, prompt_len=32, rounds
     return new_tokens / best["plain"], new_tokens / best["drafted"], got.acceptance
 
 
+def bench_serve_draft(config, params, requests=4, new_tokens=64, residual=0.0):
+    """One stream at a time through the server (4 slots), with and without a draft (agreeing_pair)
+    proposing 4 tokens a step: (tokens/s without, with, the share of proposals kept)."""
+    target, draft = agreeing_pair(config, params, residual=residual)
+    _, tokenizer, prompts, max_len, _ = _serve_workload(config, requests, new_tokens, 512)
+    out = {}
+    for side, pair in (("plain", None), ("drafted", draft)):
+        port, stop = _serving(target, config, tokenizer, 4, max_len, draft=pair)
+        if port is None:  # another process of a multi-host run
+            return 0.0, 0.0, 0.0
+        try:
+            _one_request(port, prompts[0], new_tokens)  # the HTTP path warm
+            start = time.perf_counter()
+            tokens = sum(_one_request(port, p, new_tokens)[1] for p in prompts)
+            out[side] = tokens / (time.perf_counter() - start)
+            kept = stop.engine.kept / max(stop.engine.proposed, 1)
+        finally:
+            stop()
+    return out["plain"], out["drafted"], kept
+
+
 def bench_ttft(config, params, prompt_len=512):
     """Seconds to the first new token at batch 1 (prefill): (prompt length, seconds); the prompt
     is shortened to half the context for models with fewer positions."""
@@ -350,12 +371,12 @@ def _synthetic_tokenizer(texts, config, directory) -> Tokenizer:
     return Tokenizer.from_path(directory)
 
 
-def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0):
+def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0, draft=None):
     """(port, stop) of a server on 127.0.0.1 in this process, warmed up; on another process of a
     multi-host run (None, None), once its engine has replayed process 0's to the end."""
     relay = Relay() if jax.process_count() > 1 else None
     engine = Engine(params, config, tokenizer, max_batch=max_batch, max_len=max_len, chunk=64,
-                    prefix_cache_mb=prefix_cache_mb, relay=relay if sharding.speaks() else None)
+                    prefix_cache_mb=prefix_cache_mb, relay=relay if sharding.speaks() else None, draft=draft)
     engine.warm_up()
     if not sharding.speaks():
         engine.follow(relay)
@@ -375,6 +396,7 @@ def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0):
         server.should_exit = True
         thread.join(timeout=30)
         engine.shutdown()
+    stop.engine = engine
     return port, stop
 
 
@@ -620,6 +642,12 @@ def main(argv=None):
             add(_row(f"{label}: without the draft", "tokens/s", plain))
             add(_row(f"{label}: with it", "tokens/s", drafted))
             add(_row(f"{label}: speed-up", "x", drafted / plain))
+        plain, drafted, kept = bench_serve_draft(config, placed)
+        label = (f"serve {presets[0]} {args.dtype}{on}, one stream at a time, 64 tokens each, serve --draft (the "
+                 f"always-agreeing 2-layer pair above) proposing 4 a step: {kept:.0%} of proposals kept")
+        add(_row(f"{label}: without the draft", "tokens/s", plain))
+        add(_row(f"{label}: with it", "tokens/s", drafted))
+        add(_row(f"{label}: speed-up", "x", drafted / max(plain, 1e-9)))
     if "mesh" in sections:
         counts = [n for n in (1, 2, 4, 8, 16, 32) if n <= jax.device_count()]
         meshes = bench_mesh(config, params, counts)

@@ -40,7 +40,7 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
     assert len(bounds) == 3 and all(v > 0 for v in bounds.values())
     assert any(name.startswith("greedy decode tiny int8 weights batch 16") for name in rows)
     serve = [r for name, r in rows.items() if name.startswith("serve tiny")]
-    assert len(serve) == 10 and all(r["neojax"] > 0 for r in serve)
+    assert len(serve) == 13 and all(r["neojax"] > 0 for r in serve)  # 3 of them: serve --draft
     drafted = {name: r["neojax"] for name, r in rows.items() if name.startswith("speculative greedy decode tiny")}
     assert len(drafted) == 6 and all(v > 0 for v in drafted.values())
     assert "train tiny T=64 batch 2" in capsys.readouterr().out
