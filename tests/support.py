@@ -104,6 +104,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def processes(module: str, argv: list, n: int = 2, devices: int = 2) -> list:
+    """`python -m MODULE ARGV` as the n processes of one run on a loopback coordinator, each on
+    `devices` CPU devices (stdout and stderr piped, as text); end them with `finish`."""
+    port = free_port()
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return [subprocess.Popen([sys.executable, "-m", module, *argv, "--coordinator", f"127.0.0.1:{port}",
+                              "--num_processes", str(n), "--process_id", str(i)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env) for i in range(n)]
+
+
+def finish(procs: list, timeout: float = 600) -> list:
+    """Each process's (stdout, stderr) once it ends; all of them killed if one overruns `timeout`."""
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def printed(out: str) -> list:
+    """A process's output lines other than gloo's ("Rank i is connected to ...")."""
+    return [line for line in out.splitlines() if line.strip() and not line.startswith("[Gloo]")]
+
+
 class Server:
     """`python -m neojax.serve --checkpoint CHECKPOINT --port FREE EXTRA...`, or with `argv` that command line,
     on `devices` CPU devices (default one, as a user runs it)."""

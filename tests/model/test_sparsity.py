@@ -147,7 +147,7 @@ def _same_rows(got, want):
 def test_the_report_on_a_mesh_equals_one_device(tiny_hf_with_tokenizer, tmp_path, processes):
     """Every variant scored with heads split over tensor and rows over data (8 simulated devices), or
     by 2 real processes (2 devices each): the single-device report."""
-    from support import free_port
+    import support
     text = tmp_path / "valid.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. Once upon a time there was a model.\n" * 4)
     argv = ["--checkpoint", tiny_hf_with_tokenizer, "--text_files", str(text), "--sparsities", "0.5", "--tasks",
@@ -160,17 +160,9 @@ def test_the_report_on_a_mesh_equals_one_device(tiny_hf_with_tokenizer, tmp_path
                                   stderr=subprocess.PIPE, text=True,
                                   env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))]
     else:
-        port = free_port()
-        procs = [subprocess.Popen(command + ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                                             "--process_id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
-                 for i in range(processes)]
-    try:
-        outs = [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+        procs = support.processes("neojax.prune", command[3:])
+    outs = support.finish(procs)
     assert [p.returncode for p in procs] == [0] * processes, outs[0][1][-2000:]
     _same_rows(_report_rows(tmp_path / "mesh.json"), _report_rows(tmp_path / "one.json"))
     if processes == 2:  # process 0 alone prints
-        assert [line for line in outs[1][0].splitlines() if not line.startswith("[Gloo]")] == []
+        assert support.printed(outs[1][0]) == []

@@ -10,7 +10,7 @@ import httpx2 as httpx
 import numpy as np
 import openai
 import pytest
-from support import Server, free_port
+from support import Server, finish, free_port, processes
 
 PROMPTS = ["The quick brown fox", "Once upon a time, there was", "def hello():\n", "GPT-Neo generates text",
            "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over"]
@@ -69,16 +69,8 @@ def test_a_mesh_that_leaves_a_process_out_is_one_line_before_loading(tiny_hf_wit
     """tensor=2 would use process 0's devices alone (process 1 would have nothing to replay on): both
     processes refuse it in one line, before any weight is read (the checkpoint has none)."""
     (tmp_path / "config.json").write_text(open(os.path.join(tiny_hf_with_tokenizer, "config.json")).read())
-    hosts = ["--coordinator", f"127.0.0.1:{free_port()}", "--num_processes", "2", "--mesh", "tensor=2"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen([sys.executable, "-m", "neojax.serve", "--checkpoint", str(tmp_path), "--port", "0",
-                               *hosts, "--process_id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for i in range(2)]
-    try:
-        outs = [p.communicate(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
+    procs = processes("neojax.serve", ["--checkpoint", str(tmp_path), "--port", "0", "--mesh", "tensor=2"])
+    outs = finish(procs, timeout=120)
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 2 and err.startswith("error: --mesh tensor=2: ") and "4 are present" in err, err
         assert err.count("\n") == 1 and "serving" not in out

@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import free_port, object_store
+from support import finish, free_port, object_store
 
 from neojax import checkpoint
 from neojax.sharding import LOST_EXIT
@@ -42,14 +42,6 @@ def launch(smoke, workdir):
                               f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=devices(1))
             for i in range(2)]
-
-
-def finish(procs, timeout=600):
-    try:
-        return [p.communicate(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
 
 
 def until(procs, marker):
