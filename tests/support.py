@@ -104,6 +104,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def random_draft(config, seed=3):
+    """(params, config) of a 1-layer random model with `config`'s vocabulary: a draft that disagrees."""
+    import jax
+
+    from neojax.model import init_params
+    draft = config.replace(num_layers=1, attention_types=((("global",), 1),))
+    return jax.device_get(init_params(draft, jax.random.key(seed))), draft
+
+
+def exact_marginals(params, config, prompt):
+    """The model's exact (float64) marginal distributions of the 2nd and 3rd tokens after `prompt`."""
+    from neojax.model import GPTNeo
+
+    def probs(prefixes):
+        logits = np.asarray(GPTNeo(config).apply({"params": params}, np.array(prefixes, np.int32))[:, -1], np.float64)
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    v = config.vocab_size
+    p1 = probs([prompt])[0]
+    p2 = probs([prompt + [a] for a in range(v)])
+    p3 = probs([prompt + [a, b] for a in range(v) for b in range(v)]).reshape(v, v, v)
+    joint12 = p1[:, None] * p2
+    return joint12.sum(0), (joint12[..., None] * p3).sum((0, 1))
+
+
 def processes(module: str, argv: list, n: int = 2, devices: int = 2) -> list:
     """`python -m MODULE ARGV` as the n processes of one run on a loopback coordinator, each on
     `devices` CPU devices (stdout and stderr piped, as text); end them with `finish`."""

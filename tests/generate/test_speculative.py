@@ -9,20 +9,17 @@ import jax
 import numpy as np
 import pytest
 from scipy import stats
+from support import exact_marginals, random_draft
 
 from neojax import checkpoint
 from neojax.generate import generate
-from neojax.model import GPTNeo, init_params, preset
+from neojax.model import init_params, preset
 
 
 @pytest.fixture(scope="module")
 def model(tiny_hf_with_tokenizer):
     return checkpoint.load(tiny_hf_with_tokenizer)
 
-
-def random_draft(config, seed=3):
-    draft = config.replace(num_layers=1, attention_types=((("global",), 1),))
-    return jax.device_get(init_params(draft, jax.random.key(seed))), draft
 
 
 PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n"]
@@ -92,22 +89,8 @@ def test_sampled_tokens_are_distributed_as_the_targets():
     tokens = np.array(out.tokens)
     assert tokens.shape == (rows, 3) and 0 < out.acceptance < 0.9
 
-    def probs(p, c, prefixes):
-        logits = GPTNeo(c).apply({"params": p}, np.array(prefixes, np.int32))[:, -1]
-        logits = np.asarray(logits, np.float64)
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-
-    def marginals(p, c):
-        v = c.vocab_size
-        p1 = probs(p, c, [prompt])[0]
-        p2 = probs(p, c, [prompt + [a] for a in range(v)])                              # [t1, t2]
-        p3 = probs(p, c, [prompt + [a, b] for a in range(v) for b in range(v)]).reshape(v, v, v)
-        joint12 = p1[:, None] * p2
-        return joint12.sum(0), (joint12[..., None] * p3).sum((0, 1))
-
-    target2, target3 = marginals(params, config)
-    draft2, draft3 = marginals(*draft)
+    target2, target3 = exact_marginals(params, config, prompt)
+    draft2, draft3 = exact_marginals(*draft, prompt)
     for position, want, other in ((1, target2, draft2), (2, target3, draft3)):
         counts = np.bincount(tokens[:, position], minlength=config.vocab_size)
         assert stats.chisquare(counts, rows * want).pvalue > 1e-3, (position, counts, rows * want)

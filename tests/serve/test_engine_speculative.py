@@ -8,17 +8,14 @@ import jax
 import numpy as np
 import pytest
 from scipy import stats
+from support import exact_marginals, random_draft
 
 from neojax.generate import generate
-from neojax.model import GPTNeo, init_params, preset
+from neojax.model import init_params, preset
 from neojax.serve.engine import Engine, Sequence, Settings
 
 PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3, "GPT-Neo generates"]
 
-
-def random_draft(config, seed=3):
-    draft = config.replace(num_layers=1, attention_types=((("global",), 1),))
-    return jax.device_get(init_params(draft, jax.random.key(seed))), draft
 
 
 def run(engine, prompts, settings):
@@ -125,21 +122,8 @@ def test_sampled_tokens_are_distributed_as_the_targets():
     tokens = np.array([s.tokens for s in seqs])
     assert tokens.shape == (rows, 3) and 0 < engine.kept < 0.9 * engine.proposed
 
-    def probs(p, c, prefixes):
-        logits = np.asarray(GPTNeo(c).apply({"params": p}, np.array(prefixes, np.int32))[:, -1], np.float64)
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-
-    def marginals(p, c):
-        v = c.vocab_size
-        p1 = probs(p, c, [prompt])[0]
-        p2 = probs(p, c, [prompt + [a] for a in range(v)])
-        p3 = probs(p, c, [prompt + [a, b] for a in range(v) for b in range(v)]).reshape(v, v, v)
-        joint12 = p1[:, None] * p2
-        return joint12.sum(0), (joint12[..., None] * p3).sum((0, 1))
-
-    target2, target3 = marginals(params, config)
-    draft2, draft3 = marginals(*draft)
+    target2, target3 = exact_marginals(params, config, prompt)
+    draft2, draft3 = exact_marginals(*draft, prompt)
     for position, want, other in ((1, target2, draft2), (2, target3, draft3)):
         counts = np.bincount(tokens[:, position], minlength=config.vocab_size)
         assert stats.chisquare(counts, rows * want).pvalue > 1e-3, (position, counts, rows * want)
