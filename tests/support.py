@@ -3,6 +3,7 @@ their logits, padded batches, a seconds-long training config, and a server in a 
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -148,9 +149,14 @@ def finish(procs: list, timeout: float = 600) -> list:
             p.kill()
 
 
+GLOO = re.compile(r"(\[Gloo\] )?(Rank )?\d+ is connected to \d+ peer ranks\. Expected number of connected peer "
+                  r"ranks is : \d+")
+
+
 def printed(out: str) -> list:
-    """A process's output lines other than gloo's ("Rank i is connected to ...")."""
-    return [line for line in out.splitlines() if line.strip() and not line.startswith("[Gloo]")]
+    """A process's output lines without gloo's "[Gloo] Rank i is connected to ..." (which its C++
+    threads may write across another line: removed as text, not as whole lines)."""
+    return [line for line in GLOO.sub("", out).splitlines() if line.strip() and line.strip() != "[Gloo] Rank"]
 
 
 class Server:
