@@ -8,7 +8,7 @@ fixed order. Options come from the experiment's `data.source_args`.
 """
 from __future__ import annotations
 
-import glob
+import functools
 import io
 import json
 import logging
@@ -180,11 +180,8 @@ def tfds_source(name: str, split: str = "train", feature: str = "text", data_dir
 def stdlib(max_bytes: int = 0, errors: ErrorPolicy = None) -> Iterator[str]:
     """The Python standard library's .py files (tests excluded), sorted: an offline corpus that
     every machine has. max_bytes > 0 stops after that much text."""
-    root = sysconfig.get_paths()["stdlib"]
-    files = sorted(p for p in glob.glob(os.path.join(root, "**", "*.py"), recursive=True)
-                   if "site-packages" not in p and f"{os.sep}test" not in p[len(root):])
     total = 0
-    for path in files:
+    for path in _stdlib_files(sysconfig.get_paths()["stdlib"]):
         text = _read_text(path, errors or ErrorPolicy("skip"))
         if not text or not text.strip():
             continue
@@ -192,6 +189,21 @@ def stdlib(max_bytes: int = 0, errors: ErrorPolicy = None) -> Iterator[str]:
         total += len(text)
         if max_bytes and total >= max_bytes:
             return
+
+
+@functools.lru_cache(maxsize=None)
+def _stdlib_files(root: str) -> tuple:
+    """The sorted .py files under root, without hidden names, site-packages and test folders or
+    files: walked with those folders pruned (a glob of everything would read site-packages too,
+    seconds on a machine with torch installed)."""
+    def kept(path):
+        return "site-packages" not in path and f"{os.sep}test" not in path[len(root):]
+
+    found = []
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and kept(os.path.join(folder, d))]
+        found += [os.path.join(folder, n) for n in names if n.endswith(".py") and not n.startswith(".")]
+    return tuple(sorted(p for p in found if kept(p)))
 
 
 def documents(source: str, source_args: dict, on_error: str = "raise") -> tuple[Iterator[str], ErrorPolicy]:
