@@ -387,10 +387,17 @@ def watch_peers(every: float = HEARTBEAT_S, lost_after: float = LOST_AFTER_S) ->
                     seen[p] = (value, now)
                 elif now - since > limit:
                     lost(f"process {p}", f"no heartbeat for {now - since:.0f}s")
-            time.sleep(every)
+            if _closing.wait(every):
+                return
 
-    atexit.register(_closing.set)  # before jax's own shutdown at exit (atexit runs last-registered first)
+    def close() -> None:
+        # Stop the thread before the interpreter finalises: a daemon thread coming back from the
+        # client's C++ call during finalisation is unwound through it, and the process aborts.
+        _closing.set()
+        thread.join(timeout=2 * every)
+
     thread = threading.Thread(target=run, name="neojax-peer-watch", daemon=True)
+    atexit.register(close)  # before jax's own shutdown at exit (atexit runs last-registered first)
     thread.start()
     return thread
 

@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 
+from tensorboardX import SummaryWriter
+
 from neojax import paths
 
 TB_UPLOAD = 30.0  # seconds between TensorBoard uploads to object storage
@@ -31,8 +33,7 @@ class MetricsWriter:
             self.lines = [line for line in kept_lines(self.path) if json.loads(line)["step"] <= resume_step]
             paths.write_text(self.path, "".join(self.lines))
         self.tb_local = tempfile.mkdtemp(prefix="neojax-tb-") if self.remote else os.fspath(self.tb_dir)
-        from tensorboardX import SummaryWriter  # here: it imports torch where installed (seconds), and only
-        self.tb = SummaryWriter(self.tb_local)  # the writing process needs it
+        self.tb = SummaryWriter(self.tb_local)
 
     def write(self, step: int, values: dict) -> None:
         if not self.enabled or not values:
