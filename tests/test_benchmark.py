@@ -3,11 +3,12 @@ decode and evaluation rows, JSON output. Timings themselves are not tested."""
 import json
 
 import jax
+import numpy as np
 import pytest
 from support import finish, printed, processes
 
 from neojax import benchmark
-from neojax.model import init_params, preset
+from neojax.model import GPTNeo, init_params, preset
 
 
 def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, capsys):
@@ -42,6 +43,23 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
     assert len(drafted) == 6 and all(v > 0 for v in drafted.values())
     assert "train tiny T=64 batch 2" in capsys.readouterr().out
 
+
+
+def test_the_agreeing_pairs_target_computes_its_draft_when_its_other_blocks_write_nothing():
+    """widen tiles a narrow model into a wider one with the same logits; agreeing_pair's target at
+    residual 0 is its draft's function, and at residual 1 its other blocks change the logits."""
+    config = preset("tiny").replace(num_layers=4, attention_types=((("global", "local"), 2),))
+    params = jax.device_get(init_params(config, jax.random.key(0)))
+    tokens = np.random.RandomState(0).randint(0, config.vocab_size, (2, 24)).astype(np.int32)
+    logits = lambda p, c: np.asarray(GPTNeo(c).apply({"params": p}, tokens), np.float64)
+    target, (draft, draft_config) = benchmark.agreeing_pair(config, params, residual=0.0)
+    assert draft_config.num_layers == 2 and draft_config.hidden_size == config.hidden_size // 2
+    assert jax.tree.map(np.shape, target) == jax.tree.map(np.shape, params)
+    np.testing.assert_allclose(logits(target, config), logits(draft, draft_config), atol=1e-5)
+    wider = config.replace(hidden_size=3 * config.hidden_size, num_heads=3 * config.num_heads)
+    np.testing.assert_allclose(logits(benchmark.widen(params, 3), wider), logits(params, config), atol=1e-5)
+    moved, _ = benchmark.agreeing_pair(config, params, residual=1.0)
+    assert np.abs(logits(moved, config) - logits(draft, draft_config)).max() > 1e-2
 
 def test_mesh_rows_per_device_count(tmp_path):
     """The mesh section on the 8 simulated devices: evaluation over data=1..8, serving over the
