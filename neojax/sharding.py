@@ -176,6 +176,12 @@ def mesh_of(tree) -> Optional[Mesh]:
     return sharding.mesh if isinstance(sharding, NamedSharding) else None
 
 
+def on_device(tree):
+    """`tree` with its host (numpy) arrays on the default device, placed arrays as they are: a
+    program called with host arrays copies them in again at every call."""
+    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), tree)
+
+
 def put(x, mesh: Mesh, spec=PartitionSpec()):
     """A host array (the same on every process) as one global array split by `spec`: each process
     copies only the shards its own devices hold."""

@@ -86,6 +86,7 @@ class Scorer:
 
     def __init__(self, params, config: GPTNeoConfig, tokenizer, batch_size: int = 8, max_len: Optional[int] = None,
                  label: str = "scoring", max_gen_toks: Optional[int] = None):
+        params = sharding.on_device(params)  # not copied in again by every batch
         self.params, self.config, self.tokenizer, self.batch_size = params, config, tokenizer, batch_size
         self.max_len = max_len or config.max_position_embeddings
         self.max_gen_toks = max_gen_toks  # the user's, in place of each task's own

@@ -153,11 +153,11 @@ class Engine:
     def __init__(self, params, config: GPTNeoConfig, tokenizer, max_batch: int = 16, max_len: Optional[int] = None,
                  chunk: int = 64, max_queue: int = 256, step_tokens: int = 512, prefix_cache_mb: int = 0,
                  relay: Optional[Relay] = None, draft: Optional[tuple] = None, draft_tokens: int = 4):
-        # on the device once: host (numpy) arrays passed to every step would be copied in again each time
-        params = _on_device(params)
+        params = sharding.on_device(params)  # not copied in again by every step
         self.params, self.config, self.tokenizer, self.relay = params, config, tokenizer, relay
         # the draft model's (params, config); its cache layers follow the target's in self.cache
-        self.draft_params, self.draft_config = (_on_device(draft[0]), draft[1]) if draft is not None else (None, None)
+        self.draft_params, self.draft_config = (None, None) if draft is None else (sharding.on_device(draft[0]),
+                                                                                    draft[1])
         self.k = draft_tokens if draft is not None else 0
         self.max_batch, self.chunk, self.max_queue = max_batch, chunk, max_queue
         self.step_tokens = step_tokens
@@ -591,11 +591,6 @@ def _buckets(largest: int, rows: Optional[int] = None):
     """The prefill programs' row counts (1, 2, 4, ... largest), or the one that fits `rows`."""
     sizes = [1 << i for i in range(largest.bit_length())]
     return sizes if rows is None else next(p for p in sizes if p >= rows)
-
-
-def _on_device(tree):
-    """`tree` with its host arrays moved to the default device (placed arrays stay where they are)."""
-    return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
 
 
 def _prefill(params, draft_params, cache, tokens, rows, starts, counts, targets, sampling: Sampling, *, config,
