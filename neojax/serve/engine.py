@@ -660,12 +660,16 @@ def _speculate(params, transposed, draft_params, draft_transposed, cache, rows, 
     draft_vars = _stepping(draft_params, draft_transposed)
     logits, drafts = draft.apply(draft_vars, jnp.stack([prev, last], 1), starts - 1, drafts, rows,
                                  method=GPTNeo.extend)
+    sampled = jnp.any(~greedy)  # else the draws and the sampled acceptance rule are skipped
     proposals, q_logits = [], []
     for i in range(k):
         q = logits[:, -1]
-        filtered = filter_logits(q, temperature[:, 0], top_k[:, 0], top_p[:, 0])
-        drawn = jax.vmap(jax.random.categorical)(keys(1 + i), filtered).astype(jnp.int32)
-        proposals.append(jnp.where(greedy, jnp.argmax(q, axis=-1).astype(jnp.int32), drawn))
+        argmax = jnp.argmax(q, axis=-1).astype(jnp.int32)
+
+        def sample(q=q, i=i, argmax=argmax):
+            filtered = filter_logits(q, temperature[:, 0], top_k[:, 0], top_p[:, 0])
+            return jnp.where(greedy, argmax, jax.vmap(jax.random.categorical)(keys(1 + i), filtered).astype(jnp.int32))
+        proposals.append(jax.lax.cond(sampled, sample, lambda argmax=argmax: argmax))
         q_logits.append(q)
         if i < k - 1:
             logits, drafts = draft.apply(draft_vars, proposals[-1][:, None], starts + 1 + i, drafts, rows,
@@ -673,7 +677,8 @@ def _speculate(params, transposed, draft_params, draft_transposed, cache, rows, 
     proposed = jnp.stack(proposals, 1)
     p_logits, target_cache = target.apply(_stepping(params, transposed), jnp.concatenate([last[:, None], proposed], 1),
                                           starts, target_cache, rows, method=GPTNeo.extend)
-    kept, final = verify(p_logits, jnp.stack(q_logits, 1), proposed, temperature, top_k, top_p, keys(k + 1),
-                         keys(k + 2), greedy)
+    check = functools.partial(verify, p_logits, jnp.stack(q_logits, 1), proposed, temperature, top_k, top_p,
+                              keys(k + 1), keys(k + 2))
+    kept, final = jax.lax.cond(sampled, lambda: check(greedy), lambda: check(True))
     new = taken(proposed, kept, final)
     return target_cache + drafts, Drawn(new, _scores(p_logits, new)), kept + 1

@@ -19,14 +19,15 @@ PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3,
 
 
 def run(engine, prompts, settings):
-    """Every prompt through a started engine; the finished sequences."""
+    """Every prompt through a started engine (one settings, or a list: one each); the finished sequences."""
     done = threading.Event()
     seqs = []
 
     def on_event(event):
         if "finish_reason" in event and all(s.finish_reason for s in seqs):
             done.set()
-    seqs += [Sequence(p, settings, on_event) for p in prompts]
+    each = settings if isinstance(settings, list) else [settings] * len(prompts)
+    seqs += [Sequence(p, one, on_event) for p, one in zip(prompts, each)]
     engine.submit(seqs)
     assert done.wait(300)
     return seqs
@@ -94,6 +95,25 @@ def test_stop_strings_and_max_tokens_inside_a_round(tiny):
             assert seq.tokens == want.tokens[0] and "".join(texts) == want.texts[0]
     finally:
         engine.shutdown()
+
+
+
+def test_a_greedy_stream_beside_sampled_ones_is_the_targets(tiny):
+    """A step with a sampled row takes the sampled rule for it and the greedy rule for the others
+    (a step of greedy rows only skips the draws)."""
+    prompts = [tiny.tokenizer.encode(t) for t in PROMPTS[:3]]
+    want = generate(tiny.params, tiny.config, [prompts[0]], tiny.tokenizer, max_new_tokens=10).tokens[0]
+    engine = serving(tiny.params, tiny.config, tiny.tokenizer, max_batch=3, draft=random_draft(tiny.config),
+                     draft_tokens=3)
+    greedy = Settings(max_tokens=10, temperature=0.0)
+    try:
+        alone = run(engine, prompts, greedy)
+        mixed = run(engine, prompts, [greedy] + [Settings(max_tokens=10, temperature=1.0, seed=i) for i in (1, 2)])
+    finally:
+        engine.shutdown()
+    assert alone[0].tokens == want and mixed[0].tokens == want
+    assert [s.tokens for s in mixed[1:]] != [s.tokens for s in alone[1:]]  # the others really sampled
+    assert engine.kept < engine.proposed  # the random draft was overruled
 
 
 class Letters:
