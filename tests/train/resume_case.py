@@ -1,4 +1,7 @@
 """The run the workdir and disk-fault tests interrupt, damage and resume (not collected by pytest)."""
+import glob
+import os
+
 import jax
 import numpy as np
 from support import small_config
@@ -29,3 +32,12 @@ def same(a, b):
 
 def losses(workdir):
     return [(m["step"], m["train/loss"]) for m in read_metrics(workdir) if "train/loss" in m]
+
+
+def state_data_files(step_dir) -> list:
+    """Every OCDBT data file of a checkpoint's state: orbax's merged root (state/d) and each
+    process's own; which of them a restore reads varies from run to run."""
+    state = os.path.join(step_dir, "state")
+    files = glob.glob(os.path.join(state, "d", "*")) + glob.glob(os.path.join(state, "ocdbt.process_*", "d", "*"))
+    assert files
+    return files

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from resume_case import TOTAL, config, losses, params, same
+from resume_case import TOTAL, config, losses, params, same, state_data_files
 
 from neojax.cli import UsageError
 from neojax.train.loop import train
@@ -58,8 +58,8 @@ def test_an_unreadable_checkpoint_is_named_not_set_aside(stopped_at_6, reference
 
 
 def test_a_zero_byte_file_is_set_aside_in_one_line(stopped_at_6, reference, corpus, tiny_tokenizer):
-    for file in Path(stopped_at_6, "checkpoints", "6", "state", "ocdbt.process_0", "d").iterdir():
-        file.write_bytes(b"")
+    for file in state_data_files(Path(stopped_at_6, "checkpoints", "6")):
+        Path(file).write_bytes(b"")
     r = _run(corpus, tiny_tokenizer, stopped_at_6)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "checkpoint" in r.stderr and "is damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]

@@ -2,13 +2,12 @@
 newest checkpoint (truncated array file, missing state, corrupt metadata), a partial metrics line,
 a second process on the workdir, and a resume with another config."""
 import fcntl
-import glob
 import json
 import os
 import shutil
 
 import pytest
-from resume_case import TOTAL, config, losses, params, same
+from resume_case import TOTAL, config, losses, params, same, state_data_files
 
 from neojax.cli import UsageError
 from neojax.train.loop import train
@@ -16,9 +15,7 @@ from neojax.train.workdir import LOCK_NAME, Workdir
 
 
 def _truncate_arrays(step_dir):
-    files = glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*"))
-    assert files
-    for f in files:
+    for f in state_data_files(step_dir):
         with open(f, "r+b") as fh:
             fh.truncate(os.path.getsize(f) // 2)
 
