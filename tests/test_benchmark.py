@@ -44,7 +44,6 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
     assert "train tiny T=64 batch 2" in capsys.readouterr().out
 
 
-
 def test_the_agreeing_pairs_target_computes_its_draft_when_its_other_blocks_write_nothing():
     """widen tiles a narrow model into a wider one with the same logits; agreeing_pair's target at
     residual 0 is its draft's function, and at residual 1 its other blocks change the logits."""
@@ -60,6 +59,7 @@ def test_the_agreeing_pairs_target_computes_its_draft_when_its_other_blocks_writ
     np.testing.assert_allclose(logits(benchmark.widen(params, 3), wider), logits(params, config), atol=1e-5)
     moved, _ = benchmark.agreeing_pair(config, params, residual=1.0)
     assert np.abs(logits(moved, config) - logits(draft, draft_config)).max() > 1e-2
+
 
 def test_mesh_rows_per_device_count(tmp_path):
     """The mesh section on the 8 simulated devices: evaluation over data=1..8, serving over the

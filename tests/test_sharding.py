@@ -32,7 +32,6 @@ def test_mesh_from_config():
         sharding.parse_mesh("data:8")
 
 
-
 def test_on_device_moves_host_arrays_and_leaves_placed_ones():
     mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])
     placed = sharding.put(np.ones((4, 2), np.float32), mesh, P("data"))
@@ -40,6 +39,7 @@ def test_on_device_moves_host_arrays_and_leaves_placed_ones():
     out = sharding.on_device({"host": host, "placed": placed})
     assert isinstance(out["host"], jax.Array) and np.array_equal(np.asarray(out["host"]), host)
     assert out["placed"] is placed
+
 
 def test_unmatched_logical_axis_is_an_error_naming_the_parameter():
     rules = tuple(r for r in sharding.DEFAULT_RULES if r[0] != "mlp")

@@ -44,7 +44,6 @@ def test_engine_matches_generate(tiny, variant):
     assert got == want
 
 
-
 def test_host_params_are_put_on_the_device_once(tiny):
     """numpy params (a converted or built model) would otherwise be copied in by every step: at
     the 125M shape 500 MB a step, a quarter of the decode rate on a CPU."""
@@ -52,6 +51,7 @@ def test_host_params_are_put_on_the_device_once(tiny):
     engine = Engine(host, tiny.config, tiny.tokenizer, max_batch=1, chunk=8, draft=(host, tiny.config))
     leaves = jax.tree.leaves((engine.params, engine.draft_params))
     assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+
 
 POISON = 666  # the seed of the sequence whose steps fail
 

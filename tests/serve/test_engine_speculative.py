@@ -17,7 +17,6 @@ from neojax.serve.engine import Engine, Sequence, Settings
 PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3, "GPT-Neo generates"]
 
 
-
 def run(engine, prompts, settings):
     """Every prompt through a started engine (one settings, or a list: one each); the finished sequences."""
     done = threading.Event()
@@ -95,7 +94,6 @@ def test_stop_strings_and_max_tokens_inside_a_round(tiny):
             assert seq.tokens == want.tokens[0] and "".join(texts) == want.texts[0]
     finally:
         engine.shutdown()
-
 
 
 def test_a_greedy_stream_beside_sampled_ones_is_the_targets(tiny):
