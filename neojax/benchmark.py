@@ -4,11 +4,12 @@
 Measures, on whatever devices are present, side by side with transformers (torch, CPU) where that
 applies: the matmul peak, training tokens/s and MFU at T=2048, the compiled peak memory of a
 training step with and without rematerialisation, the forward time of a local-only stack at
-T=512..4096 (linear in T), greedy decode tokens/s at batch 1 and 16 with time to first token,
-harness evaluation rates (lambada examples/s, wikitext tokens/s, wmt examples/s), the server
-(continuous batching against one request at a time, time to first token), evaluation and serving
-on meshes of 1, 2, 4, ... devices (on a CPU the overhead of the sharded path; on accelerators the
-scaling) and the data pipeline.
+T=512..4096 (linear in T), greedy decode tokens/s at batch 1 and 16 with time to first token
+(--quantize int8: int8 weights against the weight-bandwidth bound; --kv_context N: an int8 KV cache
+against the compute dtype's at an N-token context), harness evaluation rates (lambada examples/s,
+wikitext tokens/s, wmt examples/s), the server (continuous batching against one request at a time,
+time to first token), evaluation and serving on meshes of 1, 2, 4, ... devices (on a CPU the
+overhead of the sharded path; on accelerators the scaling) and the data pipeline.
 Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the tests.
 
 On several hosts, every host runs the same command with the multi-host flags and --only
@@ -49,7 +50,13 @@ from neojax.checkpoint.hf import state_dict_from_params
 from neojax.data.pipeline import TokenCache, TrainBatches
 from neojax.data.tokenizer import Tokenizer
 from neojax.evaluate import evaluate
-from neojax.flops import measure_bandwidth, measure_peak_flops, train_flops_per_token
+from neojax.flops import (
+    datasheet_peak,
+    full_causal_train_flops_per_token,
+    measure_bandwidth,
+    measure_peak_flops,
+    train_flops_per_token,
+)
 from neojax.generate import decode_weights, generate
 from neojax.model import PRESETS, GPTNeo, init_params, preset
 from neojax.model.config import DTYPES, REMATS, model_shape
@@ -153,7 +160,7 @@ def bench_decode(config, params, batch, new_tokens=128, prompt_len=32, torch_too
     """Greedy decode tokens/s after the first token: (generation of new_tokens - one token's).
     Rounds alternate neojax and transformers, and each side keeps its fastest run of each length,
     so that a slow spell of a shared machine does not fall on one side only."""
-    prompts = [list(range(1, prompt_len + 1))] * batch
+    prompts = [[1 + i % (config.vocab_size - 1) for i in range(prompt_len)]] * batch
     weights = decode_weights(params, config)  # made once, as a session generating repeatedly would
     sides = {"neojax": lambda n: generate(params, config, prompts, max_new_tokens=n, stop_tokens=(), weights=weights)}
     if torch_too:
@@ -545,6 +552,8 @@ def main(argv=None):
     parser.add_argument("--mesh", help="run the decode, eval and serve rows on this mesh (e.g. data=8 or tensor=4; "
                         "default: one device, unplaced; with the multi-host flags: auto); the mesh rows sweep 1, "
                         "2, 4, ... devices anyway")
+    parser.add_argument("--kv_context", type=cli.positive_int, help="decode rows also at this context (a prompt 128 "
+                        "tokens shorter), with the KV cache in the compute dtype and in int8")
     sharding.add_distributed_options(parser)
     parser.add_argument("--output")
     args = parser.parse_args(argv)
@@ -565,6 +574,9 @@ def main(argv=None):
         if args.seq_len > shapes[name].max_position_embeddings:
             raise cli.UsageError(f"--seq_len {args.seq_len} exceeds {name}'s {shapes[name].max_position_embeddings}-"
                                  "token context")
+    if args.kv_context is not None and not 128 < args.kv_context <= shapes[presets[0]].max_position_embeddings:
+        raise cli.UsageError(f"--kv_context {args.kv_context}: give a context above 128 (the new tokens) and at most "
+                             f"{presets[0]}'s {shapes[presets[0]].max_position_embeddings} tokens")
     if args.output:
         cli.writable_output("--output", args.output)
     config = shapes[presets[0]].replace(dtype=args.dtype)
@@ -585,9 +597,15 @@ def main(argv=None):
         if speaks:
             print(f"  measured {row['name']}: {row['neojax']:.2f} {row['unit']}"
                   + ("" if row["transformers"] is None else f" (transformers {row['transformers']:.2f})"), flush=True)
+        if speaks and args.output:  # after every row: a run stopped part-way keeps what it measured
+            paths.write_text(args.output, json.dumps(
+                {"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
+                 "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows},
+                indent=2))
     size = 8192 if _on_accelerator() else 2048
     peak = measure_peak_flops(jnp.dtype(args.dtype), size=size, seconds=2.0)
     add(_row(f"matmul peak ({args.dtype}, {size}^3)", "GFLOP/s", peak / 1e9))
+    datasheet = datasheet_peak(jax.devices()[0].device_kind)
     t, b = args.seq_len, args.train_batch
     if "train" in sections:
         for name in presets:
@@ -598,6 +616,11 @@ def main(argv=None):
             add(_row(label, "tokens/s", ours, theirs))
             add(_row(f"{label} MFU (6N + attention FLOPs / measured peak)", "%",
                      100 * ours * train_flops_per_token(cfg, t) / peak))
+            add(_row(f"{label} MFU, every layer's attention counted causal over T (local windows not credited) / "
+                     "measured peak", "%", 100 * ours * full_causal_train_flops_per_token(cfg, t) / peak))
+            if datasheet and args.dtype == "bfloat16":
+                add(_row(f"{label} MFU (6N + attention FLOPs / the datasheet's {datasheet / 1e12:.0f} TFLOP/s)", "%",
+                         100 * ours * train_flops_per_token(cfg, t) / datasheet))
             del p
     if "memory" in sections:
         for remat in ("none", "dots", "full"):
@@ -615,8 +638,10 @@ def main(argv=None):
     if not decode_batches or min(decode_batches) < 1:
         raise cli.UsageError(f"--decode_batches {args.decode_batches}: give positive integers, comma-separated")
     if "decode" in sections:
+        plain = {}  # batch -> tokens/s of config's own dtype, unplaced: the --quantize rows reuse it
         for batch in decode_batches:
             ours, theirs = bench_decode(config, placed, batch, torch_too=torch_too)
+            plain[batch] = ours if mesh is None else None
             add(_row(f"greedy decode {presets[0]} {args.dtype}{on} batch {batch} (128 new tokens)", "tokens/s",
                      ours, theirs))
         prompt_len, seconds = bench_ttft(config, params)
@@ -625,18 +650,28 @@ def main(argv=None):
             bandwidth = measure_bandwidth()
             add(_row("weight-streaming bandwidth (1-row product with a 256 MB float32 matrix)", "GB/s",
                      bandwidth / 1e9))
-            variants = [("float32", config, params), ("bfloat16", config.replace(dtype="bfloat16"), params),
-                        ("int8 weights", config, jax.device_get(quantize_params(params)))]
+            variants = [(args.dtype, config, params),
+                        (f"int8 weights ({args.dtype} compute)", config, jax.device_get(quantize_params(params)))]
+            if not _on_accelerator():  # the other float dtype too: XLA:CPU converts bfloat16 weights as it goes
+                other = "bfloat16" if args.dtype == "float32" else "float32"
+                variants.insert(1, (other, config.replace(dtype=other), params))
             for label, cfg, p in variants:
                 step_bytes = decode_weight_bytes(p, cfg)
                 bound = bandwidth / step_bytes
                 add(_row(f"decode bound {presets[0]} {label}: weight bytes a step {step_bytes / 1e6:.0f} MB / "
                          "bandwidth", "tokens/s", bound))
                 for batch in decode_batches:
-                    ours, _ = bench_decode(cfg, p, batch, torch_too=False)
+                    reuse = cfg is config and p is params and plain[batch] is not None
+                    ours = plain[batch] if reuse else bench_decode(cfg, p, batch, torch_too=False)[0]
                     share = 100 * ours / batch / bound
                     add(_row(f"greedy decode {presets[0]} {label} batch {batch} (steps at {share:.0f}% of the "
                              "bound's rate)", "tokens/s", ours))
+        for kv in ("auto", "int8") if args.kv_context else ():
+            for batch in decode_batches:
+                ours, _ = bench_decode(config.replace(kv_cache=kv), params, batch, prompt_len=args.kv_context - 128,
+                                       torch_too=False, rounds=2)
+                add(_row(f"greedy decode {presets[0]} {args.dtype} batch {batch} at a {args.kv_context}-token context, "
+                         f"KV cache {'int8' if kv == 'int8' else args.dtype}", "tokens/s", ours))
     if "eval" in sections:
         rates = bench_eval(config, placed)
         add(_row(f"evaluate lambada_openai {presets[0]} {args.dtype}{on} (batch 8)", "examples/s", rates["lambada"]))
@@ -713,11 +748,6 @@ def main(argv=None):
         theirs = "-" if r["transformers"] is None else f"{r['transformers']:.1f}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         print(f"{r['name']:<{width}}  {r['unit']:<9} {r['neojax']:>10.2f} {theirs:>13} {ratio:>6}")
-    if args.output:
-        paths.write_text(args.output, json.dumps(
-            {"date": datetime.date.today().isoformat(), "device": str(jax.devices()[0].device_kind),
-             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows},
-            indent=2))
     return 0
 
 

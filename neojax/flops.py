@@ -37,6 +37,28 @@ def train_flops_per_token(config: GPTNeoConfig, seq_len: int) -> float:
     return 3 * (2 * matmul_params(config) + attention_flops_per_token(config, seq_len))
 
 
+def full_causal_train_flops_per_token(config: GPTNeoConfig, seq_len: int) -> float:
+    """The count a generic MaxText-style formula gives a GPT-Neo: every layer's attention causal over
+    the whole T (2*T*d forward a token), local windows not credited. Stated beside ours, which counts
+    what the windowed layers do; it is higher wherever a window is shorter than T."""
+    attention = config.num_layers * 2 * seq_len * config.hidden_size
+    return 3 * (2 * matmul_params(config) + attention)
+
+
+# Dense bfloat16 matrix rates from the vendors' datasheets (SXM parts), by device kind: the
+# denominator MaxText and most papers divide by, beside the peak this module measures.
+DATASHEET_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12,
+                        "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+
+
+def datasheet_peak(device_kind: str) -> float | None:
+    """The datasheet bfloat16 rate of a device kind such as 'NVIDIA H200', or None if unknown."""
+    for name, flops in DATASHEET_BF16_FLOPS.items():
+        if name.lower() in device_kind.lower():
+            return flops
+    return None
+
+
 def measure_peak_flops(dtype=jnp.float32, size: int = 2048, seconds: float = 1.0) -> float:
     """FLOP/s of square matmuls on the default device: the ceiling used for utilisation. Ten
     products are queued per wait so that dispatch latency does not count against the device."""

@@ -14,14 +14,18 @@ from neojax.model import GPTNeo, init_params, preset
 def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     benchmark.main(["--presets", "tiny", "--seq_len", "64", "--train_batch", "2", "--only",
-                    "train,memory,decode,eval,serve", "--quantize", "int8", "--output", str(out)])
+                    "train,memory,decode,eval,serve", "--quantize", "int8", "--kv_context", "200",
+                    "--output", str(out)])
     report = json.loads(out.read_text())
     rows = {r["name"]: r for r in report["rows"]}
     assert set(report) == {"date", "device", "machine", "rows"}
     train = rows["train tiny T=64 batch 2 float32 remat=none"]
     assert train["unit"] == "tokens/s" and train["neojax"] > 0 and train["transformers"] > 0
     assert train["ratio"] == pytest.approx(train["neojax"] / train["transformers"])
-    assert 0 < rows["train tiny T=64 batch 2 float32 remat=none MFU (6N + attention FLOPs / measured peak)"]["neojax"]
+    mfu = rows["train tiny T=64 batch 2 float32 remat=none MFU (6N + attention FLOPs / measured peak)"]["neojax"]
+    full = rows["train tiny T=64 batch 2 float32 remat=none MFU, every layer's attention counted causal over T "
+                "(local windows not credited) / measured peak"]["neojax"]
+    assert 0 < mfu < full  # tiny's local layers see 32 of the 64 positions
     memory = [rows[f"train step peak memory tiny T=64 batch 2 remat={r}"]["neojax"] for r in ("none", "dots", "full")]
     state_mb = 3 * sum(x.size * 4 for x in jax.tree.leaves(init_params(preset("tiny"), jax.random.key(0)))) / 1e6
     logits_mb = 2 * 64 * 512 * 4 / 1e6
@@ -36,12 +40,26 @@ def test_benchmark_prints_and_writes_rows_with_transformers_ratios(tmp_path, cap
     assert rows["time to first token, 128-token prompt, batch 1"]["neojax"] > 0  # half the tiny context
     bounds = {name: r["neojax"] for name, r in rows.items() if name.startswith("decode bound tiny")}
     assert len(bounds) == 3 and all(v > 0 for v in bounds.values())
-    assert any(name.startswith("greedy decode tiny int8 weights batch 16") for name in rows)
+    assert any(name.startswith("greedy decode tiny int8 weights (float32 compute) batch 16") for name in rows)
+    for kv in ("float32", "int8"):
+        assert rows[f"greedy decode tiny float32 batch 16 at a 200-token context, KV cache {kv}"]["neojax"] > 0
     serve = [r for name, r in rows.items() if name.startswith("serve tiny")]
     assert len(serve) == 13 and all(r["neojax"] > 0 for r in serve)  # 3 of them: serve --draft
     drafted = {name: r["neojax"] for name, r in rows.items() if name.startswith("speculative greedy decode tiny")}
     assert len(drafted) == 6 and all(v > 0 for v in drafted.values())
     assert "train tiny T=64 batch 2" in capsys.readouterr().out
+
+
+def test_rows_are_written_as_they_are_measured(tmp_path, monkeypatch):
+    """A run stopped part-way (a time limit on a lent machine) keeps the rows it measured."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(benchmark, "bench_eval", stopped)
+    out = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(["--presets", "tiny", "--seq_len", "64", "--only", "eval", "--output", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["matmul peak (float32, 2048^3)"] and rows[0]["neojax"] > 0
 
 
 def test_the_agreeing_pairs_target_computes_its_draft_when_its_other_blocks_write_nothing():

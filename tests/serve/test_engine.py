@@ -267,3 +267,29 @@ def test_text_is_made_while_the_next_step_runs(tiny):
     assert texts and all(log[:i].count("step") >= e["tokens"] for i, e in texts)  # after the next step's dispatch
     assert seq.tokens == want.tokens[0] and "".join(e["text"] for _, e in texts) == want.texts[0]
     assert seq.finish_reason == "stop"
+
+
+@pytest.mark.skipif(jax.default_backend() == "cpu", reason="compares an accelerator with the CPU")
+def test_greedy_tokens_on_the_accelerator_are_the_cpus(tiny):
+    """generate, generate on a mesh and the engine on the accelerator give the CPU's greedy tokens
+    (float32 at full matmul precision: the code paths are compared, not TF32 rounding).
+    scripts/gpu_session.sh runs it on a lent GPU."""
+    from neojax import sharding
+    prompts = [tiny.tokenizer.encode(t) for t in ("The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3)]
+    one_by_one = lambda params: [generate(params, tiny.config, [p], tiny.tokenizer, max_new_tokens=32).tokens[0]
+                                 for p in prompts]
+    with jax.default_matmul_precision("highest"):
+        with jax.default_device(jax.devices("cpu")[0]):
+            cpu = one_by_one(tiny.params)
+        accelerator = one_by_one(tiny.params)
+        placed = sharding.place(tiny.params, tiny.config, sharding.make_mesh(f"data={jax.device_count()}",
+                                                                             jax.devices()))
+        on_mesh = generate(placed, tiny.config, prompts, tiny.tokenizer, max_new_tokens=32).tokens
+        engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
+        engine.warm_up()
+        engine.start()
+        try:
+            served = _run(engine, prompts, 32)
+        finally:
+            engine.shutdown()
+    assert accelerator == cpu and on_mesh == cpu and served == cpu
