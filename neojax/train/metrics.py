@@ -14,11 +14,27 @@ import sys
 import tempfile
 import time
 
-from tensorboardX import SummaryWriter
-
 from neojax import paths
 
 TB_UPLOAD = 30.0  # seconds between TensorBoard uploads to object storage
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without what it imports for features unused here:
+    torch (to accept its tensors), boto3 and google.cloud.storage (its own s3:// and gs:// writers;
+    remote event files are uploaded by this module). Where installed they cost seconds at every start.
+    A None in sys.modules makes `import` raise ImportError, which tensorboardX catches."""
+    unused = [m for m in ("torch", "boto3", "google.cloud.storage") if m not in sys.modules]
+    sys.modules.update(dict.fromkeys(unused))
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        for m in unused:
+            del sys.modules[m]
+    return SummaryWriter
+
+
+SummaryWriter = _summary_writer_class()
 
 
 class MetricsWriter:
