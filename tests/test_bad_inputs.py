@@ -264,6 +264,8 @@ CASES = [
     ("benchmark", ["--presets", "tiny", "--seq_len", "4096"], "--seq_len 4096"),
     ("benchmark", ["--train_batch", "-1"], "--train_batch"),
     ("benchmark", ["--output", "{tmp}/none/b.json"], "--output"),
+    ("benchmark", ["--presets", "tiny", "--seq_len", "64", "--kv_context", "100"], "--kv_context 100"),
+    ("benchmark", ["--presets", "tiny", "--seq_len", "64", "--kv_context", "4096"], "--kv_context 4096"),
 ]
 
 # Task records with one problem each: (task, record, text the message must contain).
