@@ -27,10 +27,11 @@ if [ -d .whl ]; then
 fi
 
 if [ "${SMOKE:-0}" = 1 ]; then
-  small=tiny mid=tiny big=tiny seq=64 batches=1,2 context=200 dtype=float32 tests_k="accelerator or fused"
+  small=tiny mid=tiny big=tiny seq=64 batches=1,2 context=200 dtype=float32
 else
-  small=gpt-neo-125M mid=gpt-neo-1.3B big=gpt-neo-2.7B seq=2048 batches=1,64 context=2048 dtype=bfloat16 tests_k=""
+  small=gpt-neo-125M mid=gpt-neo-1.3B big=gpt-neo-2.7B seq=2048 batches=1,64 context=2048 dtype=bfloat16
 fi
+[ "$first" = 1 ] && rm -rf /tmp/neojax_rows/*  # a resumed run keeps the rows of the steps before
 bench() { local name=$1; shift; python3 -m neojax.benchmark --no_torch --dtype "$dtype" --seq_len "$seq" \
   --output "/tmp/neojax_rows/$name.json" "$@"; }
 environment() {
@@ -38,20 +39,23 @@ environment() {
   python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version.split()[0], 'jax', jax.__version__,
     'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__); print(jax.devices())"
 }
-tests() {
-  python3 -m pytest -q -p no:cacheprovider tests/model/test_attention.py tests/serve/test_engine.py \
-    tests/generate/test_generate.py ${tests_k:+-k "$tests_k"}
+tests() {  # the GPU-only ones first (cuDNN attention, parity with the CPU), then the rest of their files
+  local files="tests/model/test_attention.py tests/serve/test_engine.py tests/generate/test_generate.py"
+  python3 -m pytest -q -p no:cacheprovider -p no:benchmark $files -k "accelerator or fused"
+  [ "${SMOKE:-0}" = 1 ] ||
+    python3 -m pytest -q -p no:cacheprovider -p no:benchmark $files -k "not accelerator and not fused"
 }
 
 export -f bench environment tests
-export small mid big seq dtype tests_k
+export small mid big seq dtype
 # step: name, minimum seconds to start it, its own limit, command
 steps=(
   "environment|20|60|environment"
   "train $small|60|150|bench train_small --only train --presets $small --train_batch 32 --remat none"
   "train $mid|90|200|bench train_mid --only train --presets $mid --train_batch 8 --remat dots"
   "train $big|120|240|bench train_big --only train --presets $big --train_batch 8 --remat dots"
-  "decode $mid|120|300|bench decode_mid --only decode --presets $mid --quantize int8 --decode_batches $batches --kv_context $context"
+  "decode $mid|120|300|bench decode_mid --only decode --presets $mid --quantize int8 --decode_batches $batches \
+     --kv_context $context"
   "tests on the device|60|180|tests"
   "evaluate and serve $small|120|300|bench serve_small --only eval,serve --presets $small"
   "sharded paths $small|60|180|bench mesh_small --only mesh --presets $small"
