@@ -27,7 +27,7 @@ def _summary_writer_class():
     unused = [m for m in ("torch", "boto3", "google.cloud.storage") if m not in sys.modules]
     sys.modules.update(dict.fromkeys(unused))
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import SummaryWriter  # deferred: imported once, with the unused imports hidden
     finally:
         for m in unused:
             del sys.modules[m]
