@@ -11,6 +11,19 @@ from neojax.generate import generate
 from neojax.model.quant import quantize_params
 from neojax.serve.engine import Engine, Sampling, Sequence, Settings
 
+# three prompts of different lengths (the last spans several chunks of 8) for two slots
+TEXTS = ("The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3)
+
+
+def _served(engine, prompts, max_tokens):
+    """Greedy tokens of the prompts from a warmed-up engine, started for them and shut down after."""
+    engine.warm_up()
+    engine.start()
+    try:
+        return _run(engine, prompts, max_tokens)
+    finally:
+        engine.shutdown()
+
 
 def _run(engine, prompts, max_tokens):
     done = threading.Event()
@@ -32,14 +45,8 @@ def test_engine_matches_generate(tiny, variant):
         params = quantize_params(params)
     if variant == "int8 kv cache":
         config = config.replace(kv_cache="int8")
-    prompts = [tiny.tokenizer.encode(t) for t in ("The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3)]
-    engine = Engine(params, config, tiny.tokenizer, max_batch=2, chunk=8)  # 3 sequences share 2 slots
-    engine.warm_up()
-    engine.start()
-    try:
-        got = _run(engine, prompts, 12)
-    finally:
-        engine.shutdown()
+    prompts = [tiny.tokenizer.encode(t) for t in TEXTS]
+    got = _served(Engine(params, config, tiny.tokenizer, max_batch=2, chunk=8), prompts, 12)  # 3 share 2 slots
     want = [generate(params, config, [p], tiny.tokenizer, max_new_tokens=12).tokens[0] for p in prompts]
     assert got == want
 
@@ -218,7 +225,7 @@ def test_a_sharded_engine_decodes_as_generate_and_compiles_nothing_after_warm_up
     from neojax import sharding
     devices = jax.devices()[:int(np.prod([int(part.split("=")[1]) for part in mesh.split(",")]))]
     params = sharding.place(tiny.params, tiny.config, sharding.make_mesh(mesh, devices))
-    prompts = [tiny.tokenizer.encode(t) for t in ("The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3)]
+    prompts = [tiny.tokenizer.encode(t) for t in TEXTS]
     want = [generate(tiny.params, tiny.config, [p], tiny.tokenizer, max_new_tokens=12).tokens[0] for p in prompts]
     traced = []
     jax.monitoring.register_event_duration_secs_listener(
@@ -275,7 +282,7 @@ def test_greedy_tokens_on_the_accelerator_are_the_cpus(tiny):
     (float32 at full matmul precision: the code paths are compared, not TF32 rounding).
     scripts/gpu_session.sh runs it on a lent GPU."""
     from neojax import sharding
-    prompts = [tiny.tokenizer.encode(t) for t in ("The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3)]
+    prompts = [tiny.tokenizer.encode(t) for t in TEXTS]
     one_by_one = lambda params: [generate(params, tiny.config, [p], tiny.tokenizer, max_new_tokens=32).tokens[0]
                                  for p in prompts]
     with jax.default_matmul_precision("highest"):
@@ -285,11 +292,5 @@ def test_greedy_tokens_on_the_accelerator_are_the_cpus(tiny):
         placed = sharding.place(tiny.params, tiny.config, sharding.make_mesh(f"data={jax.device_count()}",
                                                                              jax.devices()))
         on_mesh = generate(placed, tiny.config, prompts, tiny.tokenizer, max_new_tokens=32).tokens
-        engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
-        engine.warm_up()
-        engine.start()
-        try:
-            served = _run(engine, prompts, 32)
-        finally:
-            engine.shutdown()
+        served = _served(Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8), prompts, 32)
     assert accelerator == cpu and on_mesh == cpu and served == cpu
