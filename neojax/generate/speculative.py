@@ -90,6 +90,22 @@ def verify(p_logits, q_logits, proposed, temperature, top_k, top_p, accept_keys,
     return jnp.where(greedy, kept, accepted), jnp.where(greedy, final, drawn)
 
 
+def propose(draft: GPTNeo, variables: dict, q, cache, positions, pick, k: int, rows=None):
+    """The draft's k proposals, one at a time: `q` ([batch, vocab]) is its next-token logits after
+    the row's last token, `pick(logits, i)` chooses proposal i, and proposal i enters the draft's
+    cache at positions + i. The k - 1 draft steps between proposals run as one loop, so the step is
+    compiled once, not k times. Returns the proposals [batch, k], the logits each came from
+    [batch, k, vocab] and the draft's cache."""
+    def step(carry, i):
+        q, cache = carry
+        token = pick(q, i)
+        logits, cache = draft.apply(variables, token[:, None], positions + i, cache, rows, method=GPTNeo.extend)
+        return (logits[:, -1], cache), (token, q)
+    (q, cache), (tokens, qs) = jax.lax.scan(step, (q, cache), jnp.arange(k - 1))
+    proposed = jnp.concatenate([tokens.T, pick(q, k - 1)[:, None]], 1)
+    return proposed, jnp.concatenate([jnp.moveaxis(qs, 0, 1), q[:, None]], 1), cache
+
+
 def taken(proposed, kept, final):
     """[batch, k+1]: each row's kept proposals, then its final token, then zeros."""
     k = proposed.shape[1]
@@ -174,18 +190,11 @@ def speculative_program(params, draft_params, transposed, draft_transposed, toke
         # and `last`, then proposes k tokens one step at a time
         logits, cache = draft.apply(draft_vars, jnp.stack([s.prev, s.last], 1), s.length - 1, s.draft_cache,
                                     method=GPTNeo.extend)
-        proposals, q_logits = [], []
-        for i in range(k):
-            step_logits = logits[:, -1]
-            proposals.append(pick(step_logits, key(row_keys, 1 + i, r)))
-            q_logits.append(step_logits)
-            if i < k - 1:
-                logits, cache = draft.apply(draft_vars, proposals[-1][:, None], s.length + 1 + i, cache,
-                                            method=GPTNeo.extend)
-        proposed = jnp.stack(proposals, 1)                                        # [batch, k]
+        proposed, q_logits, cache = propose(draft, draft_vars, logits[:, -1], cache, s.length + 1,
+                                            lambda q, i: pick(q, key(row_keys, 1 + i, r)), k)  # [batch, k]
         p_logits, target_cache = target.apply(target_vars, jnp.concatenate([s.last[:, None], proposed], 1),
                                               s.length, s.target_cache, method=GPTNeo.extend)  # [batch, k+1, vocab]
-        kept, final = verify(p_logits, jnp.stack(q_logits, 1), proposed, temperature, top_k, top_p,
+        kept, final = verify(p_logits, q_logits, proposed, temperature, top_k, top_p,
                              key(row_keys, k + 1, r), key(row_keys, k + 2, r), greedy)
         new = taken(proposed, kept, final)
         n = kept + 1

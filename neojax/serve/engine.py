@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from neojax import sharding
 from neojax.generate import TextStream, decode_weights
-from neojax.generate.speculative import taken, verify
+from neojax.generate.speculative import propose, taken, verify
 from neojax.model.attention import slot_caches
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
@@ -661,23 +661,18 @@ def _speculate(params, transposed, draft_params, draft_transposed, cache, rows, 
     logits, drafts = draft.apply(draft_vars, jnp.stack([prev, last], 1), starts - 1, drafts, rows,
                                  method=GPTNeo.extend)
     sampled = jnp.any(~greedy)  # else the draws and the sampled acceptance rule are skipped
-    proposals, q_logits = [], []
-    for i in range(k):
-        q = logits[:, -1]
+
+    def pick(q, i):
         argmax = jnp.argmax(q, axis=-1).astype(jnp.int32)
 
-        def sample(q=q, i=i, argmax=argmax):
+        def sample():
             filtered = filter_logits(q, temperature[:, 0], top_k[:, 0], top_p[:, 0])
             return jnp.where(greedy, argmax, jax.vmap(jax.random.categorical)(keys(1 + i), filtered).astype(jnp.int32))
-        proposals.append(jax.lax.cond(sampled, sample, lambda argmax=argmax: argmax))
-        q_logits.append(q)
-        if i < k - 1:
-            logits, drafts = draft.apply(draft_vars, proposals[-1][:, None], starts + 1 + i, drafts, rows,
-                                         method=GPTNeo.extend)
-    proposed = jnp.stack(proposals, 1)
+        return jax.lax.cond(sampled, sample, lambda: argmax)
+    proposed, q_logits, drafts = propose(draft, draft_vars, logits[:, -1], drafts, starts + 1, pick, k, rows)
     p_logits, target_cache = target.apply(_stepping(params, transposed), jnp.concatenate([last[:, None], proposed], 1),
                                           starts, target_cache, rows, method=GPTNeo.extend)
-    check = functools.partial(verify, p_logits, jnp.stack(q_logits, 1), proposed, temperature, top_k, top_p,
+    check = functools.partial(verify, p_logits, q_logits, proposed, temperature, top_k, top_p,
                               keys(k + 1), keys(k + 2))
     kept, final = jax.lax.cond(sampled, lambda: check(greedy), lambda: check(True))
     new = taken(proposed, kept, final)
