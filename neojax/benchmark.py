@@ -455,13 +455,13 @@ def bench_mesh(config, params, counts, clients=16, new_tokens=64):
     host = jax.device_get(params)
     out = {"single": bench_eval(config, host, translate=False)}
     _, tokenizer, prompts, max_len, _ = _serve_workload(config, clients, new_tokens, 512)
-    out["single"]["serve"] = _concurrent(host, config, tokenizer, prompts, max_len, new_tokens)[0]
+    (out["single"]["serve"], _), = _concurrent(host, config, tokenizer, [prompts], max_len, new_tokens)
     for n in counts:
         placed = sharding.place(host, config, sharding.make_mesh({"data": n}, jax.devices()[:n]))
         out[("data", n)] = bench_eval(config, placed, batch_size=8 * n, translate=False)
         if config.num_heads % n == 0:
             placed = sharding.place(host, config, sharding.make_mesh({"tensor": n}, jax.devices()[:n]))
-            out[("tensor", n)] = _concurrent(placed, config, tokenizer, prompts, max_len, new_tokens)[0]
+            (out[("tensor", n)], _), = _concurrent(placed, config, tokenizer, [prompts], max_len, new_tokens)
         del placed
     return out
 
@@ -483,18 +483,22 @@ def _one_request(port, prompt, new_tokens):
     return first or 0.0, tokens
 
 
-def _concurrent(params, config, tokenizer, prompts, max_len, new_tokens, prefix_cache_mb=0):
-    """(generated tokens/s, [(time to first token, tokens)] per prompt) of every prompt streamed at
-    once to a server with a slot each, after one request to warm the HTTP path."""
-    port, stop = _serving(params, config, tokenizer, len(prompts), max_len, prefix_cache_mb)
+def _concurrent(params, config, tokenizer, workloads, max_len, new_tokens, prefix_cache_mb=0):
+    """Per workload (a list of prompts), one after another on one server with a slot per prompt:
+    (generated tokens/s, [(time to first token, tokens)] per prompt) of every prompt streamed at
+    once, after one request to warm the HTTP path."""
+    port, stop = _serving(params, config, tokenizer, max(map(len, workloads)), max_len, prefix_cache_mb)
     if port is None:  # another process of a multi-host run: process 0 measures
-        return 0.0, [(0.0, 0)] * len(prompts)
+        return [(0.0, [(0.0, 0)] * len(prompts)) for prompts in workloads]
+    out = []
     try:
-        _one_request(port, prompts[0], new_tokens)
-        start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
-            results = list(pool.map(lambda p: _one_request(port, p, new_tokens), prompts))
-        return sum(n for _, n in results) / (time.perf_counter() - start), results
+        for prompts in workloads:
+            _one_request(port, prompts[0], new_tokens)
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+                results = list(pool.map(lambda p: _one_request(port, p, new_tokens), prompts))
+            out.append((sum(n for _, n in results) / (time.perf_counter() - start), results))
+        return out
     finally:
         stop()
 
@@ -507,7 +511,14 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     in this run (the engine's steps are those decode steps plus prefill and the host's work)."""
     text, tokenizer, prompts, max_len, longest = _serve_workload(config, clients, new_tokens, max_len)
     one = functools.partial(_one_request, new_tokens=new_tokens)
-    batched, results = _concurrent(params, config, tokenizer, prompts, max_len, new_tokens)
+    # a chat's shared system prompt: the same 200 tokens (fewer on a short context) before each prompt
+    system = tokenizer.encode(text(300))[:min(200, max(longest - 32, longest // 2))]
+    shared = [system + p[:longest - len(system)] for p in prompts]
+    (batched, results), reuse_off = _concurrent(params, config, tokenizer, [prompts, shared], max_len, new_tokens)
+    reuse_on, = _concurrent(params, config, tokenizer, [shared], max_len, new_tokens, prefix_cache_mb=256)
+    # (with reuse, the warm-up request computes the system prompt once)
+    reuse = {name: (rate, float(np.percentile([t for t, _ in runs], 50)))
+             for name, (rate, runs) in (("off", reuse_off), ("on", reuse_on))}
     port, stop, alone = *_serving(params, config, tokenizer, 1, max_len), 0.0
     if port is not None:
         try:
@@ -519,16 +530,9 @@ def bench_serve(config, params, clients=16, new_tokens=64, max_len=512):
     ttft = np.array([t for t, _ in results])
     lengths = [len(p) for p in prompts]
     limit, _ = bench_decode(config, params, clients, new_tokens=new_tokens, torch_too=False, rounds=2)
-    # a chat's shared system prompt: the same 200 tokens (fewer on a short context) before each prompt
-    system = tokenizer.encode(text(300))[:min(200, max(longest - 32, longest // 2))]
-    shared = [system + p[:longest - len(system)] for p in prompts]
-    reuse = {}
-    for budget in (0, 256):  # (with reuse, the warm-up request computes the system prompt once)
-        rate, runs = _concurrent(params, config, tokenizer, shared, max_len, new_tokens, budget)
-        reuse[budget] = (rate, float(np.percentile([t for t, _ in runs], 50)))
     return {"batched": batched, "alone": alone, "ttft_p50": float(np.percentile(ttft, 50)),
             "ttft_p99": float(np.percentile(ttft, 99)), "limit": limit, "system": len(system),
-            "reuse_off": reuse[0], "reuse_on": reuse[256],
+            "reuse_off": reuse["off"], "reuse_on": reuse["on"],
             "workload": f"prompts {min(lengths)}-{max(lengths)} tokens, {new_tokens} new tokens"}
 
 
