@@ -419,7 +419,7 @@ def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0, d
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(build_app(engine, "bench"), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(build_app(engine, "bench", access_log=False), host="127.0.0.1", port=port,
                                            log_config=None, access_log=False))  # this process's logging as it is
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

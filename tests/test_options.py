@@ -338,6 +338,7 @@ SERVE = {
     "--model_name": (["--model_name", "other"], "changes"),
     "--api_key": (["--api_key", "k"], "changes"),
     "--max_request_bytes": (["--max_request_bytes", "100"], "changes"),
+    "--no_access_log": (["--no_access_log"], "changes"),
     "--moderation": (["--moderation", "{gate}"], "changes"),
     # the gate's settings, each against the gate without it
     "--moderation_threshold": (["--moderation_threshold", "0.3"], "changes", ["--moderation", "{gate}"]),
@@ -367,11 +368,11 @@ def serve_reaches(argv, monkeypatch) -> tuple:
         def start(self):
             pass
 
-    def build_app(engine, name, max_bytes, key, moderator, moderate):
-        seen["app"] = (name, max_bytes, key, moderate)
+    def build_app(engine, name, max_bytes, key, moderator, moderate, access_log):
+        seen["app"] = (name, max_bytes, key, moderate, access_log)
         if moderator is not None:
             seen["gate"] = (moderator.threshold, moderator.safe_label, moderator.labels)
-        return real_build_app(engine, name, max_bytes, key, moderator, moderate)
+        return real_build_app(engine, name, max_bytes, key, moderator, moderate, access_log)
 
     def run(self, sockets=None):
         host, port = sockets[0].getsockname()[:2]

@@ -1,6 +1,6 @@
 """python -m neojax.serve --checkpoint PATH [--host 127.0.0.1] [--port 8000] [--max_batch 16] [--max_len N]
     [--chunk 64] [--max_queue 256] [--dtype float32|bfloat16] [--quantize int8] [--kv_cache int8] [--model_name NAME]
-    [--api_key KEY] [--max_request_bytes N] [--mesh auto|tensor=T]
+    [--api_key KEY] [--max_request_bytes N] [--no_access_log] [--mesh auto|tensor=T]
     [--coordinator HOST:PORT --num_processes N --process_id I] [--draft SMALLER_CHECKPOINT [--draft_tokens K]]
 
 An OpenAI-compatible server (/v1/completions, /v1/chat/completions, /v1/models, /health) with
@@ -69,6 +69,8 @@ def main(argv=None) -> int:
                         help="require 'Authorization: Bearer KEY' on /v1 (default: $NEOJAX_API_KEY; none: open)")
     parser.add_argument("--max_request_bytes", type=cli.positive_int, default=MAX_REQUEST_BYTES,
                         help="larger request bodies get 413 before they are read")
+    parser.add_argument("--no_access_log", action="store_true", help="no line per request on stdout (/metrics "
+                        "still counts every request)")
     gate = parser.add_argument_group("moderation gate (neojax.serve.moderation)")
     gate.add_argument("--moderation", metavar="CLASSIFIER",
                       help="a classifier from neojax's classification fine-tuning (its hf/ folder): flagged prompts "
@@ -150,7 +152,8 @@ def main(argv=None) -> int:
         return 0
     if moderator is not None:
         moderator.score(["warm up"])  # compiled before the first request
-    app = build_app(engine, name, args.max_request_bytes, args.api_key, moderator, moderate)
+    app = build_app(engine, name, args.max_request_bytes, args.api_key, moderator, moderate,
+                    access_log=not args.no_access_log)
     _count_compilations(app.state.api)
     engine.start()
 

@@ -117,8 +117,8 @@ def _text(text: str, param: str) -> str:
 
 class Api:
     def __init__(self, engine: Engine, model_name: str, moderator: Optional[Moderator] = None,
-                 moderate: tuple = ("prompts", "outputs")):
-        self.engine, self.model_name = engine, model_name
+                 moderate: tuple = ("prompts", "outputs"), access_log: bool = True):
+        self.engine, self.model_name, self.access_log = engine, model_name, access_log
         self.moderator = moderator
         self.gate_prompts = moderator is not None and "prompts" in moderate
         self.gate_outputs = moderator is not None and "outputs" in moderate
@@ -316,9 +316,12 @@ class Api:
                 yield index, event
 
     def _access_log(self, request_id: str, seqs, started: float) -> None:
-        """One line per request (id, tokens in and out, seconds, each choice's finish reason), and /metrics."""
+        """/metrics, and unless turned off one line per request (id, tokens in and out, seconds, each
+        choice's finish reason)."""
         usage, seconds = _usage(seqs), time.perf_counter() - started
         self.metrics.finished(usage["prompt_tokens"], usage["completion_tokens"], seconds)
+        if not self.access_log:
+            return
         reasons = ",".join(str(s.finish_reason or "cancelled") for s in seqs)
         print(f"request {request_id}: {usage['prompt_tokens']} tokens in, {usage['completion_tokens']} out, "
               f"{seconds:.2f}s, finish {reasons}", flush=True)
@@ -445,13 +448,14 @@ def _answers(model: type[BaseModel], *statuses: int, chunk: Optional[type[BaseMo
 
 def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQUEST_BYTES,
               api_key: Optional[str] = None, moderator: Optional[Moderator] = None,
-              moderate: tuple = ("prompts", "outputs")) -> FastAPI:
-    """The app; with a `moderator`, the gate applies to what `moderate` names ("prompts" refused with
-    400 code content_filter, "outputs" cut with finish_reason content_filter) and /v1/moderations
-    scores texts. Without one, nothing of the gate exists."""
+              moderate: tuple = ("prompts", "outputs"), access_log: bool = True) -> FastAPI:
+    """The app (`access_log`: a line per request on stdout); with a `moderator`, the gate applies to
+    what `moderate` names ("prompts" refused with 400 code content_filter, "outputs" cut with
+    finish_reason content_filter) and /v1/moderations scores texts. Without one, nothing of the
+    gate exists."""
     app = FastAPI(title="neojax", version=__version__, docs_url=None, redoc_url=None,
                   description=f"An OpenAI-compatible API serving {model_name}.")
-    api = Api(engine, model_name, moderator, moderate)
+    api = Api(engine, model_name, moderator, moderate, access_log)
     app.state.api = api
     app.add_middleware(Guard, max_bytes=max_request_bytes, api_key=api_key, metrics=api.metrics)
     keyed = (401,) if api_key else ()
