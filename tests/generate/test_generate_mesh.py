@@ -86,5 +86,6 @@ def test_two_processes_print_what_one_process_prints(tiny_hf_with_tokenizer):
     port = free_port()
     outs = _finish([_cli(argv + ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
                          devices=2) for i in range(2)])
-    assert printed(outs[0][0]) == printed(want) and want.count("--- [") == 3, outs[0][1][-2000:]
+    ours = [line for line in outs[0][0].splitlines() if not line.startswith("[Gloo]")]  # gloo: "connected"
+    assert ours == want.splitlines() and want.count("--- [") == 3, outs[0][1][-2000:]
     assert printed(outs[1][0]) == []
