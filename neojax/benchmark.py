@@ -62,7 +62,7 @@ from neojax.model import PRESETS, GPTNeo, init_params, preset
 from neojax.model.config import DTYPES, REMATS, model_shape
 from neojax.model.quant import quantize_params
 from neojax.serve.api import build_app
-from neojax.serve.engine import Engine
+from neojax.serve.engine import Engine, EngineSettings
 from neojax.serve.relay import Relay
 from neojax.train.step import init_state, make_train_step
 
@@ -275,7 +275,7 @@ def bench_serve_draft(config, params, requests=4, new_tokens=64, residual=0.0):
             start = time.perf_counter()
             tokens = sum(_one_request(port, p, new_tokens)[1] for p in prompts)
             out[side] = tokens / (time.perf_counter() - start)
-            kept = stop.engine.kept / max(stop.engine.proposed, 1)
+            kept = stop.engine.runner.kept / max(stop.engine.runner.proposed, 1)
         finally:
             stop()
     return out["plain"], out["drafted"], kept
@@ -409,8 +409,8 @@ def _serving(params, config, tokenizer, max_batch, max_len, prefix_cache_mb=0, d
     """(port, stop) of a server on 127.0.0.1 in this process, warmed up; on another process of a
     multi-host run (None, None), once its engine has replayed process 0's to the end."""
     relay = Relay() if jax.process_count() > 1 else None
-    engine = Engine(params, config, tokenizer, max_batch=max_batch, max_len=max_len, chunk=64,
-                    prefix_cache_mb=prefix_cache_mb, relay=relay if sharding.speaks() else None, draft=draft)
+    settings = EngineSettings(max_batch=max_batch, max_len=max_len, chunk=64, prefix_cache_mb=prefix_cache_mb)
+    engine = Engine(params, config, tokenizer, settings, draft=draft, relay=relay if sharding.speaks() else None)
     engine.warm_up()
     if not sharding.speaks():
         engine.follow(relay)

@@ -26,7 +26,7 @@ from neojax import checkpoint, cli, paths, sharding
 from neojax import evaluate as ev
 from neojax.data import sources
 from neojax.files import write_json
-from neojax.model.decode import cached_logprobs
+from neojax.infer.programs import cached_logprobs
 from neojax.model.quant import param_bytes, quantize_params
 from neojax.model.sparsity import apply_masks, magnitude_masks, sparsity, two_four_masks
 

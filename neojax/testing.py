@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from neojax import registry, sharding
+from neojax.infer.cache import can_grow, grow_cache
+from neojax.infer.programs import decode_step, prefill
+from neojax.infer.weights import transposed_kernels
 from neojax.model.config import GPTNeoConfig
-from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
 from neojax.model.gpt_neo import GPTNeo, init_params
 
 SEQ = 24  # > window and several blocks of each blocked kernel

@@ -278,3 +278,43 @@ def _wait_for_port(port: int, timeout: float = 20.0) -> None:
             return
         time.sleep(0.1)
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def engine_of(params, config, tokenizer, *, draft=None, relay=None, **settings):
+    """A serving engine with these EngineSettings (keyword arguments), not yet warmed up or started."""
+    from neojax.serve.engine import Engine, EngineSettings
+    return Engine(params, config, tokenizer, EngineSettings(**settings), draft=draft, relay=relay)
+
+
+@contextlib.contextmanager
+def running(engine, warm_up=True):
+    """`engine` warmed up (unless told not to) and started; shut down after."""
+    if warm_up:
+        engine.warm_up()
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+
+
+def served(engine, prompts, max_tokens, warm_up=True):
+    """Greedy tokens of the prompts from `engine`, started for them and shut down after."""
+    with running(engine, warm_up):
+        return run_engine(engine, prompts, max_tokens)
+
+
+def run_engine(engine, prompts, max_tokens, **settings):
+    """The tokens of the prompts (greedy unless `settings` say) from a running engine."""
+    from neojax.serve.scheduler import Sequence, Settings
+    done = threading.Event()
+    seqs = []
+
+    def on_event(event):
+        if "finish_reason" in event and all(s.finish_reason for s in seqs):
+            done.set()
+    settings = {"temperature": 0.0, **settings}
+    seqs += [Sequence(p, Settings(max_tokens=max_tokens, **settings), on_event) for p in prompts]
+    engine.submit(seqs)
+    assert done.wait(120)
+    return [s.tokens for s in seqs]

@@ -1,5 +1,5 @@
 """The package's dependencies run one way (utilities -> model -> data -> sharding -> checkpoint ->
-finetune -> evaluate / generate -> train -> command lines), with no cycle, and imports inside
+finetune -> infer -> evaluate / generate -> train -> command lines), with no cycle, and imports inside
 functions only defer an optional dependency, saying so."""
 import ast
 import os
@@ -15,7 +15,8 @@ LAYERS = [  # a module may import its own layer (no cycle) or a lower one
     ("neojax.sharding",),
     ("neojax.checkpoint",),
     ("neojax.finetune",),
-    ("neojax.evaluate", "neojax.generate", "neojax.sampling"),
+    ("neojax.infer",),
+    ("neojax.evaluate", "neojax.generate"),
     ("neojax.train", "neojax.serve"),
     ("neojax.testing", "neojax.benchmark", "neojax.convert", "neojax.prune", "neojax.evaluate.__main__",
      "neojax.train.__main__", "neojax.serve.__main__", "neojax.generate.__main__"),
@@ -101,4 +102,4 @@ def test_imports_inside_functions_only_defer_optional_dependencies_and_say_so():
 def test_the_checker_sees_an_upward_edge(tmp_path):
     """The layer map is not blind: checkpoint importing train is upward."""
     assert layer("neojax.train.loop") > layer("neojax.checkpoint.io") > layer("neojax.model.gpt_neo")
-    assert layer("neojax.train.__main__") == len(LAYERS) - 1 and layer("neojax.evaluate.task") == 6
+    assert layer("neojax.train.__main__") == len(LAYERS) - 1 and layer("neojax.evaluate.task") == 7

@@ -1,5 +1,5 @@
 """Text generation: a batch of prompts continued in one compiled loop (neojax.generate.loop), text
-streamed as it arrives (neojax.generate.stream), drawn by the one sampler (neojax.sampling), and the
+streamed as it arrives (neojax.generate.stream), drawn by the one sampler (neojax.infer.sampling), and the
 command line (neojax.generate.__main__).
 
     from neojax.generate import generate
@@ -9,7 +9,8 @@ command line (neojax.generate.__main__).
 
     python -m neojax.generate --checkpoint PATH --prompt "..." [--max_new_tokens N]
 """
-from neojax.generate.loop import Generation, apply_repetition_penalty, decode_weights, fit, generate
+from neojax.generate.loop import Generation, apply_repetition_penalty, fit, generate
 from neojax.generate.stream import TextStream, cut
+from neojax.infer.weights import decode_weights
 
 __all__ = ["Generation", "TextStream", "apply_repetition_penalty", "cut", "decode_weights", "fit", "generate"]

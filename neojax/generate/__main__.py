@@ -17,8 +17,9 @@ import jax
 
 from neojax import checkpoint, cli, sharding
 from neojax.finetune.chat import STOP, render_prompt
-from neojax.generate import speculative
-from neojax.generate.loop import decode_weights, fit, generate
+from neojax.generate.loop import fit, generate
+from neojax.infer import speculative
+from neojax.infer.weights import decode_weights
 
 
 def _stream_to(out):

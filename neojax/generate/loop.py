@@ -19,13 +19,16 @@ from jax.sharding import PartitionSpec
 
 from neojax import registry, sharding
 from neojax.flops import matmul_params
-from neojax.generate import speculative
+from neojax.generate.drafted import speculative_program
 from neojax.generate.stream import CALLS, WATCHERS, TextWatcher, cut
-from neojax.model import backend
+from neojax.infer import speculative
+from neojax.infer.buckets import bucket
+from neojax.infer.cache import can_grow, grow_cache
+from neojax.infer.programs import decode_step, prefill
+from neojax.infer.sampling import Sampling, draw
+from neojax.infer.weights import decode_weights
 from neojax.model.config import GPTNeoConfig
-from neojax.model.decode import can_grow, decode_step, grow_cache, prefill, transposed_kernels
 from neojax.model.layers import check_tokens
-from neojax.sampling import draw
 
 NEW_TOKEN_BUCKET = 32
 MAX_PHASES = 4  # decode-loop phases with growing caches (each is compiled: see _phase_ends)
@@ -37,10 +40,6 @@ class Generation:
     prompt_tokens: list[list[int]]
     texts: Optional[list[str]] = None  # decoded new text per row, cut before any stop string
     acceptance: Optional[float] = None  # with a draft model: the share of its proposals kept
-
-
-def _bucket(n: int, limit: int) -> int:
-    return min(max(16, 1 << (n - 1).bit_length()), limit)
 
 
 def _phase_ends(max_new: int, batch: int, prompt_len: int, config: GPTNeoConfig) -> list[int]:
@@ -92,12 +91,9 @@ def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k
         i, logits, cache, position, seen, out, lengths, done = c
         if penalty:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        if greedy:
-            token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        else:
-            rows = jnp.arange(batch, dtype=jnp.uint32)
-            token = draw(logits, jnp.full((batch,), temperature), jnp.full((batch,), top_k), jnp.full((batch,), top_p),
-                         jnp.full((batch,), seed), rows, jnp.full((batch,), i))
+        every = lambda x: jnp.full((batch,), x)
+        token = draw(logits, Sampling(every(temperature), every(top_k), every(top_p), every(seed),
+                                      jnp.arange(batch, dtype=jnp.uint32), every(i).astype(jnp.uint32)), greedy=greedy)
         token = jnp.where(done, 0, token)
         out = out.at[:, i].set(token)
         stopped = jnp.any(token[:, None] == stop_tokens[None, :], axis=-1)
@@ -121,20 +117,6 @@ def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k
     return carry[5], carry[6]
 
 
-def decode_weights(params, config: GPTNeoConfig):
-    """The weight copies decode steps multiply by, or None: [out, in] (twice as fast on CPUs) and in
-    the compute dtype (no per-token conversion of float32 weights; int8 stays int8). One pass over
-    every weight: a caller that generates many times with the same params (a server, a chat session,
-    the harness) makes them once and passes them to each `generate(..., weights=)`; nothing keeps
-    them for it."""
-    if not (backend.xla_cpu_workarounds(config) or config.dtype != "float32"):
-        return None
-    return _transposed_kernels(params, config.dtype)
-
-
-_transposed_kernels = jax.jit(transposed_kernels, static_argnums=1)
-
-
 def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: ask for at least 1 new token")
@@ -155,14 +137,14 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
              weights=None, draft=None, draft_tokens: int = 4) -> Generation:
     """Continue each prompt (a string, needing `tokenizer`, or a list of token ids).
 
-    temperature 0 is greedy; a sampled row draws as neojax.sampling says (row r with `seed` draws
+    temperature 0 is greedy; a sampled row draws as neojax.infer.sampling says (row r with `seed` draws
     what the server's choice r with that seed draws). stop_tokens defaults to the EOS id;
     stop_strings end a row once its text contains one (the text is cut before it).
     `on_text(row, piece)` streams decoded text. Prompts that leave no room for max_new_tokens
     within the context raise, or are left truncated with truncate=True. `weights`: decode_weights(
     params, config), for a caller that generates repeatedly (made here otherwise). `draft`: (params,
     config) of a smaller model with the same tokenizer that proposes `draft_tokens` tokens a round
-    (neojax.generate.speculative): the same greedy output, samples distributed as without it."""
+    (neojax.infer.speculative): the same greedy output, samples distributed as without it."""
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
     if isinstance(prompts, (str, np.ndarray)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
         prompts = [prompts]
@@ -182,7 +164,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     if mesh is not None:  # every data-parallel device gets as many rows (copies of row 0, dropped after)
         encoded = encoded + [encoded[0]] * (-rows % sharding.data_parallel(mesh))
     longest = max(len(ids) for ids in encoded)
-    prompt_len = _bucket(longest, config.max_position_embeddings)
+    prompt_len = bucket(longest, 16, config.max_position_embeddings)
     tokens = np.zeros((len(encoded), prompt_len), np.int32)
     mask = np.zeros_like(tokens)
     for row, ids in enumerate(encoded):
@@ -212,7 +194,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
 
 def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, temperature, top_k, top_p,
                  repetition_penalty, stop_tokens, stop_strings, seed, on_text, weights) -> Generation:
-    """generate() with a draft model proposing k tokens a round (neojax.generate.speculative)."""
+    """generate() with a draft model proposing k tokens a round (neojax.generate.drafted)."""
     draft_params, draft_config = draft
     speculative.check_draft(config, draft_config, k)
     if repetition_penalty != 1.0:
@@ -221,7 +203,7 @@ def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, t
     if sharding.mesh_of(params) is not None or sharding.mesh_of(draft_params) is not None:
         raise ValueError("speculative decoding (draft=) runs on one device: pass host params, not placed ones")
     eos = tokenizer.eos_id if tokenizer is not None else config.eos_token_id
-    width = _bucket(max(len(ids) for ids in encoded), config.max_position_embeddings)
+    width = bucket(max(len(ids) for ids in encoded), 16, config.max_position_embeddings)
     tokens = np.zeros((len(encoded), width), np.int32)
     for row, ids in enumerate(encoded):
         tokens[row, :len(ids)] = ids
@@ -229,13 +211,15 @@ def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, t
     max_new = -(-max_new_tokens // NEW_TOKEN_BUCKET) * NEW_TOKEN_BUCKET
     stops, stop_array = _stops(stop_tokens, eos)
     with _watching(tokenizer, len(encoded), stop_strings, on_text, stops) as (call, watcher):
-        out, counts, kept, proposed = speculative.speculative_program(
+        rows = len(encoded)
+        every = lambda x, dtype: np.full(rows, x, dtype)
+        sampling = Sampling(every(temperature, np.float32), every(top_k, np.int32), every(top_p, np.float32),
+                            every(seed % 2 ** 32, np.uint32), np.arange(rows, dtype=np.uint32), every(0, np.uint32))
+        out, counts, kept, proposed = speculative_program(
             params, draft_params, decode_weights(params, config) if weights is None else weights,
-            decode_weights(draft_params, draft_config), tokens,
-            np.array([len(ids) for ids in encoded], np.int32), np.uint32(seed % 2 ** 32),
-            np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p), stop_array, np.int32(max_new_tokens),
-            np.int32(call), config=config, draft_config=draft_config, k=k, max_new=max_new, greedy=temperature == 0,
-            host=watcher is not None)
+            decode_weights(draft_params, draft_config), tokens, np.array([len(ids) for ids in encoded], np.int32),
+            sampling, stop_array, np.int32(max_new_tokens), np.int32(call), config=config, draft_config=draft_config,
+            k=k, max_new=max_new, host=watcher is not None)
         out, counts = np.asarray(out), np.asarray(counts)
     new = [out[row, :counts[row]].tolist() for row in range(len(encoded))]
     texts = _texts(tokenizer, new, stop_strings, watcher)
@@ -245,7 +229,7 @@ def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, t
 def _stops(stop_tokens, eos) -> tuple[list[int], np.ndarray]:
     """The stop tokens (default EOS), and as a -1-padded array of a bucketed size (no recompiles)."""
     stops = list(stop_tokens) if stop_tokens is not None else [eos]
-    array = np.full(_bucket(max(len(stops), 8), 1 << 30), -1, np.int32)
+    array = np.full(bucket(len(stops), 16), -1, np.int32)
     array[:len(stops)] = stops
     return stops, array
 

@@ -235,26 +235,9 @@ def cached_attention(q, k, v, cache, slot, window: Optional[int], bias=None):
     return _attend_cache(q, cache, visible[:, None, None, :], bias_scores).astype(v.dtype), cache
 
 
-def slot_cache(batch: int, heads: int, capacity: int, head_dim: int, dtype, int8: bool = False):
-    """An empty per-row layer cache for extend_attention: [batch, heads, capacity, head_dim] k and v
-    (int8 with a float32 scale per row, head and slot if `int8`)."""
-    zeros = lambda shape, dt: jnp.zeros(shape, dt)  # distinct buffers: all are donated
-    shape = (batch, heads, capacity, head_dim)
-    if not int8:
-        return {"k": zeros(shape, dtype), "v": zeros(shape, dtype)}
-    return {"k": zeros(shape, jnp.int8), "v": zeros(shape, jnp.int8), "k_scale": zeros(shape[:3], jnp.float32),
-            "v_scale": zeros(shape[:3], jnp.float32)}
-
-
-def slot_caches(config, batch: int, capacity: int) -> list:
-    """An empty slot_cache per attention layer of `config` (its compute dtype; int8 if its kv_cache is)."""
-    return [slot_cache(batch, config.num_heads, capacity, config.head_dim, jnp.dtype(config.dtype),
-                       config.kv_cache == "int8") for _ in config.attention_layers]
-
-
 def extend_attention(q, k, v, cache, starts, window: Optional[int], bias=None, rows=None):
     """C new tokens per row (q, k, v: [batch, C, heads, head_dim]) at slots starts[b] .. starts[b]+C-1
-    of that row's own cache (a slot_cache; rows are independent requests at their own lengths).
+    of that row's own cache (neojax.infer.cache.slot_cache; rows are independent requests at their own lengths).
     A query sees the keys at slots up to its own (inside the window): entries past it, padding or a
     previous request's leftovers, never. The cache needs room for starts + C: writes never wrap.
     `rows` ([batch] ints): the cache holds every request and query row p is cache row rows[p] (a

@@ -34,9 +34,9 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from neojax import checkpoint, cli, registry, sharding
-from neojax.generate import speculative
+from neojax.infer import speculative
 from neojax.serve.api import MAX_REQUEST_BYTES, BadRequest, build_app, error_body
-from neojax.serve.engine import Engine
+from neojax.serve.engine import Engine, EngineSettings
 from neojax.serve.moderation import Moderator, parse_scope
 from neojax.serve.relay import Relay
 
@@ -138,13 +138,13 @@ def main(argv=None) -> int:
             moderator = Moderator.load(where, 0.5 if args.moderation_threshold is None else args.moderation_threshold,
                                        args.moderation_safe_label or "")
     relay = Relay() if jax.process_count() > 1 else None
-    engine = Engine(model.params, model.config, model.tokenizer, args.max_batch, args.max_len or None, args.chunk,
-                    args.max_queue, args.step_tokens, args.prefix_cache_mb, relay=relay if leads else None, draft=draft,
-                    draft_tokens=args.draft_tokens)
+    settings = EngineSettings(args.max_batch, args.max_len or None, args.chunk, args.max_queue, args.step_tokens,
+                              args.prefix_cache_mb, args.draft_tokens)
+    engine = Engine(model.params, model.config, model.tokenizer, settings, draft=draft, relay=relay if leads else None)
     if leads:
+        drafted = f", {args.draft_tokens} drafted tokens a step" if draft else ""
         print(f"compiling for {args.max_batch} slots x {engine.max_len} tokens, prompt chunks of {args.chunk} (up "
-              f"to {engine.max_prefill} a step){f', {args.draft_tokens} drafted tokens a step' if draft else ''} ...",
-              flush=True)
+              f"to {engine.scheduler.max_prefill} a step){drafted} ...", flush=True)
     engine.warm_up()
     if not leads:
         print(f"process {jax.process_index()}: following process 0's engine", flush=True)

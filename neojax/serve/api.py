@@ -28,9 +28,10 @@ from starlette.exceptions import HTTPException
 from neojax import __version__
 from neojax.finetune.chat import STOP, render_prompt
 from neojax.serve import schema
-from neojax.serve.engine import Engine, QueueFull, Sequence, Settings
+from neojax.serve.engine import Engine
 from neojax.serve.metrics import Metrics
 from neojax.serve.moderation import Moderator
+from neojax.serve.scheduler import QueueFull, Sequence, Settings
 from neojax.serve.schema import MAX_N
 
 MAX_REQUEST_BYTES = 4 << 20  # default body limit: a long chat history fits many times over

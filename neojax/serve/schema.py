@@ -10,7 +10,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from neojax.serve.engine import TOP_LOGPROBS
+from neojax.infer.programs import TOP_LOGPROBS
 
 MAX_N = 16      # choices per request (prompts x n)
 MAX_STOP = 16   # stop strings per request

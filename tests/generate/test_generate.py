@@ -11,9 +11,11 @@ from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf
 from neojax.generate import apply_repetition_penalty, generate
 from neojax.generate.loop import _generate_program, _phase_ends
+from neojax.infer.cache import grow_cache
+from neojax.infer.programs import decode_step, prefill
+from neojax.infer.sampling import filter_logits
+from neojax.infer.weights import transposed_kernels
 from neojax.model import GPTNeo, preset
-from neojax.model.decode import decode_step, grow_cache, prefill, transposed_kernels
-from neojax.sampling import filter_logits
 
 
 def _transformers_greedy(torch_model, prompts, n):

@@ -74,8 +74,8 @@ def test_remat_changes_nothing_numerically(remat):
 def test_every_decoding_mode_runs_through_rematerialised_blocks(remat):
     """Prefill, Decode and Extend (neojax.model.modes) pass through nn.remat like any pytree: a
     config trained with remat decodes exactly as one without."""
-    from neojax.model.attention import slot_cache
-    from neojax.model.decode import decode_step, prefill
+    from neojax.infer.cache import slot_cache
+    from neojax.infer.programs import decode_step, prefill
     config = preset("tiny")
     params = init_params(config, jax.random.key(0))
     tokens, mask = jnp.arange(12).reshape(2, 6) % config.vocab_size, jnp.ones((2, 6), jnp.int32)

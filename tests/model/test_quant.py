@@ -52,7 +52,7 @@ def test_quantized_logits_and_greedy_tokens_stay_close():
 
 
 def test_decoding_path_logprobs_equal_the_forward_pass_and_int8_cache_stays_close():
-    from neojax.model.decode import cached_logprobs
+    from neojax.infer.programs import cached_logprobs
     params = _params(2)
     tokens = np.random.default_rng(3).integers(0, CFG.vocab_size, (2, 40))  # past the local window
     logits = np.asarray(GPTNeo(CFG).apply({"params": params}, tokens), np.float64)

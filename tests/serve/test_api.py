@@ -3,14 +3,14 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from support import engine_of
 
 from neojax.serve.api import build_app
-from neojax.serve.engine import Engine
 
 
 @pytest.mark.parametrize("access_log", [True, False])
 def test_the_access_log_is_a_line_per_request_and_can_be_turned_off(tiny, access_log, capsys):
-    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=1, chunk=8)
+    engine = engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=1, chunk=8)
     engine.start()
     try:
         client = TestClient(build_app(engine, "tiny", access_log=access_log))

@@ -6,36 +6,15 @@ import threading
 import jax
 import numpy as np
 import pytest
+from support import engine_of, run_engine, served
 
 from neojax.generate import generate
+from neojax.infer.sampling import Sampling
 from neojax.model.quant import quantize_params
-from neojax.serve.engine import Engine, Sampling, Sequence, Settings
+from neojax.serve.scheduler import Sequence, Settings
 
 # three prompts of different lengths (the last spans several chunks of 8) for two slots
 TEXTS = ("The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3)
-
-
-def _served(engine, prompts, max_tokens):
-    """Greedy tokens of the prompts from a warmed-up engine, started for them and shut down after."""
-    engine.warm_up()
-    engine.start()
-    try:
-        return _run(engine, prompts, max_tokens)
-    finally:
-        engine.shutdown()
-
-
-def _run(engine, prompts, max_tokens):
-    done = threading.Event()
-    seqs = []
-
-    def on_event(event):
-        if "finish_reason" in event and all(s.finish_reason for s in seqs):
-            done.set()
-    seqs += [Sequence(p, Settings(max_tokens=max_tokens, temperature=0.0), on_event) for p in prompts]
-    engine.submit(seqs)
-    assert done.wait(120)
-    return [s.tokens for s in seqs]
 
 
 @pytest.mark.parametrize("variant", ["float32", "int8 weights", "int8 kv cache"])
@@ -46,7 +25,7 @@ def test_engine_matches_generate(tiny, variant):
     if variant == "int8 kv cache":
         config = config.replace(kv_cache="int8")
     prompts = [tiny.tokenizer.encode(t) for t in TEXTS]
-    got = _served(Engine(params, config, tiny.tokenizer, max_batch=2, chunk=8), prompts, 12)  # 3 share 2 slots
+    got = served(engine_of(params, config, tiny.tokenizer, max_batch=2, chunk=8), prompts, 12)  # 3 share 2 slots
     want = [generate(params, config, [p], tiny.tokenizer, max_new_tokens=12).tokens[0] for p in prompts]
     assert got == want
 
@@ -55,8 +34,8 @@ def test_host_params_are_put_on_the_device_once(tiny):
     """numpy params (a converted or built model) would otherwise be copied in by every step: at
     the 125M shape 500 MB a step, a quarter of the decode rate on a CPU."""
     host = jax.tree.map(np.array, tiny.params)
-    engine = Engine(host, tiny.config, tiny.tokenizer, max_batch=1, chunk=8, draft=(host, tiny.config))
-    leaves = jax.tree.leaves((engine.params, engine.draft_params))
+    engine = engine_of(host, tiny.config, tiny.tokenizer, max_batch=1, chunk=8, draft=(host, tiny.config))
+    leaves = jax.tree.leaves((engine.runner.params, engine.runner.draft_params))
     assert leaves and all(isinstance(x, jax.Array) for x in leaves)
 
 
@@ -77,12 +56,12 @@ def _poisoned(program):
 def test_a_failing_sequence_ends_alone_and_the_others_finish(tiny, where):
     """One sequence's failing step ends that sequence with "error" (a failing listener: cancelled);
     the sequences sharing its steps finish with the text they would have had without it."""
-    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=4, chunk=8)
+    engine = engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=4, chunk=8)
     engine.warm_up()
     if where == "decode":
-        engine._decode = _poisoned(engine._decode)
+        engine.runner._decode = _poisoned(engine.runner._decode)
     elif where == "prefill":
-        engine._prefill = _poisoned(engine._prefill)
+        engine.runner._prefill = _poisoned(engine.runner._prefill)
     engine.start()
     prompts = [tiny.tokenizer.encode(t) for t in ("The quick brown fox", "Once", "def hello():\n", "A B C")]
     done = threading.Event()
@@ -112,9 +91,9 @@ def test_a_failing_sequence_ends_alone_and_the_others_finish(tiny, where):
 
 
 def test_a_failure_that_loses_the_cache_ends_the_running_and_serves_the_next(tiny):
-    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
+    engine = engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
     engine.warm_up()
-    decode, failed = engine._decode, []
+    decode, failed = engine.runner._decode, []
 
     def lose_cache(params, transposed, cache, *args):
         if not failed:  # the first decode step fails after its buffers were donated
@@ -123,12 +102,12 @@ def test_a_failure_that_loses_the_cache_ends_the_running_and_serves_the_next(tin
                 leaf.delete()
             raise RuntimeError("injected failure after donation")
         return decode(params, transposed, cache, *args)
-    engine._decode = lose_cache
+    engine.runner._decode = lose_cache
     engine.start()
     prompt = tiny.tokenizer.encode("The quick brown fox")
     try:
-        first = _run(engine, [prompt], 8)
-        again = _run(engine, [prompt], 8)
+        first = run_engine(engine, [prompt], 8)
+        again = run_engine(engine, [prompt], 8)
     finally:
         engine.shutdown()
     want = generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=8).tokens[0]
@@ -139,21 +118,21 @@ def test_a_failure_that_loses_the_cache_ends_the_running_and_serves_the_next(tin
 def test_prompts_arriving_together_are_prefilled_together_and_decode_as_generate(tiny):
     """Batched prefill: one program takes several prompts' chunks (rows padded to a power of two);
     each sequence's tokens equal generate's, and a prompt scored for echo logprobs goes alone."""
-    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=4, chunk=8, step_tokens=24)
-    assert engine.max_prefill == 2  # 24 tokens a step hold three chunks of 8: two rows (a power of two)
+    engine = engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=4, chunk=8, step_tokens=24)
+    assert engine.scheduler.max_prefill == 2  # 24 tokens a step hold three chunks of 8: two rows (a power of two)
     engine.warm_up()
     rows_seen = []
-    program = engine._prefill
+    program = engine.runner._prefill
 
     def spy(params, draft, cache, tokens, *args, **kwargs):
         rows_seen.append((tokens.shape[0], len(set(np.asarray(args[0]).tolist()))))  # rows, distinct slots
         return program(params, draft, cache, tokens, *args, **kwargs)
-    engine._prefill = spy
+    engine.runner._prefill = spy
     engine.start()
     texts = ("The quick brown fox jumps over the lazy dog", "Once upon a time there was", "def hello():\n" * 3, "A")
     prompts = [tiny.tokenizer.encode(t) for t in texts]
     try:
-        got = _run(engine, prompts, 10)
+        got = run_engine(engine, prompts, 10)
     finally:
         engine.shutdown()
     want = [generate(tiny.params, tiny.config, [p], tiny.tokenizer, max_new_tokens=10).tokens[0] for p in prompts]
@@ -173,20 +152,20 @@ def test_a_repeated_prefix_is_not_prefilled_again_and_output_is_unchanged(tiny, 
     prompts = [system + tiny.tokenizer.encode(q) for q in (" What is two plus two?", " Name a colour.", " Hi")]
     outputs, starts = {}, {}
     for budget in (0, 1):
-        engine = Engine(tiny.params, config, tiny.tokenizer, max_batch=2, chunk=8, prefix_cache_mb=budget)
+        engine = engine_of(tiny.params, config, tiny.tokenizer, max_batch=2, chunk=8, prefix_cache_mb=budget)
         engine.warm_up()
         chunks = []
-        program = engine._prefill
+        program = engine.runner._prefill
 
         def spy(params, draft, cache, tokens, rows, steps, *args, program=program, chunks=chunks, **kwargs):
             chunks.append(np.asarray(steps).tolist())
             return program(params, draft, cache, tokens, rows, steps, *args, **kwargs)
-        engine._prefill = spy
+        engine.runner._prefill = spy
         engine.start()
         try:
-            first = _run(engine, prompts[:1], 6)
+            first = run_engine(engine, prompts[:1], 6)
             alone = len(chunks)
-            outputs[budget] = first + _run(engine, prompts[1:], 6)
+            outputs[budget] = first + run_engine(engine, prompts[1:], 6)
         finally:
             engine.shutdown()
         starts[budget] = chunks[alone:]
@@ -195,27 +174,10 @@ def test_a_repeated_prefix_is_not_prefilled_again_and_output_is_unchanged(tiny, 
         assert outputs[1] == [generate(tiny.params, config, [p], tiny.tokenizer, max_new_tokens=6).tokens[0]
                               for p in prompts]
     shared = (len(system) // 8) * 8
-    assert engine.reused_tokens == 2 * shared  # the later two restored every whole block of the system prompt
+    assert engine.runner.reused_tokens == 2 * shared  # the later two restored every whole block of the system prompt
     assert all(start >= shared for step in starts[1] for start in step)  # and prefilled none of it
     assert any(start < shared for step in starts[0] for start in step)  # which, without reuse, they did
-    assert 0 < len(engine.prefixes) <= engine.prefix_blocks
-
-
-def test_prefix_store_evicts_the_least_recently_used_block(tiny):
-    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=1, chunk=8, prefix_cache_mb=1)
-    engine.prefix_blocks = 2  # a tiny budget: two blocks
-    engine.warm_up()
-    engine.start()
-    try:
-        texts = ["one two three four five six seven eight nine ten " * 3, "alpha beta gamma delta epsilon zeta " * 3]
-        for text in texts:
-            assert len(tiny.tokenizer.encode(text)) > 24  # at least two whole blocks of 8, and a token after them
-            _run(engine, [tiny.tokenizer.encode(text)], 2)
-    finally:
-        engine.shutdown()
-    second = tuple(tiny.tokenizer.encode(texts[1]))
-    assert len(engine.prefixes) == 2 and sorted(engine.prefixes.values()) == [0, 1]  # the two slots, reused
-    assert all(key == second[:len(key)] for key in engine.prefixes)  # the first prompt's blocks were evicted
+    assert 0 < len(engine.runner.prefixes.blocks) <= engine.runner.prefixes.capacity
 
 
 @pytest.mark.parametrize("mesh", ["tensor=4", "tensor=2", "data=2,tensor=2"])
@@ -230,33 +192,33 @@ def test_a_sharded_engine_decodes_as_generate_and_compiles_nothing_after_warm_up
     traced = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, duration, **_: traced.append(event) if event.endswith("jaxpr_trace_duration") else None)
-    engine = Engine(params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8, prefix_cache_mb=1)
+    engine = engine_of(params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8, prefix_cache_mb=1)
     engine.warm_up()
     engine.start()
     before = len(traced)
     try:
-        got = _run(engine, prompts, 12)
-        again = _run(engine, prompts[2:], 12)  # its first chunks come from the prefix store
+        got = run_engine(engine, prompts, 12)
+        again = run_engine(engine, prompts[2:], 12)  # its first chunks come from the prefix store
     finally:
         engine.shutdown()
     assert got == want and again == want[2:]
-    assert engine.reused_tokens > 0 and len(traced) == before
-    heads = engine.cache[0]["k"].sharding.spec
-    assert tuple(heads)[:2] == (None, "tensor") and len(engine.cache[0]["k"].sharding.device_set) == len(devices)
+    assert engine.runner.reused_tokens > 0 and len(traced) == before
+    heads = engine.runner.cache[0]["k"].sharding.spec
+    assert tuple(heads)[:2] == (None, "tensor") and len(engine.runner.cache[0]["k"].sharding.device_set) == len(devices)
 
 
 def test_text_is_made_while_the_next_step_runs(tiny):
     """Overlap: a token's text (detokenising, stop strings, streaming) comes after the step that
     computes the next token is dispatched; the tokens and text are those of running it in lockstep."""
-    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
+    engine = engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
     engine.warm_up()
     log = []
-    decode = engine._decode
+    decode = engine.runner._decode
 
     def dispatch(*args, **kwargs):
         log.append("step")
         return decode(*args, **kwargs)
-    engine._decode = dispatch
+    engine.runner._decode = dispatch
     prompt = tiny.tokenizer.encode("The quick brown fox")
     want = generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=8)
     stop = want.texts[0][3:5]
@@ -292,5 +254,5 @@ def test_greedy_tokens_on_the_accelerator_are_the_cpus(tiny):
         placed = sharding.place(tiny.params, tiny.config, sharding.make_mesh(f"data={jax.device_count()}",
                                                                              jax.devices()))
         on_mesh = generate(placed, tiny.config, prompts, tiny.tokenizer, max_new_tokens=32).tokens
-        served = _served(Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8), prompts, 32)
-    assert accelerator == cpu and on_mesh == cpu and served == cpu
+        from_engine = served(engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8), prompts, 32)
+    assert accelerator == cpu and on_mesh == cpu and from_engine == cpu

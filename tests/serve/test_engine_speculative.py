@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 from scipy import stats
-from support import exact_marginals, random_draft
+from support import engine_of, exact_marginals, random_draft
 
 from neojax.generate import generate
 from neojax.model import init_params, preset
-from neojax.serve.engine import Engine, Sequence, Settings
+from neojax.serve.scheduler import Sequence, Settings
 
 PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3, "GPT-Neo generates"]
 
@@ -33,7 +33,7 @@ def run(engine, prompts, settings):
 
 
 def serving(params, config, tokenizer, **kwargs):
-    engine = Engine(params, config, tokenizer, **{"max_batch": 2, "chunk": 8, **kwargs})
+    engine = engine_of(params, config, tokenizer, **{"max_batch": 2, "chunk": 8, **kwargs})
     engine.warm_up()
     engine.start()
     return engine
@@ -65,11 +65,11 @@ def test_greedy_output_is_the_targets(tiny, k, which):
     for s, p in zip(got, scores):  # each token's log-probability and top 5, as without a draft
         np.testing.assert_allclose(s.logprobs, p.logprobs, atol=1e-4)
         assert [[i for i, _ in top] for top in s.top] == [[i for i, _ in top] for top in p.top]
-    assert engine.reused_tokens > 0 and len(traced) == before  # nothing compiled after warm-up
+    assert engine.runner.reused_tokens > 0 and len(traced) == before  # nothing compiled after warm-up
     if which == "the target itself":
-        assert engine.kept == engine.proposed > 0
+        assert engine.runner.kept == engine.runner.proposed > 0
     else:
-        assert engine.kept < 0.5 * engine.proposed  # really checked, and mostly overruled
+        assert engine.runner.kept < 0.5 * engine.runner.proposed  # really checked, and mostly overruled
 
 
 def test_stop_strings_and_max_tokens_inside_a_round(tiny):
@@ -111,7 +111,7 @@ def test_a_greedy_stream_beside_sampled_ones_is_the_targets(tiny):
         engine.shutdown()
     assert alone[0].tokens == want and mixed[0].tokens == want
     assert [s.tokens for s in mixed[1:]] != [s.tokens for s in alone[1:]]  # the others really sampled
-    assert engine.kept < engine.proposed  # the random draft was overruled
+    assert engine.runner.kept < engine.runner.proposed  # the random draft was overruled
 
 
 class Letters:
@@ -132,14 +132,14 @@ def test_sampled_tokens_are_distributed_as_the_targets():
     params = jax.tree.map(lambda x: x * 4 if x.ndim == 2 and x.shape[0] == 12 else x, params)  # peakier
     draft = random_draft(config, seed=7)
     prompt, rows = [1, 5, 2], 2048
-    engine = Engine(params, config, Letters(), max_batch=32, chunk=4, max_queue=rows, draft=draft, draft_tokens=2)
+    engine = engine_of(params, config, Letters(), max_batch=32, chunk=4, max_queue=rows, draft=draft, draft_tokens=2)
     engine.start()  # not warmed up: only the row counts this run meets compile (12 s, not 33)
     try:
         seqs = run(engine, [prompt] * rows, Settings(max_tokens=3, temperature=1.0))
     finally:
         engine.shutdown()
     tokens = np.array([s.tokens for s in seqs])
-    assert tokens.shape == (rows, 3) and 0 < engine.kept < 0.9 * engine.proposed
+    assert tokens.shape == (rows, 3) and 0 < engine.runner.kept < 0.9 * engine.runner.proposed
 
     target2, target3 = exact_marginals(params, config, prompt)
     draft2, draft3 = exact_marginals(*draft, prompt)
@@ -168,5 +168,5 @@ def test_a_sharded_engine_with_a_draft_decodes_as_generate(tiny):
     finally:
         engine.shutdown()
     assert [s.tokens for s in got] == want and len(traced) == before
-    assert all(tuple(layer["k"].sharding.spec)[:2] == (None, "tensor") for layer in engine.cache)
-    assert len(engine.cache) == len(tiny.config.attention_layers) + len(draft_config.attention_layers)
+    assert all(tuple(layer["k"].sharding.spec)[:2] == (None, "tensor") for layer in engine.runner.cache)
+    assert len(engine.runner.cache) == len(tiny.config.attention_layers) + len(draft_config.attention_layers)

@@ -11,11 +11,10 @@ import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from support import Server
+from support import Server, engine_of
 
 from neojax.generate import generate
 from neojax.serve.api import build_app
-from neojax.serve.engine import Engine
 
 pytestmark = pytest.mark.slow  # trains a classifier and starts a server
 
@@ -119,7 +118,7 @@ def test_a_flagged_output_is_cut_before_the_flagged_piece(tiny, stream):
     full = generate(tiny.params, tiny.config, [prompt], tiny.tokenizer, max_new_tokens=48, stop_tokens=()).texts[0]
     word = full[len(full) // 2:len(full) // 2 + 4]
     assert word and word not in full[:len(full) // 2]
-    engine = Engine(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=16)
+    engine = engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=16)
     engine.warm_up()
     engine.start()
     try:

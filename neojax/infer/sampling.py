@@ -1,15 +1,38 @@
-"""One sampler for `generate` and the serving engine: with the same seed both give the same text.
+"""One sampler for every driver (generate, the engine, the training samples hook, speculative rounds).
 
-Row r's t-th drawn token uses the key fold_in(fold_in(key(seed), r), t): its randomness depends on
-the seed, the row's number (a sample or choice index) and the step alone, never on the batch it
-shares or the program that runs it (generate's loop, the engine's steps).
+Keys: row r's draw at step t (its t-th new token) uses fold_in(fold_in(key(seed), r), t); a draw
+for another purpose within that step (a draft's proposal, an acceptance test) folds in the purpose
+as well. Its randomness depends on the seed, the row's number (a sample or choice index), the
+step and the purpose alone, never on the batch it shares or the program that runs it, so
+`generate` and the server draw the same tokens for a seed.
 """
 from __future__ import annotations
+
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 FAST_FILTER = 256  # candidates of the filters' fast path
+
+
+class Sampling(NamedTuple):
+    """Per row ([rows] arrays, traced: changing them never recompiles): temperature (0: greedy),
+    top_k (0: off), top_p (1: off), the seed, the row's number and its step (new tokens so far)."""
+    temperature: jax.Array
+    top_k: jax.Array
+    top_p: jax.Array
+    seeds: jax.Array
+    rows: jax.Array
+    steps: jax.Array
+
+
+def keys(sampling: Sampling, purpose: Optional[int] = None):
+    """The rows' keys for this step (see the module doc); `purpose`: a further stream within it."""
+    def key(seed, row, step):
+        k = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), row), step)
+        return k if purpose is None else jax.random.fold_in(k, purpose)
+    return jax.vmap(key)(sampling.seeds, sampling.rows, sampling.steps)
 
 
 def filter_logits(logits, temperature, top_k, top_p):
@@ -48,16 +71,21 @@ def filter_logits(logits, temperature, top_k, top_p):
     return jnp.where((top_p[..., None] < 1) & (logits < threshold), -jnp.inf, logits)
 
 
-def draw(logits, temperature, top_k, top_p, seeds, rows, steps):
+def filtered(logits, sampling: Sampling):
+    """filter_logits with the rows' settings (a greedy row's temperature taken as tiny, not 0)."""
+    return filter_logits(logits, jnp.maximum(sampling.temperature, 1e-6), sampling.top_k, sampling.top_p)
+
+
+def draw(logits, sampling: Sampling, purpose: Optional[int] = None, greedy: bool = False):
     """Per row of logits [rows, vocab]: the argmax at temperature 0, else a draw from the filtered
-    distribution with the row's key (see the module doc). Settings are per row; a step where every
-    row is greedy skips the draw."""
-    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    distribution with the row's key (see the module doc). A step where every row is greedy skips
+    the draw; `greedy` (static) leaves it out of the program."""
+    argmax = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if greedy:
+        return argmax
 
     def sample():
-        keys = jax.vmap(lambda s, r, t: jax.random.fold_in(jax.random.fold_in(jax.random.key(s), r), t))(
-            seeds, rows, steps)
-        filtered = filter_logits(logits, jnp.maximum(temperature, 1e-6), top_k, top_p)
-        return jnp.where(temperature == 0, greedy, jax.vmap(jax.random.categorical)(keys, filtered)).astype(jnp.int32)
+        drawn = jax.vmap(jax.random.categorical)(keys(sampling, purpose), filtered(logits, sampling))
+        return jnp.where(sampling.temperature == 0, argmax, drawn).astype(jnp.int32)
 
-    return jax.lax.cond(jnp.any(temperature > 0), sample, lambda: greedy)
+    return jax.lax.cond(jnp.any(sampling.temperature > 0), sample, lambda: argmax)
