@@ -164,13 +164,13 @@ def _report(args) -> int:
                 if key in metrics:
                     row[f"{task}/{key}"] = metrics[key]
         rows.append(row)
-        if sharding.speaks():
+        if sharding.is_lead_process():
             print(f"  {label}: {row['bytes'] / 1e6:.1f} MB, perplexity {row['perplexity']:.3f}", flush=True)
     base = rows[0]
     for row in rows:
         row["bytes_vs_float32"] = row["bytes"] / base["bytes"]
         row["perplexity_change"] = row["perplexity"] / base["perplexity"] - 1
-    if not sharding.speaks():
+    if not sharding.is_lead_process():
         return 0  # process 0 writes the report
     print(_table(rows))
     chart = os.path.splitext(args.report)[0] + ".png"
@@ -190,7 +190,7 @@ def _cached_perplexity(params, config, tokenizer, texts, length: int = 256) -> f
     rows = np.array([ids[:length] for ids in encoded if len(ids) >= length], np.int32)
     mesh = sharding.mesh_of(params)
     if mesh is not None:
-        rows = sharding.put(rows, mesh)
+        rows = sharding.put_global(rows, mesh)
     logprobs = sharding.gathered(jax.jit(cached_logprobs, static_argnums=1)(params, config, rows))
     return float(np.exp(-np.mean(np.asarray(logprobs, np.float64))))
 

@@ -130,11 +130,16 @@ def exact_marginals(params, config, prompt):
     return joint12.sum(0), (joint12[..., None] * p3).sum((0, 1))
 
 
+def device_env(n: int) -> dict:
+    """This process's environment for a subprocess that sees `n` CPU devices (one: XLA's default)."""
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}" if n > 1 else "")
+
+
 def processes(module: str, argv: list, n: int = 2, devices: int = 2) -> list:
     """`python -m MODULE ARGV` as the n processes of one run on a loopback coordinator, each on
     `devices` CPU devices (stdout and stderr piped, as text); end them with `finish`."""
     port = free_port()
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = device_env(devices)
     return [subprocess.Popen([sys.executable, "-m", module, *argv, "--coordinator", f"127.0.0.1:{port}",
                               "--num_processes", str(n), "--process_id", str(i)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env) for i in range(n)]
@@ -165,7 +170,7 @@ class Server:
 
     def __init__(self, checkpoint: str, *extra: str, argv: list = (), devices: int = 1):
         argv = list(argv) or ["--checkpoint", checkpoint, "--port", str(free_port()), *extra]
-        env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" if devices > 1 else "")
+        env = device_env(devices)
         self.proc = subprocess.Popen([sys.executable, "-m", "neojax.serve", *argv], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env)
         self.lines, self.url = [], None

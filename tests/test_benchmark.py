@@ -8,7 +8,9 @@ import pytest
 from support import finish, printed, processes
 
 from neojax import benchmark
+from neojax.benchmark import evaluation
 from neojax.model import GPTNeo, init_params, preset
+from neojax.testing import agreeing_pair, widen
 
 
 def _rows(tmp_path, *args):
@@ -60,7 +62,7 @@ def test_rows_are_written_as_they_are_measured(tmp_path, monkeypatch):
     """A run stopped part-way (a time limit on a lent machine) keeps the rows it measured."""
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(benchmark, "bench_eval", stopped)
+    monkeypatch.setattr(evaluation, "bench_eval", stopped)
     out = tmp_path / "bench.json"
     with pytest.raises(KeyboardInterrupt):
         benchmark.main(["--presets", "tiny", "--seq_len", "64", "--only", "eval", "--output", str(out)])
@@ -75,13 +77,13 @@ def test_the_agreeing_pairs_target_computes_its_draft_when_its_other_blocks_writ
     params = jax.device_get(init_params(config, jax.random.key(0)))
     tokens = np.random.RandomState(0).randint(0, config.vocab_size, (2, 24)).astype(np.int32)
     logits = lambda p, c: np.asarray(GPTNeo(c).apply({"params": p}, tokens), np.float64)
-    target, (draft, draft_config) = benchmark.agreeing_pair(config, params, residual=0.0)
+    target, (draft, draft_config) = agreeing_pair(config, params, residual=0.0)
     assert draft_config.num_layers == 2 and draft_config.hidden_size == config.hidden_size // 2
     assert jax.tree.map(np.shape, target) == jax.tree.map(np.shape, params)
     np.testing.assert_allclose(logits(target, config), logits(draft, draft_config), atol=1e-5)
     wider = config.replace(hidden_size=3 * config.hidden_size, num_heads=3 * config.num_heads)
-    np.testing.assert_allclose(logits(benchmark.widen(params, 3), wider), logits(params, config), atol=1e-5)
-    moved, _ = benchmark.agreeing_pair(config, params, residual=1.0)
+    np.testing.assert_allclose(logits(widen(params, 3), wider), logits(params, config), atol=1e-5)
+    moved, _ = agreeing_pair(config, params, residual=1.0)
     assert np.abs(logits(moved, config) - logits(draft, draft_config)).max() > 1e-2
 
 

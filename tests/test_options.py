@@ -30,6 +30,7 @@ from neojax.serve import __main__ as serve_cli
 from neojax.serve.api import build_app as real_build_app
 from neojax.serve.engine import Engine as RealEngine
 from neojax.sharding import initialize_distributed as real_initialize_distributed
+from neojax.sharding import placement as sharding_placement
 from neojax.train import __main__ as train_cli
 
 pytestmark = pytest.mark.slow  # about a hundred runs of the commands (the fast subset: -m 'not slow')
@@ -384,7 +385,7 @@ def serve_reaches(argv, monkeypatch) -> tuple:
         return real_initialize_distributed(**flags)
     monkeypatch.setattr(serve_cli, "Engine", Engine)
     monkeypatch.setattr(serve_cli, "build_app", build_app)
-    monkeypatch.setattr(sharding_cli, "initialize_distributed", initialize_distributed)
+    monkeypatch.setattr(sharding_placement, "initialize_distributed", initialize_distributed)
     monkeypatch.setattr(uvicorn.Server, "run", run)
     return cli.run(serve_cli.main, argv), seen
 

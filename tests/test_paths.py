@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import object_store
+from support import device_env, object_store
 
 from neojax import checkpoint, paths
 from neojax.cli import UsageError
@@ -20,11 +20,6 @@ from neojax.train.workdir import Workdir
 SMOKE = ["--config", "quickstart:smoke", "--config.checkpoint.async_save=false", "--config.train.log_every=1"]
 
 
-def one_device():
-    """This process's environment (the storage servers' variables included) with one CPU device."""
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-
-
 def train_command(workdir):
     return [sys.executable, "-m", "neojax.train", *SMOKE, "--workdir", workdir]
 
@@ -32,7 +27,7 @@ def train_command(workdir):
 def kill_at(command, marker, cwd):
     """Run `command` and SIGKILL it once its output shows `marker`; its exit status."""
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env=one_device())
+                            env=device_env(1))
     try:
         for line in proc.stdout:
             if marker in line:
@@ -53,26 +48,26 @@ def losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def local_run(tmp_path_factory):
     """The uninterrupted smoke run on a local disk."""
     workdir = str(tmp_path_factory.mktemp("local") / "run")
-    subprocess.run(train_command(workdir), check=True, capture_output=True, timeout=600, env=one_device())
+    subprocess.run(train_command(workdir), check=True, capture_output=True, timeout=600, env=device_env(1))
     return workdir
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gs", "s3"])
-def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind, reference, tmp_path):
+def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind, local_run, tmp_path):
     with object_store(kind) as bucket:
         workdir = f"{bucket}/run1"
         assert kill_at(train_command(workdir), "step 5/6", cwd=tmp_path) == -9
         resumed = subprocess.run(train_command(workdir), capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                                 env=one_device())
+                                 env=device_env(1))
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert f"resumed from {workdir}/checkpoints/3" in resumed.stdout
         assert os.listdir(tmp_path) == []  # nothing local: no folder named "gs:" or "s3:"
-        assert same(checkpoint.load(workdir).params, checkpoint.load(reference).params)
-        assert losses(workdir) == losses(reference)
+        assert same(checkpoint.load(workdir).params, checkpoint.load(local_run).params)
+        assert losses(workdir) == losses(local_run)
         names = {p.name for p in paths.path(workdir).iterdir()}
         assert {"config.json", "metrics.jsonl", "checkpoints", "tb", "model", "data_cache", "tokenizer"} <= names
         assert ".lock" not in names  # the lease is given back at the end
@@ -84,7 +79,7 @@ def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind,
         paths.download_tree(export, tmp_path / "hf")
     import transformers
     model = transformers.GPTNeoForCausalLM.from_pretrained(tmp_path / "hf")
-    ours = checkpoint.load(reference)
+    ours = checkpoint.load(local_run)
     assert np.array_equal(model.transformer.wte.weight.detach().numpy(), ours.params["wte"])
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok("def main():\n    return 1")["input_ids"] == ours.tokenizer.encode("def main():\n    return 1")
@@ -137,16 +132,16 @@ def test_an_unknown_scheme_is_one_line_and_creates_no_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_reads_tasks_and_writes_results_on_object_storage(reference, tmp_path):
+def test_evaluate_reads_tasks_and_writes_results_on_object_storage(local_run, tmp_path):
     docs = [{"text": f"def f{i}(x):\n    return x + {i}"} for i in range(6)]
     local = tmp_path / "tasks"
     local.mkdir()
     (local / "lambada_openai.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
 
     def evaluate(data_dir, output):
-        r = subprocess.run([sys.executable, "-m", "neojax.evaluate", "--checkpoint", reference, "--tasks",
+        r = subprocess.run([sys.executable, "-m", "neojax.evaluate", "--checkpoint", local_run, "--tasks",
                             "lambada_openai", "--data_dir", data_dir, "--output", output], capture_output=True,
-                           text=True, timeout=300, env=one_device())
+                           text=True, timeout=300, env=device_env(1))
         assert r.returncode == 0, r.stderr[-3000:]
 
     evaluate(str(local), str(tmp_path / "local.json"))

@@ -34,7 +34,7 @@ def test_mesh_from_config():
 
 def test_on_device_moves_host_arrays_and_leaves_placed_ones():
     mesh = sharding.make_mesh({"data": 2}, jax.devices()[:2])
-    placed = sharding.put(np.ones((4, 2), np.float32), mesh, P("data"))
+    placed = sharding.put_global(np.ones((4, 2), np.float32), mesh, P("data"))
     host = np.arange(6, dtype=np.float32).reshape(2, 3)
     out = sharding.on_device({"host": host, "placed": placed})
     assert isinstance(out["host"], jax.Array) and np.array_equal(np.asarray(out["host"]), host)
@@ -48,7 +48,7 @@ def test_unmatched_logical_axis_is_an_error_naming_the_parameter():
 
 
 @pytest.fixture(scope="module")
-def reference():
+def single_device():
     """The single-device step."""
     optimizer = case_optimizer()
     state = init_state(CASE_CONFIG, optimizer, jax.random.key(0))
@@ -57,8 +57,8 @@ def reference():
 
 
 @pytest.mark.parametrize("mesh_spec", ["data=8", "data=2,fsdp=4", "data=2,fsdp=2,tensor=2", "tensor=8"])
-def test_sharded_step_matches_single_device(reference, mesh_spec):
-    ref_summary, ref_state = reference
+def test_sharded_step_matches_single_device(single_device, mesh_spec):
+    ref_summary, ref_state = single_device
     mesh = sharding.make_mesh(mesh_spec)
     optimizer = case_optimizer()
     state = sharded_init(CASE_CONFIG, optimizer, mesh, jax.random.key(0))
@@ -120,8 +120,8 @@ def test_plan_for_large_presets_allocates_nothing():
 
 
 @pytest.mark.slow
-def test_two_processes_agree_with_one(reference):
-    ref_summary, _ = reference
+def test_two_processes_agree_with_one(single_device):
+    ref_summary, _ = single_device
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     mesh = sharding.inference_mesh(args, shapes, args.batch_size)
     args.batch_size = args.batch_size or 8 * sharding.data_parallel(mesh)
     out = _run(args, loaded, texts, mesh)
-    if args.output and sharding.speaks():
+    if args.output and sharding.is_lead_process():
         paths.write_text(args.output, json.dumps(_finite(out), indent=2))
         print(f"wrote {args.output}")
     return 0
@@ -168,19 +168,7 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
                              "...); none is among the tasks evaluated: drop it")
     if args.bias_report:
         cli.require("matplotlib", "--bias_report (its chart)", "matplotlib")
-    loaded = {}
-    for t in names:
-        try:
-            with cli.about(f"--tasks {t}"):
-                loaded[t] = ev.load_task(args.data_dir, t, args.num_fewshot, args.tfds_data_dir)
-        except UsageError as e:
-            if not (args.bias_report and isinstance(e.__context__, EmptySubset)):
-                raise  # asked for by name: say so; in the report the category shows '-'
-            continue
-        few = len(loaded[t][1])
-        if args.num_fewshot and few < args.num_fewshot:
-            raise cli.UsageError(f"--num_fewshot {args.num_fewshot}: {t}'s few-shot file holds {few} records; give "
-                                 f"more, or use --num_fewshot {few}")
+    loaded = _load_tasks(args, names)
     if args.bias_report:
         args.output = args.output or "bias_report.json"
         cli.writable_output("--output", args.output)
@@ -195,6 +183,24 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
     if args.output:
         cli.writable_output("--output", args.output)
     return loaded, texts
+
+
+def _load_tasks(args, names: list[str]) -> dict:
+    """Each task's (records, few-shot records), checked against --num_fewshot."""
+    loaded = {}
+    for t in names:
+        try:
+            with cli.about(f"--tasks {t}"):
+                loaded[t] = ev.load_task(args.data_dir, t, args.num_fewshot, args.tfds_data_dir)
+        except UsageError as e:
+            if not (args.bias_report and isinstance(e.__context__, EmptySubset)):
+                raise  # asked for by name: say so; in the report the category shows '-'
+            continue
+        few = len(loaded[t][1])
+        if args.num_fewshot and few < args.num_fewshot:
+            raise cli.UsageError(f"--num_fewshot {args.num_fewshot}: {t}'s few-shot file holds {few} records; give "
+                                 f"more, or use --num_fewshot {few}")
+    return loaded
 
 
 def _run(args, loaded: dict, texts: Optional[list[str]], mesh) -> dict:
@@ -231,7 +237,7 @@ def _run(args, loaded: dict, texts: Optional[list[str]], mesh) -> dict:
                                                   args.stride or None)
         for task, metrics in results.items():
             shown = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float) and not k.endswith("seconds")}
-            if sharding.speaks():
+            if sharding.is_lead_process():
                 print(f"{path} {task}: {shown}")
         results_all[path] = results
         rows[path] = (ev.published_row(model.config), results)
@@ -241,13 +247,13 @@ def _run(args, loaded: dict, texts: Optional[list[str]], mesh) -> dict:
             "processes": jax.process_count()}
     if args.paper_table:
         table = ev.paper_table(rows)
-        if sharding.speaks():
+        if sharding.is_lead_process():
             print(ev.format_table(table))
         return {"table": table, "results": results_all, **meta}
     if args.bias_report:
         table = bias.bias_report(results_all)
         chart = os.path.splitext(args.output)[0] + ".png"
-        if sharding.speaks():
+        if sharding.is_lead_process():
             print(bias.format_bias_report(table))
             with paths.local_file(chart) as local:
                 bias.plot_bias_report(table, local)

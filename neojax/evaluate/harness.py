@@ -46,8 +46,8 @@ def _scorer(config: GPTNeoConfig, mesh=None):
     program = jax.jit(score, out_shardings=NamedSharding(mesh, PartitionSpec()))
 
     def run(params, tokens):
-        with sharding.on(mesh):
-            return program(params, sharding.put(tokens, mesh, sharding.batch_spec()))
+        with sharding.using_mesh(mesh):
+            return program(params, sharding.put_global(tokens, mesh, sharding.batch_spec()))
     return run
 
 
@@ -112,7 +112,7 @@ class Scorer:
             whole = (list(context) + list(continuation))[-(self.max_len + 1):]
             inputs.append((i, whole, len(continuation)))
         inputs.sort(key=lambda r: -len(r[1]))  # longest first: similar lengths share a batch
-        progress = Progress(self.label, len(inputs), show=sharding.speaks())
+        progress = Progress(self.label, len(inputs), show=sharding.is_lead_process())
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start:start + self.batch_size]
             width = self._bucket(max(len(w) for _, w, _ in chunk))
@@ -139,7 +139,7 @@ class Scorer:
                    for context, _, max_gen_toks in requests]
         order = sorted(range(len(requests)), key=lambda i: (tuple(requests[i][1]), requests[i][2], -len(encoded[i])))
         results: list = [None] * len(requests)
-        progress = Progress(self.label, len(requests), show=sharding.speaks())
+        progress = Progress(self.label, len(requests), show=sharding.is_lead_process())
         weights = decode_weights(self.params, self.config)  # once for every batch of the task
         while order:
             first = order[0]

@@ -30,7 +30,7 @@ def _stream_to(out):
     return on_text
 
 
-def main(argv=None) -> int:
+def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m neojax.generate", description="Generate text with GPT-Neo.")
     parser.add_argument("--checkpoint", required=True, help="HF directory, neojax directory or training workdir")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeat for a batch)")
@@ -54,7 +54,11 @@ def main(argv=None) -> int:
     parser.add_argument("--draft_tokens", type=cli.positive_int, default=4, help="tokens the draft proposes a round")
     cli.add_model_options(parser)
     sharding.add_mesh_options(parser, default="auto")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _prompts(args) -> list[str]:
+    """The prompts of --prompt and --prompt_file, checked."""
     if any(not s for s in args.stop):
         raise cli.UsageError("--stop: an empty stop string would end every row at once; give text")
     prompts = list(args.prompt)
@@ -68,6 +72,12 @@ def main(argv=None) -> int:
     if not prompts and not (args.chat or args.interactive):
         raise cli.UsageError("no prompt: give --prompt TEXT, --prompt_file FILE, --interactive or --chat")
     _check_modes(args, prompts)
+    return prompts
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    prompts = _prompts(args)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         path = os.path.expanduser(args.checkpoint)
         stated = checkpoint.stated_shape(path)
@@ -106,14 +116,14 @@ def main(argv=None) -> int:
         encoded = fit([model.tokenizer.encode(p) or [model.tokenizer.eos_id] for p in prompts], args.max_new_tokens,
                       model.config, args.truncate)
     batch = [ids for ids in encoded for _ in range(args.num_samples)]
-    streaming = len(batch) == 1 and sharding.speaks()
+    streaming = len(batch) == 1 and sharding.is_lead_process()
     if streaming:
         sys.stdout.write(prompts[0])
     out = generate(model.params, model.config, batch, model.tokenizer, seed=args.seed,
                    on_text=_stream_to(sys.stdout) if streaming else None, **settings)
     if streaming:
         print()
-    elif sharding.speaks():
+    elif sharding.is_lead_process():
         for i, text in enumerate(out.texts):
             print(f"--- [{i // args.num_samples}.{i % args.num_samples}] ---\n{prompts[i // args.num_samples]}{text}")
     if out.acceptance is not None:

@@ -62,7 +62,7 @@ def apply_repetition_penalty(logits, seen, penalty):
 
 
 def _whole(x):
-    """`x` replicated when tracing under a mesh (sharding.on): what a host callback reads and returns."""
+    """`x` replicated when tracing under a mesh (sharding.using_mesh): what a host callback reads and returns."""
     return x if jax.sharding.get_abstract_mesh().empty else jax.lax.with_sharding_constraint(x, PartitionSpec())
 
 
@@ -178,9 +178,9 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
         inputs = (tokens, mask, np.uint32(seed % 2 ** 32), np.float32(temperature or 1.0), np.int32(top_k),
                   np.float32(top_p), np.float32(repetition_penalty), stop_array, np.int32(max_new_tokens),
                   np.int32(call))
-        with sharding.on(mesh) if mesh is not None else contextlib.nullcontext():
+        with sharding.using_mesh(mesh) if mesh is not None else contextlib.nullcontext():
             if mesh is not None:  # global arrays: the batch split over the data axes, the rest on every device
-                inputs = tuple(sharding.put(x, mesh, sharding.batch_spec() if i < 2 else PartitionSpec())
+                inputs = tuple(sharding.put_global(x, mesh, sharding.batch_spec() if i < 2 else PartitionSpec())
                                for i, x in enumerate(inputs))
             transposed = decode_weights(params, config) if weights is None else weights
             out, lengths = _generate_program(

@@ -25,12 +25,14 @@ import numpy as np
 
 from neojax.tree import named_leaves, path_name
 
+DEFAULT_TARGETS = (r"attn/(q|v)_proj/kernel",)  # the kernels LoRA adapts unless told: queries and values
+
 
 @dataclasses.dataclass(frozen=True)
 class Lora:
     rank: int = 8
     alpha: float = 16.0
-    targets: Sequence[str] = (r"attn/(q|v)_proj/kernel",)
+    targets: Sequence[str] = DEFAULT_TARGETS
 
     def __post_init__(self):
         if self.rank < 1:

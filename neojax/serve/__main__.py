@@ -43,7 +43,7 @@ from neojax.serve.relay import Relay
 TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # JAX records one per traced (compiled) program
 
 
-def main(argv=None) -> int:
+def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m neojax.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
@@ -82,61 +82,20 @@ def main(argv=None) -> int:
                       "(default: its first label)")
     gate.add_argument("--moderate", default=None, help="what the gate checks: prompts, outputs or prompts,outputs "
                       "(the default)")
-    args = parser.parse_args(argv)
-    moderate = parse_scope(args.moderate or "prompts,outputs")
-    given = [flag for flag in ("moderation_threshold", "moderation_safe_label", "moderate")
-             if getattr(args, flag) is not None]
-    if given and not args.moderation:
-        raise cli.UsageError(f"--{given[0]} sets the moderation gate; add --moderation CLASSIFIER (or drop it)")
-    if args.port > 65535:
-        raise cli.UsageError(f"--port {args.port}: a port is at most 65535")
-    if args.draft_tokens != 4 and not args.draft:
-        raise cli.UsageError("--draft_tokens is how many tokens --draft proposes a step; add --draft or drop it")
-    with cli.about(f"--draft_tokens {args.draft_tokens}"):
-        speculative.check_draft_tokens(args.draft_tokens)
-    path = cli.existing_path("--checkpoint", args.checkpoint)
-    with cli.about(f"--checkpoint {args.checkpoint}"):
-        stated = checkpoint.stated_shape(path)
-    shapes = [stated]
-    if args.draft:
-        draft_path = cli.existing_path("--draft", args.draft)
-        with cli.about(f"--draft {args.draft}"):
-            shapes.append(checkpoint.stated_shape(draft_path))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    moderate, path, draft_path, shapes = _checked(args)
     mesh = sharding.inference_mesh(args, shapes, replicas=False)
-    leads = sharding.speaks()  # process 0 listens and schedules; the others follow its engine
-    if leads:
-        sock = _listen(args.host, args.port)  # before any loading: a port in use or a bad host is one line
-        if not args.api_key and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
-            print(f"warning: serving on {args.host} without --api_key: anyone who reaches this machine can use "
-                  "the model; set --api_key (or NEOJAX_API_KEY)", file=sys.stderr, flush=True)
-    with cli.about(f"--checkpoint {args.checkpoint}"):
-        model = checkpoint.load(path, **cli.model_options(args))
-    if model.tokenizer is None:
-        raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
-                             "merges.txt)")
-    unservable = sorted({k for k in model.config.attention_layers if not registry.get("attention", k).servable})
-    if unservable:
-        raise cli.UsageError(f"--checkpoint {args.checkpoint}: attention {unservable} keeps a running state, not a "
-                             "KV cache per slot; the server needs softmax attention variants")
-    context = model.config.max_position_embeddings
-    if args.max_len > context:
-        raise cli.UsageError(f"--max_len {args.max_len} exceeds the model's {context}-token context")
-    with cli.about(f"--mesh {args.mesh}"):
-        model = model._replace(params=sharding.place(model.params, model.config, mesh))
-    draft = None
-    if args.draft:
-        with cli.about(f"--draft {args.draft}"):
-            drafter = checkpoint.load(draft_path, **cli.model_options(args))
-            speculative.check_draft(model.config, drafter.config, args.draft_tokens)
-        with cli.about(f"--mesh {args.mesh}"):
-            draft = (sharding.place(drafter.params, drafter.config, mesh), drafter.config)
-    name = args.model_name or os.path.basename(os.path.normpath(path))
-    moderator = None
-    if args.moderation and leads:  # the gate runs beside the API, on process 0
-        where = cli.existing_path("--moderation", args.moderation)
-        with cli.about(f"--moderation {args.moderation}"):
-            moderator = Moderator.load(where, 0.5 if args.moderation_threshold is None else args.moderation_threshold,
-                                       args.moderation_safe_label or "")
+    leads = sharding.is_lead_process()  # process 0 listens and schedules; the others follow its engine
+    sock = _listen(args.host, args.port) if leads else None  # before any loading: a port in use is one line
+    if sock is not None and not args.api_key and not ipaddress.ip_address(sock.getsockname()[0]).is_loopback:
+        print(f"warning: serving on {args.host} without --api_key: anyone who reaches this machine can use "
+              "the model; set --api_key (or NEOJAX_API_KEY)", file=sys.stderr, flush=True)
+    model, draft = _models(args, path, draft_path, mesh)
+    moderator = _moderator(args) if args.moderation and leads else None  # the gate runs beside the API, on process 0
     relay = Relay() if jax.process_count() > 1 else None
     settings = EngineSettings(args.max_batch, args.max_len or None, args.chunk, args.max_queue, args.step_tokens,
                               args.prefix_cache_mb, args.draft_tokens)
@@ -152,9 +111,72 @@ def main(argv=None) -> int:
         return 0
     if moderator is not None:
         moderator.score(["warm up"])  # compiled before the first request
+    name = args.model_name or os.path.basename(os.path.normpath(path))
     app = build_app(engine, name, args.max_request_bytes, args.api_key, moderator, moderate,
                     access_log=not args.no_access_log)
     _count_compilations(app.state.api)
+    return _serve(engine, app, sock, args, name)
+
+
+def _checked(args) -> tuple:
+    """(the moderation scope, the checkpoint's path, the draft's or None, their stated shapes) of valid
+    flags, checked before any work; else a UsageError naming the flag."""
+    moderate = parse_scope(args.moderate or "prompts,outputs")
+    given = [flag for flag in ("moderation_threshold", "moderation_safe_label", "moderate")
+             if getattr(args, flag) is not None]
+    if given and not args.moderation:
+        raise cli.UsageError(f"--{given[0]} sets the moderation gate; add --moderation CLASSIFIER (or drop it)")
+    if args.port > 65535:
+        raise cli.UsageError(f"--port {args.port}: a port is at most 65535")
+    if args.draft_tokens != 4 and not args.draft:
+        raise cli.UsageError("--draft_tokens is how many tokens --draft proposes a step; add --draft or drop it")
+    with cli.about(f"--draft_tokens {args.draft_tokens}"):
+        speculative.check_draft_tokens(args.draft_tokens)
+    path = cli.existing_path("--checkpoint", args.checkpoint)
+    with cli.about(f"--checkpoint {args.checkpoint}"):
+        shapes = [checkpoint.stated_shape(path)]
+    draft_path = None
+    if args.draft:
+        draft_path = cli.existing_path("--draft", args.draft)
+        with cli.about(f"--draft {args.draft}"):
+            shapes.append(checkpoint.stated_shape(draft_path))
+    return moderate, path, draft_path, shapes
+
+
+def _models(args, path, draft_path, mesh) -> tuple:
+    """(the model placed on `mesh`, the draft's (params, config) or None), each checked as served."""
+    with cli.about(f"--checkpoint {args.checkpoint}"):
+        model = checkpoint.load(path, **cli.model_options(args))
+    if model.tokenizer is None:
+        raise cli.UsageError(f"--checkpoint {args.checkpoint} has no tokenizer; add tokenizer.json (or vocab.json + "
+                             "merges.txt)")
+    unservable = sorted({k for k in model.config.attention_layers if not registry.get("attention", k).servable})
+    if unservable:
+        raise cli.UsageError(f"--checkpoint {args.checkpoint}: attention {unservable} keeps a running state, not a "
+                             "KV cache per slot; the server needs softmax attention variants")
+    context = model.config.max_position_embeddings
+    if args.max_len > context:
+        raise cli.UsageError(f"--max_len {args.max_len} exceeds the model's {context}-token context")
+    with cli.about(f"--mesh {args.mesh}"):
+        model = model._replace(params=sharding.place(model.params, model.config, mesh))
+    if draft_path is None:
+        return model, None
+    with cli.about(f"--draft {args.draft}"):
+        drafter = checkpoint.load(draft_path, **cli.model_options(args))
+        speculative.check_draft(model.config, drafter.config, args.draft_tokens)
+    with cli.about(f"--mesh {args.mesh}"):
+        return model, (sharding.place(drafter.params, drafter.config, mesh), drafter.config)
+
+
+def _moderator(args) -> Moderator:
+    where = cli.existing_path("--moderation", args.moderation)
+    with cli.about(f"--moderation {args.moderation}"):
+        return Moderator.load(where, 0.5 if args.moderation_threshold is None else args.moderation_threshold,
+                              args.moderation_safe_label or "")
+
+
+def _serve(engine: Engine, app, sock, args, name: str) -> int:
+    """Serve `app` on `sock` until SIGINT or SIGTERM; running streams end with finish_reason "abort"."""
     engine.start()
 
     class Server(uvicorn.Server):

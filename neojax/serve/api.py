@@ -12,6 +12,7 @@ sequences cancelled: their slots free at the next step.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import os
@@ -508,29 +509,30 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
         with open(PAGE, encoding="utf-8") as f:
             return HTMLResponse(f.read().replace("{{MODEL}}", model_name).replace("{{CONTEXT}}", str(engine.max_len)))
 
-    def openapi() -> dict:
-        """FastAPI's document, with the request bodies the endpoints validate by hand (their models
-        are built for this model's vocabulary and context, so the bounds are this server's)."""
-        if app.openapi_schema is None:
-            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-            bodies = {"/v1/completions": api.CompletionRequest, "/v1/chat/completions": api.ChatRequest,
-                      **({"/v1/moderations": schema.ModerationRequest} if moderator is not None else {})}
-            # the chunks are named only inside the event schemas, so FastAPI does not list them
-            for model in (schema.CompletionChunk, schema.ChatCompletionChunk, *bodies.values()):
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                schemas.update(body.pop("$defs", {}))
-                schemas[model.__name__] = body
-            for path, model in bodies.items():
-                doc["paths"][path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
-            if api_key:
-                doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-                for path, operations in doc["paths"].items():
-                    for operation in operations.values() if path.startswith("/v1") else ():
-                        operation["security"] = [{"bearer": []}]
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi
+    app.openapi = functools.partial(_openapi, app, api, moderator is not None, bool(api_key))
     return app
+
+
+def _openapi(app: FastAPI, api: "Api", moderated: bool, keyed: bool) -> dict:
+    """FastAPI's document, with the request bodies the endpoints validate by hand (their models are
+    built for this model's vocabulary and context, so the bounds are this server's)."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        bodies = {"/v1/completions": api.CompletionRequest, "/v1/chat/completions": api.ChatRequest,
+                  **({"/v1/moderations": schema.ModerationRequest} if moderated else {})}
+        # the chunks are named only inside the event schemas, so FastAPI does not list them
+        for model in (schema.CompletionChunk, schema.ChatCompletionChunk, *bodies.values()):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(body.pop("$defs", {}))
+            schemas[model.__name__] = body
+        for path, model in bodies.items():
+            doc["paths"][path]["post"]["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        if keyed:
+            doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            for path, operations in doc["paths"].items():
+                for operation in operations.values() if path.startswith("/v1") else ():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = doc
+    return app.openapi_schema

@@ -95,7 +95,7 @@ def main(argv=None) -> int:
         return 0
     config, args = parse(argv)  # train() validates the whole config before any work
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-save and read-only notices
-    sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    peers = sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     try:
         result = train(config, args.workdir, args.adopt_config)
     except ConfigError as e:  # worded as the flags that set the keys
@@ -104,7 +104,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Exception:
-        sharding.blame_lost_peer()  # a dead peer: one line naming it (exit 75) instead of the collective's error
+        if peers is not None:  # a dead peer: one line naming it (exit 75) instead of the collective's error
+            peers.blame_lost_peer()
         raise
     if result.get("preempted"):
         if jax.process_index() == 0:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 from neojax import registry, sharding
 from neojax.errors import UsageError
 from neojax.model.config import DTYPES, REMATS, is_int, is_number
+from neojax.model.lora import DEFAULT_TARGETS
 
 Check = Callable[[Any], Optional[str]]
 
@@ -159,7 +160,7 @@ SCHEMA = {
     "lora": {
         "rank": Field(0, integer(0), "> 0: train LoRA adapters of this rank; the base stays frozen"),
         "alpha": Field(16.0, number(0, above=True), "adapter scale = alpha / rank"),
-        "targets": Field([r"attn/(q|v)_proj/kernel"], regexes, "regexes over parameter paths (h_0/attn/q_proj/kernel)"),
+        "targets": Field(list(DEFAULT_TARGETS), regexes, "regexes over parameter paths (h_0/attn/q_proj/kernel)"),
     },
     "distill": {
         "teacher": Field("", None, "a checkpoint (HF / neojax / workdir): distil its predictions"),

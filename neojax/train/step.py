@@ -129,6 +129,23 @@ def zeros_kept(new, old):
         for p, w in flax.traverse_util.flatten_dict(new).items()})
 
 
+def accumulated(one, tokens, rng, microbatches: int):
+    """The mean of `one(slice, rng)` (a pytree: loss, metrics, gradients) over `microbatches` equal
+    slices of the batch, each with its own key, in one loop: a larger-than-memory global batch."""
+    rows = jax.tree.leaves(tokens)[0].shape[0]
+    if rows % microbatches:
+        raise ValueError(f"batch {rows} is not divisible by microbatches={microbatches}")
+    chunks = jax.tree.map(lambda x: x.reshape(microbatches, -1, *x.shape[1:]), tokens)
+    first = jax.tree.map(lambda x: x[0], chunks)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: one(first, rng)))
+
+    def body(acc, xs):
+        return jax.tree.map(jnp.add, acc, one(*xs)), None
+
+    total, _ = jax.lax.scan(body, zeros, (chunks, jax.random.split(rng, microbatches)))
+    return jax.tree.map(lambda x: x / microbatches, total)
+
+
 def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
                     rules=sharding.DEFAULT_RULES, microbatches: int = 1, z_loss: float = 0.0,
                     abstract_state=None, frozen_config: GPTNeoConfig | None = None, loss_fn=None,
@@ -158,20 +175,7 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
             aux.pop("tokens", None)
             return value, aux, grads
 
-        if microbatches == 1:
-            return one(tokens, rng)
-        rows = jax.tree.leaves(tokens)[0].shape[0]
-        if rows % microbatches:
-            raise ValueError(f"batch {rows} is not divisible by microbatches={microbatches}")
-        chunks = jax.tree.map(lambda x: x.reshape(microbatches, -1, *x.shape[1:]), tokens)
-        first = jax.tree.map(lambda x: x[0], chunks)
-        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: one(first, rng)))
-
-        def body(acc, xs):
-            return jax.tree.map(jnp.add, acc, one(*xs)), None
-
-        total, _ = jax.lax.scan(body, zeros, (chunks, jax.random.split(rng, microbatches)))
-        return jax.tree.map(lambda x: x / microbatches, total)
+        return one(tokens, rng) if microbatches == 1 else accumulated(one, tokens, rng, microbatches)
 
     def step(state: TrainState, tokens, *frozen):
         rng, step_rng = jax.random.split(state.rng)

@@ -3,14 +3,13 @@ single-device numbers (log-likelihoods to float32 rounding, accuracies and gener
 and a mesh that cannot split the model or the batch is one line before any weight is read."""
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
 
 import jax
 import pytest
-from support import finish, printed, processes
+from support import device_env, finish, printed, processes
 
 from neojax import checkpoint, sharding
 from neojax.evaluate import evaluate
@@ -71,7 +70,7 @@ def test_int8_weights_place_their_scales_with_their_kernels(model):
 
 
 def run(argv, env_devices=8, **kwargs):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={env_devices}"}
+    env = device_env(env_devices)
     return subprocess.run([sys.executable, "-m", "neojax.evaluate", *argv], capture_output=True, text=True,
                           timeout=600, env=env, **kwargs)
 

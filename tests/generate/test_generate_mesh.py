@@ -1,12 +1,11 @@
 """Generation on a mesh (8 simulated devices, and 2 real processes): greedy output is token for
 token the single-device output and equals transformers', with rows split over `data` (padded to a
 multiple of it) and heads over `tensor`; stop strings and streaming see only the real rows."""
-import os
 import subprocess
 import sys
 
 import pytest
-from support import free_port, printed
+from support import device_env, free_port, printed
 from test_generate import _transformers_greedy
 
 from neojax import checkpoint, cli, sharding
@@ -45,7 +44,7 @@ def test_stop_strings_and_streaming_on_a_mesh(tiny_hf_with_tokenizer, mesh):
 
 
 def _cli(argv, devices=8, **kwargs):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = device_env(devices)
     return subprocess.Popen([sys.executable, "-m", "neojax.generate", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 

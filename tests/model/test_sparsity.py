@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from support import device_env
 
 from neojax.evaluate.task import SAMPLES
 from neojax.model import GPTNeoConfig, init_params
@@ -158,7 +159,7 @@ def test_the_report_on_a_mesh_equals_one_device(tiny_hf_with_tokenizer, tmp_path
     if processes == 1:
         procs = [subprocess.Popen(command + ["--mesh", "data=2,tensor=4"], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))]
+                                  env=device_env(8))]
     else:
         procs = support.processes("neojax.prune", command[3:])
     outs = support.finish(procs)

@@ -10,7 +10,7 @@ import httpx2 as httpx
 import numpy as np
 import openai
 import pytest
-from support import Server, finish, free_port, processes
+from support import Server, device_env, finish, free_port, processes
 
 PROMPTS = ["The quick brown fox", "Once upon a time, there was", "def hello():\n", "GPT-Neo generates text",
            "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over"]
@@ -42,7 +42,7 @@ def test_two_processes_serve_what_one_process_serves(tiny_hf_with_tokenizer):
         assert one.stop() == 0, "".join(one.lines)
 
     hosts = ["--coordinator", f"127.0.0.1:{free_port()}", "--num_processes", "2", "--mesh", "tensor=4"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = device_env(2)
     follower = subprocess.Popen([sys.executable, "-m", "neojax.serve", "--checkpoint", tiny_hf_with_tokenizer,
                                  *FLAGS, *hosts, "--process_id", "1"], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=env)

@@ -15,7 +15,7 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reference(corpus, tiny_tokenizer, tmp_path_factory):
+def uninterrupted(corpus, tiny_tokenizer, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     assert train(config(corpus, tiny_tokenizer), workdir)["step"] == TOTAL
     return workdir

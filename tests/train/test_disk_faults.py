@@ -42,7 +42,7 @@ def _without_root_file_access():
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
-def test_an_unreadable_checkpoint_is_named_not_set_aside(stopped_at_6, reference, corpus, tiny_tokenizer):
+def test_an_unreadable_checkpoint_is_named_not_set_aside(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     blocked = Path(stopped_at_6, "checkpoints", "6", "state", "_METADATA")
     blocked.chmod(0)
     try:
@@ -54,27 +54,27 @@ def test_an_unreadable_checkpoint_is_named_not_set_aside(stopped_at_6, reference
                                "(Permission denied)") and r.stderr.count("\n") == 1, r.stderr
     assert not Path(stopped_at_6, "damaged_checkpoints").exists()  # not moved, not "damaged"
     train(config(corpus, tiny_tokenizer), stopped_at_6)  # readable again: resumes from step 6
-    assert same(params(stopped_at_6), params(reference)) and losses(stopped_at_6) == losses(reference)
+    assert same(params(stopped_at_6), params(uninterrupted)) and losses(stopped_at_6) == losses(uninterrupted)
 
 
-def test_a_zero_byte_file_is_set_aside_in_one_line(stopped_at_6, reference, corpus, tiny_tokenizer):
+def test_a_zero_byte_file_is_set_aside_in_one_line(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     for file in state_data_files(Path(stopped_at_6, "checkpoints", "6")):
         Path(file).write_bytes(b"")
     r = _run(corpus, tiny_tokenizer, stopped_at_6)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "checkpoint" in r.stderr and "is damaged" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert len([line for line in r.stderr.splitlines() if line.strip()]) <= 3, r.stderr[-3000:]
-    assert same(params(stopped_at_6), params(reference)) and losses(stopped_at_6) == losses(reference)
+    assert same(params(stopped_at_6), params(uninterrupted)) and losses(stopped_at_6) == losses(uninterrupted)
 
 
-def test_a_lost_config_is_refused_unless_adopted(stopped_at_6, reference, corpus, tiny_tokenizer):
+def test_a_lost_config_is_refused_unless_adopted(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     os.remove(os.path.join(stopped_at_6, "config.json"))
     with pytest.raises(UsageError, match="has checkpoints but no config.json.*--adopt_config"):
         train(config(corpus, tiny_tokenizer), stopped_at_6)
     with pytest.raises(UsageError, match="--adopt_config: .* has no checkpoints"):
         train(config(corpus, tiny_tokenizer), os.path.join(stopped_at_6, "elsewhere"), adopt_config=True)
     train(config(corpus, tiny_tokenizer), stopped_at_6, adopt_config=True)
-    assert same(params(stopped_at_6), params(reference))
+    assert same(params(stopped_at_6), params(uninterrupted))
     with pytest.raises(UsageError, match="--adopt_config: .* has its config.json"):
         train(config(corpus, tiny_tokenizer), stopped_at_6, adopt_config=True)
 
@@ -94,7 +94,7 @@ def _on_a_full_disk(first, keep):
 
 
 @pytest.mark.parametrize("estimate", [True, False], ids=["before-the-save", "the-save-fails"])
-def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(estimate, reference, corpus, tiny_tokenizer,
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(estimate, uninterrupted, corpus, tiny_tokenizer,
                                                                    tmp_path):
     """Checkpoint 6 does not fit on a disk filled after checkpoint 3: known before writing (the
     estimate), or met by the save itself.
@@ -114,4 +114,4 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(estimate, refer
     assert failed and (failed[1], failed[2]) == ("6", "3"), errors[0]
     assert os.listdir(kept / "checkpoints") == ["3"]  # the partial save was removed
     train(config(corpus, tiny_tokenizer), str(kept))  # room again: the same command resumes
-    assert same(params(str(kept)), params(reference)) and losses(str(kept)) == losses(reference)
+    assert same(params(str(kept)), params(uninterrupted)) and losses(str(kept)) == losses(uninterrupted)

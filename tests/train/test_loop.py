@@ -39,29 +39,29 @@ def _same(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(corpus, tiny_tokenizer, tmp_path_factory):
+def eight_steps(corpus, tiny_tokenizer, tmp_path_factory):
     """An uninterrupted 8-step run."""
-    workdir = str(tmp_path_factory.mktemp("reference"))
+    workdir = str(tmp_path_factory.mktemp("eight_steps"))
     result = train(small_config(corpus, tiny_tokenizer.source), workdir)
     assert result["step"] == 8
     return workdir
 
 
-def test_workdir_holds_the_run(reference):
-    names = set(os.listdir(reference))
+def test_workdir_holds_the_run(eight_steps):
+    names = set(os.listdir(eight_steps))
     assert {"config.json", "metrics.jsonl", "checkpoints", "tb", "model", "data_cache"} <= names
-    metrics = read_metrics(reference)
+    metrics = read_metrics(eight_steps)
     assert [m["step"] for m in metrics if "train/loss" in m] == list(range(1, 9))
     valid = [m for m in metrics if "valid/loss" in m]
     assert [m["step"] for m in valid] == [4, 8] and valid[-1]["valid/loss"] < valid[-1]["valid/unigram_loss"] + 1
     last_train = [m for m in metrics if "train/loss" in m][-1]
     assert {"train/tokens_per_sec", "train/lr", "train/grad_norm"} <= set(last_train)
     assert {"valid/perplexity", "valid/bits_per_byte", "valid/unigram_loss"} <= set(valid[-1])
-    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(reference, "tb")))
-    assert json.load(open(os.path.join(reference, "config.json")))["train"]["total_steps"] == 8
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(eight_steps, "tb")))
+    assert json.load(open(os.path.join(eight_steps, "config.json")))["train"]["total_steps"] == 8
 
 
-def test_harness_tasks_run_as_a_training_hook(reference, corpus, tiny_tokenizer, tmp_path):
+def test_harness_tasks_run_as_a_training_hook(eight_steps, corpus, tiny_tokenizer, tmp_path):
     (tmp_path / "lambada_openai.jsonl").write_text("".join(
         json.dumps({"text": f"the quick brown fox jumps over the lazy dog {i}"}) + "\n" for i in range(3)))
     (tmp_path / "crows_pairs_english.jsonl").write_text(json.dumps(
@@ -78,11 +78,11 @@ def test_harness_tasks_run_as_a_training_hook(reference, corpus, tiny_tokenizer,
     assert {"wmt16-de-en/bleu", "wmt16-de-en/chrf", "wmt16-de-en/ter"} <= set(logged[0])
 
 
-def test_resume_in_process_is_bitwise(reference, corpus, tiny_tokenizer, tmp_path):
+def test_resume_in_process_is_bitwise(eight_steps, corpus, tiny_tokenizer, tmp_path):
     train(small_config(corpus, tiny_tokenizer.source, total_steps=4), str(tmp_path))
     train(small_config(corpus, tiny_tokenizer.source, total_steps=8), str(tmp_path))  # resumes at 4
-    assert _same(_params(str(tmp_path)), _params(reference))
-    assert _losses(str(tmp_path)) == _losses(reference)
+    assert _same(_params(str(tmp_path)), _params(eight_steps))
+    assert _losses(str(tmp_path)) == _losses(eight_steps)
 
 
 def _experiment_file(tmp_path, corpus, tokenizer_dir, total_steps):

@@ -4,7 +4,6 @@ parameters and metrics (each device holds the same rows and runs the same progra
 is the same in either order), only process 0 speaks, a killed process is named by its peer within
 seconds, and kills and preemptions resume exactly."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import finish, free_port, object_store
+from support import device_env, finish, free_port, object_store
 
 from neojax import checkpoint
 from neojax.sharding import LOST_EXIT
@@ -32,15 +31,11 @@ def smoke(tmp_path_factory):
             f"--config.eval.task_data_dir={tasks}"]
 
 
-def devices(n):
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-
-
 def launch(smoke, workdir):
     port = free_port()
     return [subprocess.Popen([sys.executable, "-m", "neojax.train", *smoke, "--workdir", workdir, "--coordinator",
                               f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=devices(1))
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=device_env(1))
             for i in range(2)]
 
 
@@ -68,17 +63,17 @@ def samples(stdout):
 
 
 @pytest.fixture(scope="module")
-def reference(smoke, tmp_path_factory):
+def one_process(smoke, tmp_path_factory):
     """(workdir, stdout) of one process with two devices."""
     workdir = str(tmp_path_factory.mktemp("one_process") / "run")
     out = subprocess.run([sys.executable, "-m", "neojax.train", *smoke, "--workdir", workdir], check=True,
-                         capture_output=True, text=True, timeout=600, env=devices(2)).stdout
+                         capture_output=True, text=True, timeout=600, env=device_env(2)).stdout
     return workdir, out
 
 
 @pytest.mark.parametrize("where", ["local", "gs"])
-def test_two_processes_equal_one_bit_for_bit(where, smoke, reference, tmp_path):
-    reference, reference_out = reference
+def test_two_processes_equal_one_bit_for_bit(where, smoke, one_process, tmp_path):
+    one_process, reference_out = one_process
 
     def run(workdir):
         outs = finish(launch(smoke, workdir))
@@ -90,20 +85,20 @@ def test_two_processes_equal_one_bit_for_bit(where, smoke, reference, tmp_path):
             workdir = f"{bucket}/run"
             (out0, err0), (out1, err1) = run(workdir)
             assert "done: step 6" in out0, err0[-3000:] + err1[-3000:]
-            assert same_params(workdir, reference)
-            assert records(workdir) == records(reference)
+            assert same_params(workdir, one_process)
+            assert records(workdir) == records(one_process)
         return
     workdir = str(tmp_path / "run")
     (out0, err0), (out1, err1) = run(workdir)
     assert "done: step 6" in out0, err0[-3000:] + err1[-3000:]
-    assert same_params(workdir, reference)
+    assert same_params(workdir, one_process)
     assert any("lambada_openai/acc" in m for m in records(workdir))
-    assert records(workdir) == records(reference)  # losses, valid loss and perplexity, the tasks' metrics
+    assert records(workdir) == records(one_process)  # losses, valid loss and perplexity, the tasks' metrics
     assert samples(out0) == samples(reference_out) and len(samples(out0)) == 6  # 3 prompts at steps 3 and 6
     assert "step " not in out1 and "done" not in out1 and not samples(out1)  # process 0 alone prints
 
 
-def test_a_killed_process_is_named_by_its_peer_and_both_resume_exactly(smoke, reference, tmp_path):
+def test_a_killed_process_is_named_by_its_peer_and_both_resume_exactly(smoke, one_process, tmp_path):
     workdir = str(tmp_path / "run")
     procs = launch(smoke, workdir)
     until(procs, "step 4/6")  # after the step-3 checkpoint
@@ -114,7 +109,7 @@ def test_a_killed_process_is_named_by_its_peer_and_both_resume_exactly(smoke, re
     assert len(errors) == 1 and "process 1 of this 2-process run was lost" in errors[0], err0[-2000:]
     (out0, err0), _ = finish(launch(smoke, workdir))
     assert "resumed from" in out0 and "done: step 6" in out0, err0[-3000:]
-    assert same_params(workdir, reference[0])
+    assert same_params(workdir, one_process[0])
 
 
 def test_sigterm_to_both_saves_at_one_agreed_step_and_both_resume_exactly(smoke, tmp_path):
@@ -135,21 +130,21 @@ def test_sigterm_to_both_saves_at_one_agreed_step_and_both_resume_exactly(smoke,
     assert same_params(workdir, uninterrupted)
 
 
-def test_checkpoints_load_on_any_device_count(smoke, reference, tmp_path):
+def test_checkpoints_load_on_any_device_count(smoke, one_process, tmp_path):
     """A workdir two processes wrote is exported by one process with one device, and one a single
     device wrote resumes and evaluates on two: restored onto the devices at hand, never "damaged"."""
     workdir = str(tmp_path / "run")
     finish(launch(smoke, workdir))
     r = subprocess.run([sys.executable, "-m", "neojax.convert", workdir, str(tmp_path / "hf"), "--to", "hf"],
-                       capture_output=True, text=True, timeout=300, env=devices(1))
+                       capture_output=True, text=True, timeout=300, env=device_env(1))
     assert r.returncode == 0 and "damaged" not in r.stderr, r.stderr[-2000:]
     assert np.array_equal(checkpoint.load(str(tmp_path / "hf")).params["wte"], checkpoint.load(workdir).params["wte"])
     one = str(tmp_path / "one")
     first = [sys.executable, "-m", "neojax.train", "--config", "quickstart:smoke", "--workdir", one]
     subprocess.run([*first, "--config.train.total_steps=3"], check=True, capture_output=True, timeout=300,
-                   env=devices(1))
+                   env=device_env(1))
     r = subprocess.run([sys.executable, "-m", "neojax.generate", "--checkpoint", one, "--prompt", "def ",
-                        "--max_new_tokens", "4"], capture_output=True, text=True, timeout=300, env=devices(2))
+                        "--max_new_tokens", "4"], capture_output=True, text=True, timeout=300, env=device_env(2))
     assert r.returncode == 0 and "damaged" not in r.stderr, r.stderr[-2000:]
-    r = subprocess.run([*first, "--config.mesh=data=2"], capture_output=True, text=True, timeout=300, env=devices(2))
+    r = subprocess.run([*first, "--config.mesh=data=2"], capture_output=True, text=True, timeout=300, env=device_env(2))
     assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-2000:]

@@ -30,7 +30,7 @@ def _corrupt_metadata(step_dir):
 
 
 @pytest.mark.parametrize("damage", [_truncate_arrays, _remove_state, _corrupt_metadata])
-def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(damage, stopped_at_6, reference, corpus,
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(damage, stopped_at_6, uninterrupted, corpus,
                                                                      tiny_tokenizer, capfd):
     workdir = stopped_at_6
     damage(os.path.join(workdir, "checkpoints", "6"))
@@ -39,11 +39,11 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(damage, stop
     assert f"checkpoint {workdir}/checkpoints/6 is damaged" in err and "Traceback" not in err, err
     assert result["step"] == TOTAL
     assert os.path.isdir(os.path.join(workdir, "damaged_checkpoints", "6"))  # moved aside, never deleted
-    assert same(params(workdir), params(reference))
-    assert losses(workdir) == losses(reference)
+    assert same(params(workdir), params(uninterrupted))
+    assert losses(workdir) == losses(uninterrupted)
 
 
-def test_partial_metrics_line_is_set_aside_with_a_warning(stopped_at_6, reference, corpus, tiny_tokenizer, capfd):
+def test_partial_metrics_line_is_set_aside_with_a_warning(stopped_at_6, uninterrupted, corpus, tiny_tokenizer, capfd):
     path = os.path.join(stopped_at_6, "metrics.jsonl")
     with open(path, "a") as f:
         f.write('{"step": 7, "train/lo')  # a kill in the middle of a write
@@ -51,22 +51,22 @@ def test_partial_metrics_line_is_set_aside_with_a_warning(stopped_at_6, referenc
     err = capfd.readouterr().err
     assert "metrics.jsonl line" in err and "set it aside" in err
     assert open(path + ".rejected").read() == '{"step": 7, "train/lo\n'
-    assert same(params(stopped_at_6), params(reference))
-    assert losses(stopped_at_6) == losses(reference)
+    assert same(params(stopped_at_6), params(uninterrupted))
+    assert losses(stopped_at_6) == losses(uninterrupted)
 
 
-def test_a_garbage_line_in_the_middle_loses_no_record(stopped_at_6, reference, corpus, tiny_tokenizer, capfd):
+def test_a_garbage_line_in_the_middle_loses_no_record(stopped_at_6, uninterrupted, corpus, tiny_tokenizer, capfd):
     path = os.path.join(stopped_at_6, "metrics.jsonl")
     lines = open(path).read().splitlines(keepends=True)
     with open(path, "w") as f:
         f.writelines(lines[:2] + ["garbage\n"] + lines[2:])
     train(config(corpus, tiny_tokenizer), stopped_at_6)
     assert "line 3 is not a complete record" in capfd.readouterr().err
-    assert losses(stopped_at_6) == losses(reference)  # every record after the bad line kept
+    assert losses(stopped_at_6) == losses(uninterrupted)  # every record after the bad line kept
     assert open(path + ".rejected").read() == "garbage\n"
 
 
-def test_second_process_is_refused_with_the_holders_pid(stopped_at_6, reference, corpus, tiny_tokenizer):
+def test_second_process_is_refused_with_the_holders_pid(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     with open(os.path.join(stopped_at_6, LOCK_NAME), "a+") as holder:  # another training process's lock
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         holder.seek(0)
@@ -78,10 +78,10 @@ def test_second_process_is_refused_with_the_holders_pid(stopped_at_6, reference,
             train(config(corpus, tiny_tokenizer), stopped_at_6)
         assert sorted(os.listdir(os.path.join(stopped_at_6, "checkpoints"))) == before
     train(config(corpus, tiny_tokenizer), stopped_at_6)  # once it is gone, the run resumes
-    assert same(params(stopped_at_6), params(reference))
+    assert same(params(stopped_at_6), params(uninterrupted))
 
 
-def test_resume_with_another_config_is_refused_and_changes_nothing(stopped_at_6, reference, corpus, tiny_tokenizer):
+def test_resume_with_another_config_is_refused_and_changes_nothing(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     workdir = stopped_at_6
     watched = ["config.json", "metrics.jsonl", os.path.join("model", "neojax.json")]
     before = {name: open(os.path.join(workdir, name), "rb").read() for name in watched}
@@ -91,7 +91,7 @@ def test_resume_with_another_config_is_refused_and_changes_nothing(stopped_at_6,
             train(config(corpus, tiny_tokenizer, **changes), workdir)
         assert {name: open(os.path.join(workdir, name), "rb").read() for name in watched} == before
     train(config(corpus, tiny_tokenizer, eval__every_steps=100), workdir)  # cadence may change
-    assert same(params(workdir), params(reference))
+    assert same(params(workdir), params(uninterrupted))
 
 
 def test_changed_learning_rate_is_allowed_and_said(stopped_at_6, corpus, tiny_tokenizer, capfd):
