@@ -153,17 +153,26 @@ def existing_path(flag: str, path: str) -> str:
 
 
 def writable_output(flag: str, path: str) -> str:
-    """Check before any work that `path` can be written: its directory exists and is writable (on
-    object storage, a write shows it: nothing is written here)."""
+    """Check before any work that a file can be written whole at `path` (paths.output_problem: not a
+    device, FIFO, socket or folder, its directory there and writable; a symlink is written through
+    to its target). On object storage a write shows it: nothing is checked here."""
+    problem = paths.output_problem(path)
+    if problem:
+        raise UsageError(f"{flag} {path} {problem}")
+    return path
+
+
+def writable_folder(flag: str, path: str, overwrite: bool = False) -> str:
+    """Check before any work that a folder can be written at `path` (files.atomic_directory): absent,
+    an empty folder, or (`overwrite`) a folder to replace; a symlink to a folder is written through."""
     if paths.is_remote(path):
         return path
-    directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a directory; give a file name")
-    if not os.path.isdir(directory):
-        raise UsageError(f"{flag} {path}: directory {directory} does not exist; create it first")
-    if not os.access(directory, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise UsageError(f"{flag} {path} cannot be written (permissions); choose another path")
+    local = os.path.realpath(os.path.expanduser(path))
+    if os.path.exists(local) and not os.path.isdir(local):
+        raise UsageError(f"{flag} {path} is {paths.kind_of(os.stat(local).st_mode)}, not a folder; choose another "
+                         "path")
+    if os.path.isdir(local) and os.listdir(local) and not overwrite:
+        raise UsageError(f"{flag} {path} already exists and is not empty; choose another path or pass --overwrite")
     return path
 
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
@@ -36,9 +35,7 @@ def main(argv=None) -> int:
     if args.quantize and args.dequantize:
         raise cli.UsageError("give --quantize or --dequantize, not both")
     cli.apart("DST", args.dst, "SRC", args.src)
-    dst = os.path.abspath(os.path.expanduser(args.dst))
-    if os.path.exists(dst) and not args.overwrite and (not os.path.isdir(dst) or os.listdir(dst)):
-        raise cli.UsageError(f"DST {args.dst} already exists and is not empty; choose another path or pass --overwrite")
+    cli.writable_folder("DST", args.dst, args.overwrite)
     if args.mtf_config:
         cli.readable_file("--mtf_config", args.mtf_config)
         with cli.about(f"SRC {args.src}"):

@@ -19,10 +19,17 @@ MARKERS = ("neojax.json", "config.json", "meta.json")
 @contextlib.contextmanager
 def atomic_directory(directory: str, overwrite: bool = False):
     """Yield a local temporary directory; it replaces `directory` only once the block succeeds, so a
-    crash never leaves a half-written model where a good one (or nothing) was. On object storage
-    (no rename) the files are uploaded once the block succeeds, the marker files last."""
+    crash never leaves a half-written model where a good one (or nothing) was. A symlink to a folder
+    is written through (the link stays and points at the new folder); a path that is not a folder is
+    refused. On object storage (no rename) the files are uploaded once the block succeeds, the
+    marker files last."""
+    if not paths.is_remote(directory) and os.path.islink(directory):
+        directory = os.path.realpath(directory)  # written through: the link stays, its folder is replaced
     target = paths.path(directory)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+    if not paths.is_remote(directory) and os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"{directory} is {paths.kind_of(os.stat(directory).st_mode)}, not a folder; "
+                                 "choose another destination")
+    if target.exists() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory} already exists and is not empty; choose another destination "
                               "or pass overwrite=True (--overwrite)")
     if paths.is_remote(directory):

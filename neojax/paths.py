@@ -18,6 +18,7 @@ import glob as pyglob
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import time
 from typing import Iterator, Optional, Union
@@ -134,14 +135,58 @@ def write_text(p: PathLike, text: str) -> None:
 
 def write_bytes(p: PathLike, data: bytes) -> None:
     """Write `data` whole: through a renamed temporary file locally, as one object remotely (a PUT
-    replaces an object atomically), so a reader never sees half of it."""
+    replaces an object atomically), so a reader never sees half of it. A symlink is written through
+    to its target, as a shell's `>` does (the link stays); anything but a regular file (a device, a
+    FIFO, a socket, a folder) is refused with a ValueError, never replaced."""
     target = path(p)
     if is_remote(target):
         target.write_bytes(data)
         return
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    problem = output_problem(target)
+    if problem:
+        raise ValueError(f"{os.fspath(p)} {problem}")
+    real = path(os.path.realpath(target)) if os.path.islink(target) else target
+    tmp = real.parent / f".{real.name}.tmp-{os.getpid()}"
     tmp.write_bytes(data)
-    os.replace(tmp, target)
+    os.replace(tmp, real)
+
+
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def kind_of(mode: int) -> str:
+    """What a file of this st_mode is, in words."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def output_problem(p: PathLike) -> Optional[str]:
+    """Why a file cannot be written whole at local path `p` (None: it can; object storage: always can):
+    `p`, or a symlink's target, exists and is not a regular file, or its directory is missing or
+    not writable. Worded to follow the path."""
+    if is_remote(p):
+        return None
+    local = os.path.expanduser(os.fspath(p))
+    if os.path.islink(local):
+        local = os.path.realpath(local)
+        link = f" (a symlink to {local})"
+    else:
+        link = ""
+    if os.path.exists(local):
+        mode = os.stat(local).st_mode
+        if stat.S_ISDIR(mode):
+            return f"is a directory{link}; give a file name"
+        if not stat.S_ISREG(mode):
+            return (f"is {kind_of(mode)}{link}, not a regular file; outputs are written whole (a temporary file "
+                    "renamed), so give a file name")
+    directory = os.path.dirname(os.path.abspath(local))
+    if not os.path.isdir(directory):
+        return f"{link.strip() + ': ' if link else ''}directory {directory} does not exist; create it first"
+    if not os.access(directory, os.W_OK) or (os.path.exists(local) and not os.access(local, os.W_OK)):
+        return f"cannot be written{link} (permissions); choose another path"
+    return None
 
 
 def read_range(p: PathLike, start: int, end: int) -> bytes:
@@ -225,10 +270,8 @@ def local_copy(p: PathLike, only: Optional[tuple[str, ...]] = None) -> Iterator[
 
 @contextlib.contextmanager
 def local_file(p: PathLike) -> Iterator[str]:
-    """A local file name to write (a chart, a report) that ends up at `p` when the block succeeds."""
-    if not is_remote(p):
-        yield os.fspath(path(p))
-        return
+    """A local file name to write (a chart, a report): what the block writes there is written whole
+    to `p` when the block succeeds (write_bytes: a symlink written through, a device refused)."""
     with tempfile.TemporaryDirectory(prefix="neojax-") as tmp:
         local = os.path.join(tmp, path(p).name)
         yield local

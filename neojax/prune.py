@@ -84,9 +84,7 @@ def main(argv=None) -> int:
     if not args.output:
         raise cli.UsageError("--output DST is required: where to write the pruned model")
     cli.apart("--output", args.output, "--checkpoint", args.checkpoint)
-    out = paths.path(args.output)
-    if out.exists() and not args.overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise cli.UsageError(f"--output {args.output} already exists; choose another path or pass --overwrite")
+    cli.writable_folder("--output", args.output, args.overwrite)
     with cli.about(f"--checkpoint {args.checkpoint}"):
         model = checkpoint.load(args.checkpoint)
     params = prune(model.params, args.method, s, args.scope)

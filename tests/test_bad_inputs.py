@@ -132,6 +132,8 @@ CASES = [
      "cannot be created"),
     # --- evaluate ---------------------------------------------------------------------------------------
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}"], "nothing to evaluate"),
+    ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "piqa", "--output", "/dev/full"],
+     "--output /dev/full is a character device, not a regular file"),
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", ","], "nothing to evaluate"),
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "lambada_openia"], "'lambada_openia'"),
     ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{tmp}", "--tasks", "piqa"], "piqa.jsonl"),

@@ -13,11 +13,13 @@ import jax
 from jax._src import distributed  # the key-value client initialize() made: jax has no public API for it
 
 from neojax import cli
+from neojax.errors import UsageError
+from neojax.sharding import lobby
 
 HEARTBEAT_S = 2.0  # how often each process says it is alive
 LOST_AFTER_S = 30.0  # silence after which a peer is declared lost (the coordination service's own limit is longer)
 SUSPECT_S = 6.0  # the same, once a collective has failed (a dead peer resets its connections at once)
-LOST_EXIT = 75  # EX_TEMPFAIL: the run stopped for a reason outside it; re-running resumes
+LOST_EXIT = lobby.LOST_EXIT  # EX_TEMPFAIL: the run stopped for a reason outside it; re-running resumes
 
 
 def add_distributed_options(parser) -> None:
@@ -30,12 +32,14 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
                            process_id: Optional[int] = None) -> Optional["PeerWatch"]:
     """jax.distributed.initialize from arguments, else NEOJAX_COORDINATOR / NEOJAX_NUM_PROCESSES /
     NEOJAX_PROCESS_ID, else JAX's own detection (TPU pods, SLURM, Open MPI). No-op for one process.
-    A multi-process run then watches its peers: returns the started PeerWatch (None: one process)."""
+    Flags are checked first (UsageError), and the processes meet in a lobby (neojax.sharding.lobby)
+    before JAX's coordination service starts. A multi-process run then watches its peers: returns
+    the started PeerWatch (None: one process)."""
     coordinator = coordinator or os.environ.get("NEOJAX_COORDINATOR")
-    num_processes = num_processes or env_int("NEOJAX_NUM_PROCESSES")
-    process_id = process_id if process_id is not None else env_int("NEOJAX_PROCESS_ID")
+    num_processes = num_processes or env_int("NEOJAX_NUM_PROCESSES", "--num_processes")
+    process_id = process_id if process_id is not None else env_int("NEOJAX_PROCESS_ID", "--process_id")
     # The coordination service aborts a survivor (a C++ stack trace) after its heartbeat timeout;
-    # watch_peers reports a lost peer in one line well before that.
+    # PeerWatch reports a lost peer in one line well before that.
     timeouts = dict(heartbeat_timeout_seconds=int(4 * LOST_AFTER_S), initialization_timeout=300)
     if num_processes == 1:
         return None  # one process: nothing to coordinate
@@ -45,6 +49,8 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
             return None  # a single-process run
         jax.distributed.initialize(**timeouts)
     else:
+        check_launch(coordinator, num_processes, process_id)
+        lobby.meet(coordinator, num_processes, process_id)
         # Only the CPU backend reads this (cross-process CPU collectives); asking for the platform
         # here would start the backend, which must happen after initialize().
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -53,13 +59,35 @@ def initialize_distributed(coordinator: Optional[str] = None, num_processes: Opt
     return PeerWatch().start() if jax.process_count() > 1 else None
 
 
+def check_launch(coordinator: Optional[str], num_processes: Optional[int], process_id: Optional[int]) -> None:
+    """A UsageError naming the flag when the multi-host flags cannot describe one process of a run."""
+    if coordinator is None:
+        raise UsageError(f"--num_processes {num_processes} needs --coordinator host:port (process 0's address, "
+                         "the same on every process)")
+    lobby.address(coordinator)
+    if num_processes is None:
+        raise UsageError(f"--coordinator {coordinator} needs --num_processes N (how many processes the run has)")
+    if process_id is None:
+        raise UsageError(f"--coordinator {coordinator} needs --process_id I (this process's index, 0 to "
+                         f"{num_processes - 1})")
+    if not 0 <= process_id < num_processes:
+        raise UsageError(f"--process_id {process_id} is outside 0..{num_processes - 1} for --num_processes "
+                         f"{num_processes}: give each process its own index below the count")
+
+
 def coordination_client():
     """The key-value client of the coordination service jax.distributed runs (None: one process)."""
     return distributed.global_state.client
 
 
-def env_int(name):
-    return int(os.environ[name]) if name in os.environ else None
+def env_int(name: str, flag: str) -> Optional[int]:
+    """The integer in environment variable `name` (None: unset), or a UsageError naming it and `flag`."""
+    if name not in os.environ:
+        return None
+    text = os.environ[name].strip()
+    if not text.isdigit():
+        raise UsageError(f"{name}={os.environ[name]!r} is not a whole number >= 0; set it (or {flag}) to one")
+    return int(text)
 
 
 class PeerWatch:

@@ -98,11 +98,12 @@ def test_stop_strings_and_max_tokens_inside_a_round(tiny):
 
 def test_a_greedy_stream_beside_sampled_ones_is_the_targets(tiny):
     """A step with a sampled row takes the sampled rule for it and the greedy rule for the others
-    (a step of greedy rows only skips the draws)."""
+    (a step of greedy rows only skips the draws). A sampled stream is what `generate` with the same
+    draft draws for that seed: one speculative round and one key derivation for both."""
     prompts = [tiny.tokenizer.encode(t) for t in PROMPTS[:3]]
     want = generate(tiny.params, tiny.config, [prompts[0]], tiny.tokenizer, max_new_tokens=10).tokens[0]
-    engine = serving(tiny.params, tiny.config, tiny.tokenizer, max_batch=3, draft=random_draft(tiny.config),
-                     draft_tokens=3)
+    draft = random_draft(tiny.config)
+    engine = serving(tiny.params, tiny.config, tiny.tokenizer, max_batch=3, draft=draft, draft_tokens=3)
     greedy = Settings(max_tokens=10, temperature=0.0)
     try:
         alone = run(engine, prompts, greedy)
@@ -111,6 +112,9 @@ def test_a_greedy_stream_beside_sampled_ones_is_the_targets(tiny):
         engine.shutdown()
     assert alone[0].tokens == want and mixed[0].tokens == want
     assert [s.tokens for s in mixed[1:]] != [s.tokens for s in alone[1:]]  # the others really sampled
+    drafted = [generate(tiny.params, tiny.config, [p], tiny.tokenizer, max_new_tokens=10, temperature=1.0, seed=seed,
+                        draft=draft, draft_tokens=3).tokens[0] for p, seed in zip(prompts[1:], (1, 2))]
+    assert [s.tokens for s in mixed[1:]] == drafted
     assert engine.runner.kept < engine.runner.proposed  # the random draft was overruled
 
 
