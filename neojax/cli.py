@@ -108,6 +108,7 @@ def _typed(convert, check, want: str):
 
 positive_int = _typed(int, lambda v: v > 0, "a positive integer")
 nonneg_int = _typed(int, lambda v: v >= 0, "a non-negative integer (0 = off)")
+seed = _typed(int, lambda v: 0 <= v < 2 ** 32, "a seed from 0 to 4294967295 (32 bits, as the server's)")
 nonneg_float = _typed(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 positive_float = _typed(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 probability = _typed(float, lambda v: math.isfinite(v) and 0 < v <= 1, "a number in (0, 1]")

@@ -15,11 +15,13 @@ from neojax import convert as convert_cli
 from neojax import sharding as sharding_cli
 from neojax.evaluate import __main__ as evaluate_cli
 from neojax.generate import __main__ as generate_cli
+from neojax.serve import __main__ as serve_cli
 from neojax.train import __main__ as train_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAINS = {"train": train_cli.main, "evaluate": evaluate_cli.main, "generate": generate_cli.main,
-         "convert": convert_cli.main, "sharding": sharding_cli.main, "benchmark": benchmark_cli.main}
+         "convert": convert_cli.main, "sharding": sharding_cli.main, "benchmark": benchmark_cli.main,
+         "serve": serve_cli.main}
 TRAIN = ["--config", "quickstart:smoke", "--workdir", "{tmp}/run"]
 
 # (command, arguments, text the one-line message must contain). {hf}: a tiny HF model with a
@@ -189,6 +191,15 @@ CASES = [
     ("evaluate", ["--data_dir", "{data}", "--tasks", "piqa"], "--checkpoint"),
     # --- generate ---------------------------------------------------------------------------------------
     ("generate", ["--checkpoint", "{hf}"], "no prompt"),
+    ("generate", ["--checkpoint", "{hf}", "--prompt", "a", "--seed", "4294967296"], "--seed"),
+    # --- serve: refused before the port is taken or a weight is read -----------------------------------
+    ("serve", ["--checkpoint", "{hf}", "--api_key", ""], "--api_key (or NEOJAX_API_KEY) is empty"),
+    ("serve", ["--checkpoint", "{hf}", "--max_len", "1"], "--max_len 1 leaves no room"),
+    # --- multi-host flags: checked before jax.distributed starts --------------------------------------
+    ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "piqa", "--coordinator", "localhost",
+                  "--num_processes", "2", "--process_id", "0"], "--coordinator localhost: give host:port"),
+    ("evaluate", ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "piqa", "--coordinator", "localhost:1",
+                  "--num_processes", "2", "--process_id", "2"], "--process_id 2 is outside 0..1"),
     ("generate", ["--checkpoint", "{hf}", "--prompt", "a", "--temperature", "nan"], "--temperature"),
     ("generate", ["--checkpoint", "{hf}", "--prompt", "a", "--temperature", "-1"], "--temperature"),
     ("generate", ["--checkpoint", "{hf}", "--prompt", "a", "--temperature", "inf"], "--temperature"),
@@ -295,6 +306,8 @@ BAD_RECORDS = [
     ("piqa", {**VALID["piqa"], "label": 0.5}, "field 'label' must be 0 or 1"),
     ("piqa", {k: v for k, v in VALID["piqa"].items() if k != "sol1"}, "field 'sol1' is missing"),
     ("piqa", {**VALID["piqa"], "goal": 3}, "field 'goal' must be a string"),
+    ("piqa", {**VALID["piqa"], "sol2": " "}, "answer choice 1 is empty"),
+    ("piqa", {**VALID["piqa"], "goal": "\ud800"}, "a lone surrogate"),
     ("hellaswag", {**VALID["hellaswag"], "endings": "abcd"}, "field 'endings' must be a list"),
     ("hellaswag", {**VALID["hellaswag"], "endings": ["only"]}, "field 'endings' must be a list"),
     ("hellaswag", {**VALID["hellaswag"], "endings": ["a", 2, "c", "d"]}, "field 'endings' must be a list"),

@@ -1,13 +1,16 @@
 """Harness-exact evaluation, generic perplexity / bits per byte, and the GPT-Neo paper table.
 
-    from neojax.evaluate import evaluate
+    from neojax import sharding
+from neojax.evaluate import evaluate
     results = evaluate(params, config, tokenizer, ["lambada_openai", "wikitext"], data_dir="tasks/")
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Optional, Sequence
 
+from neojax import sharding
 from neojax.evaluate import bias as _bias  # noqa: F401  (declares the bias suites)
 from neojax.evaluate import generation as _generation  # noqa: F401  (declares the generation tasks)
 from neojax.evaluate import task
@@ -58,6 +61,11 @@ def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str
                      "tokens_scored": scorer.tokens_scored}
         if scorer.tokens_generated:
             out[name]["tokens_generated"] = scorer.tokens_generated
+        if scorer.truncated:  # a score on a shortened context (the harness's rule) is not the full-context score
+            out[name]["truncated_requests"] = scorer.truncated
+            if sharding.is_lead_process():
+                print(f"warning: {name}: {scorer.truncated} request(s) lost context tokens to max_len "
+                      f"{scorer.max_len}; their scores are on the shortened text", file=sys.stderr, flush=True)
     return out
 
 

@@ -95,6 +95,7 @@ class Scorer:
         self.split = sharding.data_parallel(self.mesh) if self.mesh is not None else 1
         self.score = _scorer(config, self.mesh)
         self.tokens_scored = self.tokens_generated = 0
+        self.truncated = 0  # log-likelihood requests whose context (or continuation) lost tokens to max_len
         self.label = label
 
     def _bucket(self, n: int) -> int:
@@ -110,7 +111,8 @@ class Scorer:
             if not continuation:
                 raise ValueError(f"request {i} has an empty continuation")
             whole = (list(context) + list(continuation))[-(self.max_len + 1):]
-            inputs.append((i, whole, len(continuation)))
+            self.truncated += len(whole) < len(context) + len(continuation)
+            inputs.append((i, whole, min(len(continuation), len(whole) - 1)))
         inputs.sort(key=lambda r: -len(r[1]))  # longest first: similar lengths share a batch
         progress = Progress(self.label, len(inputs), show=sharding.is_lead_process())
         for start in range(0, len(inputs), self.batch_size):

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 from typing import Callable, Optional
 
 import numpy as np
@@ -213,6 +214,9 @@ def load_docs(data_dir: str, name: str, split: str = "", tfds_data_dir: Optional
     with io.TextIOWrapper(paths.path(path).open("rb"), encoding="utf-8", errors="strict") as f:
         try:
             for n, line in enumerate(f, 1):
+                if n == 1 and line.startswith("\ufeff"):  # an editor's byte-order mark, not part of the record
+                    line = line[1:]
+                    print(f"note: {path} starts with a UTF-8 byte-order mark; it is skipped", file=sys.stderr)
                 if not line.strip():
                     continue
                 try:
@@ -232,8 +236,21 @@ def load_docs(data_dir: str, name: str, split: str = "", tfds_data_dir: Optional
     return docs
 
 
+def _lone_surrogate(value) -> Optional[str]:
+    """The first string in a record that is not Unicode text (JSON may escape a lone surrogate, "\\ud800")."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return e.object[e.start:e.end]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((bad for item in items if (bad := _lone_surrogate(item)) is not None), None)
+
+
 def _check_doc(task: Task, doc, where: str) -> None:
     problem = f"a {type(doc).__name__}, not a JSON object" if not isinstance(doc, dict) else task.check(doc)
+    if problem is None and (bad := _lone_surrogate(doc)) is not None:
+        problem = f"holds {bad!r}, a lone surrogate (not a character); write valid Unicode text"
     if problem:
         raise ValueError(f"{where}: {problem} (a {task.name} record is {task.format})")
 
@@ -272,10 +289,18 @@ def multiple_choice_task(name: str, *, query: Callable[[dict], str], choices: Ca
     """Register a query + choices + gold task (the harness's multiple_choice): each choice scored
     as " " + choice after the query, a few-shot example rendered as query + " " + its gold choice;
     `metrics` of acc and acc_norm (with their stderr) reported. `declaration`: Task's other fields."""
+    check = declaration.pop("check", lambda doc: None)
+
+    def no_empty_choice(doc):  # an empty choice has no tokens: its log-likelihood 0 would win every time
+        if problem := check(doc):
+            return problem
+        empty = [i for i, c in enumerate(choices(doc)) if not str(c).strip()]
+        return f"answer choice {empty[0]} is empty; give every choice some text" if empty else None
+
     def run(scorer, docs, train_docs, num_fewshot=0):
         rnd = random.Random(FEWSHOT_SEED)
         render = lambda d: query(d) + " " + choices(d)[gold(d)]
         contexts = [fewshot_prefix(train_docs, num_fewshot, rnd, render, d) + query(d) for d in docs]
         scores = multiple_choice(scorer, contexts, [choices(d) for d in docs], [gold(d) for d in docs])
         return {k: v for k, v in scores.items() if k.removesuffix("_stderr") in metrics}
-    return register(Task(name, run, **declaration), replace)
+    return register(Task(name, run, check=no_empty_choice, **declaration), replace)

@@ -44,7 +44,7 @@ def build_parser() -> cli.ArgumentParser:
     parser.add_argument("--top_k", type=cli.nonneg_int, default=0, help="0 = off")
     parser.add_argument("--top_p", type=cli.probability, default=1.0, help="1 = off")
     parser.add_argument("--repetition_penalty", type=cli.positive_float, default=1.0, help="1 = off")
-    parser.add_argument("--seed", type=cli.nonneg_int, default=0)
+    parser.add_argument("--seed", type=cli.seed, default=0)
     parser.add_argument("--num_samples", type=cli.positive_int, default=1, help="samples per prompt")
     parser.add_argument("--stop", action="append", default=[], type=cli.unescape,
                         help=r'stop string (repeatable); \n, \t and \\ are escapes, e.g. --stop "\n\n"')
@@ -66,6 +66,10 @@ def _prompts(args) -> list[str]:
         with open(cli.readable_file("--prompt_file", args.prompt_file), encoding="utf-8", errors="strict") as f:
             with cli.about(f"--prompt_file {args.prompt_file}"):
                 lines = [line.rstrip("\n") for line in f if line.strip()]
+        if lines and lines[0].startswith("\ufeff"):  # an editor's byte-order mark, not part of the prompt
+            lines[0] = lines[0][1:]
+            print(f"note: --prompt_file {args.prompt_file} starts with a UTF-8 byte-order mark; it is not part of "
+                  "the first prompt", file=sys.stderr)
         if not lines:
             raise cli.UsageError(f"--prompt_file {args.prompt_file} holds no prompt (one prompt per non-empty line)")
         prompts += lines
@@ -171,7 +175,7 @@ def _interactive(model, settings, seed) -> int:
     print("neojax interactive generation: empty line or Ctrl-D to quit.", file=sys.stderr)
     for turn, line in enumerate(_typed_lines("> ")):
         history += model.tokenizer.encode(line)
-        out = generate(model.params, model.config, [history], model.tokenizer, seed=seed + turn,
+        out = generate(model.params, model.config, [history], model.tokenizer, seed=(seed + turn) % 2 ** 32,
                        on_text=_stream_to(sys.stdout), **settings)
         print()
         history = out.prompt_tokens[0] + out.tokens[0]
@@ -199,7 +203,8 @@ def _chat(model, settings, seed, system: str = "") -> int:
     for turn, line in enumerate(_typed_lines("User: ")):
         messages.append({"role": "user", "content": line})
         sys.stdout.write("Assistant:")
-        out = generate(model.params, model.config, render_prompt(messages), model.tokenizer, seed=seed + turn,
+        out = generate(model.params, model.config, render_prompt(messages), model.tokenizer,
+                       seed=(seed + turn) % 2 ** 32,
                        on_text=_stream_to(sys.stdout), **settings)
         print()
         messages.append({"role": "assistant", "content": out.texts[0].strip()})

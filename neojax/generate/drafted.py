@@ -49,14 +49,14 @@ def _host_round(call, tokens, counts, done):
     return stop_at
 
 
-@functools.partial(jax.jit, static_argnames=("config", "draft_config", "k", "max_new", "host"))
+@functools.partial(jax.jit, static_argnames=("config", "draft_config", "k", "max_new", "greedy", "host"))
 def speculative_program(params, draft_params, weights, draft_weights, tokens, counts, sampling: Sampling, stop_tokens,
                         n_new, call, *, config: GPTNeoConfig, draft_config: GPTNeoConfig, k: int, max_new: int,
-                        host: bool):
+                        greedy: bool, host: bool):
     """tokens [batch, width]: prompts left-aligned, counts[b] of them real; `weights` and
     `draft_weights`: decode_weights of each; `sampling`: per row, its steps ignored (each row's is its
-    count of new tokens). Returns the new tokens [batch, max_new + k + 1], their count per row, and
-    the proposals kept and made."""
+    count of new tokens); `greedy`: every row is (no draws in the program). Returns the new tokens
+    [batch, max_new + k + 1], their count per row, and the proposals kept and made."""
     batch, width = tokens.shape
     slots = width + max_new + k + 2
     rows = jnp.arange(batch)
@@ -99,7 +99,7 @@ def speculative_program(params, draft_params, weights, draft_weights, tokens, co
     def body(s: Round) -> Round:
         target_cache, draft_cache, new, kept, _ = speculative_round(
             target, target_vars, draft, draft_vars, s.target_cache, s.draft_cache, None, s.prev, s.last, s.length,
-            sampling._replace(steps=s.count.astype(jnp.uint32)), k)
+            sampling._replace(steps=s.count.astype(jnp.uint32)), k, greedy)
         n = kept + 1
         out, count, done = commit(s.out, s.count, s.done, new, n)
         final = jnp.take_along_axis(new, kept[:, None], axis=1)[:, 0]

@@ -117,7 +117,9 @@ def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k
     return carry[5], carry[6]
 
 
-def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty):
+def _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed):
+    if not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise ValueError(f"seed={seed}: use a seed from 0 to 2**32 - 1 (32 bits, as the server's)")
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens}: ask for at least 1 new token")
     if not math.isfinite(temperature) or temperature < 0:
@@ -145,7 +147,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     params, config), for a caller that generates repeatedly (made here otherwise). `draft`: (params,
     config) of a smaller model with the same tokenizer that proposes `draft_tokens` tokens a round
     (neojax.infer.speculative): the same greedy output, samples distributed as without it."""
-    _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     if isinstance(prompts, (str, np.ndarray)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
         prompts = [prompts]
     if not len(prompts):
@@ -175,7 +177,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     stops, stop_array = _stops(stop_tokens, eos)
     shown = on_text and (lambda row, piece: on_text(row, piece) if row < rows else None)
     with _watching(tokenizer, len(encoded), stop_strings, shown, stops) as (call, watcher):
-        inputs = (tokens, mask, np.uint32(seed % 2 ** 32), np.float32(temperature or 1.0), np.int32(top_k),
+        inputs = (tokens, mask, np.uint32(seed), np.float32(temperature or 1.0), np.int32(top_k),
                   np.float32(top_p), np.float32(repetition_penalty), stop_array, np.int32(max_new_tokens),
                   np.int32(call))
         with sharding.using_mesh(mesh) if mesh is not None else contextlib.nullcontext():
@@ -214,12 +216,12 @@ def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, t
         rows = len(encoded)
         every = lambda x, dtype: np.full(rows, x, dtype)
         sampling = Sampling(every(temperature, np.float32), every(top_k, np.int32), every(top_p, np.float32),
-                            every(seed % 2 ** 32, np.uint32), np.arange(rows, dtype=np.uint32), every(0, np.uint32))
+                            every(seed, np.uint32), np.arange(rows, dtype=np.uint32), every(0, np.uint32))
         out, counts, kept, proposed = speculative_program(
             params, draft_params, decode_weights(params, config) if weights is None else weights,
             decode_weights(draft_params, draft_config), tokens, np.array([len(ids) for ids in encoded], np.int32),
             sampling, stop_array, np.int32(max_new_tokens), np.int32(call), config=config, draft_config=draft_config,
-            k=k, max_new=max_new, host=watcher is not None)
+            k=k, max_new=max_new, greedy=temperature == 0, host=watcher is not None)
         out, counts = np.asarray(out), np.asarray(counts)
     new = [out[row, :counts[row]].tolist() for row in range(len(encoded))]
     texts = _texts(tokenizer, new, stop_strings, watcher)

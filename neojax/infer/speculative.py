@@ -94,26 +94,27 @@ def taken(proposed, kept, final):
 
 
 def speculative_round(target: GPTNeo, target_vars: dict, draft: GPTNeo, draft_vars: dict, target_cache, draft_cache,
-                      rows, prev, last, starts, sampling: Sampling, k: int):
+                      rows, prev, last, starts, sampling: Sampling, k: int, greedy: bool = False):
     """One speculative round for a batch of rows (cache rows `rows`, or every row if None), each with
     its newest token `last` (not yet in the caches; its slot is starts[b]) and the token before it
     `prev`: the draft takes prev (again: the same entry, or the one a round of k kept lacks) and last,
     then proposes k tokens one at a time; the target scores last and the k proposals in one step,
     and `verify` keeps each row's share (greedy rows: what the target alone would take). Draws use
     the rows' keys for this step (neojax.infer.sampling), purposes 1..k for the proposals and k+1,
-    k+2 for the acceptance test. Returns (target cache, draft cache, the new tokens [batch, k+1]
+    k+2 for the acceptance test; `greedy` (static): every row is greedy, the draws and the sampled
+    rule are left out of the program. Returns (target cache, draft cache, the new tokens [batch, k+1]
     (taken), how many proposals each row kept, the target's logits [batch, k+1, vocab])."""
-    greedy = sampling.temperature == 0
-    sampled = jnp.any(~greedy)  # else the draws and the sampled acceptance rule are skipped
+    rowwise = sampling.temperature == 0  # greedy rows
+    sampled = jnp.any(~rowwise)  # else the draws and the sampled acceptance rule are skipped
     logits, draft_cache = draft.apply(draft_vars, jnp.stack([prev, last], 1), starts - 1, draft_cache, rows,
                                       method=GPTNeo.extend)
     proposed, q_logits, draft_cache = propose(draft, draft_vars, logits[:, -1], draft_cache, starts + 1,
-                                              lambda q, i: draw(q, sampling, purpose=1 + i), k, rows)
+                                              lambda q, i: draw(q, sampling, purpose=1 + i, greedy=greedy), k, rows)
     p_logits, target_cache = target.apply(target_vars, jnp.concatenate([last[:, None], proposed], 1), starts,
                                           target_cache, rows, method=GPTNeo.extend)
     per_row = lambda x: x[:, None]  # a row's setting against its k+1 positions
     check = lambda rule: verify(p_logits, q_logits, proposed, per_row(jnp.maximum(sampling.temperature, 1e-6)),
                                 per_row(sampling.top_k), per_row(sampling.top_p),
                                 keys(sampling, k + 1), keys(sampling, k + 2), rule)
-    kept, final = jax.lax.cond(sampled, lambda: check(greedy), lambda: check(True))
+    kept, final = check(True) if greedy else jax.lax.cond(sampled, lambda: check(rowwise), lambda: check(True))
     return target_cache, draft_cache, taken(proposed, kept, final), kept, p_logits

@@ -128,6 +128,12 @@ def _checked(args) -> tuple:
         raise cli.UsageError(f"--{given[0]} sets the moderation gate; add --moderation CLASSIFIER (or drop it)")
     if args.port > 65535:
         raise cli.UsageError(f"--port {args.port}: a port is at most 65535")
+    if args.api_key is not None and not args.api_key.strip():
+        raise cli.UsageError("--api_key (or NEOJAX_API_KEY) is empty: an empty key would serve the API open; give a "
+                             "key, or unset it to serve without one")
+    if args.max_len == 1:
+        raise cli.UsageError("--max_len 1 leaves no room for a prompt token and a new one; give at least 2 (default: "
+                             "the model's context)")
     if args.draft_tokens != 4 and not args.draft:
         raise cli.UsageError("--draft_tokens is how many tokens --draft proposes a step; add --draft or drop it")
     with cli.about(f"--draft_tokens {args.draft_tokens}"):

@@ -25,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from neojax import __version__
 from neojax.finetune.chat import STOP, render_prompt
@@ -56,6 +57,16 @@ class BadRequest(Exception):
 
 def error_body(e: BadRequest) -> bytes:
     return json.dumps({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}).encode()
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object's pairs as a dict, refusing a key given twice (which value was meant is unknown)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise BadRequest(f"'{key}' is given twice in one JSON object; give each field once", key)
+        out[key] = value
+    return out
 
 
 def _error(e: BadRequest) -> Response:
@@ -94,8 +105,11 @@ def _settings(request, default_max: int) -> tuple[Settings, int]:
     if request.stream_options is not None and not request.stream:
         raise BadRequest("'stream_options' is only for streamed requests; set \"stream\": true or drop it",
                          "stream_options")
-    max_tokens = request.max_tokens if request.max_tokens is not None else getattr(request, "max_completion_tokens",
-                                                                                   None)
+    max_tokens, also = request.max_tokens, getattr(request, "max_completion_tokens", None)
+    if max_tokens is not None and also is not None and also != max_tokens:
+        raise BadRequest(f"'max_tokens' ({max_tokens}) and 'max_completion_tokens' ({also}) disagree; they mean the "
+                         "same here: give one", "max_completion_tokens")
+    max_tokens = also if max_tokens is None else max_tokens
     stop = [request.stop] if isinstance(request.stop, str) else request.stop or []
     settings = Settings(max_tokens=default_max if max_tokens is None else max_tokens,
                         temperature=_default(request.temperature, 1.0), top_p=_default(request.top_p, 1.0),
@@ -134,7 +148,9 @@ class Api:
     async def _body(self, request: Request, model: type[BaseModel], refused: dict,
                     model_name: Optional[str] = None) -> BaseModel:
         try:
-            body = json.loads(await request.body())
+            body = json.loads(await request.body(), object_pairs_hook=_unique_keys)
+        except ClientDisconnect:  # nobody to answer: no traceback either
+            raise BadRequest("the client closed the connection before the whole body arrived") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadRequest(f"the request body is not valid JSON ({e})") from None
         except RecursionError:
@@ -348,11 +364,15 @@ class Api:
         lps += seq.logprobs
         tops += [top(p) for p in seq.top]
         strings = [piece(t) for t in tokens]
-        offset = 0 if echo else len(self.tokenizer.decode(seq.prompt))
-        offsets = []
-        for s in strings:
+        # where each token's text starts in the returned text, in characters: the length of the text of
+        # the tokens before it (a token that ends inside a character starts its successor at that character)
+        # (without echo the completion's offsets start at the prompt's length, as OpenAI's do)
+        before, offsets, offset = [] if echo else seq.prompt, [], None
+        for j, text in enumerate(strings):
+            if offset is None:  # at the start, or after a piece that was part of a character: count again
+                offset = len(self.tokenizer.decode(before + tokens[:j]).rstrip("\ufffd"))
             offsets.append(offset)
-            offset += len(s)
+            offset = offset + len(text) if "\ufffd" not in text else None
         out["logprobs"] = {"tokens": strings, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
         return out
 
@@ -374,8 +394,9 @@ class Guard:
     "Authorization: Bearer <key>" (compared in constant time), else 401. Every response is counted
     for /metrics."""
 
-    def __init__(self, app, max_bytes: int, api_key: Optional[str], metrics: Metrics):
+    def __init__(self, app, max_bytes: int, api_key: Optional[str], metrics: Metrics, access_log: bool = True):
         self.app, self.max_bytes, self.api_key, self.metrics = app, max_bytes, api_key, metrics
+        self.access_log = access_log
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -385,6 +406,8 @@ class Guard:
         async def counted(message):
             if message["type"] == "http.response.start":
                 self.metrics.request(path, message["status"])
+                if message["status"] >= 400 and self.access_log:  # answered ones log their own line (Api)
+                    print(f"request refused: {scope['method']} {path} {message['status']}", flush=True)
             await send(message)
 
         await self._guarded(scope, receive, counted)
@@ -392,8 +415,9 @@ class Guard:
     async def _guarded(self, scope, receive, send):
         headers = dict(scope["headers"])
         if self.api_key and scope["path"].startswith("/v1"):
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
+            scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").strip().partition(" ")
+            # the scheme is case-insensitive (RFC 7235); the key is compared in constant time
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
                 return await _send(send, BadRequest("a valid API key is required: send 'Authorization: Bearer "
                                                     "<key>'", status=401, kind="invalid_request_error"))
         length = headers.get(b"content-length", b"0")
@@ -459,7 +483,8 @@ def build_app(engine: Engine, model_name: str, max_request_bytes: int = MAX_REQU
                   description=f"An OpenAI-compatible API serving {model_name}.")
     api = Api(engine, model_name, moderator, moderate, access_log)
     app.state.api = api
-    app.add_middleware(Guard, max_bytes=max_request_bytes, api_key=api_key, metrics=api.metrics)
+    app.add_middleware(Guard, max_bytes=max_request_bytes, api_key=api_key, metrics=api.metrics,
+                       access_log=access_log)
     keyed = (401,) if api_key else ()
 
     @app.exception_handler(BadRequest)

@@ -49,7 +49,8 @@ def requests(vocab: int, context: int) -> tuple[type[BaseModel], type[BaseModel]
                                                                         f"{vocab})")
         stop: Stop = Field(None, description=f"a string or at most {MAX_STOP} strings that end the text")
         n: Optional[int] = Field(None, ge=1, le=MAX_N, description=f"choices per prompt (at most {MAX_N} in all)")
-        seed: Optional[int] = Field(None, ge=-2 ** 63, lt=2 ** 64, description="the same seed, the same text")
+        seed: Optional[int] = Field(None, ge=0, lt=2 ** 32, description=(
+            "the same seed, the same text (0 to 2**32 - 1, as generate's --seed)"))
         stream: Optional[bool] = Field(None, description="server-sent events, one chunk per piece of text")
         stream_options: Optional[StreamOptions] = Field(None, description="only with stream: true")
         presence_penalty: Optional[float] = Field(None, ge=0, le=0, description="not supported: only 0")

@@ -28,6 +28,9 @@ from neojax.files import write_json
 from neojax.train.config import config_changes
 
 LOCK_NAME = ".lock"
+# what a run keeps in its workdir: name -> a folder (True) or a file (False)
+LAYOUT = {"checkpoints": True, "tb": True, "model": True, "data_cache": True, "config.json": False,
+          "metrics.jsonl": False, LOCK_NAME: False}
 LEASE_REFRESH, LEASE_EXPIRY = 30.0, 120.0  # seconds (object storage)
 
 
@@ -62,6 +65,12 @@ class Workdir:
         except OSError as e:
             raise UsageError(f"--workdir {self.path} cannot be created ({e.strerror}); choose another directory") \
                 from None
+        for name, folder in LAYOUT.items():  # what the run will write there must be of the kind it writes
+            entry = os.path.join(self.path, name)
+            if os.path.exists(entry) and os.path.isdir(entry) != folder:
+                found = paths.kind_of(os.stat(entry).st_mode) if not os.path.isdir(entry) else "a directory"
+                raise UsageError(f"--workdir {self.path}: {name} is {found}, where the run keeps "
+                                 f"{'a folder' if folder else 'a file'}; move it away (or restore what was there)")
 
     def _acquire(self) -> None:
         if self.remote:

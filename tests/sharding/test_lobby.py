@@ -55,7 +55,7 @@ def test_launches_that_go_wrong_say_so_in_seconds_and_one_that_is_right_starts()
     assert f"process 1: waiting for process 0 (the coordinator) at 127.0.0.1:{ports['late']}" in late[0][2][0]
 
     for code, _, err in map(_lines, procs["count"]):  # both named, both sides' counts
-        assert code == 2 and err == [f"error: process 1 (at 127.0.0.1) was started with --num_processes 3 and "
+        assert code == 2 and err == ["error: process 1 (at 127.0.0.1) was started with --num_processes 3 and "
                                      "process 0 with 2: give every process the same count"]
     for code, _, err in map(_lines, procs["twice"]):
         assert code == 2 and len(err) == 1 and "two processes were given --process_id 2" in err[0]
