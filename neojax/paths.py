@@ -159,6 +159,8 @@ def kind_of(mode: int) -> str:
     """What a file of this st_mode is, in words."""
     if stat.S_ISDIR(mode):
         return "a directory"
+    if stat.S_ISREG(mode):
+        return "a regular file"
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 

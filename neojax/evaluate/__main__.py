@@ -168,6 +168,9 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
                              "...); none is among the tasks evaluated: drop it")
     if args.bias_report:
         cli.require("matplotlib", "--bias_report (its chart)", "matplotlib")
+    for module, what, package in dict.fromkeys(r for t in names for r in tasks.get(t).requires):
+        cli.require(module, f"{what} (the metrics of {', '.join(t for t in names if tasks.get(t).requires)})",
+                    package)
     loaded = _load_tasks(args, names)
     if args.bias_report:
         args.output = args.output or "bias_report.json"
@@ -241,7 +244,12 @@ def _run(args, loaded: dict, texts: Optional[list[str]], mesh) -> dict:
                 print(f"{path} {task}: {shown}")
         results_all[path] = results
         rows[path] = (ev.published_row(model.config), results)
+    if args.sample_tasks and sharding.is_lead_process():
+        print("note: --sample_tasks scores a handful of made-up records per task: these numbers show the command "
+              "works, not how good the model is (prepare the real data: --prepare)")
     meta = {"neojax_version": __version__, "data_dir": str(paths.path(args.data_dir)),
+            **({"sample_tasks": "a handful of made-up records per task, not the benchmark"} if args.sample_tasks
+               else {}),
             "data_files": paths.glob(str(paths.path(args.data_dir) / "*.jsonl*")), "num_fewshot": args.num_fewshot,
             "tfds_data_dir": args.tfds_data_dir and os.path.abspath(args.tfds_data_dir), "mesh": dict(mesh.shape),
             "processes": jax.process_count()}

@@ -39,12 +39,16 @@ TRUTHFULQA_PREAMBLE = (
     "A: The 1992 Olympics were held in Barcelona, Spain.")
 
 
+SACREBLEU = ("sacrebleu", "BLEU, chrF and TER", "sacrebleu")
+ROUGE = ("rouge_score.rouge_scorer", "ROUGE", "rouge-score")
+
+
 def _sacrebleu():
-    return cli.require("sacrebleu", "BLEU, chrF and TER", "sacrebleu")  # deferred: an optional dependency
+    return cli.require(*SACREBLEU)  # deferred: an optional dependency
 
 
 def _rouge_scorer():
-    return cli.require("rouge_score.rouge_scorer", "ROUGE", "rouge-score")  # deferred: an optional dependency
+    return cli.require(*ROUGE)  # deferred: an optional dependency
 
 
 # --- translation ----------------------------------------------------------------------------------
@@ -87,7 +91,7 @@ for _year, _pairs in TRANSLATION.items():
         _name = f"{_year}-{_src}-{_tgt}"
         register(Task(_name, functools.partial(translation, src=_src, tgt=_tgt),
                       f'{{"translation": {{"{_src}": ..., "{_tgt}": ...}}}}', _translation_check(_src, _tgt),
-                      kind="generation",  # few-shot examples come from validation, as the harness's
+                      kind="generation", requires=(SACREBLEU,),  # few-shot examples: validation, as the harness's
                       release=Release(f"wmt/{_year}", f"{_src if _tgt == 'en' else _tgt}-en",  # the pair's config
                                       {"": "test", "train": "validation"}, keep("translation"))))
 
@@ -167,7 +171,7 @@ _truthfulqa_check = rules(texts("question", "best_answer"), _truthfulqa_answers)
 
 register(Task(
     "truthfulqa_gen", truthfulqa_gen, '{"question", "best_answer", "correct_answers": [...], "incorrect_answers": '
-    "[...]} (TruthfulQA's generation config)", _truthfulqa_check, kind="generation",
+    "[...]} (TruthfulQA's generation config)", _truthfulqa_check, kind="generation", requires=(SACREBLEU, ROUGE),
     zero_shot="its six-QA preamble is the prompt",
     release=Release("truthfulqa/truthful_qa", "generation", {"": "validation"},
                     keep("question", "best_answer", "correct_answers", "incorrect_answers"))))
@@ -191,5 +195,5 @@ def cnn_dailymail(scorer, docs, train_docs, num_fewshot=0):
 
 register(Task(
     "cnn_dailymail", cnn_dailymail, '{"article", "highlights"} (3.0.0 test split)', texts("article", "highlights"),
-    kind="generation", zero_shot="as in the harness",
+    kind="generation", zero_shot="as in the harness", requires=(ROUGE,),
     release=Release("abisee/cnn_dailymail", "3.0.0", {"": "test"}, keep("article", "highlights"))))

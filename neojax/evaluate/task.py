@@ -63,7 +63,8 @@ class Task:
     format: the record's fields, shown in every error about a record; check: record -> problem.
     kind: one of KINDS. zero_shot: why the task takes no few-shot examples ("" : it takes them from
     `<file>.train.jsonl`). file/select: a subset task reads another file's records that `select`
-    keeps (one bias category). columns: paper-table column -> metric."""
+    keeps (one bias category). columns: paper-table column -> metric. requires: the optional
+    packages its metrics need, checked before any work."""
     name: str
     run: Callable
     format: str
@@ -76,6 +77,7 @@ class Task:
     file: str = ""
     select: Optional[Callable[[dict], bool]] = None
     columns: dict = dataclasses.field(default_factory=dict)
+    requires: tuple = ()  # optional packages its metrics need: (module, what for, pip name), checked before work
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -1,11 +1,15 @@
 """A newcomer's first hour, as printed: the quickstart (smoke) trains, and every command its "Next:"
-hint prints runs as printed, twice; the TensorBoard events it names are readable by TensorBoard."""
+hint prints runs as printed, twice; every README command that names the quickstart's workdir runs
+as written after it; the TensorBoard events it names are readable by TensorBoard."""
 import os
 import shlex
 import subprocess
 import sys
 
 import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICKSTART = "/tmp/neojax-quickstart"  # the README's quickstart workdir
 
 pytestmark = pytest.mark.slow  # a real training run and the commands after it (the fast subset: -m 'not slow')
 
@@ -23,6 +27,13 @@ def test_the_quickstart_hints_run_as_printed_twice(tmp_path):
         for attempt in (1, 2):
             r = run([sys.executable, *argv[1:]])
             assert r.returncode == 0, f"{argv} (run {attempt}): {r.stderr[-2000:]}"
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    documented = [shlex.split(cell.strip("`")) for cell in readme.split(" | ") if QUICKSTART in cell
+                  and cell.startswith("`python -m neojax.") and not cell.startswith("`python -m neojax.train")]
+    assert [c[2] for c in documented] == ["neojax.generate", "neojax.convert"], documented
+    for argv in documented:  # as written, the quickstart's workdir being this test's
+        r = run([sys.executable, *[a.replace(QUICKSTART, str(workdir)) for a in argv[1:]]])
+        assert r.returncode == 0, f"{argv}: {r.stderr[-2000:]}"
     curves = next(line for line in hints if line.startswith("Curves: tensorboard --logdir "))
     logdir = shlex.split(curves)[3]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # TensorBoard's own reader

@@ -11,7 +11,7 @@ from resume_case import TOTAL, config, losses, params, same, state_data_files
 
 from neojax.cli import UsageError
 from neojax.train.loop import train
-from neojax.train.workdir import LOCK_NAME, Workdir
+from neojax.train.workdir import LAYOUT, LOCK_NAME, Workdir
 
 
 def _truncate_arrays(step_dir):
@@ -117,3 +117,20 @@ def test_workdir_checks_come_before_any_write(tmp_path, corpus, tiny_tokenizer):
     assert file.read_text() == "mine"
     with Workdir.open(config(corpus, tiny_tokenizer), str(tmp_path / "w")):  # only the lock file so far
         assert os.listdir(tmp_path / "w") == [LOCK_NAME]
+
+
+@pytest.mark.parametrize("name,folder", sorted(LAYOUT.items()))
+def test_an_entry_of_the_wrong_kind_is_refused_before_training(name, folder, corpus, tiny_tokenizer, tmp_path):
+    """checkpoints/ replaced by a file (or config.json by a folder) would restart the run from step 0
+    and fail only later: it is one line before any work, and the workdir is left as it was."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    entry = workdir / name
+    if folder:
+        entry.write_text("not a folder")
+    else:
+        entry.mkdir()
+    with pytest.raises(UsageError, match=f"{name} is (a regular file|a directory), where the run "
+                                         f"keeps a {'folder' if folder else 'file'}"):
+        train(config(corpus, tiny_tokenizer), str(workdir))
+    assert sorted(os.listdir(workdir)) == [name]
