@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from typing import Sequence
 
@@ -48,6 +49,7 @@ class Moderator:
 
     @classmethod
     def load(cls, directory: str, threshold: float = 0.5, safe_label: str = "") -> "Moderator":
+        _check_classifier(directory)
         config, params, tokenizer, labels = load_hf_classifier(directory)
         if tokenizer is None:
             raise UsageError(f"--moderation {directory} has no tokenizer; export the classifier with its tokenizer "
@@ -110,3 +112,21 @@ def parse_scope(text: str) -> tuple[str, ...]:
 
 
 __all__ = ["Moderator", "parse_scope"]
+
+
+def _check_classifier(directory: str) -> None:
+    """A UsageError when `directory` holds something other than a sequence classifier (a training
+    workdir, a language model), saying what it holds and what to give instead."""
+    if os.path.isdir(os.path.join(directory, "checkpoints")) or os.path.isfile(os.path.join(directory, ".lock")):
+        hf = os.path.join(directory, "hf")
+        hint = f" (this run's is {hf})" if os.path.isdir(hf) else ""
+        raise UsageError(f"--moderation {directory} is a training workdir; give the classifier it exported, its hf/ "
+                         f"folder{hint}")
+    try:
+        with open(os.path.join(directory, "config.json")) as f:
+            architectures = json.load(f).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        return  # load_hf_classifier names what is missing or damaged
+    if architectures and "GPTNeoForSequenceClassification" not in architectures:
+        raise UsageError(f"--moderation {directory} holds a {', '.join(map(str, architectures))}, not a classifier; "
+                         "give the hf/ folder of a classification fine-tuning (experiments/moderation.py)")

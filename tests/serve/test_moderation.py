@@ -155,3 +155,15 @@ def test_gate_flags_without_a_classifier_are_one_line(tiny_hf_with_tokenizer):
     r = subprocess.run([sys.executable, "-m", "neojax.serve", "--checkpoint", tiny_hf_with_tokenizer, "--port", "0",
                         "--moderation", tiny_hf_with_tokenizer], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not a GPTNeoForSequenceClassification" in r.stderr
+
+
+def test_a_language_model_or_a_workdir_given_as_the_gate_is_named(tiny_hf_with_tokenizer, tmp_path):
+    from neojax.errors import UsageError
+    from neojax.serve.moderation import Moderator
+    with pytest.raises(UsageError, match="holds a GPTNeoForCausalLM, not a classifier; give the hf/ folder"):
+        Moderator.load(tiny_hf_with_tokenizer)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "hf").mkdir()
+    with pytest.raises(UsageError, match=f"is a training workdir; give the classifier it exported, its hf/ folder "
+                                         f"\\(this run's is {tmp_path}/hf\\)"):
+        Moderator.load(str(tmp_path))
