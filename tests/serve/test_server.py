@@ -184,6 +184,13 @@ def test_hostile_bodies_are_400_and_every_request_is_logged(server):
     line = next(line for line in server.lines if request_id in line)
     assert "tokens in, 3 out" in line and "finish length" in line, line
     httpx.get(server.url + "/no/such/path/" + "x" * 50, timeout=60)
+    before = len(server.lines)
+    with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), timeout=60) as raw:
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{\"prompt\": ")  # then gone, mid-body
+    time.sleep(1)
+    assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
+    assert not any("Traceback" in line for line in server.lines[before:]), server.lines[before:]
     from prometheus_client.parser import text_string_to_metric_families  # the Prometheus project's own parser
     text = httpx.get(server.url + "/metrics", timeout=60).text
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text)
