@@ -2,6 +2,7 @@
 
     python -m neojax.train --list                      # experiments and registered components
     python -m neojax.train --config quickstart --workdir /tmp/neojax-quickstart
+    python -m neojax.train --report WORKDIR           # where the run's time went: goodput, badput, restarts
 
 Re-running the same command resumes from the workdir's latest checkpoint. Multi-host runs pass
 --coordinator/--num_processes/--process_id (or NEOJAX_* variables, or rely on TPU/SLURM detection).
@@ -15,6 +16,7 @@ import ast
 import json
 import shlex
 import sys
+import time
 
 import jax
 from absl import logging as absl_logging
@@ -24,6 +26,7 @@ from neojax.model.config import PRESETS
 from neojax.train import schema
 from neojax.train.config import apply_overrides, experiments, load_experiment
 from neojax.train.loop import NonFiniteError, train
+from neojax.train.report import run_report
 from neojax.train.schema import ConfigError
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM, as a shell reports a process ended by it
@@ -89,15 +92,20 @@ def parse(argv: list[str]):
 
 
 def main(argv=None) -> int:
+    started = time.time()
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--list" in argv:
         print(list_registry())
         return 0
+    if "--report" in argv:
+        if len(argv) != 2 or argv[0] != "--report":
+            raise cli.UsageError("--report WORKDIR stands alone: python -m neojax.train --report WORKDIR")
+        return run_report(argv[1])
     config, args = parse(argv)  # train() validates the whole config before any work
     absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's per-save and read-only notices
     peers = sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     try:
-        result = train(config, args.workdir, args.adopt_config)
+        result = train(config, args.workdir, args.adopt_config, started)
     except ConfigError as e:  # worded as the flags that set the keys
         raise e.for_flags() from None
     except NonFiniteError as e:

@@ -326,7 +326,7 @@ def _check_paths(c: dict, flat: dict, errors: list) -> None:
 
 # --- resuming ------------------------------------------------------------------------------------------
 RESUMABLE_CHANGES = ("train.total_steps", "train.log_every", "train.report_mfu", "train.max_nonfinite_streak",
-                     "checkpoint.", "eval.", "mesh", "sharding_rules", "data.cache_dir")
+                     "checkpoint.", "eval.", "mesh", "sharding_rules", "data.cache_dir", "profile.", "watchdog.")
 # What a resume may change but is told about: optimizer settings that leave the state's shapes
 # alone (lowering the learning rate after a blow-up is the usual fix).
 NOTED_CHANGES = ("optimizer.lr", "optimizer.warmup_steps", "optimizer.decay_steps", "optimizer.final_lr_ratio",

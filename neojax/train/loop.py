@@ -9,6 +9,7 @@ import contextlib
 import logging
 import signal
 import time
+from typing import Optional
 
 import jax
 import numpy as np
@@ -27,6 +28,8 @@ from neojax.train.metrics import MetricsWriter
 from neojax.train.optim import make_optimizer
 from neojax.train.schema import ConfigError
 from neojax.train.step import init_state, make_train_step, model_params, state_specs, trainable
+from neojax.train.timing import Clock, Goodput, memory
+from neojax.train.watch import Profiler, Watchdog
 from neojax.train.workdir import Workdir
 
 log = logging.getLogger("neojax.train")
@@ -36,10 +39,12 @@ class NonFiniteError(RuntimeError):
     pass
 
 
-def train(config, workdir: str, adopt_config: bool = False) -> dict:
+def train(config, workdir: str, adopt_config: bool = False, started: Optional[float] = None) -> dict:
     """Train (or resume) the experiment `config` in `workdir`; returns the last metrics logged
     ("preempted": True when SIGTERM stopped it after a save). `adopt_config`: a workdir whose
-    config.json is lost resumes with `config` (else that is refused)."""
+    config.json is lost resumes with `config` (else that is refused). `started`: time.time() the
+    command began (start-up time counts from it; default: now)."""
+    clock = Clock(time.time() if started is None else started)
     check_config(config)
     try:
         mesh = sharding.make_mesh(config.mesh)
@@ -53,10 +58,10 @@ def train(config, workdir: str, adopt_config: bool = False) -> dict:
                             f"devices ({split}, mesh {dict(mesh.shape)}) times train.microbatches="
                             f"{config.train.microbatches}; change the batch or the mesh (e.g. mesh=data=1)")])
     with Workdir.open(config, workdir, adopt_config) as wd:
-        return _train(config, wd, mesh, rules)
+        return _train(config, wd, mesh, rules, clock)
 
 
-def _train(config, wd: Workdir, mesh, rules) -> dict:
+def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     workdir, main_process = wd.path, jax.process_index() == 0
     with cli.about("--config"):  # the data, tokenizer and checkpoints the config names
         setup = registry.get("objective", config.objective)(config, workdir)
@@ -86,38 +91,52 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
                mesh=mesh)
     meter = Meter(config, model_config, schedule, start)
     total, step, last = config.train.total_steps, start, {}
+    goodput = Goodput(workdir, start, clock, enabled=main_process)
+    profiler = Profiler(workdir, config.profile.steps)
 
     def fetch():
         """The next batch, already on its way to the devices (sharded), and the data state after it."""
-        batch = jax.tree.map(lambda x: sharding.global_batch(x, mesh, rules), next(data.train))
-        return batch, data.train.get_state()
+        with clock.timing("data"):
+            batch = jax.tree.map(lambda x: sharding.global_batch(x, mesh, rules), next(data.train))
+            return batch, data.train.get_state()
 
     # The loop reads nothing back from the devices between log steps: the non-finite guard reports
     # through a callback, and the next batch is put on the devices while this step runs.
     pending = fetch() if step < total else None
-    with Preemption() as preemption:
+    watchdog = Watchdog(workdir, config.watchdog.factor, config.watchdog.min_s)
+    with Preemption() as preemption, watchdog:
         try:
             while step < total:
                 batch, data_state = pending
+                profiler.before(step + 1)
                 state, metrics = step_fn(state, batch, *frozen)
+                watchdog.beat(step + 1)
                 step += 1
                 pending = fetch() if step < total else None
+                profiler.after(step, state)
                 log_step = due(step, config.train.log_every, total)
                 guard.check(step, state if log_step else None, ckpt)
+                if step == start + 1:
+                    jax.block_until_ready(metrics)  # compiled and run once: the end of start-up
+                    clock.started_up()
                 if log_step:
+                    steps = step - meter.window_step
                     last = meter.log(step, jax.device_get(metrics), state)
+                    last.update(clock.window(steps), **memory())
                     writer.write(step, last)
+                    goodput.update(step)
+                    profiler.poll(step)
                     if main_process:
                         print(meter.line(step, last), flush=True)
                     ckpt.check()  # a background save that failed is reported now, not a save later
                 if due(step, config.eval.every_steps, total):
                     params = model_params(state.params)  # LoRA adapters merged in; otherwise the params as they are
-                    with meter.paused():
+                    with meter.paused(), clock.timing("hooks"):
                         for hook in hook_fns:
                             writer.write(step, hook(params, step=step, **ctx))
                 stopping = preemption.requested(step)
                 if due(step, config.checkpoint.every_steps, total) or stopping:
-                    with meter.paused():
+                    with meter.paused(), clock.timing("checkpoint"):
                         ckpt.save(step, state, data_state, {"step": step, "config": config.to_dict()})
                 if stopping:
                     if main_process:
@@ -128,8 +147,10 @@ def _train(config, wd: Workdir, mesh, rules) -> dict:
             if main_process:
                 _export(setup, adapters, state, workdir, finished=step == total and not last.get("preempted"))
         finally:
-            ckpt.close()
+            with clock.timing("checkpoint"):
+                ckpt.close()  # waits for a save in flight
             writer.close()
+            goodput.update(step, "preempted" if last.get("preempted") else "finished" if step == total else "failed")
     last["wall_time_s"] = meter.wall_time()
     return {"step": step, "state": state, **last}
 

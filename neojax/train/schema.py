@@ -107,6 +107,16 @@ def regexes(value) -> Optional[str]:
     return None
 
 
+def profile_steps(value) -> Optional[str]:
+    """"" or "START:END", steps 0 < START < END."""
+    if value == "":
+        return None
+    start, sep, end = str(value).partition(":")
+    if sep and start.isdigit() and end.isdigit() and 0 < int(start) < int(end):
+        return None
+    return 'must be "" (none) or "START:END", steps with 0 < START < END (e.g. "100:110")'
+
+
 def mesh(value) -> Optional[str]:
     if not isinstance(value, str):
         return "must be axis sizes such as 'data=-1,fsdp=1,tensor=1'"
@@ -206,6 +216,16 @@ SCHEMA = {
         "task_data_dir": Field("", None, "task files for the 'tasks' and 'bias_report' hooks"),
         "task_limit": Field(0, integer(0), "records per task (0 = all)"),
         "num_fewshot": Field(0, integer(0), "few-shot examples for the 'tasks' hook"),
+    },
+    "profile": {
+        "steps": Field("", profile_steps, "steps START:END traced with jax.profiler on every host into "
+                       "WORKDIR/profile/host-N/ (\"\" = none; a running run: write START:END into "
+                       "WORKDIR/profile/REQUEST)"),
+    },
+    "watchdog": {
+        "factor": Field(10.0, number(0, note=" (0 = off)"), "a step slower than this many times the recent median "
+                        "dumps every host's Python stacks into the log and WORKDIR/hangs/"),
+        "min_s": Field(60.0, number(0), "and slower than this many seconds"),
     },
     "mesh": Field("data=-1,fsdp=1,tensor=1", mesh, "device mesh axis sizes (-1: the rest)"),
     "sharding_rules": Field((), None, "empty = neojax.sharding.DEFAULT_RULES"),

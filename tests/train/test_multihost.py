@@ -55,7 +55,9 @@ def same_params(a, b):
 
 
 def records(workdir):
-    return [{k: v for k, v in m.items() if k not in ("train/tokens_per_sec",)} for m in read_metrics(workdir)]
+    """The metrics a run computes (not its timings, which differ run to run)."""
+    timed = lambda k: k == "train/tokens_per_sec" or k.startswith(("time/", "memory/"))
+    return [{k: v for k, v in m.items() if not timed(k)} for m in read_metrics(workdir)]
 
 
 def samples(stdout):
