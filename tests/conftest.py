@@ -52,3 +52,23 @@ def tiny_hf_with_tokenizer(tiny_tokenizer, tmp_path_factory):
     model.save_pretrained(directory)
     tiny_tokenizer.save(directory)
     return directory
+
+
+# --- where the suite's time goes: seconds by file, printed at the end of every run -----------------
+_SECONDS_BY_FILE: dict = {}
+SLOWEST_FILES = 12
+
+
+def pytest_runtest_logreport(report):
+    """Each test's setup, call and teardown time, added to its file's (workers report to the controller)."""
+    path = report.nodeid.split("::", 1)[0]
+    _SECONDS_BY_FILE[path] = _SECONDS_BY_FILE.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _SECONDS_BY_FILE:
+        return
+    total = sum(_SECONDS_BY_FILE.values())
+    terminalreporter.write_sep("-", f"slowest files (of {total / 60:.1f} test-minutes; the wall time is less with -n)")
+    for path, seconds in sorted(_SECONDS_BY_FILE.items(), key=lambda kv: -kv[1])[:SLOWEST_FILES]:
+        terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}%  {path}")
