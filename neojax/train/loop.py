@@ -25,11 +25,11 @@ from neojax.train import hooks as _hooks  # noqa: F401  (registers the evaluatio
 from neojax.train import objectives as _objectives  # noqa: F401  (registers the objectives)
 from neojax.train.config import check_config
 from neojax.train.metrics import MetricsWriter
+from neojax.train.monitor import Monitor
 from neojax.train.optim import make_optimizer
 from neojax.train.schema import ConfigError
 from neojax.train.step import init_state, make_train_step, model_params, state_specs, trainable
-from neojax.train.timing import Clock, Goodput, memory
-from neojax.train.watch import Profiler, Watchdog
+from neojax.train.timing import Clock
 from neojax.train.workdir import Workdir
 
 log = logging.getLogger("neojax.train")
@@ -78,21 +78,14 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     if main_process:
         write_model_card(str(paths.path(workdir) / "model"), model_config, setup.tokenizer)
         print(_summary(config, state, mesh, start), flush=True)
-    frozen_config = None if setup.frozen is None else setup.frozen[0]
-    frozen = () if setup.frozen is None else (jax.device_put(
-        setup.frozen[1], sharding.shardings(mesh, sharding.param_specs(frozen_config, rules, mesh))),)
     guard = NonFiniteGuard(config.train.max_nonfinite_streak)
-    step_fn = make_train_step(model_config, optimizer, mesh, rules, config.train.microbatches, config.train.z_loss,
-                              abstract_state=abstract, frozen_config=frozen_config, loss_fn=setup.loss,
-                              on_nonfinite=guard.on_device_report, keep_zeros=config.train.keep_zeros)
+    step_fn, frozen = _step_function(config, setup, optimizer, mesh, rules, abstract, guard)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=setup.tokenizer, data=data, workdir=workdir,
                mesh=mesh)
     meter = Meter(config, model_config, schedule, start)
     total, step, last = config.train.total_steps, start, {}
-    goodput = Goodput(workdir, start, clock, enabled=main_process)
-    profiler = Profiler(workdir, config.profile.steps)
 
     def fetch():
         """The next batch, already on its way to the devices (sharded), and the data state after it."""
@@ -103,29 +96,21 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     # The loop reads nothing back from the devices between log steps: the non-finite guard reports
     # through a callback, and the next batch is put on the devices while this step runs.
     pending = fetch() if step < total else None
-    watchdog = Watchdog(workdir, config.watchdog.factor, config.watchdog.min_s)
-    with Preemption() as preemption, watchdog:
+    with Preemption() as preemption, Monitor(config, workdir, start, clock, main_process) as monitor:
         try:
             while step < total:
                 batch, data_state = pending
-                profiler.before(step + 1)
+                monitor.before(step + 1)
                 state, metrics = step_fn(state, batch, *frozen)
-                watchdog.beat(step + 1)
                 step += 1
                 pending = fetch() if step < total else None
-                profiler.after(step, state)
+                monitor.dispatched(step, state, metrics)
                 log_step = due(step, config.train.log_every, total)
                 guard.check(step, state if log_step else None, ckpt)
-                if step == start + 1:
-                    jax.block_until_ready(metrics)  # compiled and run once: the end of start-up
-                    clock.started_up()
                 if log_step:
                     steps = step - meter.window_step
-                    last = meter.log(step, jax.device_get(metrics), state)
-                    last.update(clock.window(steps), **memory())
+                    last = {**meter.log(step, jax.device_get(metrics), state), **monitor.logged(step, steps)}
                     writer.write(step, last)
-                    goodput.update(step)
-                    profiler.poll(step)
                     if main_process:
                         print(meter.line(step, last), flush=True)
                     ckpt.check()  # a background save that failed is reported now, not a save later
@@ -150,9 +135,21 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
             with clock.timing("checkpoint"):
                 ckpt.close()  # waits for a save in flight
             writer.close()
-            goodput.update(step, "preempted" if last.get("preempted") else "finished" if step == total else "failed")
+            monitor.ended(step, "preempted" if last.get("preempted") else "finished" if step == total else "failed")
     last["wall_time_s"] = meter.wall_time()
     return {"step": step, "state": state, **last}
+
+
+def _step_function(config, setup, optimizer, mesh, rules, abstract, guard) -> tuple:
+    """(the jitted train step, the frozen params it takes: a teacher's, placed by the rules, or none)."""
+    frozen_config = None if setup.frozen is None else setup.frozen[0]
+    frozen = () if setup.frozen is None else (jax.device_put(
+        setup.frozen[1], sharding.shardings(mesh, sharding.param_specs(frozen_config, rules, mesh))),)
+    step_fn = make_train_step(setup.model_config, optimizer, mesh, rules, config.train.microbatches,
+                              config.train.z_loss, abstract_state=abstract, frozen_config=frozen_config,
+                              loss_fn=setup.loss, on_nonfinite=guard.on_device_report,
+                              keep_zeros=config.train.keep_zeros)
+    return step_fn, frozen
 
 
 def due(step: int, every: int, total: int) -> bool:
