@@ -150,13 +150,14 @@ def fill(argv, places, out):
 # The multi-host flags of the inference commands reach jax.distributed (one process: nothing to join).
 HOSTS = {
     "--coordinator": (["--coordinator", "127.0.0.1:1", "--num_processes", "1"],
-                      ("reaches", ("neojax.sharding", "initialize_distributed", "coordinator", "127.0.0.1:1"))),
+                      ("reaches", ("neojax.sharding.placement", "initialize_distributed", "coordinator",
+                                   "127.0.0.1:1"))),
     "--num_processes": (["--num_processes", "1"],
-                        ("reaches", ("neojax.sharding", "initialize_distributed", "num_processes", 1))),
+                        ("reaches", ("neojax.sharding.placement", "initialize_distributed", "num_processes", 1))),
     "--process_id": (["--process_id", "0", "--num_processes", "1"],
-                     ("reaches", ("neojax.sharding", "initialize_distributed", "process_id", 0))),
+                     ("reaches", ("neojax.sharding.placement", "initialize_distributed", "process_id", 0))),
 }
-MESH_OF_2 = ("reaches", ("neojax.sharding", "make_mesh", "spec", {"data": 2, "fsdp": 1, "tensor": 1}))
+MESH_OF_2 = ("reaches", ("neojax.sharding.placement", "make_mesh", "spec", {"data": 2, "fsdp": 1, "tensor": 1}))
 GENERATE_BASE = ["--checkpoint", "{hf}", "--prompt", "The quick", "--max_new_tokens", "6"]
 SAMPLED = GENERATE_BASE + ["--temperature", "1.5"]
 GENERATE = {
@@ -424,7 +425,7 @@ def train_reaches(argv, monkeypatch) -> tuple:
     seen = {}
     monkeypatch.setattr(train_cli.sharding, "initialize_distributed",
                         lambda *a: seen.update(distributed=a))
-    monkeypatch.setattr(train_cli, "train", lambda config, workdir, adopt: seen.update(
+    monkeypatch.setattr(train_cli, "train", lambda config, workdir, adopt, started: seen.update(
         run=(config.to_json_best_effort(), workdir, adopt)) or {"step": 0})
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -368,9 +368,10 @@ class Api:
         # the tokens before it (a token that ends inside a character starts its successor at that character)
         # (without echo the completion's offsets start at the prompt's length, as OpenAI's do)
         before, offsets, offset = [] if echo else seq.prompt, [], None
+        whole = self.tokenizer.decode(before + tokens)
         for j, text in enumerate(strings):
             if offset is None:  # at the start, or after a piece that was part of a character: count again
-                offset = len(self.tokenizer.decode(before + tokens[:j]).rstrip("\ufffd"))
+                offset = len(os.path.commonprefix([self.tokenizer.decode(before + tokens[:j]), whole]))
             offsets.append(offset)
             offset = offset + len(text) if "\ufffd" not in text else None
         out["logprobs"] = {"tokens": strings, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}

@@ -34,7 +34,7 @@ def _everywhere(method):
     arguments) before process 0 makes it."""
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        if self.relay is not None:
+        if self.relay is not None and not self.warming:  # every process warms itself up
             self.relay.post((method.__name__, args, kwargs))
         return method(self, *args, **kwargs)
     return run
@@ -54,6 +54,7 @@ class Runner:
                  prefix_cache_mb: int = 0, draft: Optional[tuple] = None, draft_tokens: int = 4,
                  relay: Optional[Relay] = None):
         self.params, self.config, self.relay = sharding.on_device(params), config, relay  # not copied in every step
+        self.warming = False
         self.draft_params, self.draft_config = (None, None) if draft is None else (sharding.on_device(draft[0]),
                                                                                     draft[1])
         self.k = draft_tokens if draft is not None else 0
@@ -94,7 +95,15 @@ class Runner:
         return jax.jit(make, out_shardings=self.cache_sharding)()  # born in its shards
 
     def warm_up(self) -> None:
-        """Compile every program for every row bucket (nothing compiles after this)."""
+        """Compile every program for every row bucket (nothing compiles after this). Each process of a
+        multi-host server runs its own warm-up: none of these calls is posted."""
+        self.warming = True
+        try:
+            self._warm_up()
+        finally:
+            self.warming = False
+
+    def _warm_up(self) -> None:
         zeros = lambda n, dtype=np.int32: np.zeros(n, dtype)
         for rows, scored in [(p, False) for p in sizes(self.max_prefill)] + [(1, True)]:
             self._run_prefill(zeros((rows, self.chunk)), zeros(rows), zeros(rows), np.ones(rows, np.int32),

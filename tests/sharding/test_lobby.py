@@ -1,6 +1,7 @@
 """A pod launch that goes wrong is one line in seconds (neojax.sharding.lobby): every case is started
 at once, as real processes on loopback ports, and checked for its exit code and its line."""
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -32,6 +33,17 @@ def _start(port, count, pid, wait_s=60):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def _line(proc, words, timeout=60):
+    """The first line of proc's stderr holding `words` (read as it comes, within `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 1)
+        line = proc.stderr.readline() if ready else ""
+        if words in line:
+            return line
+    raise AssertionError(f"{words!r} not said within {timeout} s")
+
+
 def _lines(proc):
     """(exit code, stdout lines, stderr lines without gloo's)."""
     out, err = proc.communicate(timeout=120)
@@ -45,20 +57,22 @@ def test_launches_that_go_wrong_say_so_in_seconds_and_one_that_is_right_starts()
              "twice": [_start(ports["twice"], 3, 0), _start(ports["twice"], 3, 2)],
              "alone": [_start(ports["alone"], 3, 0, wait_s=4)],
              "term": [_start(ports["term"], 2, 1)]}
-    time.sleep(5)  # the waiting ones have said so by now; process 0 of "late" arrives minutes (here: seconds) late
-    procs["late"].append(_start(ports["late"], 2, 0))
+    said = _line(procs["late"][0], "waiting for process 0")  # said within seconds, while it waits
+    procs["late"].append(_start(ports["late"], 2, 0))  # process 0 comes late (minutes, on a pod)
+    time.sleep(2)
     procs["twice"].append(_start(ports["twice"], 3, 2))
     procs["term"][0].send_signal(signal.SIGTERM)
     started = time.monotonic()
     late = [_lines(p) for p in procs["late"]]
     assert [code for code, _, _ in late] == [0, 0] and late[0][1] == ["up 1 of 2"] and late[1][1] == ["up 0 of 2"]
-    assert f"process 1: waiting for process 0 (the coordinator) at 127.0.0.1:{ports['late']}" in late[0][2][0]
+    assert said.startswith(f"process 1: waiting for process 0 (the coordinator) at 127.0.0.1:{ports['late']}")
 
     for code, _, err in map(_lines, procs["count"]):  # both named, both sides' counts
-        assert code == 2 and err == ["error: process 1 (at 127.0.0.1) was started with --num_processes 3 and "
-                                     "process 0 with 2: give every process the same count"]
-    for code, _, err in map(_lines, procs["twice"]):
-        assert code == 2 and len(err) == 1 and "two processes were given --process_id 2" in err[0]
+        assert code == 2 and err[-1] == ("error: process 1 (at 127.0.0.1) was started with --num_processes 3 "
+                                         "and process 0 with 2: give every process the same count")
+    for code, _, err in map(_lines, procs["twice"]):  # (process 0 may have said it waits, first)
+        assert code == 2 and "two processes were given --process_id 2" in err[-1]
+        assert all(" waiting for " in line for line in err[:-1])
     code, _, err = _lines(procs["alone"][0])
     assert code == 75 and err[-1].startswith(f"error: process 0: processes [1, 2] of 3 never connected to "
                                              f"127.0.0.1:{ports['alone']} within 4 s")
