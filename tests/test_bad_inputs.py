@@ -482,3 +482,35 @@ def test_debug_shows_the_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "neojax.sharding", "--mesh", "data=2,data=4"], capture_output=True,
                        text=True, timeout=300, cwd=ROOT, env={**os.environ, "NEOJAX_DEBUG": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr and "given twice" in r.stderr
+
+
+def test_what_would_change_a_result_is_handled_and_said(env, tmp_path, capsys, monkeypatch):
+    """Not errors, but never silent: a byte-order mark is stripped with a note (task files and prompt
+    files alike), a context cut to --max_len is stated in the output and the log, results on the
+    shipped sample records say they are made up, and a metric's missing package is named before
+    any work."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "piqa.jsonl").write_text("\ufeff" + json.dumps(VALID["piqa"]) + "\n", encoding="utf-8")
+    out = tmp_path / "r.json"
+    code, err = run_main("evaluate", ["--checkpoint", env["hf"], "--data_dir", str(data), "--tasks", "piqa",
+                                      "--output", str(out)], capsys)
+    assert code == 0 and "starts with a UTF-8 byte-order mark" in err and json.loads(out.read_text())["piqa"]["n"] == 1
+    code, err = run_main("evaluate", ["--checkpoint", env["hf"], "--data_dir", env["data"], "--tasks",
+                                      "lambada_openai", "--max_len", "3", "--output", str(out)], capsys)
+    assert code == 0 and json.loads(out.read_text())["lambada_openai"]["truncated_requests"] == 1
+    assert "lambada_openai: 1 request(s) lost context tokens to max_len 3" in err
+    capsys.readouterr()
+    assert cli.run(MAINS["evaluate"], ["--checkpoint", env["hf"], "--sample_tasks", "--tasks", "piqa", "--output",
+                                       str(out)]) == 0
+    assert "made-up records" in capsys.readouterr().out and "made-up" in json.loads(out.read_text())["sample_tasks"]
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # not installed
+    code, err = run_main("evaluate", ["--checkpoint", env["hf"], "--data_dir", env["data"], "--tasks", "wmt16-de-en"],
+                         capsys)
+    assert code == 2 and "needs the optional package sacrebleu" in err
+    (tmp_path / "prompts.txt").write_text("\ufeffOnce upon\n", encoding="utf-8")
+    texts = []
+    for given in (["--prompt_file", str(tmp_path / "prompts.txt")], ["--prompt", "Once upon"]):
+        assert cli.run(MAINS["generate"], ["--checkpoint", env["hf"], "--max_new_tokens", "4", *given]) == 0
+        texts.append(capsys.readouterr())
+    assert texts[0].out == texts[1].out and "starts with a UTF-8 byte-order mark" in texts[0].err

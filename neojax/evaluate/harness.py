@@ -23,10 +23,11 @@ from jax.sharding import NamedSharding, PartitionSpec
 from neojax import sharding
 from neojax.cli import Progress
 from neojax.generate import decode_weights, generate
+from neojax.infer.buckets import bucket
 from neojax.model.config import GPTNeoConfig
 from neojax.model.gpt_neo import GPTNeo
 
-BUCKETS = (64, 128, 256, 512, 1024, 2048)
+MIN_WIDTH = 64  # the narrowest scoring program (widths are powers of two up to the context)
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,10 +100,7 @@ class Scorer:
         self.label = label
 
     def _bucket(self, n: int) -> int:
-        for b in BUCKETS:
-            if n <= b and b <= self.max_len + 1:
-                return b
-        return self.max_len + 1
+        return bucket(n, MIN_WIDTH, self.max_len + 1)
 
     def loglikelihood_tokens(self, requests: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         results: list = [None] * len(requests)
@@ -118,7 +116,7 @@ class Scorer:
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start:start + self.batch_size]
             width = self._bucket(max(len(w) for _, w, _ in chunk))
-            rows = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())  # few shapes, little padding
+            rows = bucket(len(chunk), largest=self.batch_size)  # few shapes, little padding
             rows = -(-rows // self.split) * self.split  # every data-parallel device gets as many rows
             tokens = np.zeros((rows, width), np.int32)
             for row, (_, whole, _) in enumerate(chunk):

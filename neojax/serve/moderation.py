@@ -23,6 +23,7 @@ import numpy as np
 
 from neojax.checkpoint.hf import load_hf_classifier
 from neojax.errors import UsageError
+from neojax.infer.buckets import bucket
 from neojax.model.classifier import GPTNeoClassifier
 
 BATCH = 8
@@ -72,7 +73,7 @@ class Moderator:
         out = []
         for first in range(0, len(encoded), BATCH):
             chunk = encoded[first:first + BATCH]
-            length = min(max(MIN_LEN, 1 << (max(len(ids) for ids in chunk) - 1).bit_length()), self.max_len)
+            length = bucket(max(len(ids) for ids in chunk), MIN_LEN, self.max_len)
             tokens = np.full((BATCH, length), self.tokenizer.eos_id, np.int32)
             mask = np.zeros((BATCH, length), np.int32)
             for row, ids in enumerate(chunk):  # right padding: the head reads the last real token

@@ -119,9 +119,14 @@ def test_a_pod_runs_time_is_accounted_for(tmp_path):
         data, _ = raw_to_tool_data.xspace_to_tool_data(traces, "trace_viewer", {})
         assert json.loads(data)["traceEvents"]
 
+    (tmp_path / "run" / "profile" / "REQUEST").write_text("11:13\n")  # a profile asked of a running run
     second = _launch(argv[:-1], workdir, {**device_env(1), "SLOW_BATCH": "0", "NAP_STEP": "0"})  # from step 6
     outs = [p.communicate(timeout=600) for p in second]
     assert [p.returncode for p in second] == [0, 0], outs[0][1][-3000:]
+    for host in (0, 1):  # the request was taken by both hosts at one step, and then cleared
+        assert len(glob.glob(f"{workdir}/profile/host-{host}/**/*.xplane.pb", recursive=True)) == 2
+        assert f"host {host}: profile of steps 11-13 written" in outs[host][0] + outs[host][1]
+    assert not (tmp_path / "run" / "profile" / "REQUEST").exists()
     segments = timing.read_segments(workdir)
     assert [(s["start_step"], s["step"], s["end"]) for s in segments] == [(0, 10, "running"), (6, 16, "finished")]
     result = timing.report(segments)
