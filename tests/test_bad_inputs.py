@@ -503,7 +503,8 @@ def test_what_would_change_a_result_is_handled_and_said(env, tmp_path, capsys, m
     capsys.readouterr()
     assert cli.run(MAINS["evaluate"], ["--checkpoint", env["hf"], "--sample_tasks", "--tasks", "piqa", "--output",
                                        str(out)]) == 0
-    assert "made-up records" in capsys.readouterr().out and "made-up" in json.loads(out.read_text())["sample_tasks"]
+    written = json.loads(out.read_text())["config"]
+    assert "made-up records" in capsys.readouterr().out and "made-up" in written["sample_tasks"]
     monkeypatch.setitem(sys.modules, "sacrebleu", None)  # not installed
     code, err = run_main("evaluate", ["--checkpoint", env["hf"], "--data_dir", env["data"], "--tasks", "wmt16-de-en"],
                          capsys)
