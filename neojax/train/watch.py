@@ -129,7 +129,7 @@ class Profiler:
             remote = paths.is_remote(self.workdir)
             self.local = tempfile.mkdtemp(prefix="neojax-profile-") if remote else self.target
             os.makedirs(self.local, exist_ok=True)
-            jax.profiler.start_trace(self.local)
+            jax.profiler.start_trace(self.local, create_perfetto_trace=True)  # also a file Perfetto opens
 
     def after(self, step: int, state) -> None:
         """After step `step`: at END, wait for it and write the trace."""

@@ -4,6 +4,7 @@ with its stacks, naming the host and the step; a profile of two steps has a trac
 xprof (TensorBoard's profile plugin) parses; a SIGKILL and a resume count the recomputed steps as
 lost progress; and `train --report` adds its causes up to the wall time."""
 import glob
+import gzip
 import json
 import signal
 import subprocess
@@ -118,6 +119,8 @@ def test_a_pod_runs_time_is_accounted_for(tmp_path):
         assert traces, f"no trace for host {host}"
         data, _ = raw_to_tool_data.xspace_to_tool_data(traces, "trace_viewer", {})
         assert json.loads(data)["traceEvents"]
+        perfetto = glob.glob(f"{workdir}/profile/host-{host}/**/perfetto_trace.json.gz", recursive=True)
+        assert json.loads(gzip.open(perfetto[0]).read())  # what Perfetto opens
 
     (tmp_path / "run" / "profile" / "REQUEST").write_text("11:13\n")  # a profile asked of a running run
     second = _launch(argv[:-1], workdir, {**device_env(1), "SLOW_BATCH": "0", "NAP_STEP": "0"})  # from step 6
