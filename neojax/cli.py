@@ -168,10 +168,10 @@ def writable_folder(flag: str, path: str, overwrite: bool = False) -> str:
     an empty folder, or (`overwrite`) a folder to replace; a symlink to a folder is written through."""
     if paths.is_remote(path):
         return path
+    problem = paths.not_a_folder(path)
+    if problem:
+        raise UsageError(f"{flag} {path} {problem}; choose another path")
     local = os.path.realpath(os.path.expanduser(path))
-    if os.path.exists(local) and not os.path.isdir(local):
-        raise UsageError(f"{flag} {path} is {paths.kind_of(os.stat(local).st_mode)}, not a folder; choose another "
-                         "path")
     if os.path.isdir(local) and os.listdir(local) and not overwrite:
         raise UsageError(f"{flag} {path} already exists and is not empty; choose another path or pass --overwrite")
     return path

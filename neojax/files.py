@@ -26,9 +26,9 @@ def atomic_directory(directory: str, overwrite: bool = False):
     if not paths.is_remote(directory) and os.path.islink(directory):
         directory = os.path.realpath(directory)  # written through: the link stays, its folder is replaced
     target = paths.path(directory)
-    if not paths.is_remote(directory) and os.path.exists(directory) and not os.path.isdir(directory):
-        raise NotADirectoryError(f"{directory} is {paths.kind_of(os.stat(directory).st_mode)}, not a folder; "
-                                 "choose another destination")
+    problem = None if paths.is_remote(directory) else paths.not_a_folder(directory)
+    if problem:
+        raise NotADirectoryError(f"{directory} {problem}; choose another destination")
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{directory} already exists and is not empty; choose another destination "
                               "or pass overwrite=True (--overwrite)")

@@ -164,6 +164,15 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+def not_a_folder(p: PathLike) -> Optional[str]:
+    """Why local path `p` (or a symlink's target) cannot be written as a folder: it exists and is
+    something else ("is a regular file, not a folder"). None: absent, or a folder."""
+    local = os.path.realpath(os.path.expanduser(os.fspath(p)))
+    if os.path.exists(local) and not os.path.isdir(local):
+        return f"is {kind_of(os.stat(local).st_mode)}, not a folder"
+    return None
+
+
 def output_problem(p: PathLike) -> Optional[str]:
     """Why a file cannot be written whole at local path `p` (None: it can; object storage: always can):
     `p`, or a symlink's target, exists and is not a regular file, or its directory is missing or

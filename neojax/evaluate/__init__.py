@@ -1,7 +1,6 @@
 """Harness-exact evaluation, generic perplexity / bits per byte, and the GPT-Neo paper table.
 
-    from neojax import sharding
-from neojax.evaluate import evaluate
+    from neojax.evaluate import evaluate
     results = evaluate(params, config, tokenizer, ["lambada_openai", "wikitext"], data_dir="tasks/")
 """
 from __future__ import annotations

@@ -20,9 +20,7 @@ from neojax.model.config import GPTNeoConfig
 from neojax.serve.postprocess import Postprocess
 from neojax.serve.relay import STOP, Relay
 from neojax.serve.runner import Runner
-from neojax.serve.scheduler import QueueFull, Scheduler, Sequence, Settings
-
-__all__ = ["Engine", "EngineSettings", "QueueFull", "Sequence", "Settings"]
+from neojax.serve.scheduler import Scheduler, Sequence
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ goes wrong is one line in seconds instead of a silent 300 s wait or a C++ check 
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
@@ -107,14 +108,16 @@ def meet(coordinator: str, num_processes: int, process_id: int) -> None:
     host, port = address(coordinator)
     clock = _Clock(wait_limit())
     if process_id == 0:
-        _host(port, num_processes, clock, coordinator)
+        _host(host, port, num_processes, clock, coordinator)
     else:
         _join(host, port, num_processes, process_id, clock, coordinator)
 
 
-def _host(port: int, count: int, clock: _Clock, coordinator: str) -> None:
-    """Process 0: accept the others until all have come, each checked against this process's view."""
-    with socket.create_server(("", port), reuse_port=False) as server:
+def _host(host: str, port: int, count: int, clock: _Clock, coordinator: str) -> None:
+    """Process 0: accept the others until all have come, each checked against this process's view.
+    It listens on every interface, as JAX's coordination service will, unless the coordinator's
+    address is a loopback one (every process on this machine): then on that address alone."""
+    with socket.create_server((host if _loopback(host) else "", port)) as server:
         server.settimeout(1.0)
         arrived: dict[int, tuple[socket.socket, dict]] = {}
         try:
@@ -150,6 +153,13 @@ def _host(port: int, count: int, clock: _Clock, coordinator: str) -> None:
         finally:
             for conn, _ in arrived.values():
                 conn.close()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def _disagreement(view: dict, count: int, arrived: dict, where: str) -> Optional[str]:

@@ -68,9 +68,9 @@ class Workdir:
         for name, folder in LAYOUT.items():  # what the run will write there must be of the kind it writes
             entry = os.path.join(self.path, name)
             if os.path.exists(entry) and os.path.isdir(entry) != folder:
-                found = paths.kind_of(os.stat(entry).st_mode) if not os.path.isdir(entry) else "a directory"
-                raise UsageError(f"--workdir {self.path}: {name} is {found}, where the run keeps "
-                                 f"{'a folder' if folder else 'a file'}; move it away (or restore what was there)")
+                found, kept = paths.kind_of(os.stat(entry).st_mode), "a folder" if folder else "a file"
+                raise UsageError(f"--workdir {self.path}: {name} is {found}, where the run keeps {kept}; move it away "
+                                 "(or restore what was there)")
 
     def _acquire(self) -> None:
         if self.remote:

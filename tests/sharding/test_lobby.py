@@ -57,29 +57,33 @@ def test_launches_that_go_wrong_say_so_in_seconds_and_one_that_is_right_starts()
              "twice": [_start(ports["twice"], 3, 0), _start(ports["twice"], 3, 2)],
              "alone": [_start(ports["alone"], 3, 0, wait_s=4)],
              "term": [_start(ports["term"], 2, 1)]}
-    said = _line(procs["late"][0], "waiting for process 0")  # said within seconds, while it waits
-    procs["late"].append(_start(ports["late"], 2, 0))  # process 0 comes late (minutes, on a pod)
-    time.sleep(2)
-    procs["twice"].append(_start(ports["twice"], 3, 2))
-    procs["term"][0].send_signal(signal.SIGTERM)
-    started = time.monotonic()
-    late = [_lines(p) for p in procs["late"]]
-    assert [code for code, _, _ in late] == [0, 0] and late[0][1] == ["up 1 of 2"] and late[1][1] == ["up 0 of 2"]
-    assert said.startswith(f"process 1: waiting for process 0 (the coordinator) at 127.0.0.1:{ports['late']}")
+    try:
+        said = _line(procs["late"][0], "waiting for process 0")  # said within seconds, while it waits
+        procs["late"].append(_start(ports["late"], 2, 0))  # process 0 comes late (minutes, on a pod)
+        time.sleep(2)
+        procs["twice"].append(_start(ports["twice"], 3, 2))
+        procs["term"][0].send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        late = [_lines(p) for p in procs["late"]]
+        assert [code for code, _, _ in late] == [0, 0] and late[0][1] == ["up 1 of 2"] and late[1][1] == ["up 0 of 2"]
+        assert said.startswith(f"process 1: waiting for process 0 (the coordinator) at 127.0.0.1:{ports['late']}")
 
-    for code, _, err in map(_lines, procs["count"]):  # both named, both sides' counts
-        assert code == 2 and err[-1] == ("error: process 1 (at 127.0.0.1) was started with --num_processes 3 "
-                                         "and process 0 with 2: give every process the same count")
-    for code, _, err in map(_lines, procs["twice"]):  # (process 0 may have said it waits, first)
-        assert code == 2 and "two processes were given --process_id 2" in err[-1]
-        assert all(" waiting for " in line for line in err[:-1])
-    code, _, err = _lines(procs["alone"][0])
-    assert code == 75 and err[-1].startswith(f"error: process 0: processes [1, 2] of 3 never connected to "
-                                             f"127.0.0.1:{ports['alone']} within 4 s")
-    assert err[0].startswith("process 0: waiting for processes [1, 2] of 3")  # said while it waited
-    code, _, err = _lines(procs["term"][0])
-    assert code == -signal.SIGTERM  # a waiting process ends on SIGTERM
-    assert time.monotonic() - started < 60
+        for code, _, err in map(_lines, procs["count"]):  # both named, both sides' counts
+            assert code == 2 and err[-1] == ("error: process 1 (at 127.0.0.1) was started with --num_processes 3 "
+                                             "and process 0 with 2: give every process the same count")
+        for code, _, err in map(_lines, procs["twice"]):  # (process 0 may have said it waits, first)
+            assert code == 2 and "two processes were given --process_id 2" in err[-1]
+            assert all(" waiting for " in line for line in err[:-1])
+        code, _, err = _lines(procs["alone"][0])
+        assert code == 75 and err[-1].startswith(f"error: process 0: processes [1, 2] of 3 never connected to "
+                                                 f"127.0.0.1:{ports['alone']} within 4 s")
+        assert err[0].startswith("process 0: waiting for processes [1, 2] of 3")  # said while it waited
+        code, _, err = _lines(procs["term"][0])
+        assert code == -signal.SIGTERM  # a waiting process ends on SIGTERM
+        assert time.monotonic() - started < 60
+    finally:  # every process started ends, whatever failed
+        for proc in (p for group in procs.values() for p in group):
+            proc.kill()
 
 
 @pytest.mark.parametrize("flags,expect", [
