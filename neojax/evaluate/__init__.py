@@ -11,13 +11,16 @@ from typing import Optional, Sequence
 
 from neojax import sharding
 from neojax.evaluate import bias as _bias  # noqa: F401  (declares the bias suites)
+from neojax.evaluate import code as _code  # noqa: F401  (declares humaneval)
 from neojax.evaluate import generation as _generation  # noqa: F401  (declares the generation tasks)
 from neojax.evaluate import task
+from neojax.evaluate.code import CodeSettings
 from neojax.evaluate.harness import Scorer
 from neojax.evaluate.paper import perplexity_of_texts
 from neojax.evaluate.task import load_docs
 
-# GPT-Neo README (EleutherAI's harness): model -> column -> value (fractions for accuracies).
+# GPT-Neo README (EleutherAI's harness), and the Codex paper's HumanEval rows below: model -> column -> value
+# (fractions for accuracies and pass rates).
 PUBLISHED = {
     "GPT-Neo 125M": {"Wikitext PPL": 32.285, "Lambada PPL": 30.266, "Lambada Acc": 0.3736, "Winogrande": 0.5043,
                      "Hellaswag": 0.2867, "MathQA": 0.2278, "PubMedQA": 0.5510, "PIQA": 0.6306},
@@ -30,21 +33,28 @@ PUBLISHED = {
                      "Lambada Acc": 0.6222, "Winogrande": 0.5650, "Hellaswag": 0.4273, "MathQA": 0.2472,
                      "PubMedQA": 0.5754, "PIQA": 0.7214},
 }
+# The Codex paper (Chen et al. 2021, Table 1): HumanEval pass@k of GPT-Neo, n = 200 samples per problem.
+CODEX = {"GPT-Neo 125M": (0.0075, 0.0188, 0.0297), "GPT-Neo 1.3B": (0.0479, 0.0747, 0.1630),
+         "GPT-Neo 2.7B": (0.0641, 0.1127, 0.2137)}
+CODE_COLUMNS = ["HumanEval pass@1", "HumanEval pass@10", "HumanEval pass@100"]
+for _model, _values in CODEX.items():
+    PUBLISHED[_model].update(zip(CODE_COLUMNS, _values))
 COLUMNS = ["Pile BPB", "Pile PPL", "Wikitext PPL", "Lambada PPL", "Lambada Acc", "Winogrande", "Hellaswag",
-           "MathQA", "PubMedQA", "PIQA"]
+           "MathQA", "PubMedQA", "PIQA", *CODE_COLUMNS]
 # column -> (task, metric): the Pile's from the texts given (--text_files / --jsonl), the rest as each task declares
 SOURCES = {"Pile BPB": ("pile", "bits_per_byte"), "Pile PPL": ("pile", "perplexity"),
            **{column: (name, metric) for name in task.names() for column, metric in task.get(name).columns.items()}}
-PERCENT = {"Lambada Acc", "Winogrande", "Hellaswag", "MathQA", "PubMedQA", "PIQA"}
+PERCENT = {"Lambada Acc", "Winogrande", "Hellaswag", "MathQA", "PubMedQA", "PIQA", *CODE_COLUMNS}
 
 
 def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str, num_fewshot: int = 0,
              limit: int = 0, batch_size: int = 8, max_len: Optional[int] = None,
              tfds_data_dir: Optional[str] = None, loaded: Optional[dict] = None,
-             max_gen_toks: Optional[int] = None) -> dict:
+             max_gen_toks: Optional[int] = None, code: Optional[CodeSettings] = None) -> dict:
     """task -> metric -> value, plus n (examples), seconds and tokens scored per task. `loaded`
     (task -> (records, few-shot records)) spares reading files a caller already read and checked;
-    `max_gen_toks` replaces the generation tasks' own lengths."""
+    `max_gen_toks` replaces the generation tasks' own lengths; `code`: how code tasks (humaneval)
+    sample and execute (its per-sample records under "records")."""
     out = {}
     for name in task_names:
         declared = task.get(name)
@@ -54,7 +64,8 @@ def evaluate(params, config, tokenizer, task_names: Sequence[str], data_dir: str
         docs = docs[:limit] if limit else docs
         scorer = Scorer(params, config, tokenizer, batch_size, max_len, label=name, max_gen_toks=max_gen_toks)
         start = time.perf_counter()
-        metrics = declared.run(scorer, docs, train_docs, num_fewshot)
+        options = {"settings": code or CodeSettings()} if declared.kind == "code" else {}
+        metrics = declared.run(scorer, docs, train_docs, num_fewshot, **options)
         seconds = time.perf_counter() - start
         out[name] = {**metrics, "n": len(docs), "num_fewshot": num_fewshot, "seconds": seconds,
                      "tokens_scored": scorer.tokens_scored}
@@ -119,5 +130,5 @@ def format_table(table: dict, markdown: bool = True) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PUBLISHED", "COLUMNS", "Scorer", "evaluate", "format_table", "load_task", "paper_table",
-           "perplexity_of_texts", "published_row"]
+__all__ = ["CODEX", "CODE_COLUMNS", "COLUMNS", "CodeSettings", "PUBLISHED", "Scorer", "evaluate", "format_table",
+           "load_task", "paper_table", "perplexity_of_texts", "published_row"]

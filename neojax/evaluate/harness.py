@@ -129,12 +129,16 @@ class Scorer:
             progress.update(len(chunk))
         return results
 
-    def generate_until(self, requests: Sequence[tuple[str, Sequence[str], int]]) -> list[str]:
-        """Greedy continuations of (context, until, max_gen_toks) requests, as the harness's
-        generate_until: the context keeps its last max_len - max_gen_toks tokens; a row stops at EOS,
-        at any `until` string or after max_gen_toks tokens, and its text is cut before the first
-        stop string. Batched by length (left-padded buckets in neojax.generate)."""
+    def generate_until(self, requests: Sequence[tuple[str, Sequence[str], int]], temperature: float = 0.0,
+                       top_p: float = 1.0, seed: int = 0, numbers: Optional[Sequence[int]] = None) -> list[str]:
+        """Continuations of (context, until, max_gen_toks) requests, as the harness's generate_until:
+        the context keeps its last max_len - max_gen_toks tokens; a row stops at EOS, at any `until`
+        string or after max_gen_toks tokens, and its text is cut before the first stop string.
+        Greedy, or sampled at `temperature` and `top_p` with `seed`, request i drawing as the number
+        `numbers[i]` (default i) whatever batch it shares. Batched by length (left-padded buckets in
+        neojax.generate)."""
         requests = [(context, until, self._budget(max_gen_toks)) for context, until, max_gen_toks in requests]
+        numbers = list(range(len(requests))) if numbers is None else list(numbers)
         encoded = [self.tokenizer.encode(context)[-(self.max_len - max_gen_toks):] or [self.tokenizer.eos_id]
                    for context, _, max_gen_toks in requests]
         order = sorted(range(len(requests)), key=lambda i: (tuple(requests[i][1]), requests[i][2], -len(encoded[i])))
@@ -147,7 +151,8 @@ class Scorer:
             chunk = [i for i in order[:self.batch_size] if same(i)]
             order = order[len(chunk):]
             out = generate(self.params, self.config, [encoded[i] for i in chunk], self.tokenizer,
-                           max_new_tokens=requests[first][2], stop_strings=list(requests[first][1]), weights=weights)
+                           max_new_tokens=requests[first][2], stop_strings=list(requests[first][1]), weights=weights,
+                           temperature=temperature, top_p=top_p, seed=seed, numbers=[numbers[i] for i in chunk])
             for i, text, new in zip(chunk, out.texts, out.tokens):
                 results[i] = text
                 self.tokens_generated += len(new)

@@ -18,6 +18,7 @@ dataset already prepared in tfds_data_dir. Nothing is downloaded.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import json
 import math
@@ -31,7 +32,7 @@ import numpy as np
 from neojax import paths, registry
 from neojax.data.sources import tfds_records
 
-KINDS = ("loglikelihood", "perplexity", "generation", "bias")
+KINDS = ("loglikelihood", "perplexity", "generation", "bias", "code")
 FEWSHOT_SEED = 1234
 SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")  # a few made-up records per task
 
@@ -78,6 +79,7 @@ class Task:
     select: Optional[Callable[[dict], bool]] = None
     columns: dict = dataclasses.field(default_factory=dict)
     requires: tuple = ()  # optional packages its metrics need: (module, what for, pip name), checked before work
+    bundled: Optional[Callable[[], str]] = None  # the records file that ships with a package, when data_dir has none
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -90,7 +92,8 @@ class Task:
 
     @property
     def generates(self) -> bool:
-        return self.kind == "generation"
+        """Whether it generates text (a "code" task executes what it generates)."""
+        return self.kind in ("generation", "code")
 
 
 def register(task: Task, replace: bool = False) -> Task:
@@ -197,6 +200,8 @@ def load_docs(data_dir: str, name: str, split: str = "", tfds_data_dir: Optional
     record is checked (fields, types, label ranges): a bad one names the file and line."""
     task = get(name)
     path = _jsonl_path(data_dir, task, split)
+    if not paths.exists(path) and task.bundled and not split:
+        path = task.bundled()
     if not paths.exists(path):
         if tfds_data_dir and task.tfds:
             source = task.tfds
@@ -213,7 +218,9 @@ def load_docs(data_dir: str, name: str, split: str = "", tfds_data_dir: Optional
     if paths.is_dir(path):
         raise ValueError(f"{name}: {path} is a directory; expected a JSON-lines file")
     docs = []
-    with io.TextIOWrapper(paths.path(path).open("rb"), encoding="utf-8", errors="strict") as f:
+    raw = paths.path(path).open("rb")
+    with io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw, encoding="utf-8",
+                          errors="strict") as f:
         try:
             for n, line in enumerate(f, 1):
                 if n == 1 and line.startswith("\ufeff"):  # an editor's byte-order mark, not part of the record

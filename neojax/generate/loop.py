@@ -71,7 +71,7 @@ def _host_step(call, tokens, step, done):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new", "greedy", "penalty", "host"))
-def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k, top_p, repetition_penalty,
+def _generate_program(params, transposed, tokens, mask, numbers, seed, temperature, top_k, top_p, repetition_penalty,
                       stop_tokens, n_new, call, *, config: GPTNeoConfig, max_new: int, greedy: bool, penalty: bool,
                       host: bool):
     batch, prompt_len = tokens.shape
@@ -93,7 +93,7 @@ def _generate_program(params, transposed, tokens, mask, seed, temperature, top_k
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         every = lambda x: jnp.full((batch,), x)
         token = draw(logits, Sampling(every(temperature), every(top_k), every(top_p), every(seed),
-                                      jnp.arange(batch, dtype=jnp.uint32), every(i).astype(jnp.uint32)), greedy=greedy)
+                                      numbers, every(i).astype(jnp.uint32)), greedy=greedy)
         token = jnp.where(done, 0, token)
         out = out.at[:, i].set(token)
         stopped = jnp.any(token[:, None] == stop_tokens[None, :], axis=-1)
@@ -136,7 +136,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              stop_tokens: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), seed: int = 0,
              truncate: bool = False, on_text: Optional[Callable[[int, str], None]] = None,
-             weights=None, draft=None, draft_tokens: int = 4) -> Generation:
+             weights=None, draft=None, draft_tokens: int = 4, numbers: Optional[Sequence[int]] = None) -> Generation:
     """Continue each prompt (a string, needing `tokenizer`, or a list of token ids).
 
     temperature 0 is greedy; a sampled row draws as neojax.infer.sampling says (row r with `seed` draws
@@ -146,7 +146,9 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     within the context raise, or are left truncated with truncate=True. `weights`: decode_weights(
     params, config), for a caller that generates repeatedly (made here otherwise). `draft`: (params,
     config) of a smaller model with the same tokenizer that proposes `draft_tokens` tokens a round
-    (neojax.infer.speculative): the same greedy output, samples distributed as without it."""
+    (neojax.infer.speculative): the same greedy output, samples distributed as without it. `numbers`:
+    each prompt's number in the key derivation (default its row, 0, 1, ...): sample j of a request
+    numbered j draws the same tokens whatever batch it shares."""
     _check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed)
     if isinstance(prompts, (str, np.ndarray)) or (len(prompts) and isinstance(prompts[0], (int, np.integer))):
         prompts = [prompts]
@@ -158,13 +160,18 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     encoded = [list(tokenizer.encode(p)) if isinstance(p, str) else [int(t) for t in p] for p in prompts]
     encoded = [ids or [eos] for ids in encoded]  # an empty prompt starts from <|endoftext|>
     encoded = fit(encoded, max_new_tokens, config, truncate)
+    numbers = np.arange(len(encoded), dtype=np.uint32) if numbers is None else np.asarray(numbers, np.uint32)
+    if numbers.shape != (len(encoded),):
+        raise ValueError(f"numbers: give one per prompt ({len(encoded)}), not {numbers.shape}")
     if draft is not None:
         return _speculative(params, config, encoded, tokenizer, draft, draft_tokens, max_new_tokens, temperature,
-                            top_k, top_p, repetition_penalty, stop_tokens, stop_strings, seed, on_text, weights)
+                            top_k, top_p, repetition_penalty, stop_tokens, stop_strings, seed, on_text, weights,
+                            numbers)
     mesh = sharding.mesh_of(params)  # placed params (sharding.place): rows split over the mesh's data axes
     rows = len(encoded)
     if mesh is not None:  # every data-parallel device gets as many rows (copies of row 0, dropped after)
         encoded = encoded + [encoded[0]] * (-rows % sharding.data_parallel(mesh))
+        numbers = np.concatenate([numbers, np.full(len(encoded) - rows, numbers[0], np.uint32)])
     longest = max(len(ids) for ids in encoded)
     prompt_len = bucket(longest, 16, config.max_position_embeddings)
     tokens = np.zeros((len(encoded), prompt_len), np.int32)
@@ -177,12 +184,12 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
     stops, stop_array = _stops(stop_tokens, eos)
     shown = on_text and (lambda row, piece: on_text(row, piece) if row < rows else None)
     with _watching(tokenizer, len(encoded), stop_strings, shown, stops) as (call, watcher):
-        inputs = (tokens, mask, np.uint32(seed), np.float32(temperature or 1.0), np.int32(top_k),
+        inputs = (tokens, mask, numbers, np.uint32(seed), np.float32(temperature or 1.0), np.int32(top_k),
                   np.float32(top_p), np.float32(repetition_penalty), stop_array, np.int32(max_new_tokens),
                   np.int32(call))
         with sharding.using_mesh(mesh) if mesh is not None else contextlib.nullcontext():
             if mesh is not None:  # global arrays: the batch split over the data axes, the rest on every device
-                inputs = tuple(sharding.put_global(x, mesh, sharding.batch_spec() if i < 2 else PartitionSpec())
+                inputs = tuple(sharding.put_global(x, mesh, sharding.batch_spec() if i < 3 else PartitionSpec())
                                for i, x in enumerate(inputs))
             transposed = decode_weights(params, config) if weights is None else weights
             out, lengths = _generate_program(
@@ -195,7 +202,7 @@ def generate(params, config: GPTNeoConfig, prompts: Sequence, tokenizer=None, *,
 
 
 def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, temperature, top_k, top_p,
-                 repetition_penalty, stop_tokens, stop_strings, seed, on_text, weights) -> Generation:
+                 repetition_penalty, stop_tokens, stop_strings, seed, on_text, weights, numbers) -> Generation:
     """generate() with a draft model proposing k tokens a round (neojax.generate.drafted)."""
     draft_params, draft_config = draft
     speculative.check_draft(config, draft_config, k)
@@ -216,7 +223,7 @@ def _speculative(params, config, encoded, tokenizer, draft, k, max_new_tokens, t
         rows = len(encoded)
         every = lambda x, dtype: np.full(rows, x, dtype)
         sampling = Sampling(every(temperature, np.float32), every(top_k, np.int32), every(top_p, np.float32),
-                            every(seed, np.uint32), np.arange(rows, dtype=np.uint32), every(0, np.uint32))
+                            every(seed, np.uint32), numbers, every(0, np.uint32))
         out, counts, kept, proposed = speculative_program(
             params, draft_params, decode_weights(params, config) if weights is None else weights,
             decode_weights(draft_params, draft_config), tokens, np.array([len(ids) for ids in encoded], np.int32),
