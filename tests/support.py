@@ -323,3 +323,17 @@ def run_engine(engine, prompts, max_tokens, **settings):
     engine.submit(seqs)
     assert done.wait(120)
     return [s.tokens for s in seqs]
+
+
+def reference_generate(torch_model, tok, context, until, max_gen_toks, max_len):
+    """The harness's generate_until written plainly with transformers: left-truncated context,
+    greedy, then the decoded text cut at each stop string (EOS's text included)."""
+    import torch
+    ids = tok.encode(context)[-(max_len - max_gen_toks):]
+    with torch.no_grad():
+        out = torch_model.generate(torch.tensor([ids]), max_new_tokens=max_gen_toks, do_sample=False,
+                                   eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
+    text = tok.decode(out[0, len(ids):].tolist())
+    for term in list(until) + ["<|endoftext|>"]:
+        text = text.split(term)[0]
+    return text

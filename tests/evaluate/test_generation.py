@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from support import random_hf_model, write_jsonl
+from support import random_hf_model, reference_generate, write_jsonl
 
 from neojax import checkpoint
 from neojax import evaluate as ev
@@ -27,21 +27,6 @@ def long_model(tiny_tokenizer, tmp_path_factory):
     torch_model.save_pretrained(directory)
     tiny_tokenizer.save(directory)
     return checkpoint.load(directory), torch_model, directory
-
-
-def reference_generate(torch_model, tok, context, until, max_gen_toks, max_len):
-    """The harness's generate_until written plainly with transformers: left-truncated context,
-    greedy, then the decoded text cut at each stop string (EOS's text included)."""
-    import torch
-    ids = tok.encode(context)[-(max_len - max_gen_toks):]
-    with torch.no_grad():
-        out = torch_model.generate(torch.tensor([ids]), max_new_tokens=max_gen_toks, do_sample=False,
-                                   eos_token_id=tok.eos_id, pad_token_id=tok.eos_id)
-    text = tok.decode(out[0, len(ids):].tolist())
-    for term in list(until) + ["<|endoftext|>"]:
-        text = text.split(term)[0]
-    return text
-
 
 
 def _sentence(rng, n):
