@@ -337,3 +337,19 @@ def reference_generate(torch_model, tok, context, until, max_gen_toks, max_len):
     for term in list(until) + ["<|endoftext|>"]:
         text = text.split(term)[0]
     return text
+
+
+def harness_humaneval_task(directory, data_file, max_gen_toks: int) -> list:
+    """lm-evaluation-harness's own humaneval.yaml (prompt, stop sequences, greedy settings) as the task
+    `humaneval_local` in `directory`, on local data, scored by a metric that needs no hub; its `until`."""
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+    theirs = load_yaml(os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "humaneval", "humaneval.yaml"),
+                       resolve_func=False)
+    config = {key: theirs[key] for key in ("output_type", "doc_to_text", "doc_to_target", "repeats", "num_fewshot")}
+    config.update(task="humaneval_local", dataset_path="json", dataset_kwargs={"data_files": {"test": str(data_file)}},
+                  test_split="test", metric_list=[{"metric": "exact_match", "aggregation": "mean",
+                                                   "higher_is_better": True}],
+                  generation_kwargs={**theirs["generation_kwargs"], "max_gen_toks": max_gen_toks})
+    (directory / "humaneval_local.yaml").write_text(json.dumps(config))
+    return theirs["generation_kwargs"]["until"]

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from support import reference_generate
+from support import harness_humaneval_task, reference_generate
 
 from neojax import checkpoint
 from neojax.evaluate import code
@@ -68,23 +68,6 @@ def test_samples_score_equal_human_evals_own_executor(problems, tmp_path):
     assert json.loads(again.read_text())["humaneval"]["pass@1"] == ours["pass@1"]
 
 
-def _harness_task(directory, data_file, max_gen_toks: int):
-    """lm-evaluation-harness's own humaneval.yaml with local data and a metric that needs no hub."""
-    import os
-
-    import lm_eval
-    from lm_eval.tasks._yaml_loader import load_yaml
-    theirs = load_yaml(os.path.join(os.path.dirname(lm_eval.__file__), "tasks", "humaneval", "humaneval.yaml"),
-                       resolve_func=False)
-    config = {key: theirs[key] for key in ("output_type", "doc_to_text", "doc_to_target", "repeats", "num_fewshot")}
-    config.update(task="humaneval_local", dataset_path="json", dataset_kwargs={"data_files": {"test": str(data_file)}},
-                  test_split="test", metric_list=[{"metric": "exact_match", "aggregation": "mean",
-                                                   "higher_is_better": True}],
-                  generation_kwargs={**theirs["generation_kwargs"], "max_gen_toks": max_gen_toks})
-    (directory / "humaneval_local.yaml").write_text(json.dumps(config))
-    return theirs["generation_kwargs"]["until"]
-
-
 def test_greedy_completions_equal_the_harness_humaneval_task(tiny_hf_with_tokenizer, tmp_path):
     """The harness's humaneval (its prompt, stop sequences and greedy settings) over transformers,
     against `evaluate --tasks humaneval` on the same checkpoint; the pass@1 from its records."""
@@ -96,7 +79,7 @@ def test_greedy_completions_equal_the_harness_humaneval_task(tiny_hf_with_tokeni
                 for i, doc in enumerate(["the quick brown fox", "once upon a time", "a model", "token by token"])]
     data = tmp_path / "humaneval.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in problems))
-    until = _harness_task(tmp_path, data, max_gen_toks=24)
+    until = harness_humaneval_task(tmp_path, data, max_gen_toks=24)
     assert tuple(until) == code.STOP
     harness = simple_evaluate(model="hf", model_args=f"pretrained={tiny_hf_with_tokenizer},device=cpu,dtype=float32",
                               tasks=["humaneval_local"], task_manager=TaskManager(include_path=str(tmp_path)),
