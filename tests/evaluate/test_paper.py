@@ -229,3 +229,22 @@ def test_paper_table_compares_with_published_numbers():
     assert cell["published"] == 0.5723 and cell["diff"] == pytest.approx(0.0077)
     text = ev.format_table(table)
     assert "58.00% (57.23%, +0.77%)" in text and "| - (0.7527) |" in text  # Pile BPB: no data here
+    # the Codex paper's HumanEval rows beside a humaneval result
+    table = ev.paper_table({"ours": ("GPT-Neo 125M", {"humaneval": {"pass@1": 0.01, "pass@10": 0.02}})})
+    assert [table["ours"][c]["published"] for c in ev.CODE_COLUMNS] == [0.0075, 0.0188, 0.0297]
+    assert table["ours"]["HumanEval pass@100"]["ours"] is None
+    assert "| 1.00% (0.75%, +0.25%) | 2.00% (1.88%, +0.12%) | - (2.97%) |" in ev.format_table(table)
+
+
+def test_paper_table_holds_humaneval_when_asked_for(tiny_hf_with_tokenizer, tmp_path):
+    from neojax.evaluate.__main__ import main
+    out = tmp_path / "table.json"
+    assert main(["--paper_table", "--checkpoint", tiny_hf_with_tokenizer, "--sample_tasks", "--tasks",
+                 "lambada_openai,humaneval", "--allow_code_execution", "--max_gen_toks", "8", "--output",
+                 str(out)]) == 0
+    result = json.loads(out.read_text())
+    cells = result["table"][tiny_hf_with_tokenizer]
+    assert cells["HumanEval pass@1"]["ours"] == result["results"][tiny_hf_with_tokenizer]["humaneval"]["pass@1"]
+    assert cells["Lambada Acc"]["ours"] is not None and cells["HumanEval pass@10"]["ours"] is None
+    records = [json.loads(line) for line in open(tmp_path / "table.humaneval.jsonl")]
+    assert [r["task_id"] for r in records] == ["Sample/0", "Sample/1", "Sample/2"]

@@ -18,7 +18,7 @@ def test_evaluate_runs_every_task_on_the_samples(tiny_hf_with_tokenizer, tmp_pat
     out = tmp_path / "r.json"
     tasks = ",".join(registry.names("task"))
     assert evaluate_cli.main(["--checkpoint", tiny_hf_with_tokenizer, "--sample_tasks", "--tasks", tasks, "--limit",
-                              "2", "--max_gen_toks", "4", "--output", str(out)]) == 0
+                              "2", "--max_gen_toks", "4", "--allow_code_execution", "--output", str(out)]) == 0
     results = json.loads(out.read_text())
     assert set(registry.names("task")) <= set(results)
     assert all(results[t]["n"] >= 1 for t in registry.names("task"))
