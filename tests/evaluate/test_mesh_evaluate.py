@@ -12,12 +12,13 @@ import pytest
 from support import device_env, finish, printed, processes
 
 from neojax import checkpoint, sharding
-from neojax.evaluate import evaluate
+from neojax.evaluate import CodeSettings, evaluate
 from neojax.evaluate.task import SAMPLES
 
 # one task of each family: log-likelihood (and lambada's greedy match), rolling perplexity,
-# generation (greedy until a stop string) and the bias suites
-TASKS = ["piqa", "lambada_openai", "wikitext", "wmt16-de-en", "crows_pairs_english", "bbq"]
+# generation (greedy until a stop string), the bias suites, and code (sampled, then executed)
+TASKS = ["piqa", "lambada_openai", "wikitext", "wmt16-de-en", "crows_pairs_english", "bbq", "humaneval"]
+SAMPLED = CodeSettings(num_samples=2, temperature=0.8, top_p=0.95, seed=3)
 
 
 def assert_same(got: dict, want: dict, where: str) -> None:
@@ -39,7 +40,7 @@ def model(tiny_hf_with_tokenizer):
 
 @pytest.fixture(scope="module")
 def single(model):
-    return evaluate(model.params, model.config, model.tokenizer, TASKS, SAMPLES, max_gen_toks=16)
+    return evaluate(model.params, model.config, model.tokenizer, TASKS, SAMPLES, max_gen_toks=16, code=SAMPLED)
 
 
 @pytest.mark.parametrize("mesh", ["data=8", "data=2,tensor=4", "fsdp=2,tensor=2,data=2"])
@@ -49,7 +50,8 @@ def test_every_task_family_equals_one_device(mesh, model, single):
     wte = placed["wte"]
     assert len(wte.sharding.device_set) == 8
     split = sharding.data_parallel(sharding.mesh_of(placed))
-    got = evaluate(placed, model.config, model.tokenizer, TASKS, SAMPLES, max_gen_toks=16, batch_size=2 * split)
+    got = evaluate(placed, model.config, model.tokenizer, TASKS, SAMPLES, max_gen_toks=16, batch_size=2 * split,
+                   code=SAMPLED)
     assert_same(got, single, mesh)
     assert all(got[t]["n"] == single[t]["n"] for t in TASKS)
 
@@ -94,14 +96,17 @@ def test_two_processes_write_what_one_process_writes(tiny_hf_with_tokenizer, tmp
     """2 processes of 2 devices each on a loopback coordinator against one process on 1 device: the
     same JSON; process 1 prints no result and writes nothing."""
     argv = ["--checkpoint", tiny_hf_with_tokenizer, "--sample_tasks", "--tasks", ",".join(TASKS), "--max_gen_toks",
-            "16"]
+            "16", "--allow_code_execution", "--num_samples", "2", "--temperature", "0.8", "--top_p", "0.95"]
     one = run(argv + ["--output", str(tmp_path / "one.json")], env_devices=1)
     assert one.returncode == 0, one.stderr[-2000:]
     procs = processes("neojax.evaluate", argv + ["--output", str(tmp_path / "two.json")])
     outs = finish(procs)
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
     want, got = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    records = [open(r[t].pop("records_file")).read() for r in (got, want) for t in ["humaneval"]]
+    assert records[0] == records[1] and records[0].count("\n") == 6  # 3 problems x 2 samples, executed once
     assert_same({t: got[t] for t in TASKS}, {t: want[t] for t in TASKS}, "2 processes")
     assert "piqa" in outs[0][0] and "wrote" in outs[0][0]
     assert printed(outs[1][0]) == [] and "requests" not in outs[1][1]  # process 0 alone prints (progress too)
+    assert "executing" in outs[0][1] and "executing" not in outs[1][1]  # and executes
     assert got["config"]["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
