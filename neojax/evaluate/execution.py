@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import getpass
 import json
 import os
 import secrets
@@ -210,7 +211,6 @@ def find_sandbox(kind: str = "auto") -> Sandbox:
 
 def warning(sandbox: Sandbox) -> str:
     """The one line said when programs run without the sandbox."""
-    import getpass
     return (f"warning: running generated programs without a sandbox ({sandbox.why}): they run as "
             f"{getpass.getuser()} with time, memory and file-size limits only, and can read and write your files, "
             "reach the network and signal your processes")
