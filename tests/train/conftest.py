@@ -21,10 +21,18 @@ def uninterrupted(corpus, tiny_tokenizer, tmp_path_factory):
     return workdir
 
 
+@pytest.fixture(scope="session")
+def first_six_steps(corpus, tiny_tokenizer, tmp_path_factory):
+    """A run of 6 steps, trained once per session (each test gets a copy: stopped_at_6)."""
+    workdir = str(tmp_path_factory.mktemp("first_six") / "run")
+    train(config(corpus, tiny_tokenizer, total=6), workdir)
+    return workdir
+
+
 @pytest.fixture
-def stopped_at_6(corpus, tiny_tokenizer, tmp_path):
-    """A run stopped after its step-6 checkpoint (total_steps may grow on resume), moved to another
-    folder: tensorstore caches what this process wrote by path, and damage must reach the disk reads."""
-    train(config(corpus, tiny_tokenizer, total=6), str(tmp_path / "first"))
-    shutil.copytree(tmp_path / "first", tmp_path / "run")
+def stopped_at_6(first_six_steps, tmp_path):
+    """A run stopped after its step-6 checkpoint (total_steps may grow on resume), copied to a folder
+    of its own: tensorstore caches what this process wrote by path, and damage must reach the disk
+    reads."""
+    shutil.copytree(first_six_steps, tmp_path / "run")
     return str(tmp_path / "run")
