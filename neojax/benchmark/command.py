@@ -1,5 +1,5 @@
 """python -m neojax.benchmark [--only peak,train,memory,local,decode,eval,serve,mesh,data,code] [--mesh SPEC]
-    [--output bench.json] [--coordinator HOST:PORT --num_processes N --process_id I]
+    [--quick] [--output bench.json] [--coordinator HOST:PORT --num_processes N --process_id I]
 
 Measures, on whatever devices are present, side by side with transformers (torch, CPU) where that
 applies: the matmul peak, training tokens/s and MFU at T=2048, the compiled peak memory of a
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 
 from neojax import cli, paths, sharding
 from neojax.benchmark import code, data, decode, evaluation, mesh, serving, train
-from neojax.benchmark.common import Run, on_accelerator, row
+from neojax.benchmark.common import QUICK, Run, Workload, on_accelerator, row
 from neojax.flops import datasheet_peak, measure_peak_flops
 from neojax.model import PRESETS, init_params
 from neojax.model.config import DTYPES, REMATS, model_shape
@@ -55,6 +55,8 @@ def parser() -> cli.ArgumentParser:
     p.add_argument("--seq_len", type=cli.positive_int, default=2048)
     p.add_argument("--remat", default="none", choices=REMATS, help="for the train rows")
     p.add_argument("--no_torch", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smaller workloads and one round a row (a machine or the "
+                   "command checked in a minute; the figures are noisier)")
     p.add_argument("--decode_batches", default="1,16", help="batch sizes of the decode rows")
     p.add_argument("--quantize", choices=["int8"], help="decode rows: also int8 weights (and bfloat16), against "
                    "the weight-bandwidth bound")
@@ -138,7 +140,7 @@ def main(argv=None):
               params if placement is None else sharding.place(jax.device_get(params), config, placement), on,
               # the reference is torch's CPU build (one process's)
               not args.no_torch and not on_accelerator() and jax.process_count() == 1, peak,
-              datasheet_peak(jax.devices()[0].device_kind), add)
+              datasheet_peak(jax.devices()[0].device_kind), add, QUICK if args.quick else Workload())
     for section in SECTIONS:  # in their order, whatever the order asked
         if section in sections and SECTIONS[section] is not None:
             SECTIONS[section](run)

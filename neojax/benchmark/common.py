@@ -67,11 +67,28 @@ def synthetic_tokenizer(texts, config, directory) -> Tokenizer:
     return Tokenizer.from_path(directory)
 
 
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """How much each section measures: new tokens of the decode rows and their rounds, the
+    evaluation rows' documents, the serving rows' concurrent streams and their new tokens."""
+    new_tokens: int = 128
+    rounds: int = 3
+    lambada_docs: int = 64
+    wiki_pages: int = 2
+    wmt_docs: int = 16
+    clients: int = 16
+    serve_tokens: int = 64
+
+
+QUICK = Workload(new_tokens=32, rounds=1, lambada_docs=16, wiki_pages=1, wmt_docs=4, clients=4, serve_tokens=16)
+
+
 @dataclasses.dataclass
 class Run:
     """One benchmark run, as every section sees it: the command's arguments, the model shapes
     (`config`: the first preset's in --dtype), random params (`placed` on --mesh, `on` its label),
-    whether transformers measures too, the measured matmul peak and `add(row)`."""
+    whether transformers measures too, the measured matmul peak, `add(row)` and the workload
+    (--quick: QUICK)."""
     args: object
     presets: list
     shapes: dict
@@ -83,6 +100,7 @@ class Run:
     peak: float
     datasheet: Optional[float]
     add: Callable[[dict], None]
+    work: Workload = Workload()
 
     @property
     def name(self) -> str:

@@ -90,19 +90,22 @@ def bench_ttft(config, params, prompt_len=512):
 def rows(run) -> None:
     args, config, name = run.args, run.config, run.name
     plain = {}  # batch -> tokens/s of config's own dtype, unplaced: the --quantize rows reuse it
+    work = run.work
     for batch in args.decode_batches:
-        ours, theirs = bench_decode(config, run.placed, batch, torch_too=run.torch_too)
+        ours, theirs = bench_decode(config, run.placed, batch, work.new_tokens, torch_too=run.torch_too,
+                                    rounds=work.rounds)
         plain[batch] = ours if not run.on else None
-        run.add(row(f"greedy decode {name} {args.dtype}{run.on} batch {batch} (128 new tokens)", "tokens/s",
-                    ours, theirs))
+        run.add(row(f"greedy decode {name} {args.dtype}{run.on} batch {batch} ({work.new_tokens} new tokens)",
+                    "tokens/s", ours, theirs))
     prompt_len, seconds = bench_ttft(config, run.params)
     run.add(row(f"time to first token, {prompt_len}-token prompt, batch 1", "s", seconds))
     if args.quantize:
         _quantized_rows(run, plain)
     for kv in ("auto", "int8") if args.kv_context else ():
         for batch in args.decode_batches:
-            ours, _ = bench_decode(config.replace(kv_cache=kv), run.params, batch, prompt_len=args.kv_context - 128,
-                                   torch_too=False, rounds=2)
+            ours, _ = bench_decode(config.replace(kv_cache=kv), run.params, batch, work.new_tokens,
+                                   prompt_len=args.kv_context - work.new_tokens, torch_too=False,
+                                   rounds=min(2, work.rounds))
             run.add(row(f"greedy decode {name} {args.dtype} batch {batch} at a {args.kv_context}-token context, "
                         f"KV cache {'int8' if kv == 'int8' else args.dtype}", "tokens/s", ours))
 
@@ -124,7 +127,8 @@ def _quantized_rows(run, plain: dict) -> None:
                     "tokens/s", bound))
         for batch in args.decode_batches:
             reuse = cfg is config and p is params and plain[batch] is not None
-            ours = plain[batch] if reuse else bench_decode(cfg, p, batch, torch_too=False)[0]
+            ours = plain[batch] if reuse else bench_decode(cfg, p, batch, run.work.new_tokens, torch_too=False,
+                                                           rounds=run.work.rounds)[0]
             share = 100 * ours / batch / bound
             run.add(row(f"greedy decode {run.name} {label} batch {batch} (steps at {share:.0f}% of the bound's "
                         "rate)", "tokens/s", ours))

@@ -44,7 +44,8 @@ def bench_eval(config, params, lambada_docs=64, wiki_pages=2, wmt_docs=16, batch
 
 def rows(run) -> None:
     label = f"{run.name} {run.args.dtype}{run.on}"
-    rates = bench_eval(run.config, run.placed)
+    work = run.work
+    rates = bench_eval(run.config, run.placed, work.lambada_docs, work.wiki_pages, work.wmt_docs)
     run.add(row(f"evaluate lambada_openai {label} (batch 8)", "examples/s", rates["lambada"]))
     run.add(row(f"evaluate wikitext {label} (rolling windows)", "tokens/s", rates["wikitext"]))
     if "wmt" in rates:

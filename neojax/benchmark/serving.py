@@ -160,8 +160,9 @@ def bench_serve_draft(config, params, requests=4, new_tokens=64, residual=0.0):
 
 def rows(run) -> None:
     config, params, dtype = run.config, run.params, run.args.dtype
-    served = bench_serve(config, run.placed)
-    label = f"serve {run.name} {dtype}{run.on}, 16 concurrent streams ({served['workload']})"
+    work = run.work
+    served = bench_serve(config, run.placed, work.clients, work.serve_tokens)
+    label = f"serve {run.name} {dtype}{run.on}, {work.clients} concurrent streams ({served['workload']})"
     run.add(row(f"{label}: continuous batching", "tokens/s", served["batched"]))
     run.add(row(f"{label}: one request at a time", "tokens/s", served["alone"]))
     run.add(row(f"{label}: time to first token p50", "s", served["ttft_p50"]))
@@ -174,15 +175,17 @@ def rows(run) -> None:
         run.add(row(f"{shared}: tokens/s", "tokens/s", rate))
         run.add(row(f"{shared}: time to first token p50", "s", first))
     for residual in (0.02, 0.3):  # a pair that mostly agrees; one that agrees on about 60% of proposals
-        plain, drafted, kept = bench_speculative(config, params, residual=residual)
-        label = (f"speculative greedy decode {run.name} {dtype} batch 1, 128 tokens, a 2-layer "
+        plain, drafted, kept = bench_speculative(config, params, new_tokens=work.new_tokens,
+                                                 rounds=min(2, work.rounds), residual=residual)
+        label = (f"speculative greedy decode {run.name} {dtype} batch 1, {work.new_tokens} tokens, a 2-layer "
                  f"{draft_width(config)}-wide draft proposing 4 (the target's first 2 blocks compute the draft's "
                  f"function; its other blocks write {residual}x their output): {kept:.0%} of proposals kept")
         run.add(row(f"{label}: without the draft", "tokens/s", plain))
         run.add(row(f"{label}: with it", "tokens/s", drafted))
         run.add(row(f"{label}: speed-up", "x", drafted / plain))
-    plain, drafted, kept = bench_serve_draft(config, run.placed)
-    label = (f"serve {run.name} {dtype}{run.on}, one stream at a time, 64 tokens each, serve --draft (a 2-layer "
+    plain, drafted, kept = bench_serve_draft(config, run.placed, min(4, work.clients), work.serve_tokens)
+    label = (f"serve {run.name} {dtype}{run.on}, one stream at a time, {work.serve_tokens} tokens each, serve --draft "
+             f"(a 2-layer "
              f"{draft_width(config)}-wide pair that always agrees) proposing 4 a step: {kept:.0%} of proposals kept")
     run.add(row(f"{label}: without the draft", "tokens/s", plain))
     run.add(row(f"{label}: with it", "tokens/s", drafted))
