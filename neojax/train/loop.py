@@ -172,7 +172,8 @@ def _restore_or_init(ckpt: Checkpointer, init, abstract, state_sh, data, config)
                          f"{workdir / 'damaged_checkpoints'}); start over in a new --workdir")
     start, state, data_state, _ = restored
     data.train.set_state(data_state)
-    print(f"resumed from {ckpt.directory}/{start} (step {start})", flush=True)
+    if sharding.is_lead_process():  # every process restores; process 0 says so
+        print(f"resumed from {ckpt.directory}/{start} (step {start})", flush=True)
     return start, state
 
 
