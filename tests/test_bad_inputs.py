@@ -407,6 +407,7 @@ def _fill(arg, paths, tmp):
     return arg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command,argv,expect", CASES, ids=[f"{c}-{i}" for i, (c, _, _) in enumerate(CASES)])
 def test_bad_command_line(command, argv, expect, env, tmp_path, capsys):
     argv = [_fill(a, env, tmp_path) for a in argv]
@@ -469,6 +470,7 @@ def test_count_of_bad_inputs():
     ("convert", ["{tmp}/none", "{tmp}/out", "--to", "hf"], "SRC"),
     ("sharding", ["--mesh", "data=2,data=4"], "given twice"),
 ])
+@pytest.mark.slow
 def test_real_command_lines_print_one_line(command, argv, expect, tmp_path):
     """As a user runs them: `python -m neojax.<command>` in a fresh process."""
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
@@ -478,12 +480,14 @@ def test_real_command_lines_print_one_line(command, argv, expect, tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "neojax.sharding", "--mesh", "data=2,data=4"], capture_output=True,
                        text=True, timeout=300, cwd=ROOT, env={**os.environ, "NEOJAX_DEBUG": "1"})
     assert r.returncode != 0 and "Traceback" in r.stderr and "given twice" in r.stderr
 
 
+@pytest.mark.slow
 def test_what_would_change_a_result_is_handled_and_said(env, tmp_path, capsys, monkeypatch):
     """Not errors, but never silent: a byte-order mark is stripped with a note (task files and prompt
     files alike), a context cut to --max_len is stated in the output and the log, results on the

@@ -21,6 +21,7 @@ def _rows(tmp_path, *args):
     return {r["name"]: r for r in report["rows"]}
 
 
+@pytest.mark.slow
 def test_train_memory_and_decode_rows_with_transformers_ratios(tmp_path, capsys):
     rows = _rows(tmp_path, "--train_batch", "2", "--only", "train,memory,decode", "--decode_batches", "4",
                  "--quantize", "int8", "--kv_context", "200")
@@ -47,6 +48,7 @@ def test_train_memory_and_decode_rows_with_transformers_ratios(tmp_path, capsys)
     assert "train tiny T=64 batch 2" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_evaluation_and_serving_rows(tmp_path):
     rows = _rows(tmp_path, "--only", "eval,serve", "--no_torch")
     for name in ("evaluate lambada_openai tiny float32 (batch 8)", "evaluate wikitext tiny float32 (rolling windows)",
@@ -70,6 +72,7 @@ def test_rows_are_written_as_they_are_measured(tmp_path, monkeypatch):
     assert [r["name"] for r in rows] == ["matmul peak (float32, 2048^3)"] and rows[0]["neojax"] > 0
 
 
+@pytest.mark.slow
 def test_the_agreeing_pairs_target_computes_its_draft_when_its_other_blocks_write_nothing():
     """widen tiles a narrow model into a wider one with the same logits; agreeing_pair's target at
     residual 0 is its draft's function, and at residual 1 its other blocks change the logits."""
@@ -87,6 +90,7 @@ def test_the_agreeing_pairs_target_computes_its_draft_when_its_other_blocks_writ
     assert np.abs(logits(moved, config) - logits(draft, draft_config)).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_mesh_rows_per_device_count(tmp_path):
     """The mesh section on the 8 simulated devices: evaluation over data=1..8, serving over the
     tensor sizes that divide tiny's heads, the unplaced path beside them; --mesh places the

@@ -5,6 +5,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from neojax import checkpoint
 
@@ -13,6 +14,7 @@ def _convert(*args):
     return subprocess.run([sys.executable, "-m", "neojax.convert", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_hf_to_neojax_to_hf(hf_dirs, tmp_path):
     directory, _, _ = hf_dirs["mixed_pattern"]
     native, back = str(tmp_path / "native"), str(tmp_path / "back")

@@ -56,6 +56,7 @@ def single_device():
     return summarize(state, metrics), state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_spec", ["data=8", "data=2,fsdp=4", "data=2,fsdp=2,tensor=2", "tensor=8"])
 def test_sharded_step_matches_single_device(single_device, mesh_spec):
     ref_summary, ref_state = single_device
@@ -105,6 +106,7 @@ def test_activations_carry_sharding_constraints():
     assert text.count("sharding_constraint") >= CASE_CONFIG.num_layers + 1  # embeddings + every block
 
 
+@pytest.mark.slow
 def test_plan_for_large_presets_allocates_nothing():
     p = sharding.plan(preset("gpt-neo-2.7B"), "data=4,fsdp=8,tensor=1")
     n = p["num_params"]

@@ -21,6 +21,7 @@ def _leaves_equal(a, b):
     return all(np.array_equal(np.asarray(x), np.asarray(y)) for (_, x), (_, y) in zip(la, lb))
 
 
+@pytest.mark.slow
 def test_pytorch_bin_loads_without_torch(hf_dirs, tmp_path):
     import torch
     directory, torch_model, _ = hf_dirs["window7_inner40"]
@@ -149,6 +150,7 @@ def _corpus_strings():
                      "The Pile is a large, diverse, open source language modelling data set."]
 
 
+@pytest.mark.slow
 def test_sentencepiece_export_encodes_in_transformers_exactly_as_neojax(tmp_path):
     """The quickstart's tokenizer, exported to Hugging Face: AutoTokenizer gives neojax's ids on a corpus."""
     import stat

@@ -56,6 +56,7 @@ def mtf_dir(hf_dirs, tmp_path_factory):
     return str(out), params, torch_model, seq_len
 
 
+@pytest.mark.slow
 def test_mesh_tf_checkpoint_reads_into_the_same_params(mtf_dir):
     path, params, torch_model, seq_len = mtf_dir
     assert checkpoint.detect_format(path) == "mesh_tf"

@@ -166,6 +166,7 @@ def _build_in(process_index, process_count, docs_file, tokenizer_dir, cache_dir)
     return subprocess.Popen([sys.executable, "-c", code, docs_file, tokenizer_dir, cache_dir])
 
 
+@pytest.mark.slow
 def test_processes_build_shares_of_the_cache_that_equal_one_process(jsonl_file, tiny_tokenizer, tmp_path):
     one = build_token_cache("jsonl", {"paths": jsonl_file}, tiny_tokenizer, str(tmp_path / "one"), progress=False,
                             shard_docs=7)
@@ -182,6 +183,7 @@ def test_processes_build_shares_of_the_cache_that_equal_one_process(jsonl_file, 
     np.testing.assert_array_equal(np.asarray(one.valid), np.asarray(two.valid))
 
 
+@pytest.mark.slow
 def test_a_killed_build_resumes_shard_by_shard(jsonl_file, tiny_tokenizer, tmp_path):
     half = _build_in(1, 2, jsonl_file, tiny_tokenizer.source, str(tmp_path))  # only odd shards, then waits
     directory, deadline = None, time.time() + 120

@@ -31,6 +31,7 @@ CROWS = [{"sent_more": "The old man could not use the phone", "sent_less": "The 
           "bias_type": "socioeconomic"}]
 
 
+@pytest.mark.slow
 def test_crows_pairs_and_categories_match_the_harness(model, tmp_path):
     from lm_eval.tasks.crows_pairs import utils
     m, torch_model = model
@@ -60,6 +61,7 @@ WINOGENDER = [{"sentid": f"s{i}", "sentence": s, "pronoun": p, "occupation": o, 
                     "male")])]
 
 
+@pytest.mark.slow
 def test_winogender_prompt_and_gender_subsets(model, tmp_path):
     m, torch_model = model
     write_jsonl(tmp_path, "winogender", WINOGENDER)
@@ -101,6 +103,7 @@ BBQ = [_bbq_doc(0, "Age", "ambig", "neg", 2, ["The grandfather", "The grandson",
                 [["poor", "lowSES"], ["rich", "highSES"], ["Undetermined", "unknown"]], ["low SES"])]
 
 
+@pytest.mark.slow
 def test_bbq_accuracies_and_bias_scores_match_the_harness(model, tmp_path):
     import datasets
     from lm_eval.tasks.bbq import utils

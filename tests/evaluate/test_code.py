@@ -35,6 +35,7 @@ def problems(tmp_path_factory):
     return data_dir, {d["task_id"]: d for d in chosen}
 
 
+@pytest.mark.slow
 def test_samples_score_equal_human_evals_own_executor(problems, tmp_path):
     data_dir, picked = problems
     samples = tmp_path / "samples.jsonl"
@@ -68,6 +69,7 @@ def test_samples_score_equal_human_evals_own_executor(problems, tmp_path):
     assert json.loads(again.read_text())["humaneval"]["pass@1"] == ours["pass@1"]
 
 
+@pytest.mark.slow
 def test_greedy_completions_equal_the_harness_humaneval_task(tiny_hf_with_tokenizer, tmp_path):
     """The harness's humaneval (its prompt, stop sequences and greedy settings) over transformers,
     against `evaluate --tasks humaneval` on the same checkpoint; the pass@1 from its records."""
@@ -99,6 +101,7 @@ def test_greedy_completions_equal_the_harness_humaneval_task(tiny_hf_with_tokeni
     assert ours["pass@1"] == sum(r["passed"] for r in records) / len(records)
 
 
+@pytest.mark.slow
 def test_sampled_completions_are_reproducible_whatever_the_batch(tiny_hf_with_tokenizer, tmp_path):
     problems = [{"task_id": f"Tiny/{i}", "prompt": f"def f{i}(x):\n", "test": "def check(c):\n    assert c(1) == 1\n",
                  "entry_point": f"f{i}"} for i in range(3)]
@@ -139,6 +142,7 @@ BAD = [  # (argv, words of the one line); none runs anything or writes anything
 ]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_runs_nothing(problems, tiny_hf_with_tokenizer, tmp_path, capfd):
     from neojax import cli
     data_dir, _ = problems

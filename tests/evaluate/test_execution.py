@@ -12,6 +12,7 @@ from neojax.evaluate import execution
 from neojax.evaluate.code import pass_at_k
 
 
+@pytest.mark.slow
 def test_hostile_programs_fail_harm_nothing_and_the_run_finishes(tmp_path):
     sandbox = execution.find_sandbox("bwrap")  # CI installs bubblewrap (scripts/test_setup.sh): never skipped
     keep = tmp_path / "keep"

@@ -33,6 +33,7 @@ def _sentence(rng, n):
     return " ".join(rng.choice(WORDS, n))
 
 
+@pytest.mark.slow
 def test_generate_until_matches_transformers_and_ignores_batch_size(long_model):
     m, torch_model, _ = long_model
     rng = np.random.default_rng(0)
@@ -45,6 +46,7 @@ def test_generate_until_matches_transformers_and_ignores_batch_size(long_model):
     assert any(len(t) > 10 for t in expected)  # real text was generated, not only stops
 
 
+@pytest.mark.slow
 def test_context_is_left_truncated_to_leave_room_for_max_gen_toks(long_model):
     m, torch_model, _ = long_model
     rng = np.random.default_rng(1)
@@ -57,6 +59,7 @@ def test_context_is_left_truncated_to_leave_room_for_max_gen_toks(long_model):
     assert got == [reference_generate(torch_model, m.tokenizer, long_context, ["\n"], 60, 120)]
 
 
+@pytest.mark.slow
 def test_wmt_prompt_fewshot_and_corpus_metrics_match_the_harness(long_model, tmp_path):
     from lm_eval.api.metrics import bleu, chrf, ter
     m, torch_model, _ = long_model
@@ -108,6 +111,7 @@ def test_truthfulqa_metrics_match_the_harness_utils():
             assert ours[k] == pytest.approx(theirs[k]), k
 
 
+@pytest.mark.slow
 def test_truthfulqa_and_cnn_dailymail_end_to_end(long_model, tmp_path):
     from rouge_score import rouge_scorer
     m, torch_model, _ = long_model
@@ -146,6 +150,7 @@ def test_bad_generation_task_files(long_model, tmp_path):
         ev.evaluate(m.params, m.config, m.tokenizer, ["cnn_dailymail"], str(tmp_path))
 
 
+@pytest.mark.slow
 def test_cli_translation_task_and_bad_pair(long_model, tmp_path):
     _, _, directory = long_model
     write_jsonl(tmp_path, "wmt14-fr-en", [{"translation": {"fr": "bonjour le monde", "en": "hello world"}}] * 2)
@@ -160,6 +165,7 @@ def test_cli_translation_task_and_bad_pair(long_model, tmp_path):
     assert r.returncode == 2 and "unknown task 'wmt16-fr-de'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_generation_fits_a_short_context_and_max_gen_toks_caps_it(tiny_hf_with_tokenizer, tmp_path, capfd):
     """On a 128-token model the harness's 256-token TruthfulQA default cannot run: half the context
     is generated instead (and said); --max_gen_toks sets the length, and one that leaves no prompt

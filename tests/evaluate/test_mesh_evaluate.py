@@ -43,6 +43,7 @@ def single(model):
     return evaluate(model.params, model.config, model.tokenizer, TASKS, SAMPLES, max_gen_toks=16, code=SAMPLED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["data=8", "data=2,tensor=4", "fsdp=2,tensor=2,data=2"])
 def test_every_task_family_equals_one_device(mesh, model, single):
     placed = sharding.place(model.params, model.config, sharding.make_mesh(mesh))
@@ -56,6 +57,7 @@ def test_every_task_family_equals_one_device(mesh, model, single):
     assert all(got[t]["n"] == single[t]["n"] for t in TASKS)
 
 
+@pytest.mark.slow
 def test_int8_weights_place_their_scales_with_their_kernels(model):
     from neojax.model.quant import quantize_params
     params = jax.device_get(quantize_params(model.params))
@@ -77,6 +79,7 @@ def run(argv, env_devices=8, **kwargs):
                           timeout=600, env=env, **kwargs)
 
 
+@pytest.mark.slow
 def test_a_mesh_that_does_not_split_the_model_or_batch_is_one_line_before_loading(tiny_hf_with_tokenizer, tmp_path):
     shapeless = tmp_path / "no_weights"  # the config says the shape; reading weights would fail
     shapeless.mkdir()

@@ -199,6 +199,7 @@ def test_missing_task_file_names_path_and_format(model, tmp_path):
         ev.evaluate(m.params, m.config, m.tokenizer, ["hellaswag"], str(tmp_path))
 
 
+@pytest.mark.slow
 def test_cli_results_and_paper_table(tiny_hf_with_tokenizer, tmp_path):
     write_jsonl(tmp_path, "lambada_openai", [{"text": s} for s in SENTENCES])
     write_jsonl(tmp_path, "piqa", [{"goal": s, "sol1": "yes", "sol2": "no", "label": 0} for s in SENTENCES])

@@ -15,6 +15,7 @@ def _run(*args):
 
 
 
+@pytest.mark.slow
 def test_bias_report_two_checkpoints_table_json_and_chart(tiny_hf_with_tokenizer, tiny_hf_other, tmp_path):
     write_jsonl(tmp_path, "crows_pairs_english", [
         {"sent_more": "The old man was slow", "sent_less": "The young man was slow", "stereo_antistereo": "stereo",
@@ -51,6 +52,7 @@ def tiny_hf_other(tiny_tokenizer, tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_bias_report_bad_inputs(tiny_hf_with_tokenizer, tmp_path):
     r = _run("--bias_report", "--checkpoint", tiny_hf_with_tokenizer, "--data_dir", str(tmp_path))
     assert r.returncode == 2 and "holds none of crows_pairs_english.jsonl" in r.stderr
@@ -59,6 +61,7 @@ def test_bias_report_bad_inputs(tiny_hf_with_tokenizer, tmp_path):
     assert r.returncode == 2 and "the paper table holds log-likelihood tasks and humaneval only" in r.stderr
 
 
+@pytest.mark.slow
 def test_prepare_writes_task_files_from_saved_datasets(tmp_path):
     import datasets
     source = tmp_path / "saved"

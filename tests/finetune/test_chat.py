@@ -44,6 +44,7 @@ def _two_examples(seed=0, la=13, lb=11):
     return rng.integers(1, 50, size=la), rng.integers(1, 50, size=lb)
 
 
+@pytest.mark.slow
 def test_packed_examples_see_only_themselves():
     """Logits of each example inside a pack equal those of the example alone (global + local layers,
     examples longer than the window and the blocks)."""
@@ -58,6 +59,7 @@ def test_packed_examples_see_only_themselves():
     np.testing.assert_allclose(packed[0, len(a):len(a) + len(b)], alone_b[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_prompt_token_never_changes_another_examples_gradient():
     params = init_params(CFG, jax.random.key(0))
     a, b = _two_examples(1)
@@ -75,6 +77,7 @@ def test_a_prompt_token_never_changes_another_examples_gradient():
                                                             jax.tree.leaves(grad(params, changed, only_a)))) > 1e-4
 
 
+@pytest.mark.slow
 def test_response_only_loss_is_the_mean_over_masked_targets_in_float64():
     params = init_params(CFG, jax.random.key(0))
     a, b = _two_examples(2)
@@ -106,6 +109,7 @@ def test_bad_conversations_name_the_format(tmp_path):
         read_conversations(str(tmp_path / "c.jsonl"))
 
 
+@pytest.mark.slow
 def test_packed_chat_finetune_then_chat_from_the_command_line(tiny_hf_with_tokenizer, tmp_path):
     rng = np.random.default_rng(0)
     with open(tmp_path / "chats.jsonl", "w") as f:

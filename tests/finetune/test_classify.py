@@ -23,6 +23,7 @@ def write_task(path, n, seed):
             f.write(json.dumps({"text": "the movie was " + " ".join(words), "label": ["neg", "pos"][label]}) + "\n")
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_a_separable_task_from_the_command_line(tiny_hf_with_tokenizer, tmp_path):
     import torch
     import transformers
@@ -100,6 +101,7 @@ def _weights(workdir):
     return safetensors.numpy.load_file(str(workdir / "hf" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_classification_killed_and_rerun_is_bitwise_identical(tiny_hf_with_tokenizer, tmp_path):
     """Classification trains in the one loop: checkpoints, SIGKILL and resume as every run."""
     import signal

@@ -15,6 +15,7 @@ TEACHER = STUDENT.replace(hidden_size=32, num_layers=2, num_heads=4, attention_t
                           initializer_range=0.3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha,temperature", [(1.0, 2.0), (0.3, 1.0)])
 def test_kl_term_matches_float64_definition(alpha, temperature):
     s, t = init_params(STUDENT, jax.random.key(0)), init_params(TEACHER, jax.random.key(1))
@@ -32,6 +33,7 @@ def test_kl_term_matches_float64_definition(alpha, temperature):
     np.testing.assert_allclose(float(loss), (1 - alpha) * nll + alpha * temperature ** 2 * kl, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_student_loss_and_kl_to_teacher_fall(tiny_hf_with_tokenizer, tmp_path):
     from neojax.train.config import base_config
     from neojax.train.loop import train

@@ -29,6 +29,7 @@ def test_rules_select_kernels_and_unknown_rules_list_candidates():
         Lora(4, targets=["attention/query"]).paths(params)
 
 
+@pytest.mark.slow
 def test_merged_forward_equals_base_plus_low_rank_path():
     lora = Lora(rank=3, alpha=6.0)
     params = _random_adapters(lora.attach(init_params(CFG, jax.random.key(0)), jax.random.key(1)))
@@ -48,6 +49,7 @@ def test_merged_forward_equals_base_plus_low_rank_path():
     np.testing.assert_allclose(q, x @ w + 2.0 * (x @ a) @ b, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_training_freezes_the_base_and_keeps_no_optimizer_state_for_it(tiny_hf_with_tokenizer, tmp_path):
     from neojax import checkpoint
     from neojax.train.config import base_config
@@ -94,6 +96,7 @@ def test_adapters_for_another_model_are_rejected(tmp_path):
         load_adapters(str(tmp_path), other)
 
 
+@pytest.mark.slow
 def test_plan_reports_lora_memory_for_1p3b_without_allocating():
     full = sharding.plan(preset("gpt-neo-1.3B"), "data=1,fsdp=1,tensor=1", num_devices=1)
     low = sharding.plan(preset("gpt-neo-1.3B"), "data=1,fsdp=1,tensor=1", num_devices=1, lora=Lora(8))

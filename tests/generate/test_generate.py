@@ -39,6 +39,7 @@ def test_greedy_matches_transformers_generate_batched(hf_dirs):
     assert ours.tokens == _transformers_greedy(torch_model, prompts, 20)
 
 
+@pytest.mark.slow
 def test_phased_greedy_matches_transformers_across_the_window(hf_dirs):
     """150 new tokens after 70-100-token prompts run in 4 phases of growing caches (192 to 288
     slots): the local layer's cache grows into its 256-entry ring and wraps in the last phases."""
@@ -59,6 +60,7 @@ def test_phases_only_where_caches_are_a_good_part_of_a_step():
     assert _phase_ends(1024, 16, 32, config) == [256, 512, 768, 1024]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("shape,prompt_len,steps", [("default_window", 250, 14), ("window7_inner40", 4, 30)])
 def test_cached_decoding_equals_full_forward_at_every_step(hf_dirs, shape, prompt_len, steps, transposed):
@@ -117,6 +119,7 @@ def _weight_conversions(fn, *args, size):
     return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
+@pytest.mark.slow
 def test_bfloat16_decode_steps_convert_no_weights(hf_dirs):
     """generate's weight copies carry the compute dtype: a bfloat16 step then converts no float32
     kernel or head (each token did before), with the same logits as a step on the float32 params."""
@@ -138,6 +141,7 @@ def test_bfloat16_decode_steps_convert_no_weights(hf_dirs):
     assert (np.argmax(with_copies, -1) == np.argmax(without, -1)).all()
 
 
+@pytest.mark.slow
 def test_local_cache_is_a_window_sized_ring(hf_dirs):
     directory, _, _ = hf_dirs["default_window"]
     config, params, _ = load_hf(directory)
@@ -159,6 +163,7 @@ def test_sampling_is_reproducible_and_seed_dependent(hf_dirs):
     assert longer[:2] == a[:2]
 
 
+@pytest.mark.slow
 def test_filters_never_keep_excluded_tokens():
     logits = jnp.log(jnp.array([[0.05, 0.5, 0.3, 0.1, 0.05], [0.2, 0.2, 0.2, 0.2, 0.2]]))
     one = jnp.float32(1.0)
@@ -268,6 +273,7 @@ def _cli(*args, stdin=None):
                           input=stdin, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path):
     model = checkpoint.load(tiny_hf_with_tokenizer)
     expected = generate(model.params, model.config, ["The quick"], model.tokenizer, max_new_tokens=8).texts[0]
@@ -288,6 +294,7 @@ def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path):
     assert r.returncode == 2 and "argument --top_p: '2' is not a number in (0, 1]" in r.stderr
 
 
+@pytest.mark.slow
 def test_nothing_keeps_the_weights_after_generate(hf_dirs):
     """generate keeps no copy of the params (nor of their decode layout) once it returns: a training
     hook's params, say, are freed with the hook. A caller that generates repeatedly passes the

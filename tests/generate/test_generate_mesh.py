@@ -16,6 +16,7 @@ from neojax.generate import generate
 MESHES = ["data=8", "data=2,tensor=4", "tensor=2,data=4", "fsdp=2,tensor=2,data=2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", MESHES)
 def test_greedy_on_a_mesh_equals_transformers(hf_dirs, mesh):
     directory, torch_model, _ = hf_dirs["default_window"]  # 4 heads
@@ -27,6 +28,7 @@ def test_greedy_on_a_mesh_equals_transformers(hf_dirs, mesh):
     assert len(ours.prompt_tokens) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["data=8", "data=2,tensor=4"])
 def test_stop_strings_and_streaming_on_a_mesh(tiny_hf_with_tokenizer, mesh):
     model = checkpoint.load(tiny_hf_with_tokenizer)
@@ -57,6 +59,7 @@ def _finish(procs):
             p.kill()
 
 
+@pytest.mark.slow
 def test_cli_output_is_the_same_on_any_mesh(tiny_hf_with_tokenizer):
     argv = ["--checkpoint", tiny_hf_with_tokenizer, "--prompt", "Once upon", "--prompt", "The quick",
             "--prompt", "def", "--max_new_tokens", "12"]

@@ -25,6 +25,7 @@ def model(tiny_hf_with_tokenizer):
 PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("which", ["the target itself", "a random model"])
 def test_greedy_output_is_the_targets(model, k, which):
@@ -39,6 +40,7 @@ def test_greedy_output_is_the_targets(model, k, which):
         assert got.acceptance < 0.5  # it really was checked, and mostly overruled
 
 
+@pytest.mark.slow
 def test_stop_strings_and_streaming_with_a_draft(model):
     want = generate(model.params, model.config, PROMPTS, model.tokenizer, max_new_tokens=40)
     stop = next(text[4:6] for text in want.texts if len(text) > 8)
@@ -51,6 +53,7 @@ def test_stop_strings_and_streaming_with_a_draft(model):
     assert all(streamed.get(i, "") == text for i, text in enumerate(want.texts))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [5, 7])
 def test_streaming_stops_at_max_new_tokens_inside_a_round(model, n):
     """A round of 5 kept tokens overshoots max_new_tokens: the extra ones are neither kept nor streamed."""
@@ -72,6 +75,7 @@ def test_a_draft_must_share_the_vocabulary_and_penalties_are_refused(model):
         generate(model.params, model.config, PROMPTS, model.tokenizer, draft=(params, config), repetition_penalty=1.2)
 
 
+@pytest.mark.slow
 def test_sampled_tokens_are_distributed_as_the_targets():
     """4096 rows sample 3 tokens after one prompt with a draft that disagrees often; tokens 2 and 3
     come from proposals kept or the residual draw. Their counts are tested against the target's
@@ -97,6 +101,7 @@ def test_sampled_tokens_are_distributed_as_the_targets():
         assert stats.chisquare(counts, rows * other).pvalue < 1e-6  # the test can tell the draft apart
 
 
+@pytest.mark.slow
 def test_cli_draft(tiny_hf_with_tokenizer, tmp_path):
     from neojax.checkpoint.hf import save_hf
     model = checkpoint.load(tiny_hf_with_tokenizer)

@@ -46,6 +46,7 @@ def test_local_attention_matches_float64_reference(t, window, block):
     np.testing.assert_allclose(ours[keep], ref[keep], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [0, 16, 7])  # dense, blocks dividing unevenly, blocks of 7
 def test_global_attention_matches_float64_reference(block):
     q, k, v, key_mask = _inputs(45, seed=3)

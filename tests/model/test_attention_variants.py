@@ -12,6 +12,7 @@ from neojax.model.variants import alibi_attention, alibi_slopes, linear_attentio
 from neojax.testing import CHECKS, check_causality, check_window, variant_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("check", sorted(CHECKS))
 @pytest.mark.parametrize("name", registry.names("attention"))
 def test_every_registered_variant_has_the_properties(name, check):
@@ -85,6 +86,7 @@ def test_alibi_slopes_follow_the_paper():
     np.testing.assert_allclose(alibi_slopes(6), [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [0, 8])
 def test_alibi_matches_float64_reference(block):
     q, k, v = _qkv()

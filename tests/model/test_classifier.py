@@ -67,6 +67,7 @@ def test_logits_match_transformers_with_right_and_left_padding(hf_classifier):
     np.testing.assert_allclose(ours, hf_logits(model, tokens, mask, positions), atol=2e-5)
 
 
+@pytest.mark.slow
 def test_export_is_loadable_by_transformers(hf_classifier, tmp_path):
     import transformers
     model, directory = hf_classifier

@@ -11,6 +11,7 @@ from neojax.model import GPTNeo, init_params, position_ids_from_mask, preset
 TOL = 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_logits_match_transformers(hf_dirs, shape):
     directory, torch_model, seq_len = hf_dirs[shape]
@@ -25,6 +26,7 @@ def test_logits_match_transformers(hf_dirs, shape):
     assert np.abs(ref).max() > 0.5  # the weights are large enough for the comparison to mean something
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_left_padding_matches_transformers(hf_dirs, shape):
     directory, torch_model, seq_len = hf_dirs[shape]
@@ -55,6 +57,7 @@ def test_bfloat16_stays_close_to_float32(hf_dirs):
     assert (np.argmax(bf16, -1) == np.argmax(f32, -1)).mean() > 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_changes_nothing_numerically(remat):
     config = preset("tiny")
@@ -70,6 +73,7 @@ def test_remat_changes_nothing_numerically(remat):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_every_decoding_mode_runs_through_rematerialised_blocks(remat):
     """Prefill, Decode and Extend (neojax.model.modes) pass through nn.remat like any pytree: a
@@ -91,6 +95,7 @@ def test_every_decoding_mode_runs_through_rematerialised_blocks(remat):
         np.testing.assert_allclose(rematted, plain, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dropout_follows_the_full_pass_train_flag():
     config = preset("tiny").replace(embed_dropout=0.5, attention_dropout=0.5, resid_dropout=0.5)
     params = init_params(config, jax.random.key(0))
@@ -118,6 +123,7 @@ def test_init_shapes_and_logical_axes():
     assert jax.tree.map(lambda s: s.shape, param_shapes(config)) == jax.tree.map(lambda a: a.shape, params)
 
 
+@pytest.mark.slow
 def test_presets_match_released_configs():
     expected = {"gpt-neo-125M": (768, 12, 12, 125), "gpt-neo-350M": (1024, 24, 16, 350),
                 "gpt-neo-1.3B": (2048, 24, 16, 1300), "gpt-neo-2.7B": (2560, 32, 20, 2700)}

@@ -7,6 +7,7 @@ from neojax.model import GPTNeo, GPTNeoConfig, init_params
 from neojax.model.inspect import attention_weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer,kind", [(0, "global"), (1, "local"), (2, "linear")])
 def test_attention_weights_match_float64_definitions(layer, kind):
     cfg = GPTNeoConfig(vocab_size=50, hidden_size=16, num_layers=3, num_heads=2, window_size=5, local_block_size=2,

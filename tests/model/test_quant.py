@@ -35,6 +35,7 @@ def test_quantize_matches_float64_numpy_and_its_bound():
                                                   -127, 127))
 
 
+@pytest.mark.slow
 def test_quantized_logits_and_greedy_tokens_stay_close():
     params = _params()
     q = quantize_params(params)
@@ -51,6 +52,7 @@ def test_quantized_logits_and_greedy_tokens_stay_close():
     assert a[0][:4] == b[0][:4]
 
 
+@pytest.mark.slow
 def test_decoding_path_logprobs_equal_the_forward_pass_and_int8_cache_stays_close():
     from neojax.infer.programs import cached_logprobs
     params = _params(2)
@@ -64,6 +66,7 @@ def test_decoding_path_logprobs_equal_the_forward_pass_and_int8_cache_stays_clos
     assert 0 < np.abs(int8 - want).max() < 0.1  # the int8 cache is used (not identical) and stays close
 
 
+@pytest.mark.slow
 def test_int8_kv_cache_decodes_like_the_float_cache():
     params = _params(1)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]]  # a ring (local window 8) and left padding
@@ -73,6 +76,7 @@ def test_int8_kv_cache_decodes_like_the_float_cache():
     assert agree > 0.8
 
 
+@pytest.mark.slow
 def test_int8_params_take_a_quarter_of_float32_in_device_memory():
     config = preset("gpt-neo-125M")
     assert param_bytes(quantized_shapes(param_shapes(config))) / param_bytes(param_shapes(config)) <= 0.27
@@ -103,6 +107,7 @@ def _run(*args):
                           env=dict(os.environ, XLA_FLAGS=""))
 
 
+@pytest.mark.slow
 def test_convert_quantize_generate_and_refusals(tmp_path, tiny_hf_with_tokenizer):
     src, dst, flt = tiny_hf_with_tokenizer, str(tmp_path / "q8"), str(tmp_path / "f32")
     assert _run("neojax.convert", src, flt, "--to", "neojax").returncode == 0

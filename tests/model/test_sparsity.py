@@ -69,6 +69,7 @@ def test_bad_pruning_requests(params):
         two_four_masks(odd)
 
 
+@pytest.mark.slow
 def test_keep_zeros_training_keeps_the_masks(params):
     import optax
 
@@ -99,6 +100,7 @@ def _run(*args):
                           timeout=600, env=dict(os.environ, XLA_FLAGS=""))
 
 
+@pytest.mark.slow
 def test_prune_command_and_report(tiny_hf_with_tokenizer, tmp_path):
     from neojax import checkpoint
     out = tmp_path / "pruned"

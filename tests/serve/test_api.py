@@ -9,6 +9,7 @@ from support import engine_of
 from neojax.serve.api import build_app
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("access_log", [True, False])
 def test_the_access_log_is_a_line_per_request_and_can_be_turned_off(tiny, access_log, capsys):
     engine = engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=1, chunk=8)

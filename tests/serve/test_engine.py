@@ -17,6 +17,7 @@ from neojax.serve.scheduler import Sequence, Settings
 TEXTS = ("The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["float32", "int8 weights", "int8 kv cache"])
 def test_engine_matches_generate(tiny, variant):
     params, config = tiny.params, tiny.config
@@ -52,6 +53,7 @@ def _poisoned(program):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["decode", "prefill", "listener"])
 def test_a_failing_sequence_ends_alone_and_the_others_finish(tiny, where):
     """One sequence's failing step ends that sequence with "error" (a failing listener: cancelled);
@@ -90,6 +92,7 @@ def test_a_failing_sequence_ends_alone_and_the_others_finish(tiny, where):
         assert seqs[i].tokens == want and seqs[i].finish_reason in ("length", "stop")
 
 
+@pytest.mark.slow
 def test_a_failure_that_loses_the_cache_ends_the_running_and_serves_the_next(tiny):
     engine = engine_of(tiny.params, tiny.config, tiny.tokenizer, max_batch=2, chunk=8)
     engine.warm_up()
@@ -115,6 +118,7 @@ def test_a_failure_that_loses_the_cache_ends_the_running_and_serves_the_next(tin
     assert again == [want]
 
 
+@pytest.mark.slow
 def test_prompts_arriving_together_are_prefilled_together_and_decode_as_generate(tiny):
     """Batched prefill: one program takes several prompts' chunks (rows padded to a power of two);
     each sequence's tokens equal generate's, and a prompt scored for echo logprobs goes alone."""
@@ -141,6 +145,7 @@ def test_prompts_arriving_together_are_prefilled_together_and_decode_as_generate
     assert len(rows_seen) < sum(-(-len(p) // 8) for p in prompts)  # fewer programs than chunks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kv_cache", ["auto", "int8"])
 def test_a_repeated_prefix_is_not_prefilled_again_and_output_is_unchanged(tiny, kv_cache):
     """Prefix reuse: prompts sharing a system prompt of several chunks prefill it once, and every
@@ -180,6 +185,7 @@ def test_a_repeated_prefix_is_not_prefilled_again_and_output_is_unchanged(tiny, 
     assert 0 < len(engine.runner.prefixes.blocks) <= engine.runner.prefixes.capacity
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh", ["tensor=4", "tensor=2", "data=2,tensor=2"])
 def test_a_sharded_engine_decodes_as_generate_and_compiles_nothing_after_warm_up(tiny, mesh):
     """Params, the slot cache and the prefix store split by head (sharding.place): the same tokens,
@@ -207,6 +213,7 @@ def test_a_sharded_engine_decodes_as_generate_and_compiles_nothing_after_warm_up
     assert tuple(heads)[:2] == (None, "tensor") and len(engine.runner.cache[0]["k"].sharding.device_set) == len(devices)
 
 
+@pytest.mark.slow
 def test_text_is_made_while_the_next_step_runs(tiny):
     """Overlap: a token's text (detokenising, stop strings, streaming) comes after the step that
     computes the next token is dispatched; the tokens and text are those of running it in lockstep."""

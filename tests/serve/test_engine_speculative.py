@@ -39,6 +39,7 @@ def serving(params, config, tokenizer, **kwargs):
     return engine
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("which", ["the target itself", "a random model"])
 def test_greedy_output_is_the_targets(tiny, k, which):
@@ -96,6 +97,7 @@ def test_stop_strings_and_max_tokens_inside_a_round(tiny):
         engine.shutdown()
 
 
+@pytest.mark.slow
 def test_a_greedy_stream_beside_sampled_ones_is_the_targets(tiny):
     """A step with a sampled row takes the sampled rule for it and the greedy rule for the others
     (a step of greedy rows only skips the draws). A sampled stream is what `generate` with the same
@@ -126,6 +128,7 @@ class Letters:
         return "".join(chr(97 + i) for i in ids)
 
 
+@pytest.mark.slow
 def test_sampled_tokens_are_distributed_as_the_targets():
     """2048 sequences sample 3 tokens after one prompt on a 12-token model with a draft that
     disagrees often: tokens 2 and 3 come from kept proposals or the residual draw. Their counts
@@ -153,6 +156,7 @@ def test_sampled_tokens_are_distributed_as_the_targets():
         assert stats.chisquare(counts, rows * other).pvalue < 1e-6  # the test can tell the draft apart
 
 
+@pytest.mark.slow
 def test_a_sharded_engine_with_a_draft_decodes_as_generate(tiny):
     """Both models split by head over tensor=2 (sharding.place): the same tokens, both caches stay in
     their shards, nothing compiles after warm-up."""

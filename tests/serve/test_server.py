@@ -30,6 +30,7 @@ def expected(tiny, prompt, max_tokens, stop=()):
                     stop_strings=list(stop)).texts[0]
 
 
+@pytest.mark.slow
 def test_models_and_health(client, server):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     health = httpx.get(server.url + "/health").json()
@@ -54,6 +55,7 @@ def test_stop_strings_cut_the_text(client, tiny):
     assert out.choices[0].finish_reason == "stop"
 
 
+@pytest.mark.slow
 def test_echo_logprobs_of_token_prompts_match_the_model(client, tiny):
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, tiny.config.vocab_size, n).tolist() for n in (5, 40, 23)]  # crosses 16-token chunks
@@ -202,6 +204,7 @@ def test_hostile_bodies_are_400_and_every_request_is_logged(server):
     assert samples[("neojax_request_seconds_count", ())] >= 1 and ("neojax_queue_length", ()) in samples
 
 
+@pytest.mark.slow
 def test_an_api_key_is_required_when_set_and_port_0_is_announced(tiny_hf_with_tokenizer):
     s = Server(tiny_hf_with_tokenizer, "--max_batch", "2", "--model_name", "tiny", "--api_key", "s3cret", "--port",
                "0")
@@ -220,6 +223,7 @@ def test_an_api_key_is_required_when_set_and_port_0_is_announced(tiny_hf_with_to
 
 @pytest.mark.parametrize("flags,named", [(["--port", "{busy}"], "--port"), (["--host", "no-such-host.invalid"],
                                                                           "--host")])
+@pytest.mark.slow
 def test_a_port_in_use_or_a_bad_host_is_one_line_before_loading(tiny_hf_with_tokenizer, flags, named):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -278,6 +282,7 @@ def test_chat_page_is_self_contained(server):
     assert "http://" not in page and "https://" not in page  # no external assets
 
 
+@pytest.mark.slow
 def test_sigterm_ends_running_streams_with_a_finish_reason(tiny_hf_with_tokenizer):
     s = Server(tiny_hf_with_tokenizer, "--max_batch", "2", "--chunk", "16", "--model_name", "t")
     finishes, started = [], threading.Event()

@@ -59,6 +59,7 @@ def test_a_draft_changes_no_greedy_completion(tiny_hf_with_tokenizer, small_draf
     (["--draft", "{draft}", "--draft_tokens", "20"], "--draft_tokens 20: draft_tokens=20: propose between 1 and 16"),
     (["--draft", "{other}"], "--draft {other}: the draft model has a 512-token vocabulary"),
 ])
+@pytest.mark.slow
 def test_a_draft_that_cannot_serve_is_one_line(tiny_hf_with_tokenizer, small_draft, tmp_path, flags, named):
     other = tmp_path / "other"  # a model whose vocabulary is not the tiny tokenizer's
     random_hf_model(vocab_size=512, hidden_size=16, num_layers=1, num_heads=2, attention_types=[[["global"], 1]],

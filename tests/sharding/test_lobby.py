@@ -50,6 +50,7 @@ def _lines(proc):
     return proc.returncode, out.splitlines(), [line for line in err.splitlines() if "Gloo" not in line]
 
 
+@pytest.mark.slow
 def test_launches_that_go_wrong_say_so_in_seconds_and_one_that_is_right_starts():
     ports = {case: free_port() for case in ("late", "count", "twice", "alone", "term")}
     procs = {"late": [_start(ports["late"], 2, 1)],  # process 1 first: it waits for the coordinator

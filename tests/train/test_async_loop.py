@@ -32,6 +32,7 @@ def _run_counting_reads(monkeypatch, config, workdir):
     return result, calls[0], reads
 
 
+@pytest.mark.slow
 def test_no_device_reads_between_log_steps(monkeypatch, corpus, tiny_tokenizer, tmp_path):
     c = small_config(corpus, tiny_tokenizer.source, total_steps=12, log_every=4)
     c.checkpoint.every_steps, c.eval.every_steps = 12, 0
@@ -42,6 +43,7 @@ def test_no_device_reads_between_log_steps(monkeypatch, corpus, tiny_tokenizer, 
     assert {4, 8} <= set(after)  # the log steps do read (the test can see reads)
 
 
+@pytest.mark.slow
 def test_nonfinite_guard_still_stops_without_per_step_reads(monkeypatch, corpus, tiny_tokenizer, tmp_path):
     c = small_config(corpus, tiny_tokenizer.source, total_steps=40, log_every=20, max_nonfinite_streak=3)
     c.optimizer.lr = 1e30  # params explode, gradients are non-finite from then on

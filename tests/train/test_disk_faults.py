@@ -42,6 +42,7 @@ def _without_root_file_access():
     return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
 
 
+@pytest.mark.slow
 def test_an_unreadable_checkpoint_is_named_not_set_aside(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     blocked = Path(stopped_at_6, "checkpoints", "6", "state", "_METADATA")
     blocked.chmod(0)
@@ -57,6 +58,7 @@ def test_an_unreadable_checkpoint_is_named_not_set_aside(stopped_at_6, uninterru
     assert same(params(stopped_at_6), params(uninterrupted)) and losses(stopped_at_6) == losses(uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_zero_byte_file_is_set_aside_in_one_line(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     for file in state_data_files(Path(stopped_at_6, "checkpoints", "6")):
         Path(file).write_bytes(b"")
@@ -67,6 +69,7 @@ def test_a_zero_byte_file_is_set_aside_in_one_line(stopped_at_6, uninterrupted, 
     assert same(params(stopped_at_6), params(uninterrupted)) and losses(stopped_at_6) == losses(uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_lost_config_is_refused_unless_adopted(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     os.remove(os.path.join(stopped_at_6, "config.json"))
     with pytest.raises(UsageError, match="has checkpoints but no config.json.*--adopt_config"):
@@ -93,6 +96,7 @@ def _on_a_full_disk(first, keep):
     return lambda mnt: [*unshare, "sh", "-c", script, mnt]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("estimate", [True, False], ids=["before-the-save", "the-save-fails"])
 def test_a_full_disk_is_one_line_and_the_last_checkpoint_resumes(estimate, uninterrupted, corpus, tiny_tokenizer,
                                                                    tmp_path):

@@ -47,6 +47,7 @@ def eight_steps(corpus, tiny_tokenizer, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_workdir_holds_the_run(eight_steps):
     names = set(os.listdir(eight_steps))
     assert {"config.json", "metrics.jsonl", "checkpoints", "tb", "model", "data_cache"} <= names
@@ -61,6 +62,7 @@ def test_workdir_holds_the_run(eight_steps):
     assert json.load(open(os.path.join(eight_steps, "config.json")))["train"]["total_steps"] == 8
 
 
+@pytest.mark.slow
 def test_harness_tasks_run_as_a_training_hook(eight_steps, corpus, tiny_tokenizer, tmp_path):
     (tmp_path / "lambada_openai.jsonl").write_text("".join(
         json.dumps({"text": f"the quick brown fox jumps over the lazy dog {i}"}) + "\n" for i in range(3)))
@@ -78,6 +80,7 @@ def test_harness_tasks_run_as_a_training_hook(eight_steps, corpus, tiny_tokenize
     assert {"wmt16-de-en/bleu", "wmt16-de-en/chrf", "wmt16-de-en/ter"} <= set(logged[0])
 
 
+@pytest.mark.slow
 def test_resume_in_process_is_bitwise(eight_steps, corpus, tiny_tokenizer, tmp_path):
     train(small_config(corpus, tiny_tokenizer.source, total_steps=4), str(tmp_path))
     train(small_config(corpus, tiny_tokenizer.source, total_steps=8), str(tmp_path))  # resumes at 4
@@ -118,6 +121,7 @@ def _wait_for(log, text, proc, timeout=180):
     raise TimeoutError(f"{text!r} never appeared in {log}")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_is_bitwise(corpus, tiny_tokenizer, tmp_path):
     total = 12
     config_path = _experiment_file(tmp_path, corpus, tiny_tokenizer.source, total)
@@ -146,6 +150,7 @@ def test_sigkill_at_random_points_then_resume_is_bitwise(corpus, tiny_tokenizer,
     assert _losses(workdir) == _losses(ref)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(corpus, tiny_tokenizer, tmp_path):
     config_path = _experiment_file(tmp_path, corpus, tiny_tokenizer.source, 400)
     log = tmp_path / "run.log"
@@ -160,6 +165,7 @@ def test_sigterm_saves_and_exits_cleanly(corpus, tiny_tokenizer, tmp_path):
     assert Checkpointer(str(tmp_path / "w" / "checkpoints")).latest_step() == saved
 
 
+@pytest.mark.slow
 def test_nonfinite_run_stops_with_last_good_checkpoint(corpus, tiny_tokenizer, tmp_path):
     train(small_config(corpus, tiny_tokenizer.source, total_steps=4), str(tmp_path))
     good = _params(str(tmp_path))
@@ -172,6 +178,7 @@ def test_nonfinite_run_stops_with_last_good_checkpoint(corpus, tiny_tokenizer, t
     assert _same(_params(str(tmp_path)), good)
 
 
+@pytest.mark.slow
 def test_nonfinite_step_changes_nothing_but_counters():
     optimizer = case_optimizer()
     state = init_state(CASE_CONFIG, optimizer, jax.random.PRNGKey(0))
@@ -185,6 +192,7 @@ def test_nonfinite_step_changes_nothing_but_counters():
         np.testing.assert_array_equal(np.asarray(a), b)  # NaN where NaN was, nothing else touched
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_a_larger_batch():
     tx = optax.sgd(0.5)
     tokens = case_batch(batch=8)
@@ -194,6 +202,7 @@ def test_gradient_accumulation_equals_a_larger_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), one[0].params, four[0].params)
 
 
+@pytest.mark.slow
 def test_restore_onto_another_mesh_and_back(tmp_path):
     optimizer = case_optimizer()
     mesh8 = sharding.make_mesh("fsdp=4,tensor=2")
@@ -228,25 +237,34 @@ def _cli(*args):
                           timeout=600, cwd=ROOT, env=env)
 
 
-def test_cli_list_unknown_names_and_typos(tmp_path):
-    r = _cli("--list")
-    assert r.returncode == 0 and "quickstart" in r.stdout and "gpt_neo_2p7b_pile" in r.stdout
-    assert "attention: alibi, global, linear, local, rotary" in r.stdout
-    assert "schedule: constant, cosine, linear" in r.stdout
+@pytest.mark.slow
+def test_cli_list_unknown_names_and_typos(tmp_path, capsys):
+    from neojax import cli
+    from neojax.train.__main__ import main
+
+    def run(*argv):  # in this process: a refusal comes before anything would run
+        code = cli.run(main, list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+    code, out, _ = run("--list")
+    assert code == 0 and "quickstart" in out and "gpt_neo_2p7b_pile" in out
+    assert "attention: alibi, global, linear, local, rotary" in out
+    assert "schedule: constant, cosine, linear" in out
     from neojax.train import schema
-    keys = [line.split()[0] for line in r.stdout.split("config keys")[1].splitlines()[1:]]
+    keys = [line.split()[0] for line in out.split("config keys")[1].splitlines()[1:]]
     assert keys == [k for k, _ in schema.fields()]  # every key the schema declares, with its default and meaning
-    assert "data.transform_mode" in r.stdout and "also: each document and its transformed copy" in r.stdout
-    r = _cli("--config", "quickstrat", "--workdir", str(tmp_path))
-    assert r.returncode != 0 and "unknown experiment 'quickstrat'" in r.stderr and "quickstart" in r.stderr
-    r = _cli("--config", "quickstart:smoke", "--workdir", str(tmp_path), "--config.train.totl_steps=3")
-    assert r.returncode != 0 and "totl_steps" in r.stderr
-    r = _cli("--config", "quickstart:nope", "--workdir", str(tmp_path))
-    assert r.returncode != 0 and "variants: '' (default), 'smoke'" in r.stderr
-    r = _cli("--config", "quickstart:smoke", "--workdir", str(tmp_path), "--config.mesh=data=3,fsdp=-1")
-    assert r.returncode == 2 and "1 devices are not divisible by 3" in r.stderr
+    assert "data.transform_mode" in out and "also: each document and its transformed copy" in out
+    for argv, words in [(["--config", "quickstrat"], ["unknown experiment 'quickstrat'", "quickstart"]),
+                        (["--config", "quickstart:smoke", "--config.train.totl_steps=3"], ["totl_steps"]),
+                        (["--config", "quickstart:nope"], ["variants: '' (default), 'smoke'"]),
+                        (["--config", "quickstart:smoke", "--config.mesh=data=3,fsdp=-1"],
+                         ["devices are not divisible by 3"])]:
+        code, _, err = run(*argv, "--workdir", str(tmp_path / "w"))
+        assert code == 2 and err.count("\n") == 1 and all(w in err for w in words), (argv, err)
+    assert not (tmp_path / "w").exists()  # refused before the workdir was made
 
 
+@pytest.mark.slow
 def test_quickstart_smoke_runs_from_the_command_line(tmp_path):
     workdir = str(tmp_path / "qs")
     r = _cli("--config", "experiments/quickstart.py:smoke", "--workdir", workdir, "--config.train.total_steps=4")
@@ -283,6 +301,7 @@ def test_every_experiment_loads_and_documents_its_command():
                     "wte": True}
 
 
+@pytest.mark.slow
 def test_a_run_with_the_transform_trains_on_swapped_copies_and_resumes_exactly(corpus, tiny_tokenizer, tmp_path):
     """The transform is part of the token cache: the augmented cache holds each changed document
     twice (original, then swapped), and a run stopped halfway resumes bit for bit."""

@@ -3,7 +3,10 @@ not use (torch, boto3, google.cloud.storage), and leaves them importable afterwa
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_the_train_command_imports_neither_torch_nor_the_cloud_clients():
     code = ("import sys; import neojax.train.__main__; "
             "print(sorted(m for m in ('torch', 'boto3', 'google.cloud.storage') if m in sys.modules)); "

@@ -29,6 +29,7 @@ def _corrupt_metadata(step_dir):
         f.write("{not json")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [_truncate_arrays, _remove_state, _corrupt_metadata])
 def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(damage, stopped_at_6, uninterrupted, corpus,
                                                                      tiny_tokenizer, capfd):
@@ -43,6 +44,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes(damage, stop
     assert losses(workdir) == losses(uninterrupted)
 
 
+@pytest.mark.slow
 def test_partial_metrics_line_is_set_aside_with_a_warning(stopped_at_6, uninterrupted, corpus, tiny_tokenizer, capfd):
     path = os.path.join(stopped_at_6, "metrics.jsonl")
     with open(path, "a") as f:
@@ -55,6 +57,7 @@ def test_partial_metrics_line_is_set_aside_with_a_warning(stopped_at_6, uninterr
     assert losses(stopped_at_6) == losses(uninterrupted)
 
 
+@pytest.mark.slow
 def test_a_garbage_line_in_the_middle_loses_no_record(stopped_at_6, uninterrupted, corpus, tiny_tokenizer, capfd):
     path = os.path.join(stopped_at_6, "metrics.jsonl")
     lines = open(path).read().splitlines(keepends=True)
@@ -66,6 +69,7 @@ def test_a_garbage_line_in_the_middle_loses_no_record(stopped_at_6, uninterrupte
     assert open(path + ".rejected").read() == "garbage\n"
 
 
+@pytest.mark.slow
 def test_second_process_is_refused_with_the_holders_pid(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     with open(os.path.join(stopped_at_6, LOCK_NAME), "a+") as holder:  # another training process's lock
         fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -81,6 +85,7 @@ def test_second_process_is_refused_with_the_holders_pid(stopped_at_6, uninterrup
     assert same(params(stopped_at_6), params(uninterrupted))
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_is_refused_and_changes_nothing(stopped_at_6, uninterrupted, corpus, tiny_tokenizer):
     workdir = stopped_at_6
     watched = ["config.json", "metrics.jsonl", os.path.join("model", "neojax.json")]
@@ -94,6 +99,7 @@ def test_resume_with_another_config_is_refused_and_changes_nothing(stopped_at_6,
     assert same(params(workdir), params(uninterrupted))
 
 
+@pytest.mark.slow
 def test_changed_learning_rate_is_allowed_and_said(stopped_at_6, corpus, tiny_tokenizer, capfd):
     train(config(corpus, tiny_tokenizer, optimizer__lr=1e-3), stopped_at_6)
     out = capfd.readouterr().out
