@@ -80,7 +80,7 @@ class Workload:
     serve_tokens: int = 64
 
 
-QUICK = Workload(new_tokens=32, rounds=1, lambada_docs=16, wiki_pages=1, wmt_docs=4, clients=4, serve_tokens=16)
+QUICK = Workload(new_tokens=32, rounds=1, lambada_docs=16, wiki_pages=1, wmt_docs=4, clients=4, serve_tokens=32)
 
 
 @dataclasses.dataclass
