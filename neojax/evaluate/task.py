@@ -218,9 +218,8 @@ def load_docs(data_dir: str, name: str, split: str = "", tfds_data_dir: Optional
     if paths.is_dir(path):
         raise ValueError(f"{name}: {path} is a directory; expected a JSON-lines file")
     docs = []
-    raw = paths.path(path).open("rb")
-    with io.TextIOWrapper(gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw, encoding="utf-8",
-                          errors="strict") as f:
+    with paths.path(path).open("rb") as raw, io.TextIOWrapper(  # GzipFile leaves the file it reads open
+            gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw, encoding="utf-8", errors="strict") as f:
         try:
             for n, line in enumerate(f, 1):
                 if n == 1 and line.startswith("\ufeff"):  # an editor's byte-order mark, not part of the record
