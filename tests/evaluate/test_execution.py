@@ -26,35 +26,40 @@ def test_hostile_programs_fail_harm_nothing_and_the_run_finishes(tmp_path):
     listener.settimeout(0.1)
     port = listener.getsockname()[1]
     child = subprocess.Popen(["sleep", "600"])  # a process of ours that a program might try to signal
-    # posix.* is the os module's C core: calls the guard does not disable, so only the sandbox stops them
-    hostile = {
-        "write outside": f"import posix\nfd = posix.open({str(outside)!r}, posix.O_CREAT | posix.O_WRONLY)\n"
-                         f"posix.write(fd, b'x')\nfd = posix.open({str(keep / 'data.txt')!r}, posix.O_TRUNC | "
-                         "posix.O_WRONLY)",
-        "write beside the library": f"import posix\nposix.open({str(beside)!r}, posix.O_CREAT | posix.O_WRONLY)",
-        "remove a folder": f"import posix\nposix.unlink({str(keep / 'data.txt')!r})\nposix.rmdir({str(keep)!r})",
-        "open a socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
-        "kill the parent": f"import posix\nposix.kill({os.getpid()}, 9)\nposix.kill({child.pid}, 9)\nposix.kill(-1, 9)",
-        "fork many": "import posix\nwhile True:\n    posix.fork()",
-        "allocate gigabytes": "b = bytearray(16 * 2**30)",
-        "loop forever": "while True:\n    pass",
-        "loop in C": "sum(range(10**13))",
-        "ignore the alarm": "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass",
-        "a huge file": "open('big', 'wb').write(b'x' * 2**30)",
-    }
-    programs = ["assert sorted([3, 1, 2]) == [1, 2, 3]", *hostile.values(), "import math\nassert math.gcd(12, 18) == 6"]
-    outcomes = execution.execute(programs, timeout=1.0, workers=2, sandbox=sandbox)
-    assert [o.passed for o in outcomes] == [True] + [False] * len(hostile) + [True]
-    said = dict(zip(hostile, (o.result for o in outcomes[1:])))
-    assert "Read-only file system" in said["write beside the library"]
-    assert said["loop forever"] == said["loop in C"] == said["ignore the alarm"] == "timed out"
-    assert said["allocate gigabytes"].startswith("failed")
-    assert not outside.exists() and not beside.exists() and (keep / "data.txt").read_text() == "precious"
-    with pytest.raises(socket.timeout):
-        listener.accept()
-    assert child.poll() is None  # still running: nothing in the sandbox could reach it
-    child.kill()
-    child.wait()
+    try:
+        # posix.* is the os module's C core: calls the guard does not disable, so only the sandbox stops them
+        hostile = {
+            "write outside": f"import posix\nfd = posix.open({str(outside)!r}, posix.O_CREAT | posix.O_WRONLY)\n"
+                             f"posix.write(fd, b'x')\nfd = posix.open({str(keep / 'data.txt')!r}, posix.O_TRUNC | "
+                             "posix.O_WRONLY)",
+            "write beside the library": f"import posix\nposix.open({str(beside)!r}, posix.O_CREAT | posix.O_WRONLY)",
+            "remove a folder": f"import posix\nposix.unlink({str(keep / 'data.txt')!r})\nposix.rmdir({str(keep)!r})",
+            "open a socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
+            "kill the parent": f"import posix\nposix.kill({os.getpid()}, 9)\nposix.kill({child.pid}, 9)\n"
+                               "posix.kill(-1, 9)",
+            "fork many": "import posix\nwhile True:\n    posix.fork()",
+            "allocate gigabytes": "b = bytearray(16 * 2**30)",
+            "loop forever": "while True:\n    pass",
+            "loop in C": "sum(range(10**13))",
+            "ignore the alarm": "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass",
+            "a huge file": "open('big', 'wb').write(b'x' * 2**30)",
+        }
+        programs = ["assert sorted([3, 1, 2]) == [1, 2, 3]", *hostile.values(),
+                    "import math\nassert math.gcd(12, 18) == 6"]
+        outcomes = execution.execute(programs, timeout=1.0, workers=2, sandbox=sandbox)
+        assert [o.passed for o in outcomes] == [True] + [False] * len(hostile) + [True]
+        said = dict(zip(hostile, (o.result for o in outcomes[1:])))
+        assert "Read-only file system" in said["write beside the library"]
+        assert said["loop forever"] == said["loop in C"] == said["ignore the alarm"] == "timed out"
+        assert said["allocate gigabytes"].startswith("failed")
+        assert not outside.exists() and not beside.exists() and (keep / "data.txt").read_text() == "precious"
+        with pytest.raises(socket.timeout):
+            listener.accept()
+        assert child.poll() is None  # still running: nothing in the sandbox could reach it
+    finally:  # every process and socket this test opened ends with it, whatever failed
+        child.kill()
+        child.wait()
+        listener.close()
 
 
 def test_without_a_sandbox_limits_apply_and_a_warning_says_what_is_not_isolated(capsys):
