@@ -1,10 +1,9 @@
-"""One process of the two-process test (run by tests/test_sharding.py, not collected by pytest)."""
+"""One process of the two-process test (run by tests/test_sharding.py on 2 CPU devices, not collected by
+pytest)."""
 import json
-import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 coordinator, process_id = sys.argv[1], int(sys.argv[2])

@@ -3,7 +3,10 @@
 XLA_FLAGS must be set before jax is imported so that mesh tests see 8 CPU devices."""
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The suite compiles hundreds of tiny programs and runs each a few times: XLA's LLVM optimisations
+# cost more than they save here (results are the same programs' results; benchmarks do not use these).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+                                   "--xla_llvm_disable_expensive_passes=true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # float32 references mean float32 products: on GPUs JAX would otherwise use TF32 matmuls (~1e-3).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")

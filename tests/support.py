@@ -130,9 +130,12 @@ def exact_marginals(params, config, prompt):
     return joint12.sum(0), (joint12[..., None] * p3).sum((0, 1))
 
 
-def device_env(n: int) -> dict:
-    """This process's environment for a subprocess that sees `n` CPU devices (one: XLA's default)."""
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}" if n > 1 else "")
+def device_env(n: int, **variables) -> dict:
+    """This process's environment (and `variables`) for a subprocess that sees `n` CPU devices (one:
+    XLA's default), compiling as this process does (conftest's other XLA flags)."""
+    count = "--xla_force_host_platform_device_count="
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(count)]
+    return dict(os.environ, XLA_FLAGS=" ".join([f"{count}{n}"] * (n > 1) + flags), **variables)
 
 
 def processes(module: str, argv: list, n: int = 2, devices: int = 2) -> list:

@@ -1,7 +1,6 @@
 """Meshes, partition rules and sharded steps on 8 simulated CPU devices, and two processes."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 from sharding_case import CASE_CONFIG, case_batch, case_optimizer, summarize
+from support import device_env, free_port
 
 from neojax import sharding
 from neojax.model import preset
@@ -124,10 +124,8 @@ def test_plan_for_large_presets_allocates_nothing():
 @pytest.mark.slow
 def test_two_processes_agree_with_one(single_device):
     ref_summary, _ = single_device
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    port = free_port()
+    env = device_env(2, PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "_multihost_worker.py"), f"127.0.0.1:{port}",
                                str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for i in range(2)]

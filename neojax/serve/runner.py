@@ -74,14 +74,9 @@ class Runner:
         self.store = self._new_cache(rows=blocks, slots=chunk) if blocks else None
         self.reused_tokens = self.proposed = self.kept = 0  # prompt tokens restored; the draft's proposals, kept
         replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
-        pin = functools.partial(_pinned, shardings=self.cache_sharding, results=replicated)
-        self._copy = jax.jit(pin(copy_block), donate_argnums=0)  # store <- cache row, or back
-        self._prefill = jax.jit(pin(functools.partial(programs.prefill_chunk, config=config,
-                                                      draft_config=self.draft_config)),
-                                donate_argnums=2, static_argnames="scored")
-        self._decode = jax.jit(pin(functools.partial(programs.decode_rows, config=config)), donate_argnums=2)
-        self._speculate = jax.jit(pin(functools.partial(programs.speculate, config=config,
-                                                        draft_config=self.draft_config, k=self.k)), donate_argnums=4)
+        leaves, treedef = jax.tree.flatten(self.cache_sharding)
+        self._copy, self._prefill, self._decode, self._speculate = _programs(config, self.draft_config, self.k,
+                                                                             tuple(leaves), treedef, replicated)
 
     def _new_cache(self, rows: Optional[int] = None, slots: Optional[int] = None) -> list:
         """The slot cache (max_batch rows; room for a whole chunk, or a speculative step, past max_len:
@@ -246,6 +241,20 @@ class Runner:
     @_everywhere
     def _run_restore(self, *host) -> None:
         self.cache = self._copy(self.cache, self.store, *host)
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(config, draft_config, k, sharding_leaves, treedef, replicated) -> tuple:
+    """The engine's jitted programs (copy, prefill, decode, speculate), one set per model pair and
+    layout: an engine started again in the same process (a restarted server, a test) compiles nothing
+    its predecessor compiled."""
+    pin = functools.partial(_pinned, shardings=jax.tree.unflatten(treedef, sharding_leaves), results=replicated)
+    return (jax.jit(pin(copy_block), donate_argnums=0),  # store <- cache row, or back
+            jax.jit(pin(functools.partial(programs.prefill_chunk, config=config, draft_config=draft_config)),
+                    donate_argnums=2, static_argnames="scored"),
+            jax.jit(pin(functools.partial(programs.decode_rows, config=config)), donate_argnums=2),
+            jax.jit(pin(functools.partial(programs.speculate, config=config, draft_config=draft_config, k=k)),
+                    donate_argnums=4))
 
 
 def _pinned(program, shardings, results):

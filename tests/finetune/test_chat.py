@@ -1,7 +1,6 @@
 """Chat data: the template's loss mask, packing with segment ids that keep examples apart, and a
 packed fine-tune + chat session from the command line."""
 import json
-import os
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import device_env
 
 from neojax.finetune.chat import encode_conversation, pack, read_conversations, render_prompt
 from neojax.model import GPTNeo, GPTNeoConfig, init_params
@@ -116,7 +116,7 @@ def test_packed_chat_finetune_then_chat_from_the_command_line(tiny_hf_with_token
         for i in range(40):
             n = int(rng.integers(1, 9))
             f.write(json.dumps({"prompt": f"What is {n} plus one?", "response": f"It is {n + 1}."}) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = device_env(1)
     workdir = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "neojax.train", "--config", "finetune_chat", "--workdir", str(workdir),
                         f"--config.model.init_from={tiny_hf_with_tokenizer}",

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import device_env
 
 from neojax import checkpoint
 from neojax.generate import generate
@@ -104,7 +105,7 @@ def test_quantized_checkpoint_round_trip_and_size(tmp_path, tiny_hf_with_tokeniz
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, XLA_FLAGS=""))
+                          env=device_env(1))
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """Pruning reaches the requested sparsity exactly per method, 2:4 keeps its pattern, and pruned
 fine-tuning keeps the zeros."""
-import os
 import subprocess
 import sys
 
@@ -97,7 +96,7 @@ def _flat(tree):
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "neojax.prune", *args], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, XLA_FLAGS=""))
+                          timeout=600, env=device_env(1))
 
 
 @pytest.mark.slow

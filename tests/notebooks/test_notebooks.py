@@ -5,6 +5,7 @@ import os
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from support import device_env
 
 NOTEBOOKS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "notebooks", "*.ipynb")))
 
@@ -25,7 +26,7 @@ def test_notebook_is_stored_without_outputs(path):
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     monkeypatch.setenv("NEOJAX_NOTEBOOK_QUICK", "1")
     monkeypatch.setenv("NEOJAX_NOTEBOOK_WORKDIR", str(tmp_path))
-    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the kernel is a user's machine: one CPU device
+    monkeypatch.setenv("XLA_FLAGS", device_env(1)["XLA_FLAGS"])  # the kernel is a user's machine: one CPU device
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": os.path.dirname(path)}}).execute()

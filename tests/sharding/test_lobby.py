@@ -1,6 +1,5 @@
 """A pod launch that goes wrong is one line in seconds (neojax.sharding.lobby): every case is started
 at once, as real processes on loopback ports, and checked for its exit code and its line."""
-import os
 import select
 import signal
 import subprocess
@@ -8,7 +7,7 @@ import sys
 import time
 
 import pytest
-from support import free_port
+from support import device_env, free_port
 
 from neojax.sharding.hosts import check_launch
 
@@ -28,7 +27,7 @@ sys.exit(cli.run(main, sys.argv[1:]))
 
 
 def _start(port, count, pid, wait_s=60):
-    env = dict(os.environ, NEOJAX_PEER_WAIT_S=str(wait_s), XLA_FLAGS="")
+    env = device_env(1, NEOJAX_PEER_WAIT_S=str(wait_s))
     return subprocess.Popen([sys.executable, "-c", CODE, f"127.0.0.1:{port}", str(count), str(pid)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from support import device_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICKSTART = "/tmp/neojax-quickstart"  # the README's quickstart workdir
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow  # a real training run and the commands after it (
 
 def test_the_quickstart_hints_run_as_printed_twice(tmp_path):
     workdir = tmp_path / "quick start"  # a space: the hints must quote it
-    env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a newcomer's laptop
+    env = device_env(1)  # one CPU device, as a newcomer's laptop
     run = lambda argv: subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env)
     r = run([sys.executable, "-m", "neojax.train", "--config", "quickstart:smoke", "--workdir", str(workdir)])
     assert r.returncode == 0, r.stderr[-3000:]

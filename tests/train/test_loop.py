@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 from sharding_case import CASE_CONFIG, case_batch, case_optimizer
-from support import small_config
+from support import device_env, small_config
 
 from neojax import checkpoint, sharding
 from neojax.checkpoint.manager import Checkpointer
@@ -94,7 +94,7 @@ def _experiment_file(tmp_path, corpus, tokenizer_dir, total_steps):
         """python -m neojax.train --config {path} --workdir DIR"""
         import sys
         sys.path.insert(0, {os.path.join(ROOT, "tests")!r})
-        from support import small_config
+        from support import device_env, small_config
         from neojax.train.config import lock
 
         def get_config():
@@ -232,7 +232,7 @@ def test_restore_onto_another_mesh_and_back(tmp_path):
 
 def _cli(*args):
     """As a user runs it: the machine's real device count (one CPU device), not the test mesh's 8."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = device_env(1)
     return subprocess.run([sys.executable, "-m", "neojax.train", *args], capture_output=True, text=True,
                           timeout=600, cwd=ROOT, env=env)
 
