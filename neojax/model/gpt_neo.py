@@ -11,6 +11,7 @@ maps them to mesh axes. The model knows nothing of meshes, optimizers or files.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -190,6 +191,14 @@ def init_params(config: GPTNeoConfig, rng, seq_len: int = 8):
 
 def _abstract_params(config: GPTNeoConfig):
     """Boxed ShapeDtypeStructs of every parameter: no memory is allocated."""
+    variants = tuple(registry.get("attention", k) for k in sorted(set(config.attention_layers)))
+    return _traced_params(config, variants)
+
+
+@functools.lru_cache(maxsize=32)
+def _traced_params(config: GPTNeoConfig, variants: tuple):
+    """One trace of the model's init per config and attention variants (a variant registered again
+    under the same name is another key): setting up a run asks for the shapes many times."""
     init_ = lambda r: GPTNeo(config).init(r, jnp.zeros((1, 1), jnp.int32))["params"]
     return jax.eval_shape(init_, jax.random.key(0))
 
