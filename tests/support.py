@@ -138,6 +138,18 @@ def device_env(n: int, **variables) -> dict:
     return dict(os.environ, XLA_FLAGS=" ".join([f"{count}{n}"] * (n > 1) + flags), **variables)
 
 
+def exit_of(main, argv, capsys) -> tuple:
+    """(exit code, stderr) of a command's `main(argv)` run in this process, as `python -m` ends
+    (argparse's own exit included): a refusal needs no process of its own."""
+    from neojax import cli
+    capsys.readouterr()
+    try:
+        code = cli.run(main, list(argv))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 def processes(module: str, argv: list, n: int = 2, devices: int = 2) -> list:
     """`python -m MODULE ARGV` as the n processes of one run on a loopback coordinator, each on
     `devices` CPU devices (stdout and stderr piped, as text); end them with `finish`."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from support import exit_of
 
 from neojax import benchmark as benchmark_cli
 from neojax import cli
@@ -385,12 +386,7 @@ def env(tiny_hf_with_tokenizer, tmp_path_factory):
 
 def run_main(command, argv, capsys):
     """(exit code, stderr) of `python -m neojax.<command> argv`, run in this process."""
-    capsys.readouterr()
-    try:
-        code = cli.run(MAINS[command], argv)
-    except SystemExit as e:  # argparse's own exit, as `python -m` would see it
-        code = e.code
-    return code, capsys.readouterr().err
+    return exit_of(MAINS[command], argv, capsys)
 
 
 def assert_one_clear_line(code, err, expect):

@@ -1,6 +1,7 @@
 """Object storage against real servers the tests start on 127.0.0.1 (fake-gcs-server for gs://,
-moto for s3://), reached through the standard variables: the smoke run trains there, is SIGKILLed,
-resumes bit-identically and exports a Hugging Face directory that transformers loads."""
+moto for s3://), reached through the standard variables: the smoke run trains there (on gs:// as two
+processes), is SIGKILLed, resumes bit-identically and exports a Hugging Face directory that
+transformers loads."""
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import device_env, object_store
+from support import device_env, finish, free_port, object_store
 
 from neojax import checkpoint, paths
 from neojax.cli import UsageError
@@ -17,25 +18,24 @@ from neojax.data.pipeline import RemoteTokens, build_token_cache
 from neojax.train.metrics import read_metrics
 from neojax.train.workdir import Workdir
 
-SMOKE = ["--config", "quickstart:smoke", "--config.checkpoint.async_save=false", "--config.train.log_every=1"]
+SMOKE = ["--config", "quickstart:smoke", "--config.checkpoint.async_save=false", "--config.train.log_every=1",
+         "--config.mesh=data=2"]
 
 
 def train_command(workdir):
     return [sys.executable, "-m", "neojax.train", *SMOKE, "--workdir", workdir]
 
 
-def kill_at(command, marker, cwd):
-    """Run `command` and SIGKILL it once its output shows `marker`; its exit status."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
-                            env=device_env(1))
-    try:
-        for line in proc.stdout:
-            if marker in line:
-                proc.kill()
-                break
-        return proc.wait(timeout=600)
-    finally:
-        proc.kill()
+def launch(workdir, processes, cwd):
+    """The smoke run on mesh data=2: one process with two devices, or two with one each (a loopback
+    coordinator), its output (stderr too) piped."""
+    run = lambda argv, env: subprocess.Popen([*train_command(workdir), *argv], stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
+    if processes == 1:
+        return [run([], device_env(2))]
+    port = free_port()
+    return [run(["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)], device_env(1))
+            for i in range(2)]
 
 
 def same(a, b):
@@ -49,22 +49,30 @@ def losses(workdir):
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
-    """The uninterrupted smoke run on a local disk."""
+    """The uninterrupted smoke run on a local disk, one process with two devices."""
     workdir = str(tmp_path_factory.mktemp("local") / "run")
-    subprocess.run(train_command(workdir), check=True, capture_output=True, timeout=600, env=device_env(1))
+    subprocess.run(train_command(workdir), check=True, capture_output=True, timeout=600, env=device_env(2))
     return workdir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["gs", "s3"])
-def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind, local_run, tmp_path):
+@pytest.mark.parametrize("kind, processes", [("gs", 2), ("s3", 1)])
+def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind, processes, local_run, tmp_path):
+    """On gs:// the run is two processes writing one workdir (each its own shards, process 0 the
+    rest), on s3:// one process: killed, resumed, and equal bit for bit to one process on a local disk."""
     with object_store(kind) as bucket:
         workdir = f"{bucket}/run1"
-        assert kill_at(train_command(workdir), "step 5/6", cwd=tmp_path) == -9
-        resumed = subprocess.run(train_command(workdir), capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                                 env=device_env(1))
-        assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert f"resumed from {workdir}/checkpoints/3" in resumed.stdout
+        procs = launch(workdir, processes, tmp_path)
+        try:
+            assert any("step 5/6" in line for line in procs[0].stdout), "the run ended before step 5"
+        finally:
+            for p in procs:
+                p.kill()
+        assert [p.wait(timeout=60) for p in procs] == [-9] * processes
+        procs = launch(workdir, processes, tmp_path)
+        out = finish(procs)[0][0]
+        assert [p.returncode for p in procs] == [0] * processes and "done: step 6" in out, out[-3000:]
+        assert f"resumed from {workdir}/checkpoints/3" in out
         assert os.listdir(tmp_path) == []  # nothing local: no folder named "gs:" or "s3:"
         assert same(checkpoint.load(workdir).params, checkpoint.load(local_run).params)
         assert losses(workdir) == losses(local_run)

@@ -79,7 +79,7 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
         write_model_card(str(paths.path(workdir) / "model"), model_config, setup.tokenizer)
         print(_summary(config, state, mesh, start), flush=True)
     guard = NonFiniteGuard(config.train.max_nonfinite_streak)
-    step_fn, frozen = _step_function(config, setup, optimizer, mesh, rules, abstract, guard)
+    step_fn, frozen = _step_function(config, setup, optimizer, mesh, rules, abstract)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=setup.tokenizer, data=data, workdir=workdir,
@@ -93,8 +93,8 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
             batch = jax.tree.map(lambda x: sharding.global_batch(x, mesh, rules), next(data.train))
             return batch, data.train.get_state()
 
-    # The loop reads nothing back from the devices between log steps: the non-finite guard reports
-    # through a callback, and the next batch is put on the devices while this step runs.
+    # The loop reads nothing back from the devices between log steps (the non-finite guard reads the
+    # skip counters there), and the next batch is put on the devices while this step runs.
     pending = fetch() if step < total else None
     with Preemption() as preemption, Monitor(config, workdir, start, clock, main_process) as monitor:
         try:
@@ -106,8 +106,8 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
                 pending = fetch() if step < total else None
                 monitor.dispatched(step, state, metrics)
                 log_step = due(step, config.train.log_every, total)
-                guard.check(step, state if log_step else None, ckpt)
                 if log_step:
+                    guard.check(step, state, ckpt)
                     steps = step - meter.window_step
                     last = {**meter.log(step, jax.device_get(metrics), state), **monitor.logged(step, steps)}
                     writer.write(step, last)
@@ -140,15 +140,14 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     return {"step": step, "state": state, **last}
 
 
-def _step_function(config, setup, optimizer, mesh, rules, abstract, guard) -> tuple:
+def _step_function(config, setup, optimizer, mesh, rules, abstract) -> tuple:
     """(the jitted train step, the frozen params it takes: a teacher's, placed by the rules, or none)."""
     frozen_config = None if setup.frozen is None else setup.frozen[0]
     frozen = () if setup.frozen is None else (jax.device_put(
         setup.frozen[1], sharding.shardings(mesh, sharding.param_specs(frozen_config, rules, mesh))),)
     step_fn = make_train_step(setup.model_config, optimizer, mesh, rules, config.train.microbatches,
                               config.train.z_loss, abstract_state=abstract, frozen_config=frozen_config,
-                              loss_fn=setup.loss, on_nonfinite=guard.on_device_report,
-                              keep_zeros=config.train.keep_zeros)
+                              loss_fn=setup.loss, keep_zeros=config.train.keep_zeros)
     return step_fn, frozen
 
 
@@ -188,22 +187,21 @@ def _export(setup, adapters, state, workdir: str, finished: bool) -> None:
 
 
 class NonFiniteGuard:
-    """Ends the run after `limit` consecutive steps with NaN/Inf gradients (each one skipped by the
-    step). The step reports a skip through a device callback, so the loop need not read back."""
+    """Ends the run once `limit` consecutive steps had NaN/Inf gradients (each one skipped by the
+    step), seen at a log step: the step counts skips on the device and has no host callback, so
+    jax's persistent compilation cache can keep it (a restart loads the step instead of compiling it)."""
 
     def __init__(self, limit: int):
-        self.limit, self.step, self.streak = limit, 0, 0
-
-    def on_device_report(self, at, streak) -> None:
-        at, streak = int(at), int(streak)
-        if at > self.step:  # once per step, however many devices call back
-            self.step, self.streak = at, streak
-            log.warning("step %d: non-finite gradients, update skipped (%d in a row)", at, streak)
+        self.limit, self.step, self.total = limit, 0, 0
 
     def check(self, step: int, state, ckpt: Checkpointer) -> None:
-        """Raise NonFiniteError once the streak reaches the limit. `state`: a step read back anyway
-        (a log step), whose own count is used should its callback be late."""
-        streak = self.streak if state is None else max(self.streak, int(state.nonfinite_streak))
+        """At a log step (`state` read back there anyway): warn of the steps skipped since the last
+        one, and raise NonFiniteError once the streak reaches the limit."""
+        streak, total = int(state.nonfinite_streak), int(state.nonfinite_total)
+        if total > self.total:
+            log.warning("steps %d-%d: %d update(s) skipped for non-finite gradients (%d in a row now)",
+                        self.step + 1, step, total - self.total, streak)
+        self.step, self.total = step, total
         if streak >= self.limit:
             raise NonFiniteError(
                 f"{streak} consecutive steps had NaN/Inf gradients (step {step}); stopping. The last good "

@@ -149,7 +149,7 @@ def accumulated(one, tokens, rng, microbatches: int):
 def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformation, mesh=None,
                     rules=sharding.DEFAULT_RULES, microbatches: int = 1, z_loss: float = 0.0,
                     abstract_state=None, frozen_config: GPTNeoConfig | None = None, loss_fn=None,
-                    on_nonfinite=None, keep_zeros: bool = False):
+                    keep_zeros: bool = False):
     """A jitted `step(state, tokens) -> (state, metrics)` that donates `state`; with `frozen_config`,
     `step(state, tokens, frozen_params)` passes a frozen model's params (e.g. a teacher) to `loss_fn`.
 
@@ -159,8 +159,8 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
     `loss_fn(params, batch, rng, *frozen) -> (loss, aux)` replaces the next-token loss (another objective).
     `keep_zeros`: the blocks' kernel weights that are exactly zero stay zero (a pruned model's masks,
     kept without storing them). A step whose gradients are not finite changes nothing but the skip
-    counters, and calls `on_nonfinite(step, streak)` on the host from the device (a callback:
-    dispatch never waits)."""
+    counters (`nonfinite_streak`, `nonfinite_total`), which the loop reads at log steps: no host
+    callback, so the compiled step can be kept in jax's persistent compilation cache."""
     train = config.embed_dropout > 0 or config.attention_dropout > 0 or config.resid_dropout > 0
 
     def grads_of(params, tokens, rng, frozen):
@@ -196,9 +196,6 @@ def make_train_step(config: GPTNeoConfig, optimizer: optax.GradientTransformatio
             nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32))
         metrics = {"loss": loss, **aux, "grad_norm": grad_norm, "finite": finite}
-        if on_nonfinite is not None:
-            jax.lax.cond(finite, lambda: None,
-                         lambda: jax.debug.callback(on_nonfinite, new_state.step, new_state.nonfinite_streak))
         return new_state, metrics
 
     if mesh is None:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import device_env, exit_of
 
 from neojax import checkpoint
 from neojax.checkpoint.hf import load_hf
@@ -269,12 +270,13 @@ def test_invalid_settings_and_long_prompts(hf_dirs):
 
 
 def _cli(*args, stdin=None):
+    """As a user runs it: the machine's one CPU device."""
     return subprocess.run([sys.executable, "-m", "neojax.generate", *args], capture_output=True, text=True,
-                          input=stdin, timeout=300)
+                          input=stdin, timeout=300, env=device_env(1))
 
 
 @pytest.mark.slow
-def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path):
+def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path, capsys):
     model = checkpoint.load(tiny_hf_with_tokenizer)
     expected = generate(model.params, model.config, ["The quick"], model.tokenizer, max_new_tokens=8).texts[0]
     r = _cli("--checkpoint", tiny_hf_with_tokenizer, "--prompt", "The quick", "--max_new_tokens", "8")
@@ -290,8 +292,9 @@ def test_cli_streams_batches_and_chats(tiny_hf_with_tokenizer, tmp_path):
              stdin="The quick\nbrown\n\n")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("> ") == 3
-    r = _cli("--checkpoint", tiny_hf_with_tokenizer, "--prompt", "x", "--top_p", "2")
-    assert r.returncode == 2 and "argument --top_p: '2' is not a number in (0, 1]" in r.stderr
+    from neojax.generate.__main__ import main
+    code, err = exit_of(main, ["--checkpoint", tiny_hf_with_tokenizer, "--prompt", "x", "--top_p", "2"], capsys)
+    assert code == 2 and "argument --top_p: '2' is not a number in (0, 1]" in err
 
 
 @pytest.mark.slow

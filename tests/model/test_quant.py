@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import device_env
+from support import device_env, exit_of
 
 from neojax import checkpoint
 from neojax.generate import generate
@@ -109,7 +109,14 @@ def _run(*args):
 
 
 @pytest.mark.slow
-def test_convert_quantize_generate_and_refusals(tmp_path, tiny_hf_with_tokenizer):
+def test_convert_quantize_generate_and_refusals(tmp_path, tiny_hf_with_tokenizer, capsys):
+    from neojax import convert
+    from neojax.evaluate.__main__ import main as evaluate
+
+    def refused(main, *argv) -> str:
+        code, err = exit_of(main, argv, capsys)
+        assert code == 2, err
+        return err
     src, dst, flt = tiny_hf_with_tokenizer, str(tmp_path / "q8"), str(tmp_path / "f32")
     assert _run("neojax.convert", src, flt, "--to", "neojax").returncode == 0
     r = _run("neojax.convert", src, dst, "--quantize", "int8")
@@ -121,11 +128,9 @@ def test_convert_quantize_generate_and_refusals(tmp_path, tiny_hf_with_tokenizer
     r = _run("neojax.generate", "--checkpoint", dst, "--prompt", "The quick", "--max_new_tokens", "8",
              "--kv_cache", "int8")
     assert r.returncode == 0, r.stderr
-    r = _run("neojax.convert", dst, str(tmp_path / "hf"), "--to", "hf")
-    assert r.returncode == 2 and "int8" in r.stderr and "--dequantize" in r.stderr
+    err = refused(convert.main, dst, str(tmp_path / "hf"), "--to", "hf")
+    assert "int8" in err and "--dequantize" in err
     r = _run("neojax.convert", dst, str(tmp_path / "hf"), "--to", "hf", "--dequantize")
     assert r.returncode == 0, r.stderr
-    r = _run("neojax.convert", src, str(tmp_path / "x"), "--to", "hf", "--quantize", "int8")
-    assert r.returncode == 2 and "neojax directory" in r.stderr
-    r = _run("neojax.evaluate", "--checkpoint", src, "--quantize", "int4", "--tasks", "piqa")
-    assert r.returncode == 2 and "int4" in r.stderr
+    assert "neojax directory" in refused(convert.main, src, str(tmp_path / "x"), "--to", "hf", "--quantize", "int8")
+    assert "int4" in refused(evaluate, "--checkpoint", src, "--quantize", "int4", "--tasks", "piqa")

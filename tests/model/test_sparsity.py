@@ -6,7 +6,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import device_env
+from support import device_env, exit_of
 
 from neojax.evaluate.task import SAMPLES
 from neojax.model import GPTNeoConfig, init_params
@@ -100,8 +100,9 @@ def _run(*args):
 
 
 @pytest.mark.slow
-def test_prune_command_and_report(tiny_hf_with_tokenizer, tmp_path):
-    from neojax import checkpoint
+def test_prune_command_and_report(tiny_hf_with_tokenizer, tmp_path, monkeypatch, capsys):
+    from neojax import checkpoint, prune
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "pruned"
     r = _run("--checkpoint", tiny_hf_with_tokenizer, "--method", "2:4", "--output", str(out))
     assert r.returncode == 0 and "50.00%" in r.stdout, r.stderr
@@ -115,8 +116,8 @@ def test_prune_command_and_report(tiny_hf_with_tokenizer, tmp_path):
                           (["--method", "2:4", "--output", "y", "--text_files", "t"], "--text_files: options of "
                                                                                       "--report"),
                           (["--method", "2:4", "--scope", "layer", "--output", "y"], "--scope ranks")):
-        r = _run("--checkpoint", tiny_hf_with_tokenizer, *args)
-        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+        code, err = exit_of(prune.main, ["--checkpoint", tiny_hf_with_tokenizer, *args], capsys)
+        assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     text = tmp_path / "valid.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. Once upon a time there was a model.\n" * 4)
     report = tmp_path / "report.json"
@@ -145,17 +146,24 @@ def _same_rows(got, want):
             assert got[variant][key] == pytest.approx(value, rel=2e-5, abs=1e-6), (variant, key, got[variant][key])
 
 
-@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_the_report_on_a_mesh_equals_one_device(tiny_hf_with_tokenizer, tmp_path, processes):
-    """Every variant scored with heads split over tensor and rows over data (8 simulated devices), or
-    by 2 real processes (2 devices each): the single-device report."""
-    import support
-    text = tmp_path / "valid.txt"
+@pytest.fixture(scope="module")
+def one_device_report(tiny_hf_with_tokenizer, tmp_path_factory):
+    """(the report's command-line arguments, the rows of its single-device report)."""
+    text = tmp_path_factory.mktemp("report") / "valid.txt"
     text.write_text("The quick brown fox jumps over the lazy dog. Once upon a time there was a model.\n" * 4)
     argv = ["--checkpoint", tiny_hf_with_tokenizer, "--text_files", str(text), "--sparsities", "0.5", "--tasks",
             "piqa", "--data_dir", SAMPLES]
-    r = _run(*argv, "--report", str(tmp_path / "one.json"))
+    r = _run(*argv, "--report", str(text.parent / "one.json"))
     assert r.returncode == 0, r.stderr[-2000:]
+    return argv, _report_rows(text.parent / "one.json")
+
+
+@pytest.mark.parametrize("processes", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_the_report_on_a_mesh_equals_one_device(one_device_report, tmp_path, processes):
+    """Every variant scored with heads split over tensor and rows over data (8 simulated devices), or
+    by 2 real processes (2 devices each): the single-device report."""
+    import support
+    argv, want = one_device_report
     command = [sys.executable, "-m", "neojax.prune", *argv, "--report", str(tmp_path / "mesh.json")]
     if processes == 1:
         procs = [subprocess.Popen(command + ["--mesh", "data=2,tensor=4"], stdout=subprocess.PIPE,
@@ -165,6 +173,6 @@ def test_the_report_on_a_mesh_equals_one_device(tiny_hf_with_tokenizer, tmp_path
         procs = support.processes("neojax.prune", command[3:])
     outs = support.finish(procs)
     assert [p.returncode for p in procs] == [0] * processes, outs[0][1][-2000:]
-    _same_rows(_report_rows(tmp_path / "mesh.json"), _report_rows(tmp_path / "one.json"))
+    _same_rows(_report_rows(tmp_path / "mesh.json"), want)
     if processes == 2:  # process 0 alone prints
         assert support.printed(outs[1][0]) == []

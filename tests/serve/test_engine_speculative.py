@@ -39,18 +39,24 @@ def serving(params, config, tokenizer, **kwargs):
     return engine
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("k", [1, 3])
-@pytest.mark.parametrize("which", ["the target itself", "a random model"])
-def test_greedy_output_is_the_targets(tiny, k, which):
-    draft = (tiny.params, tiny.config) if which == "the target itself" else random_draft(tiny.config)
+@pytest.fixture(scope="module")
+def without_a_draft(tiny):
+    """The prompts' greedy tokens from `generate`, and the engine's sequences without a draft."""
     prompts = [tiny.tokenizer.encode(t) for t in PROMPTS]
     want = [generate(tiny.params, tiny.config, [p], tiny.tokenizer, max_new_tokens=13) for p in prompts]
     plain = serving(tiny.params, tiny.config, tiny.tokenizer)
     try:
-        scores = run(plain, prompts, Settings(max_tokens=13, temperature=0.0))
+        return prompts, want, run(plain, prompts, Settings(max_tokens=13, temperature=0.0))
     finally:
         plain.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("which", ["the target itself", "a random model"])
+def test_greedy_output_is_the_targets(tiny, without_a_draft, k, which):
+    draft = (tiny.params, tiny.config) if which == "the target itself" else random_draft(tiny.config)
+    prompts, want, scores = without_a_draft
     traced = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, duration, **_: traced.append(event) if event.endswith("jaxpr_trace_duration") else None)

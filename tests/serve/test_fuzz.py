@@ -21,13 +21,13 @@ def test_schemathesis_finds_nothing(server, tmp_path):
     st = shutil.which("st") or pytest.fail("schemathesis is in requirements-test.txt; install it")
     start = time.time()
     r = subprocess.run([st, "run", server.url + "/openapi.json", "--checks", "all", "--exclude-checks", EXCLUDED,
-                        "--max-examples", "150", "--seed", "1", "--workers", "2", "--request-timeout", "120",
+                        "--max-examples", "80", "--seed", "1", "--workers", "2", "--request-timeout", "120",
                         "--generation-database", "none", "--no-color", "--report", "junit",
                         "--report-dir", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     tested = re.search(r"Tested: (\d+)", r.stdout)
     cases = re.search(r"(\d+) generated, (\d+) passed", r.stdout)
-    assert tested and int(tested[1]) == 6 and cases and int(cases[1]) == int(cases[2]) > 500, r.stdout[-3000:]
+    assert tested and int(tested[1]) == 6 and cases and int(cases[1]) == int(cases[2]) > 300, r.stdout[-3000:]
     deadline = time.time() + 30
     while (health := httpx.get(server.url + "/health").json())["running"] and time.time() < deadline:
         time.sleep(0.2)

@@ -1,6 +1,9 @@
 """The loop never waits for the devices between log steps: no array is read back to the host
 except at log, evaluation and checkpoint steps (JAX's transfer guard does not fire on CPUs, so
 reads are counted at ArrayImpl._value, through which every conversion to a host value goes)."""
+import glob
+import os
+
 import jax._src.array as jax_array
 import pytest
 from support import small_config
@@ -41,6 +44,9 @@ def test_no_device_reads_between_log_steps(monkeypatch, corpus, tiny_tokenizer, 
     after = sorted(set(reads))  # reads after step k's dispatch (0: before the first step)
     assert set(after) - {0} <= {4, 8, 12}, f"host reads after steps {after}: only log steps (4, 8, 12) may read"
     assert {4, 8} <= set(after)  # the log steps do read (the test can see reads)
+    # no host callback in the step: jax's persistent compilation cache (conftest's folder) keeps it,
+    # so a restarted run loads it instead of compiling it again
+    assert glob.glob(os.path.join(os.environ["JAX_COMPILATION_CACHE_DIR"], "jit_step-*"))
 
 
 @pytest.mark.slow

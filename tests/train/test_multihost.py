@@ -3,7 +3,7 @@ data=2, a shared workdir) against one process with two devices and the same mesh
 parameters and metrics (each device holds the same rows and runs the same program, and a sum of two
 is the same in either order), only process 0 speaks, a killed process is named by its peer within
 seconds, and kills and preemptions resume exactly: one scenario (each launch pays for a process
-start and compilation), and a run on object storage."""
+start and compilation). Two processes on object storage: tests/test_paths.py."""
 import json
 import signal
 import subprocess
@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import device_env, finish, free_port, object_store
+from support import device_env, finish, free_port
 
 from neojax import checkpoint
 from neojax.sharding import LOST_EXIT
@@ -75,16 +75,6 @@ def one_process(smoke, tmp_path_factory):
     out = subprocess.run([sys.executable, "-m", "neojax.train", *smoke, "--workdir", workdir], check=True,
                          capture_output=True, text=True, timeout=600, env=device_env(2)).stdout
     return workdir, out
-
-
-def test_two_processes_on_object_storage_equal_one_bit_for_bit(smoke, one_process):
-    reference, _ = one_process
-    with object_store("gs") as bucket:
-        workdir = f"{bucket}/run"
-        (out0, err0), (out1, err1) = finish(launch(smoke, workdir))
-        assert "done: step 9" in out0, err0[-3000:] + err1[-3000:]
-        assert same_params(workdir, reference)
-        assert records(workdir) == records(reference)
 
 
 def test_a_lost_peer_a_preemption_and_two_resumes_end_as_one_process_does(smoke, one_process, tmp_path):
