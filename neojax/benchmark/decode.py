@@ -2,6 +2,7 @@
 bound, and speculative decoding with a built pair (neojax.testing.pairs)."""
 from __future__ import annotations
 
+import itertools
 import time
 
 import flax
@@ -36,11 +37,15 @@ def bench_decode(config, params, batch, new_tokens=128, prompt_len=32, torch_too
     best = {(side, n): float("inf") for side in sides for n in (new_tokens, 1)}
     for side, run in sides.items():  # warm-up: compiles
         run(new_tokens), run(1)
-    for _ in range(rounds):
+    # the 1-token run is mostly prefill: on a small model a noisy spell can make it the slower of the
+    # two, so rounds go on (a few at most) until every side's difference is positive
+    for done in itertools.count(1):
         for (side, n) in best:
             start = time.perf_counter()
             sides[side](n)
             best[side, n] = min(best[side, n], time.perf_counter() - start)
+        if done >= rounds and (done >= rounds + 8 or all(best[s, new_tokens] > best[s, 1] for s in sides)):
+            break
     rate = {side: batch * (new_tokens - 1) / (best[side, new_tokens] - best[side, 1]) for side in sides}
     return rate["neojax"], rate.get("transformers")
 

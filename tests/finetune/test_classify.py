@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from support import device_env
 
 from neojax.data.sources import DataError
 from neojax.finetune.classify import classification_report, read_examples
@@ -37,7 +38,7 @@ def test_tiny_model_learns_a_separable_task_from_the_command_line(tiny_hf_with_t
                         "--config.data.seq_len=64", "--config.train.total_steps=120", "--config.train.log_every=20",
                         "--config.optimizer.lr=3e-3", "--config.optimizer.warmup_steps=5",
                         "--config.eval.every_steps=60"],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=device_env(1))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tok/s" in r.stdout and "accuracy" in r.stdout and "macro F1" in r.stdout
     report = json.loads((workdir / "report.json").read_text())
@@ -93,7 +94,7 @@ def _sentiment(workdir, tmp_path, hf_dir):
                              "--config.train.global_batch=8", "--config.checkpoint.every_steps=3",
                              "--config.checkpoint.async_save=false", "--config.eval.every_steps=6",
                              "--config.optimizer.lr=3e-3", "--config.optimizer.warmup_steps=2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=device_env(1))
 
 
 def _weights(workdir):

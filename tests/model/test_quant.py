@@ -81,6 +81,7 @@ def test_int8_kv_cache_decodes_like_the_float_cache():
 def test_int8_params_take_a_quarter_of_float32_in_device_memory():
     config = preset("gpt-neo-125M")
     assert param_bytes(quantized_shapes(param_shapes(config))) / param_bytes(param_shapes(config)) <= 0.27
+    config = config.replace(num_layers=4, attention_types=((("global", "local"), 2),))  # made: 274 MB, not 501
     live = lambda: sum(x.nbytes for x in jax.live_arrays())
     before = live()
     params = init_params(config, jax.random.key(0))

@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from support import Server, engine_of
+from support import Server, device_env, engine_of
 
 from neojax.generate import generate
 from neojax.serve.api import build_app
@@ -44,7 +44,8 @@ def classifier(tiny_hf_with_tokenizer, tmp_path_factory):
                         "--config.classify.labels=[\"ok\",\"toxic\"]",
                         "--config.data.seq_len=32", "--config.train.total_steps=100", "--config.train.log_every=50",
                         "--config.optimizer.lr=3e-3", "--config.optimizer.warmup_steps=5",
-                        "--config.eval.every_steps=100"], capture_output=True, text=True, timeout=600)
+                        "--config.eval.every_steps=100"], capture_output=True, text=True, timeout=600,
+                       env=device_env(1))
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((tmp / "run" / "report.json").read_text())["accuracy"] >= 0.95
     return str(tmp / "run" / "hf")

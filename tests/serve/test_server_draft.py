@@ -1,14 +1,12 @@
 """`neojax.serve --draft`: speculative decoding behind the API. Greedy completions (several at once,
 streamed or not) are what the server without a draft gives; /health and /metrics count the
 proposals; a draft that cannot serve is one line before serving."""
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx2 as httpx
 import openai
 import pytest
-from support import Server, random_hf_model
+from support import Server, exit_of, random_hf_model
 
 PROMPTS = ["The quick brown fox", "Once upon a time, there was", "def hello():\n", "GPT-Neo generates text"]
 FLAGS = ["--max_batch", "4", "--chunk", "16", "--model_name", "tiny"]
@@ -35,12 +33,8 @@ def completions(url):
 
 
 @pytest.mark.slow
-def test_a_draft_changes_no_greedy_completion(tiny_hf_with_tokenizer, small_draft):
-    plain = Server(tiny_hf_with_tokenizer, *FLAGS)
-    try:
-        want = completions(plain.url)
-    finally:
-        assert plain.stop() == 0
+def test_a_draft_changes_no_greedy_completion(server, tiny_hf_with_tokenizer, small_draft):
+    want = completions(server.url)  # the package's server: these flags, no draft
     drafted = Server(tiny_hf_with_tokenizer, *FLAGS, "--draft", small_draft, "--draft_tokens", "3")
     try:
         got = completions(drafted.url)
@@ -60,13 +54,12 @@ def test_a_draft_changes_no_greedy_completion(tiny_hf_with_tokenizer, small_draf
     (["--draft", "{other}"], "--draft {other}: the draft model has a 512-token vocabulary"),
 ])
 @pytest.mark.slow
-def test_a_draft_that_cannot_serve_is_one_line(tiny_hf_with_tokenizer, small_draft, tmp_path, flags, named):
+def test_a_draft_that_cannot_serve_is_one_line(tiny_hf_with_tokenizer, small_draft, tmp_path, flags, named, capsys):
     other = tmp_path / "other"  # a model whose vocabulary is not the tiny tokenizer's
     random_hf_model(vocab_size=512, hidden_size=16, num_layers=1, num_heads=2, attention_types=[[["global"], 1]],
                     max_position_embeddings=128).save_pretrained(other)
     places = {"draft": small_draft, "other": str(other)}
     argv = [f.format(**places) for f in flags]
-    r = subprocess.run([sys.executable, "-m", "neojax.serve", "--checkpoint", tiny_hf_with_tokenizer, "--port", "0",
-                        *argv], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.startswith(f"error: {named.format(**places)}"), r.stderr
-    assert r.stderr.count("\n") == 1 and "serving" not in r.stdout
+    from neojax.serve.__main__ import main
+    code, err = exit_of(main, ["--checkpoint", tiny_hf_with_tokenizer, "--port", "0", *argv], capsys)
+    assert code == 2 and err.startswith(f"error: {named.format(**places)}") and err.count("\n") == 1, err

@@ -166,7 +166,7 @@ def test_sigterm_saves_and_exits_cleanly(corpus, tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_nonfinite_run_stops_with_last_good_checkpoint(corpus, tiny_tokenizer, tmp_path):
+def test_nonfinite_run_stops_with_last_good_checkpoint(corpus, tiny_tokenizer, tmp_path, caplog):
     train(small_config(corpus, tiny_tokenizer.source, total_steps=4), str(tmp_path))
     good = _params(str(tmp_path))
     blowup = small_config(corpus, tiny_tokenizer.source, total_steps=20, max_nonfinite_streak=2)
@@ -174,6 +174,8 @@ def test_nonfinite_run_stops_with_last_good_checkpoint(corpus, tiny_tokenizer, t
     blowup.checkpoint.every_steps = 100
     with pytest.raises(NonFiniteError, match="2 consecutive steps had NaN/Inf gradients.*last good checkpoint"):
         train(blowup, str(tmp_path))
+    skipped = [r.getMessage() for r in caplog.records if "skipped for non-finite gradients" in r.getMessage()]
+    assert skipped and skipped[-1].endswith("(2 in a row now)"), skipped  # said at the log steps (every step here)
     assert Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 4
     assert _same(_params(str(tmp_path)), good)
 
