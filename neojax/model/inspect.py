@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,16 +21,23 @@ def attention_weights(params, config: GPTNeoConfig, tokens, layer: int) -> np.nd
     are run through the variant with the identity matrix as values, so the output is the matrix
     that multiplies the values (softmax probabilities, or linear attention's normalised weights)."""
     config = config.replace(remat="none")
-    tokens = jnp.asarray(tokens)
+    variants = tuple(registry.get("attention", name) for name in config.attention_layers)
+    out = _weights(params, jnp.asarray(tokens), config=config, layer=layer, variants=variants)
+    return np.asarray(jax.device_get(out.astype(jnp.float32))).transpose(0, 2, 1, 3)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layer", "variants"))
+def _weights(params, tokens, config: GPTNeoConfig, layer: int, variants: tuple):
+    """One compiled program (run op by op, a small model took seconds); `variants`, the registered
+    attention of every layer, keys it: a variant registered again under its name is traced again."""
     b, t = tokens.shape
     _, state = GPTNeo(config).apply({"params": params}, tokens, mutable=["intermediates"],
                                     capture_intermediates=lambda module, _: module.name in ("q_proj", "k_proj"))
     attn = state["intermediates"][f"h_{layer}"]["attn"]
     q, k = (attn[n]["__call__"][0].reshape(b, t, config.num_heads, config.head_dim) for n in ("q_proj", "k_proj"))
-    variant = registry.get("attention", config.attention_layers[layer])
+    variant = variants[layer]
     positions = jnp.broadcast_to(jnp.arange(t), (b, t))
     if variant.qk is not None:
         q, k = variant.qk(q, k, positions, config)
     identity = jnp.broadcast_to(jnp.eye(t, dtype=q.dtype)[None, :, None, :], (b, t, config.num_heads, t))
-    out = variant.attend(q, k, identity, None, config, positions=positions)  # [b, query, heads, key]
-    return np.asarray(jax.device_get(out.astype(jnp.float32))).transpose(0, 2, 1, 3)
+    return variant.attend(q, k, identity, None, config, positions=positions)  # [b, query, heads, key]

@@ -9,7 +9,7 @@ import sys
 
 import jax
 import pytest
-from support import device_env, finish, printed, processes
+from support import device_env, exit_of, finish, printed, processes
 
 from neojax import checkpoint, sharding
 from neojax.evaluate import CodeSettings, evaluate
@@ -80,7 +80,9 @@ def run(argv, env_devices=8, **kwargs):
 
 
 @pytest.mark.slow
-def test_a_mesh_that_does_not_split_the_model_or_batch_is_one_line_before_loading(tiny_hf_with_tokenizer, tmp_path):
+def test_a_mesh_that_does_not_split_the_model_or_batch_is_one_line_before_loading(tiny_hf_with_tokenizer, tmp_path,
+                                                                                    capsys):
+    from neojax.evaluate.__main__ import main  # in this process (its 8 devices): a refusal needs no process
     shapeless = tmp_path / "no_weights"  # the config says the shape; reading weights would fail
     shapeless.mkdir()
     shutil.copy(f"{tiny_hf_with_tokenizer}/config.json", shapeless)
@@ -89,9 +91,8 @@ def test_a_mesh_that_does_not_split_the_model_or_batch_is_one_line_before_loadin
                          (["--mesh", "data=4", "--batch_size", "6"], "does not divide --batch_size 6"),
                          (["--mesh", "data=16"], "needs 16 devices but 8 are present"),
                          (["--mesh", "rows=2"], "unknown mesh axes")):
-        r = run(base + extra)
-        assert r.returncode == 2 and r.stderr.startswith("error: --mesh") and r.stderr.count("\n") == 1, r.stderr
-        assert words in r.stderr, r.stderr
+        code, err = exit_of(main, base + extra, capsys)
+        assert code == 2 and err.startswith("error: --mesh") and err.count("\n") == 1 and words in err, err
 
 
 @pytest.mark.slow

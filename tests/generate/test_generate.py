@@ -130,12 +130,12 @@ def test_bfloat16_decode_steps_convert_no_weights(hf_dirs):
     copies = transposed_kernels(params, config.dtype)
     assert {x.dtype for x in jax.tree.leaves(copies)} == {jnp.dtype(jnp.bfloat16)} and "wte" in copies
     tokens = np.tile(np.arange(1, 9), (2, 1))
-    _, cache, position = prefill(params, config, tokens, np.ones_like(tokens), 12)
+    _, cache, position = jax.jit(lambda p, t: prefill(p, config, t, jnp.ones_like(t), 12))(params, tokens)
     step = lambda params, weights: decode_step(params, config, cache, jnp.asarray([3, 5]), position + 1, 8, weights)
     size = config.hidden_size ** 2
     assert len(_weight_conversions(step, params, None, size=size)) >= 4 * config.num_layers + 1  # the baseline
     assert _weight_conversions(step, params, copies, size=size) == []
-    with_copies, without = step(params, copies)[0], step(params, None)[0]
+    with_copies, without = jax.jit(step)(params, copies)[0], jax.jit(step)(params, None)[0]  # one program each
     assert with_copies.dtype == jnp.float32
     scale = float(jnp.abs(without).max())
     np.testing.assert_allclose(np.asarray(with_copies), np.asarray(without), atol=2e-2 * scale)

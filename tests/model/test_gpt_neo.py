@@ -91,6 +91,7 @@ def test_every_decoding_mode_runs_through_rematerialised_blocks(remat):
         extended, _ = GPTNeo(cfg).apply({"params": params}, tokens, jnp.array([0, 3]), slots, method=GPTNeo.extend)
         return logits, stepped, extended
 
+    run = jax.jit(run, static_argnums=0)  # one program each, as a server runs them (not op by op)
     for plain, rematted in zip(run(config), run(config.replace(remat=remat))):
         np.testing.assert_allclose(rematted, plain, atol=1e-6)
 
