@@ -116,10 +116,13 @@ def random_draft(config, seed=3):
 
 def exact_marginals(params, config, prompt):
     """The model's exact (float64) marginal distributions of the 2nd and 3rd tokens after `prompt`."""
+    import jax
+
     from neojax.model import GPTNeo
+    last = jax.jit(lambda p, x: GPTNeo(config).apply({"params": p}, x)[:, -1])  # compiled, not op by op
 
     def probs(prefixes):
-        logits = np.asarray(GPTNeo(config).apply({"params": params}, np.array(prefixes, np.int32))[:, -1], np.float64)
+        logits = np.asarray(last(params, np.array(prefixes, np.int32)), np.float64)
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
     v = config.vocab_size
