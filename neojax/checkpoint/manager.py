@@ -135,6 +135,8 @@ class Checkpointer:
         except Exception as e:
             if not any(sign in str(e) for sign in NO_SPACE):
                 raise
+            with contextlib.suppress(Exception):  # the save's other writers end first: none writes after the removal
+                self.manager.wait_until_finished()
             for debris in paths.path(self.staging or self.directory).glob("*.orbax-checkpoint-tmp*"):
                 with contextlib.suppress(OSError):
                     paths.remove_tree(debris)  # the partial save, to give the space back
