@@ -153,14 +153,14 @@ def exit_of(main, argv, capsys) -> tuple:
     return code, capsys.readouterr().err
 
 
-def processes(module: str, argv: list, n: int = 2, devices: int = 2) -> list:
+def processes(module: str, argv: list, n: int = 2, devices: int = 2, **popen) -> list:
     """`python -m MODULE ARGV` as the n processes of one run on a loopback coordinator, each on
-    `devices` CPU devices (stdout and stderr piped, as text); end them with `finish`."""
+    `devices` CPU devices (stdout and stderr piped, as text; `popen`: other Popen arguments, or
+    these replaced); end them with `finish`."""
     port = free_port()
-    env = device_env(devices)
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": device_env(devices), **popen}
     return [subprocess.Popen([sys.executable, "-m", module, *argv, "--coordinator", f"127.0.0.1:{port}",
-                              "--num_processes", str(n), "--process_id", str(i)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env) for i in range(n)]
+                              "--num_processes", str(n), "--process_id", str(i)], **popen) for i in range(n)]
 
 
 def finish(procs: list, timeout: float = 600) -> list:

@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import device_env, finish, free_port, object_store
+from support import device_env, finish, object_store, processes
 
 from neojax import checkpoint, paths
 from neojax.cli import UsageError
@@ -26,16 +26,13 @@ def train_command(workdir):
     return [sys.executable, "-m", "neojax.train", *SMOKE, "--workdir", workdir]
 
 
-def launch(workdir, processes, cwd):
+def launch(workdir, count, cwd):
     """The smoke run on mesh data=2: one process with two devices, or two with one each (a loopback
     coordinator), its output (stderr too) piped."""
-    run = lambda argv, env: subprocess.Popen([*train_command(workdir), *argv], stdout=subprocess.PIPE,
-                                             stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
-    if processes == 1:
-        return [run([], device_env(2))]
-    port = free_port()
-    return [run(["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)], device_env(1))
-            for i in range(2)]
+    if count == 1:
+        return [subprocess.Popen(train_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 cwd=cwd, env=device_env(2))]
+    return processes("neojax.train", [*SMOKE, "--workdir", workdir], devices=1, cwd=cwd, stderr=subprocess.STDOUT)
 
 
 def same(a, b):
@@ -56,22 +53,22 @@ def local_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, processes", [("gs", 2), ("s3", 1)])
-def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind, processes, local_run, tmp_path):
+@pytest.mark.parametrize("kind, count", [("gs", 2), ("s3", 1)])
+def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind, count, local_run, tmp_path):
     """On gs:// the run is two processes writing one workdir (each its own shards, process 0 the
     rest), on s3:// one process: killed, resumed, and equal bit for bit to one process on a local disk."""
     with object_store(kind) as bucket:
         workdir = f"{bucket}/run1"
-        procs = launch(workdir, processes, tmp_path)
+        procs = launch(workdir, count, tmp_path)
         try:
             assert any("step 5/6" in line for line in procs[0].stdout), "the run ended before step 5"
         finally:
             for p in procs:
                 p.kill()
-        assert [p.wait(timeout=60) for p in procs] == [-9] * processes
-        procs = launch(workdir, processes, tmp_path)
+        assert [p.wait(timeout=60) for p in procs] == [-9] * count
+        procs = launch(workdir, count, tmp_path)
         out = finish(procs)[0][0]
-        assert [p.returncode for p in procs] == [0] * processes and "done: step 6" in out, out[-3000:]
+        assert [p.returncode for p in procs] == [0] * count and "done: step 6" in out, out[-3000:]
         assert f"resumed from {workdir}/checkpoints/3" in out
         assert os.listdir(tmp_path) == []  # nothing local: no folder named "gs:" or "s3:"
         assert same(checkpoint.load(workdir).params, checkpoint.load(local_run).params)

@@ -189,16 +189,21 @@ def init_params(config: GPTNeoConfig, rng, seq_len: int = 8):
     return jax.jit(lambda r: nn.meta.unbox(GPTNeo(config).init(r, tokens)["params"]))(rng)
 
 
+def layer_variants(config: GPTNeoConfig) -> tuple:
+    """The registered attention of each layer: with the config, the key of anything traced from them
+    (a variant registered again under its name is another key)."""
+    return tuple(registry.get("attention", name) for name in config.attention_layers)
+
+
 def _abstract_params(config: GPTNeoConfig):
     """Boxed ShapeDtypeStructs of every parameter: no memory is allocated."""
-    variants = tuple(registry.get("attention", k) for k in sorted(set(config.attention_layers)))
-    return _traced_params(config, variants)
+    return _traced_params(config, layer_variants(config))
 
 
 @functools.lru_cache(maxsize=32)
 def _traced_params(config: GPTNeoConfig, variants: tuple):
-    """One trace of the model's init per config and attention variants (a variant registered again
-    under the same name is another key): setting up a run asks for the shapes many times."""
+    """One trace of the model's init per config and layer variants: setting up a run asks for the
+    shapes many times."""
     init_ = lambda r: GPTNeo(config).init(r, jnp.zeros((1, 1), jnp.int32))["params"]
     return jax.eval_shape(init_, jax.random.key(0))
 

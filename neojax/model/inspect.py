@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neojax import registry
 from neojax.model.config import GPTNeoConfig
-from neojax.model.gpt_neo import GPTNeo
+from neojax.model.gpt_neo import GPTNeo, layer_variants
 
 
 def attention_weights(params, config: GPTNeoConfig, tokens, layer: int) -> np.ndarray:
@@ -21,15 +20,13 @@ def attention_weights(params, config: GPTNeoConfig, tokens, layer: int) -> np.nd
     are run through the variant with the identity matrix as values, so the output is the matrix
     that multiplies the values (softmax probabilities, or linear attention's normalised weights)."""
     config = config.replace(remat="none")
-    variants = tuple(registry.get("attention", name) for name in config.attention_layers)
-    out = _weights(params, jnp.asarray(tokens), config=config, layer=layer, variants=variants)
+    out = _weights(params, jnp.asarray(tokens), config=config, layer=layer, variants=layer_variants(config))
     return np.asarray(jax.device_get(out.astype(jnp.float32))).transpose(0, 2, 1, 3)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layer", "variants"))
 def _weights(params, tokens, config: GPTNeoConfig, layer: int, variants: tuple):
-    """One compiled program (run op by op, a small model took seconds); `variants`, the registered
-    attention of every layer, keys it: a variant registered again under its name is traced again."""
+    """One compiled program (run op by op, a small model took seconds), keyed by the layer variants."""
     b, t = tokens.shape
     _, state = GPTNeo(config).apply({"params": params}, tokens, mutable=["intermediates"],
                                     capture_intermediates=lambda module, _: module.name in ("q_proj", "k_proj"))

@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from support import device_env, finish, free_port
+from support import device_env, finish, processes
 
 from neojax import checkpoint
 from neojax.sharding import LOST_EXIT
@@ -34,11 +34,7 @@ def smoke(tmp_path_factory):
 
 
 def launch(smoke, workdir):
-    port = free_port()
-    return [subprocess.Popen([sys.executable, "-m", "neojax.train", *smoke, "--workdir", workdir, "--coordinator",
-                              f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=device_env(1))
-            for i in range(2)]
+    return processes("neojax.train", [*smoke, "--workdir", workdir], devices=1)
 
 
 def until(procs, marker) -> str:
