@@ -3,10 +3,13 @@
 XLA_FLAGS must be set before jax is imported so that mesh tests see 8 CPU devices."""
 import os
 
-# The suite compiles hundreds of tiny programs and runs each a few times: XLA's LLVM optimisations
-# cost more than they save here (results are the same programs' results; benchmarks do not use these).
+# The suite compiles hundreds of tiny programs and runs each a few times, so compiling is most of its
+# time: no LLVM optimisations, the CPU backend's older elemental emitters (the fusion emitters take twice
+# as long to compile a decode loop) and one codegen thread (the workers already fill the cores). The
+# programs compute the same results; benchmarks do not use these flags.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-                                   "--xla_llvm_disable_expensive_passes=true")
+                                   "--xla_llvm_disable_expensive_passes=true --xla_cpu_use_fusion_emitters=false "
+                                   "--xla_cpu_parallel_codegen_split_count=1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # float32 references mean float32 products: on GPUs JAX would otherwise use TF32 matmuls (~1e-3).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
