@@ -78,3 +78,13 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_sep("-", f"slowest files (of {total / 60:.1f} test-minutes; the wall time is less with -n)")
     for path, seconds in sorted(_SECONDS_BY_FILE.items(), key=lambda kv: -kv[1])[:SLOWEST_FILES]:
         terminalreporter.write_line(f"{seconds:8.1f}s {100 * seconds / total:5.1f}%  {path}")
+
+
+def pytest_sessionfinish(session):
+    """Under `coverage run`, each xdist worker saves what it measured here: a worker that takes more
+    than 10 s to exit is killed by its controller, and its at-exit save would be lost with it."""
+    import sys
+    if "coverage" in sys.modules:
+        current = sys.modules["coverage"].Coverage.current()
+        if current is not None:
+            current.save()
