@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from support import device_env, free_port, printed
+from support import device_env, finish, printed, processes
 from test_generate import _transformers_greedy
 
 from neojax import checkpoint, cli, sharding
@@ -51,22 +51,14 @@ def _cli(argv, devices=8, **kwargs):
                             stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
-def _finish(procs):
-    try:
-        return [p.communicate(timeout=600) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-
-
 @pytest.mark.slow
 def test_cli_output_is_the_same_on_any_mesh(tiny_hf_with_tokenizer):
     argv = ["--checkpoint", tiny_hf_with_tokenizer, "--prompt", "Once upon", "--prompt", "The quick",
             "--prompt", "def", "--max_new_tokens", "12"]
-    outs = _finish([_cli(argv + ["--mesh", mesh]) for mesh in ("data=1", "auto", "tensor=4")])
+    outs = finish([_cli(argv + ["--mesh", mesh]) for mesh in ("data=1", "auto", "tensor=4")])
     assert all(err.count("error") == 0 for _, err in outs), outs
     assert outs[0][0].count("--- [") == 3 and outs[0][0] == outs[1][0] == outs[2][0]
-    r = _finish([_cli(argv + ["--mesh", "tensor=3"])])[0]
+    r = finish([_cli(argv + ["--mesh", "tensor=3"])])[0]
     assert r[1].startswith("error: --mesh tensor=3: tensor=3 does not divide the model's 4 attention heads")
     assert r[1].count("\n") == 1
 
@@ -84,10 +76,8 @@ def test_a_conversation_is_one_process(tiny_hf_with_tokenizer, monkeypatch):
 def test_two_processes_print_what_one_process_prints(tiny_hf_with_tokenizer):
     argv = ["--checkpoint", tiny_hf_with_tokenizer, "--prompt", "Once upon", "--prompt", "The quick",
             "--prompt", "def", "--max_new_tokens", "12", "--stop", "e"]
-    (want, _), = _finish([_cli(argv, devices=1)])
-    port = free_port()
-    outs = _finish([_cli(argv + ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
-                         devices=2) for i in range(2)])
+    (want, _), = finish([_cli(argv, devices=1)])
+    outs = finish(processes("neojax.generate", argv, devices=2))
     ours = [line for line in outs[0][0].splitlines() if not line.startswith("[Gloo]")]  # gloo: "connected"
     assert ours == want.splitlines() and want.count("--- [") == 3, outs[0][1][-2000:]
     assert printed(outs[1][0]) == []

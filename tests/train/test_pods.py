@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from support import device_env, free_port
+from support import device_env, processes
 
 from neojax.train import timing
 from neojax.train.metrics import read_metrics
@@ -81,13 +81,6 @@ def get_config(variant=""):
 '''
 
 
-def _launch(argv, workdir, env):
-    port = free_port()
-    return [subprocess.Popen([sys.executable, "-m", "neojax.train", *argv, "--workdir", workdir, "--coordinator",
-                              f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in range(2)]
-
-
 def test_a_pod_runs_time_is_accounted_for(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     workdir = str(tmp_path / "run")
@@ -98,7 +91,7 @@ def test_a_pod_runs_time_is_accounted_for(tmp_path):
     started = []  # every process, ended whatever fails
 
     def launch(args, env):
-        started.extend(_launch(args, workdir, env))
+        started.extend(processes("neojax.train", [*args, "--workdir", workdir], env=env))
         return started[-2:]
     try:
         first = launch(argv, {**device_env(1), "SLOW_BATCH": "11", "NAP_STEP": "9"})
