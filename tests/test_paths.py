@@ -1,7 +1,7 @@
 """Object storage against real servers the tests start on 127.0.0.1 (fake-gcs-server for gs://,
-moto for s3://), reached through the standard variables: the smoke run trains there (on gs:// as two
-processes), is SIGKILLed, resumes bit-identically and exports a Hugging Face directory that
-transformers loads."""
+moto for s3://), reached through the standard variables: the smoke run trains there as one process on
+a local disk does; on gs:// as two processes, SIGKILLed, resumed bit-identically and exported as a
+Hugging Face directory that transformers loads."""
 import json
 import os
 import subprocess
@@ -53,29 +53,20 @@ def local_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, count", [("gs", 2), ("s3", 1)])
-def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind, count, local_run, tmp_path):
-    """On gs:// the run is two processes writing one workdir (each its own shards, process 0 the
-    rest), on s3:// one process: killed, resumed, and equal bit for bit to one process on a local disk."""
-    with object_store(kind) as bucket:
+def test_two_processes_on_gs_are_killed_resume_exactly_and_export(local_run, tmp_path):
+    """Two processes write one gs:// workdir (each its own shards, process 0 the rest): killed,
+    resumed, and equal bit for bit to one process on a local disk; the export loads in transformers."""
+    with object_store("gs") as bucket:
         workdir = f"{bucket}/run1"
-        procs = launch(workdir, count, tmp_path)
+        procs = launch(workdir, 2, tmp_path)
         try:
             assert any("step 5/6" in line for line in procs[0].stdout), "the run ended before step 5"
         finally:
             for p in procs:
                 p.kill()
-        assert [p.wait(timeout=60) for p in procs] == [-9] * count
-        procs = launch(workdir, count, tmp_path)
-        out = finish(procs)[0][0]
-        assert [p.returncode for p in procs] == [0] * count and "done: step 6" in out, out[-3000:]
+        assert [p.wait(timeout=60) for p in procs] == [-9, -9]
+        out = ran_on_object_storage(workdir, local_run, tmp_path, 2)
         assert f"resumed from {workdir}/checkpoints/3" in out
-        assert os.listdir(tmp_path) == []  # nothing local: no folder named "gs:" or "s3:"
-        assert same(checkpoint.load(workdir).params, checkpoint.load(local_run).params)
-        assert losses(workdir) == losses(local_run)
-        names = {p.name for p in paths.path(workdir).iterdir()}
-        assert {"config.json", "metrics.jsonl", "checkpoints", "tb", "model", "data_cache", "tokenizer"} <= names
-        assert ".lock" not in names  # the lease is given back at the end
 
         export = f"{bucket}/run1-hf"
         r = subprocess.run([sys.executable, "-m", "neojax.convert", workdir, export, "--to", "hf"],
@@ -88,6 +79,28 @@ def test_smoke_run_on_object_storage_is_killed_resumes_exactly_and_exports(kind,
     assert np.array_equal(model.transformer.wte.weight.detach().numpy(), ours.params["wte"])
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok("def main():\n    return 1")["input_ids"] == ours.tokenizer.encode("def main():\n    return 1")
+
+
+@pytest.mark.slow
+def test_one_process_on_s3_equals_one_on_a_local_disk(local_run, tmp_path):
+    """The same run on s3:// (one process, uninterrupted: killing and resuming are storage-blind once
+    gs:// shows them, and the export's writes are the run's own)."""
+    with object_store("s3") as bucket:
+        ran_on_object_storage(f"{bucket}/run1", local_run, tmp_path, 1)
+
+
+def ran_on_object_storage(workdir, local_run, cwd, count) -> str:
+    """Runs the smoke run in `workdir` to its end and checks it against `local_run`; process 0's output."""
+    procs = launch(workdir, count, cwd)
+    out = finish(procs)[0][0]
+    assert [p.returncode for p in procs] == [0] * count and "done: step 6" in out, out[-3000:]
+    assert os.listdir(cwd) == []  # nothing local: no folder named "gs:" or "s3:"
+    assert same(checkpoint.load(workdir).params, checkpoint.load(local_run).params)
+    assert losses(workdir) == losses(local_run)
+    names = {p.name for p in paths.path(workdir).iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoints", "tb", "model", "data_cache", "tokenizer"} <= names
+    assert ".lock" not in names  # the lease is given back at the end
+    return out
 
 
 @pytest.mark.slow

@@ -131,7 +131,7 @@ def main(argv=None):
                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "rows": rows},
                 indent=2))
     size = 8192 if on_accelerator() else 2048
-    peak = measure_peak_flops(jnp.dtype(args.dtype), size=size, seconds=2.0)
+    peak = measure_peak_flops(jnp.dtype(args.dtype), size=size, seconds=0.5 if args.quick else 2.0)
     add(row(f"matmul peak ({args.dtype}, {size}^3)", "GFLOP/s", peak / 1e9))
     params = init_params(config, jax.random.key(0))
     on = "" if placement is None else \

@@ -279,8 +279,9 @@ class Meter:
 
 def _flops_per_step(config, model_config) -> dict:
     out = {"per_token": train_flops_per_token(model_config, config.data.seq_len)}
-    if config.train.report_mfu:
-        out["peak"] = measure_peak_flops(seconds=0.5) * jax.device_count() / jax.local_device_count()
+    if config.train.report_mfu:  # a CPU reaches its peak at 1024^3 already: a quarter second, not one or two
+        size = 1024 if jax.default_backend() == "cpu" else 2048
+        out["peak"] = measure_peak_flops(size=size, seconds=0.2) * jax.device_count() / jax.local_device_count()
     return out
 
 
