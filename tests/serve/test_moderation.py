@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
-from support import Server, device_env, engine_of
+from support import Server, device_env, engine_of, exit_of
 
 from neojax.generate import generate
 from neojax.serve.api import build_app
@@ -148,14 +148,14 @@ def test_without_the_gate_nothing_of_it_exists(server):
     assert "/v1/moderations" not in doc["paths"]
 
 
-def test_gate_flags_without_a_classifier_are_one_line(tiny_hf_with_tokenizer):
-    r = subprocess.run([sys.executable, "-m", "neojax.serve", "--checkpoint", tiny_hf_with_tokenizer, "--port", "0",
-                        "--moderation_threshold", "0.3"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+def test_gate_flags_without_a_classifier_are_one_line(tiny_hf_with_tokenizer, capsys):
+    from neojax.serve.__main__ import main
+    serve = lambda *flags: exit_of(main, ["--checkpoint", tiny_hf_with_tokenizer, "--port", "0", *flags], capsys)
+    code, err = serve("--moderation_threshold", "0.3")
+    assert code == 2 and err.strip().splitlines() == [
         "error: --moderation_threshold sets the moderation gate; add --moderation CLASSIFIER (or drop it)"]
-    r = subprocess.run([sys.executable, "-m", "neojax.serve", "--checkpoint", tiny_hf_with_tokenizer, "--port", "0",
-                        "--moderation", tiny_hf_with_tokenizer], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+    code, err = serve("--moderation", tiny_hf_with_tokenizer)
+    assert code == 2 and err.strip().splitlines() == [
         f"error: --moderation {tiny_hf_with_tokenizer} holds a GPTNeoForCausalLM, not a classifier; give the hf/ "
         "folder of a classification fine-tuning (experiments/moderation.py)"]
 
