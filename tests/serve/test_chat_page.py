@@ -11,8 +11,9 @@ from support import Server
 pytestmark = pytest.mark.slow  # a real server under load (the fast subset: -m 'not slow')
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def driver():
+    """One browser for the module (each test opens its own server's page: another origin)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
