@@ -85,6 +85,10 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     ctx = dict(config=config, model_config=model_config, tokenizer=setup.tokenizer, data=data, workdir=workdir,
                mesh=mesh)
     meter = Meter(config, model_config, schedule, start)
+    if main_process and "peak" in meter.flops:
+        print(f"mfu against {meter.flops['peak'] / 1e9:,.1f} GFLOP/s: the {model_config.dtype} matmul "
+              f"peak measured here, for {jax.device_count()} device(s); {meter.flops['per_token']:,.0f} FLOPs a token",
+              flush=True)
     total, step, last = config.train.total_steps, start, {}
 
     def fetch():
@@ -279,9 +283,10 @@ class Meter:
 
 def _flops_per_step(config, model_config) -> dict:
     out = {"per_token": train_flops_per_token(model_config, config.data.seq_len)}
-    if config.train.report_mfu:  # a CPU reaches its peak at 1024^3 already: a quarter second, not one or two
-        size = 1024 if jax.default_backend() == "cpu" else 2048
-        out["peak"] = measure_peak_flops(size=size, seconds=0.2) * jax.device_count() / jax.local_device_count()
+    if config.train.report_mfu:  # in the compute dtype, at a size that fills the device (a CPU is full at 1024^3)
+        size = 1024 if jax.default_backend() == "cpu" else 8192
+        peak = measure_peak_flops(jax.numpy.dtype(model_config.dtype), size=size, seconds=0.2)
+        out["peak"] = peak * jax.device_count() / jax.local_device_count()
     return out
 
 

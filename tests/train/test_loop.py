@@ -3,6 +3,7 @@ restore onto another mesh, and the command line."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -268,12 +269,25 @@ def test_cli_list_unknown_names_and_typos(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quickstart_smoke_runs_from_the_command_line(tmp_path):
+    """The smoke variant from the command line, MFU on: the logged MFU is the logged tokens/s times the
+    model's FLOPs a token over the peak the run printed."""
+    from neojax.flops import train_flops_per_token
     workdir = str(tmp_path / "qs")
-    r = _cli("--config", "experiments/quickstart.py:smoke", "--workdir", workdir, "--config.train.total_steps=4")
+    r = _cli("--config", "experiments/quickstart.py:smoke", "--workdir", workdir, "--config.train.total_steps=4",
+             "--config.train.report_mfu=true")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step 4/4" in r.stdout and "valid @ 3" in r.stdout and "python -m neojax.generate" in r.stdout
     model = checkpoint.load(workdir)
     assert model.tokenizer.kind == "sentencepiece" and model.config.vocab_size == 512
+    said = re.search(r"mfu against ([\d,.]+) GFLOP/s: the float32 matmul peak measured here, for 1 device\(s\); "
+                     r"([\d,]+) FLOPs a token", r.stdout)
+    peak, per_token = float(said[1].replace(",", "")) * 1e9, int(said[2].replace(",", ""))
+    seq_len = json.load(open(os.path.join(workdir, "config.json")))["data"]["seq_len"]
+    assert per_token == round(train_flops_per_token(model.config, seq_len))
+    logged = [m for m in read_metrics(workdir) if "train/loss" in m]
+    assert len(logged) >= 2 and all(0 < m["train/mfu"] < 1 for m in logged)
+    for m in logged:
+        assert m["train/mfu"] == pytest.approx(m["train/tokens_per_sec"] * per_token / peak, rel=5e-3)
 
 
 def test_every_experiment_loads_and_documents_its_command():
