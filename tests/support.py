@@ -114,6 +114,33 @@ def random_draft(config, seed=3):
     return jax.device_get(init_params(draft, jax.random.key(seed))), draft
 
 
+def peaky_target_and_draft():
+    """A 12-token 2-layer target with peaky outputs, a 1-layer draft that often disagrees with it and
+    a prompt: (params, config, draft, prompt) for checking what speculative sampling draws."""
+    import jax
+
+    from neojax.model import init_params, preset
+    config = preset("tiny").replace(vocab_size=12, num_layers=2, max_position_embeddings=64, eos_token_id=99,
+                                    bos_token_id=99)
+    params = jax.device_get(init_params(config, jax.random.key(0)))
+    params = jax.tree.map(lambda x: x * 4 if x.ndim == 2 and x.shape[0] == 12 else x, params)  # peakier
+    return params, config, random_draft(config, seed=7), [1, 5, 2]
+
+
+def assert_drawn_from_target(tokens, params, config, draft, prompt):
+    """Rows of 3 tokens sampled after `prompt`: the counts of tokens 2 and 3 fit the target's exact
+    marginals (chi-square) and not the draft's, so the check can tell them apart."""
+    from scipy import stats
+    tokens = np.asarray(tokens)
+    rows = len(tokens)
+    target2, target3 = exact_marginals(params, config, prompt)
+    draft2, draft3 = exact_marginals(*draft, prompt)
+    for position, want, other in ((1, target2, draft2), (2, target3, draft3)):
+        counts = np.bincount(tokens[:, position], minlength=config.vocab_size)
+        assert stats.chisquare(counts, rows * want).pvalue > 1e-3, (position, counts, rows * want)
+        assert stats.chisquare(counts, rows * other).pvalue < 1e-6
+
+
 def exact_marginals(params, config, prompt):
     """The model's exact (float64) marginal distributions of the 2nd and 3rd tokens after `prompt`."""
     import jax

@@ -5,15 +5,12 @@ marginals the target gives, in float64)."""
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
-from scipy import stats
-from support import exact_marginals, random_draft
+from support import assert_drawn_from_target, peaky_target_and_draft, random_draft
 
 from neojax import checkpoint
 from neojax.generate import generate
-from neojax.model import init_params, preset
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +78,13 @@ def test_sampled_tokens_are_distributed_as_the_targets():
     come from proposals kept or the residual draw. Their counts are tested against the target's
     exact marginals (float64 softmax of its logits over every prefix), and would fail against the
     draft's own."""
-    config = preset("tiny").replace(vocab_size=12, num_layers=2, max_position_embeddings=64, eos_token_id=99,
-                                    bos_token_id=99)
-    params = jax.device_get(init_params(config, jax.random.key(0)))
-    params = jax.tree.map(lambda x: x * 4 if x.ndim == 2 and x.shape[0] == 12 else x, params)  # peakier
-    draft = random_draft(config, seed=7)
-    prompt = [1, 5, 2]
+    params, config, draft, prompt = peaky_target_and_draft()
     rows = 4096
     out = generate(params, config, [prompt] * rows, max_new_tokens=3, temperature=1.0, seed=11, draft=draft,
                    draft_tokens=2, stop_tokens=())
     tokens = np.array(out.tokens)
     assert tokens.shape == (rows, 3) and 0 < out.acceptance < 0.9
-
-    target2, target3 = exact_marginals(params, config, prompt)
-    draft2, draft3 = exact_marginals(*draft, prompt)
-    for position, want, other in ((1, target2, draft2), (2, target3, draft3)):
-        counts = np.bincount(tokens[:, position], minlength=config.vocab_size)
-        assert stats.chisquare(counts, rows * want).pvalue > 1e-3, (position, counts, rows * want)
-        assert stats.chisquare(counts, rows * other).pvalue < 1e-6  # the test can tell the draft apart
+    assert_drawn_from_target(tokens, params, config, draft, prompt)
 
 
 @pytest.mark.slow

@@ -7,11 +7,9 @@ import threading
 import jax
 import numpy as np
 import pytest
-from scipy import stats
-from support import engine_of, exact_marginals, random_draft
+from support import assert_drawn_from_target, engine_of, peaky_target_and_draft, random_draft
 
 from neojax.generate import generate
-from neojax.model import init_params, preset
 from neojax.serve.scheduler import Sequence, Settings
 
 PROMPTS = ["The quick brown fox", "Once", "def hello():\n    print('hi')\n" * 3, "GPT-Neo generates"]
@@ -138,12 +136,8 @@ def test_sampled_tokens_are_distributed_as_the_targets():
     """2048 sequences sample 3 tokens after one prompt on a 12-token model with a draft that
     disagrees often: tokens 2 and 3 come from kept proposals or the residual draw. Their counts
     match the target's exact marginals (float64 softmax over every prefix) and not the draft's."""
-    config = preset("tiny").replace(vocab_size=12, num_layers=2, max_position_embeddings=64, eos_token_id=99,
-                                    bos_token_id=99)
-    params = jax.device_get(init_params(config, jax.random.key(0)))
-    params = jax.tree.map(lambda x: x * 4 if x.ndim == 2 and x.shape[0] == 12 else x, params)  # peakier
-    draft = random_draft(config, seed=7)
-    prompt, rows = [1, 5, 2], 2048
+    params, config, draft, prompt = peaky_target_and_draft()
+    rows = 2048
     engine = engine_of(params, config, Letters(), max_batch=32, chunk=4, max_queue=rows, draft=draft, draft_tokens=2)
     engine.start()  # not warmed up: only the row counts this run meets compile (12 s, not 33)
     try:
@@ -152,13 +146,7 @@ def test_sampled_tokens_are_distributed_as_the_targets():
         engine.shutdown()
     tokens = np.array([s.tokens for s in seqs])
     assert tokens.shape == (rows, 3) and 0 < engine.runner.kept < 0.9 * engine.runner.proposed
-
-    target2, target3 = exact_marginals(params, config, prompt)
-    draft2, draft3 = exact_marginals(*draft, prompt)
-    for position, want, other in ((1, target2, draft2), (2, target3, draft3)):
-        counts = np.bincount(tokens[:, position], minlength=config.vocab_size)
-        assert stats.chisquare(counts, rows * want).pvalue > 1e-3, (position, counts, rows * want)
-        assert stats.chisquare(counts, rows * other).pvalue < 1e-6  # the test can tell the draft apart
+    assert_drawn_from_target(tokens, params, config, draft, prompt)
 
 
 @pytest.mark.slow
