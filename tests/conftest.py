@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="neoj
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # unoptimised compiles are quick
 
 import pytest
-from support import SHAPES, TOKENIZER_TEXTS, random_hf_model
+from support import SHAPES, TOKENIZER_TEXTS, random_hf_model, saved_hf_model
 
 
 @pytest.fixture(scope="session")
@@ -52,12 +52,9 @@ def tiny_tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_hf_with_tokenizer(tiny_tokenizer, tmp_path_factory):
     """A random GPT-Neo whose vocabulary is the tiny tokenizer's, saved with it as a HF directory."""
-    model = random_hf_model(vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, num_layers=2, num_heads=4,
-                            attention_types=[[["global", "local"], 1]], window_size=16, max_position_embeddings=128)
-    directory = str(tmp_path_factory.mktemp("tiny_hf_tok"))
-    model.save_pretrained(directory)
-    tiny_tokenizer.save(directory)
-    return directory
+    return saved_hf_model(tmp_path_factory.mktemp("tiny_hf_tok"), tiny_tokenizer, hidden_size=32, num_layers=2,
+                          num_heads=4, attention_types=[[["global", "local"], 1]], window_size=16,
+                          max_position_embeddings=128)
 
 
 # --- where the suite's time goes: seconds by file, printed at the end of every run -----------------

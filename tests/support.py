@@ -53,6 +53,14 @@ def random_hf_model(seed=0, weight_std=0.2, **config_kwargs):
     return model
 
 
+def saved_hf_model(directory, tokenizer, seed=0, **config_kwargs) -> str:
+    """`random_hf_model` with `tokenizer`'s vocabulary, saved with it as a HF directory: a checkpoint
+    the command lines load whole."""
+    random_hf_model(seed=seed, vocab_size=tokenizer.vocab_size, **config_kwargs).save_pretrained(directory)
+    tokenizer.save(str(directory))
+    return str(directory)
+
+
 def hf_logits(model, tokens, attention_mask=None, position_ids=None):
     import torch
     with torch.no_grad():

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from support import exit_of, write_jsonl
+from support import exit_of, saved_hf_model, write_jsonl
 
 from neojax.evaluate import prepare
 
@@ -50,13 +50,8 @@ def test_bias_report_two_checkpoints_table_json_and_chart(tiny_hf_with_tokenizer
 
 @pytest.fixture(scope="module")
 def tiny_hf_other(tiny_tokenizer, tmp_path_factory):
-    from support import random_hf_model
-    model = random_hf_model(seed=7, vocab_size=tiny_tokenizer.vocab_size, hidden_size=32, num_layers=1, num_heads=4,
-                            attention_types=[[["global"], 1]], max_position_embeddings=128)
-    directory = str(tmp_path_factory.mktemp("tiny_hf_other"))
-    model.save_pretrained(directory)
-    tiny_tokenizer.save(directory)
-    return directory
+    return saved_hf_model(tmp_path_factory.mktemp("tiny_hf_other"), tiny_tokenizer, seed=7, hidden_size=32,
+                          num_layers=1, num_heads=4, attention_types=[[["global"], 1]], max_position_embeddings=128)
 
 
 def test_bias_report_bad_inputs(tiny_hf_with_tokenizer, tmp_path, capsys):

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx2 as httpx
 import openai
 import pytest
-from support import Server, exit_of, random_hf_model
+from support import Server, exit_of, random_hf_model, saved_hf_model
 
 PROMPTS = ["The quick brown fox", "Once upon a time, there was", "def hello():\n", "GPT-Neo generates text"]
 FLAGS = ["--max_batch", "4", "--chunk", "16", "--model_name", "tiny"]
@@ -15,12 +15,8 @@ FLAGS = ["--max_batch", "4", "--chunk", "16", "--model_name", "tiny"]
 @pytest.fixture(scope="module")
 def small_draft(tiny_tokenizer, tmp_path_factory):
     """A 1-layer random model with the tiny model's tokenizer: it proposes, and is mostly overruled."""
-    model = random_hf_model(seed=5, vocab_size=tiny_tokenizer.vocab_size, hidden_size=16, num_layers=1, num_heads=2,
-                            attention_types=[[["global"], 1]], max_position_embeddings=128)
-    directory = str(tmp_path_factory.mktemp("draft"))
-    model.save_pretrained(directory)
-    tiny_tokenizer.save(directory)
-    return directory
+    return saved_hf_model(tmp_path_factory.mktemp("draft"), tiny_tokenizer, seed=5, hidden_size=16, num_layers=1,
+                          num_heads=2, attention_types=[[["global"], 1]], max_position_embeddings=128)
 
 
 def completions(url):
