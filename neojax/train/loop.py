@@ -66,6 +66,7 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     with cli.about("--config"):  # the data, tokenizer and checkpoints the config names
         setup = registry.get("objective", config.objective)(config, workdir)
     model_config, data = setup.model_config, setup.data
+    flops = _flops(config, model_config)  # the peak is measured before the state fills the devices' memory
     optimizer, schedule = make_optimizer(config.optimizer, config.train.total_steps)
     adapters = lora.Lora(config.lora.rank, config.lora.alpha, tuple(config.lora.targets)) if config.lora.rank else None
     init = lambda r: init_state(model_config, optimizer, r, setup.params, adapters)
@@ -84,11 +85,10 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=setup.tokenizer, data=data, workdir=workdir,
                mesh=mesh)
-    meter = Meter(config, model_config, schedule, start)
-    if main_process and "peak" in meter.flops:
-        print(f"mfu against {meter.flops['peak'] / 1e9:,.1f} GFLOP/s: the {model_config.dtype} matmul "
-              f"peak measured here, for {jax.device_count()} device(s); {meter.flops['per_token']:,.0f} FLOPs a token",
-              flush=True)
+    if main_process and "peak" in flops:
+        print(f"mfu against {flops['peak'] / 1e9:,.1f} GFLOP/s: the {model_config.dtype} matmul peak measured here, "
+              f"for {jax.device_count()} device(s); {flops['per_token']:,.0f} FLOPs a token", flush=True)
+    meter = Meter(config, schedule, start, flops)
     total, step, last = config.train.total_steps, start, {}
 
     def fetch():
@@ -238,10 +238,9 @@ class Preemption:
 class Meter:
     """Training speed between log steps (time in hooks and saves excluded), ETA and the log line."""
 
-    def __init__(self, config, model_config, schedule, start: int):
-        self.total, self.schedule = config.train.total_steps, schedule
+    def __init__(self, config, schedule, start: int, flops: dict):
+        self.total, self.schedule, self.flops = config.train.total_steps, schedule, flops
         self.tokens_per_step = config.train.global_batch * config.data.seq_len
-        self.flops = _flops_per_step(config, model_config)
         self.started = self.window_start = time.perf_counter()
         self.window_step, self.excluded, self.eta = start, 0.0, 0.0
 
@@ -281,7 +280,8 @@ class Meter:
         return time.perf_counter() - self.started
 
 
-def _flops_per_step(config, model_config) -> dict:
+def _flops(config, model_config) -> dict:
+    """The model's training FLOPs a token and, with train.report_mfu, the devices' measured matmul peak."""
     out = {"per_token": train_flops_per_token(model_config, config.data.seq_len)}
     if config.train.report_mfu:  # in the compute dtype, at a size that fills the device (a CPU is full at 1024^3)
         size = 1024 if jax.default_backend() == "cpu" else 8192
