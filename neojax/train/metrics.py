@@ -55,13 +55,14 @@ class MetricsWriter:
         if not self.enabled or not values:
             return
         record = {"step": step, **{k: v for k, v in values.items() if isinstance(v, (int, float))}}
-        line = json.dumps(record) + "\n"
-        if self.remote:
-            self.lines.append(line)
-            paths.write_text(self.path, "".join(self.lines))
-        else:
-            with open(self.path, "a") as f:
-                f.write(line)
+        if len(record) > 1:  # a hook's text alone (samples) goes to TensorBoard only
+            line = json.dumps(record) + "\n"
+            if self.remote:
+                self.lines.append(line)
+                paths.write_text(self.path, "".join(self.lines))
+            else:
+                with open(self.path, "a") as f:
+                    f.write(line)
         for k, v in record.items():
             if k != "step":
                 self.tb.add_scalar(k, v, step)
