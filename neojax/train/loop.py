@@ -86,7 +86,8 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     ctx = dict(config=config, model_config=model_config, tokenizer=setup.tokenizer, data=data, workdir=workdir,
                mesh=mesh)
     if main_process and "peak" in flops:
-        print(f"mfu against {flops['peak'] / 1e9:,.1f} GFLOP/s: the {model_config.dtype} matmul peak measured here, "
+        peak = f"{flops['peak'] / 1e12:,.3f} TFLOP/s" if flops["peak"] >= 1e12 else f"{flops['peak'] / 1e9:.1f} GFLOP/s"
+        print(f"mfu against {peak}: the {model_config.dtype} matmul peak measured here, "
               f"for {jax.device_count()} device(s); {flops['per_token']:,.0f} FLOPs a token", flush=True)
     meter = Meter(config, schedule, start, flops)
     total, step, last = config.train.total_steps, start, {}

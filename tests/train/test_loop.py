@@ -279,9 +279,10 @@ def test_quickstart_smoke_runs_from_the_command_line(tmp_path):
     assert "step 4/4" in r.stdout and "valid @ 3" in r.stdout and "python -m neojax.generate" in r.stdout
     model = checkpoint.load(workdir)
     assert model.tokenizer.kind == "sentencepiece" and model.config.vocab_size == 512
-    said = re.search(r"mfu against ([\d,.]+) GFLOP/s: the float32 matmul peak measured here, for 1 device\(s\); "
+    said = re.search(r"mfu against ([\d,.]+) ([GT])FLOP/s: the float32 matmul peak measured here, for 1 device\(s\); "
                      r"([\d,]+) FLOPs a token", r.stdout)
-    peak, per_token = float(said[1].replace(",", "")) * 1e9, int(said[2].replace(",", ""))
+    peak = float(said[1].replace(",", "")) * {"G": 1e9, "T": 1e12}[said[2]]
+    per_token = int(said[3].replace(",", ""))
     seq_len = json.load(open(os.path.join(workdir, "config.json")))["data"]["seq_len"]
     assert per_token == round(train_flops_per_token(model.config, seq_len))
     records = read_metrics(workdir)
