@@ -52,7 +52,9 @@ def debug() -> bool:
 
 
 def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
-    """main(argv) with bad inputs turned into one line and exit code 2 (see the module doc)."""
+    """main(argv) with bad inputs turned into one line and exit code 2 (see the module doc), its
+    compiled programs kept across runs (`keep_compiled_programs`)."""
+    keep_compiled_programs()
     try:
         return main(argv)
     except KeyboardInterrupt:
@@ -69,6 +71,23 @@ def run(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[
         print(f"error: internal {type(e).__name__}: {message(e)} (rerun with NEOJAX_DEBUG=1 for the traceback, "
               "and please report it)", file=sys.stderr)
         return INTERNAL_EXIT
+
+
+def keep_compiled_programs() -> None:
+    """jax's persistent compilation cache in $XDG_CACHE_HOME/neojax/xla (~/.cache/neojax/xla): a run
+    restarted after a preemption, or the same experiment again, loads its train step instead of
+    compiling it. JAX_COMPILATION_CACHE_DIR names another folder, JAX_ENABLE_COMPILATION_CACHE=false
+    turns it off; a home that cannot be written to leaves it off."""
+    import jax  # deferred: the rest of this module needs no jax
+    if jax.config.jax_compilation_cache_dir or not jax.config.jax_enable_compilation_cache:
+        return
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "neojax", "xla")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return
+    if os.access(folder, os.W_OK):
+        jax.config.update("jax_compilation_cache_dir", folder)
 
 
 @contextlib.contextmanager

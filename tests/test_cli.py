@@ -88,3 +88,34 @@ def test_paths_are_checked_before_work(tmp_path):
     with pytest.raises(cli.UsageError, match="^--checkpoint: "):
         with cli.about("--checkpoint"):
             raise ValueError("bad")
+
+
+def test_commands_keep_compiled_programs_where_the_user_lets_them(tmp_path, monkeypatch):
+    """cli.run turns on jax's persistent compilation cache in $XDG_CACHE_HOME/neojax/xla, unless one is
+    named already, the cache is turned off, or the folder cannot be made (it stays off then)."""
+    import jax
+    named, enabled = jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        assert cli.run(lambda _: 0, []) == 0
+        folder = tmp_path / "cache" / "neojax" / "xla"
+        assert jax.config.jax_compilation_cache_dir == str(folder) and folder.is_dir()
+
+        jax.config.update("jax_compilation_cache_dir", "/elsewhere")  # named already: left as it is
+        cli.keep_compiled_programs()
+        assert jax.config.jax_compilation_cache_dir == "/elsewhere"
+
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_enable_compilation_cache", False)
+        cli.keep_compiled_programs()
+        assert jax.config.jax_compilation_cache_dir is None
+
+        jax.config.update("jax_enable_compilation_cache", True)
+        (tmp_path / "a_file").write_text("")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file"))  # no folder can be made under a file
+        cli.keep_compiled_programs()
+        assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", named)
+        jax.config.update("jax_enable_compilation_cache", enabled)

@@ -57,11 +57,13 @@ def bench_cache_build(processes: int, documents: int = 30000, shard_docs: int = 
 
 
 def bench_first_step(processes: int) -> float:
-    """Seconds from starting the quickstart smoke run (fresh workdir: tokenizer, token cache, compile)
-    to its first logged step, as `processes` processes with one CPU device each."""
+    """Seconds from starting the quickstart smoke run (fresh workdir: tokenizer, token cache, compile
+    without the persistent compilation cache) to its first logged step, as `processes` processes
+    with one CPU device each."""
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+               "JAX_ENABLE_COMPILATION_CACHE": "0"}
         command = [sys.executable, "-m", "neojax.train", "--config", "quickstart:smoke", "--workdir",
                    os.path.join(d, "run"), "--config.train.log_every=1", f"--config.mesh=data={processes}"]
         if processes > 1:
