@@ -107,6 +107,21 @@ def test_changed_learning_rate_is_allowed_and_said(stopped_at_6, corpus, tiny_to
     assert json.load(open(os.path.join(stopped_at_6, "config.json")))["optimizer"]["lr"] == 1e-3
 
 
+def test_readers_skip_a_damaged_newest_checkpoint_and_move_nothing(stopped_at_6, first_six_steps, capfd):
+    """What generate, evaluate and convert load (checkpoint.load of a workdir): the newest intact
+    checkpoint, the damaged one named in a warning; none intact is an error."""
+    from neojax.checkpoint.io import load_workdir
+    _truncate_arrays(os.path.join(stopped_at_6, "checkpoints", "6"))
+    _, got, _ = load_workdir(stopped_at_6)
+    err = capfd.readouterr().err
+    assert f"warning: {stopped_at_6}: checkpoint 6 is damaged" in err and "using step 3" in err, err
+    assert same(got, load_workdir(first_six_steps, step=3)[1])
+    _remove_state(os.path.join(stopped_at_6, "checkpoints", "3"))
+    with pytest.raises(ValueError, match="checkpoint 3 cannot be read .*; no intact checkpoint is left"):
+        load_workdir(stopped_at_6)
+    assert not os.path.exists(os.path.join(stopped_at_6, "damaged_checkpoints"))  # only training moves them
+
+
 def test_every_checkpoint_damaged_is_an_error_not_a_silent_restart(stopped_at_6, corpus, tiny_tokenizer):
     for step in ("3", "6"):
         _remove_state(os.path.join(stopped_at_6, "checkpoints", step))
