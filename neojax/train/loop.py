@@ -78,17 +78,13 @@ def _train(config, wd: Workdir, mesh, rules, clock: Clock) -> dict:
     wd.write_config()  # only now: a refused or failed start leaves the workdir as it was
     if main_process:
         write_model_card(str(paths.path(workdir) / "model"), model_config, setup.tokenizer)
-        print(_summary(config, state, mesh, start), flush=True)
+        print(_summary(config, state, mesh, start, model_config, flops), flush=True)
     guard = NonFiniteGuard(config.train.max_nonfinite_streak)
     step_fn, frozen = _step_function(config, setup, optimizer, mesh, rules, abstract)
     writer = MetricsWriter(workdir, resume_step=start, enabled=main_process)
     hook_fns = [registry.get("eval", name) for name in config.eval.hooks]
     ctx = dict(config=config, model_config=model_config, tokenizer=setup.tokenizer, data=data, workdir=workdir,
                mesh=mesh)
-    if main_process and "peak" in flops:
-        peak = f"{flops['peak'] / 1e12:,.3f} TFLOP/s" if flops["peak"] >= 1e12 else f"{flops['peak'] / 1e9:.1f} GFLOP/s"
-        print(f"mfu against {peak}: the {model_config.dtype} matmul peak measured here, "
-              f"for {jax.device_count()} device(s); {flops['per_token']:,.0f} FLOPs a token", flush=True)
     meter = Meter(config, schedule, start, flops)
     total, step, last = config.train.total_steps, start, {}
 
@@ -291,11 +287,17 @@ def _flops(config, model_config) -> dict:
     return out
 
 
-def _summary(config, state, mesh, start: int) -> str:
+def _summary(config, state, mesh, start: int, model_config, flops: dict) -> str:
+    """The run's first line (model, mesh, tokens a step, where it starts) and, with MFU on, what MFU divides by."""
     count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
     trained = count(trainable(state.params))
     axes = ",".join(f"{k}={v}" for k, v in mesh.shape.items())
     t = config.train
-    return (f"model {count(state.params) / 1e6:,.2f}M parameters ({trained / 1e6:,.2f}M trained) | mesh {axes} on "
+    text = (f"model {count(state.params) / 1e6:,.2f}M parameters ({trained / 1e6:,.2f}M trained) | mesh {axes} on "
             f"{jax.device_count()} {jax.default_backend()} device(s) | {t.global_batch * config.data.seq_len:,} tokens "
             f"a step (batch {t.global_batch} x {config.data.seq_len}) | step {start} of {t.total_steps}")
+    if "peak" in flops:
+        peak = f"{flops['peak'] / 1e12:,.3f} TFLOP/s" if flops["peak"] >= 1e12 else f"{flops['peak'] / 1e9:.1f} GFLOP/s"
+        text += (f"\nmfu against {peak}: the {model_config.dtype} matmul peak measured here, for "
+                 f"{jax.device_count()} device(s); {flops['per_token']:,.0f} FLOPs a token")
+    return text
