@@ -248,7 +248,7 @@ class TrainBatches:
             datasets.append(grain.MapDataset.source(windows).shuffle(seed=seed + i).repeat(epochs))
         ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, weights=weights)
         if process_count > 1:  # this process reads only its rows: the same contiguous rows as one process's
-            ds = grain.MapDataset.source(_ProcessRows(ds, global_batch, process_index, process_count))
+            ds = grain.MapDataset.source(_ProcessRows(ds, global_batch, rows))
         ds = ds.batch(rows.stop - rows.start, batch_fn=np.stack)
         self._iter = iter(ds.to_iter_dataset())
 
@@ -270,10 +270,9 @@ class _ProcessRows:
     hold the rows they hold in a one-process run (equal sums, bit for bit) and a run resumes on any
     number of processes with the same data."""
 
-    def __init__(self, rows, global_batch: int, process_index: int, process_count: int):
+    def __init__(self, rows, global_batch: int, share: slice):
         self.rows, self.global_batch = rows, global_batch
-        self.per = global_batch // process_count
-        self.offset = process_index * self.per
+        self.per, self.offset = share.stop - share.start, share.start
 
     def __len__(self) -> int:
         return len(self.rows) // self.global_batch * self.per
